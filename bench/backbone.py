@@ -1,0 +1,193 @@
+"""The diffusion backbone: a diffusers StableDiffusionPipeline with LoRA, sampled
+with DDIM + classifier-free guidance, and the log-prob of any stored step
+recomputed under the current weights.
+
+The same code serves real SD v1.4 and the tiny suites: everything goes through
+`StableDiffusionPipeline.from_pretrained(folder, local_files_only=True)`.
+"""
+
+from __future__ import annotations
+
+import json
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+
+from bench.errors import BenchError
+from bench.io import atomic_write_bytes
+from bench.sampling import Trajectory, ddim_step_with_logprob
+
+LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+
+
+def load_pipeline(location: str, dtype: torch.dtype = torch.float32):
+    """Load a StableDiffusionPipeline offline from a folder, with DDIM as scheduler."""
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    if not (Path(location) / "model_index.json").is_file():
+        raise BenchError(f"backbone folder {location} has no model_index.json")
+    try:
+        pipe = StableDiffusionPipeline.from_pretrained(
+            location, local_files_only=True, torch_dtype=dtype,
+            safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+        )
+    except OSError as e:
+        raise BenchError(f"could not load the pipeline at {location}: {str(e).splitlines()[0]}") from None
+    # DDPO and TDPO sample with DDIM whatever scheduler the checkpoint ships.
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+class Backbone:
+    """A pipeline plus the sampling settings of a run (T, guidance, eta)."""
+
+    def __init__(self, pipe, num_steps: int, guidance_scale: float, eta: float = 1.0,
+                 device: torch.device | str = "cpu", weight_dtype: torch.dtype = torch.float32):
+        self.pipe = pipe
+        self.unet, self.vae, self.text_encoder = pipe.unet, pipe.vae, pipe.text_encoder
+        self.scheduler = pipe.scheduler
+        self.num_steps, self.guidance_scale, self.eta = num_steps, guidance_scale, eta
+        self.device = torch.device(device)
+        self.weight_dtype = weight_dtype
+        for module in (self.unet, self.vae, self.text_encoder):
+            module.requires_grad_(False)
+            module.to(self.device, dtype=weight_dtype)
+        self.vae.eval()
+        self.text_encoder.eval()
+        self.scheduler.set_timesteps(num_steps, device=self.device)
+        self.timesteps = self.scheduler.timesteps.clone()
+        self._lora_rank: int | None = None
+
+    # ------------------------------------------------------------------ LoRA
+    def add_lora(self, rank: int = 4, targets=LORA_TARGETS) -> list[torch.nn.Parameter]:
+        """LoRA as in DDPO: A ~ N(0, 1/r), B = 0, scale alpha/r = 1. LoRA stays fp32."""
+        from peft import LoraConfig
+
+        config = LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian", target_modules=list(targets))
+        self.unet.add_adapter(config)
+        self._lora_rank = rank
+        params = self.trainable_parameters()
+        for p in params:
+            p.data = p.data.float()
+        return params
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        return [p for n, p in self.unet.named_parameters() if "lora_" in n and p.requires_grad]
+
+    def lora_state_dict(self) -> dict[str, torch.Tensor]:
+        from peft.utils import get_peft_model_state_dict
+
+        return {k: v.detach().float().cpu().contiguous() for k, v in get_peft_model_state_dict(self.unet).items()}
+
+    def save_lora(self, path: str | Path) -> None:
+        """Save only the LoRA weights, atomically. (Saving the whole pipeline with a
+        peft adapter attached writes keys that `from_pretrained` silently re-initialises.)"""
+        from safetensors.torch import save
+
+        meta = {"format": "bench-lora", "rank": str(self._lora_rank), "targets": json.dumps(list(LORA_TARGETS))}
+        atomic_write_bytes(Path(path), save(self.lora_state_dict(), metadata=meta))
+
+    def load_lora(self, path: str | Path) -> None:
+        from peft.utils import set_peft_model_state_dict
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        if meta.get("format") != "bench-lora":
+            raise BenchError(f"{path} is not a bench LoRA checkpoint")
+        rank = int(meta["rank"])
+        if self._lora_rank is None:
+            self.add_lora(rank)
+        elif self._lora_rank != rank:
+            raise BenchError(f"{path} has LoRA rank {rank}, the backbone has rank {self._lora_rank}")
+        state = load_file(str(path))
+        result = set_peft_model_state_dict(self.unet, state)
+        unexpected = getattr(result, "unexpected_keys", [])
+        if unexpected:
+            raise BenchError(f"{path}: {len(unexpected)} LoRA keys do not match this backbone (e.g. {unexpected[0]})")
+
+    # ------------------------------------------------------------------ model calls
+    def autocast(self):
+        if self.weight_dtype == torch.float32:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.weight_dtype)
+
+    @torch.no_grad()
+    def encode_prompts(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(conditional, unconditional) text embeddings; the negative prompt is ""."""
+        cond, uncond = self.pipe.encode_prompt(
+            prompts, self.device, num_images_per_prompt=1, do_classifier_free_guidance=True, negative_prompt=None
+        )
+        return cond, uncond
+
+    def predict_noise(self, latents, timesteps, cond, uncond) -> torch.Tensor:
+        """Guided epsilon: uncond + g * (cond - uncond), from one batched UNet call."""
+        t = torch.as_tensor(timesteps, device=self.device)
+        if t.ndim == 0:
+            t = t.expand(latents.shape[0])
+        with self.autocast():
+            out = self.unet(
+                torch.cat([latents, latents]).to(self.weight_dtype),
+                torch.cat([t, t]),
+                encoder_hidden_states=torch.cat([uncond, cond]),
+            ).sample
+        eps_uncond, eps_cond = out.float().chunk(2)
+        return eps_uncond + self.guidance_scale * (eps_cond - eps_uncond)
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents -> images in [0, 1], float32, (B, 3, H, W)."""
+        with self.autocast():
+            x = self.vae.decode(latents.to(self.weight_dtype) / self.vae.config.scaling_factor).sample
+        return (x.float() / 2 + 0.5).clamp(0, 1)
+
+    def initial_latents(self, n: int, generator: torch.Generator | None) -> torch.Tensor:
+        c = self.unet.config.in_channels
+        s = self.unet.config.sample_size
+        # Noise is drawn on the CPU so that a seed gives the same images on any device.
+        noise = torch.randn((n, c, s, s), generator=generator, dtype=torch.float32)
+        return noise.to(self.device) * self.scheduler.init_noise_sigma
+
+    @torch.no_grad()
+    def sample(self, prompts: list[str], generator: torch.Generator | None = None,
+               batch_size: int = 16, latents: torch.Tensor | None = None) -> Trajectory:
+        """Sample trajectories with DDIM(eta) + CFG and record each step's log-prob."""
+        parts = []
+        for start in range(0, len(prompts), batch_size):
+            chunk = prompts[start:start + batch_size]
+            x = self.initial_latents(len(chunk), generator) if latents is None else latents[start:start + len(chunk)]
+            cond, uncond = self.encode_prompts(chunk)
+            xs, nexts, lps = [], [], []
+            for t in self.timesteps:
+                eps = self.predict_noise(x, t, cond, uncond)
+                x_next, lp = ddim_step_with_logprob(self.scheduler, eps, t, x, eta=self.eta, generator=generator)
+                xs.append(x)
+                nexts.append(x_next)
+                lps.append(lp)
+                x = x_next
+            parts.append(Trajectory(
+                prompts=list(chunk), prompt_embeds=cond, negative_prompt_embeds=uncond,
+                latents=torch.stack(xs, 1), next_latents=torch.stack(nexts, 1),
+                log_probs=torch.stack(lps, 1), timesteps=self.timesteps.clone(), images=self.decode(x),
+            ))
+        return Trajectory.cat(parts)
+
+    def log_prob(self, traj: Trajectory, step_index: torch.Tensor) -> torch.Tensor:
+        """Log-prob of the stored step `step_index[i]` of sample i under the current
+        weights (differentiable w.r.t. LoRA)."""
+        step_index = torch.as_tensor(step_index, device=traj.latents.device, dtype=torch.long)
+        rows = torch.arange(len(traj), device=traj.latents.device)
+        x = traj.latents[rows, step_index]
+        x_next = traj.next_latents[rows, step_index]
+        t = traj.timesteps.to(self.device)[step_index.to(self.device)]
+        eps = self.predict_noise(x, t, traj.prompt_embeds, traj.negative_prompt_embeds)
+        _, lp = ddim_step_with_logprob(self.scheduler, eps, t, x, eta=self.eta, prev_sample=x_next)
+        return lp
+
+
+def build_backbone(location: str, num_steps: int, guidance_scale: float, eta: float,
+                   device="cpu", weight_dtype=torch.float32) -> Backbone:
+    return Backbone(load_pipeline(location), num_steps, guidance_scale, eta, device, weight_dtype)

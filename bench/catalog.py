@@ -1,0 +1,100 @@
+"""Every registered method, reward, prompt set and backbone, as pure data.
+
+This module must stay import-light: `python -m bench list` and name validation
+read it without importing torch. Implementations are named as "module:attr"
+strings and imported only when a run needs them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bench.registry import Registry
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+methods = Registry("method")
+rewards = Registry("reward")
+prompt_sets = Registry("prompt set")
+backbones = Registry("backbone")
+
+# --------------------------------------------------------------------------- methods
+# Hyperparameters are the method's defaults; `--set key=value` overrides them.
+# A value written "kT" means k times the backbone's number of denoising steps T,
+# so presets scale with T (Table 1 of the TDPO paper is stated at T=50).
+
+_DDPO_COMMON = dict(
+    clip_range=1e-4,          # PPO ratio clip (Table 1)
+    adv_clip_max=5.0,         # advantages clamped to +-5 (DDPO reference)
+    max_grad_norm=1.0,
+    weight_decay=1e-4,
+    adam_beta1=0.9,
+    adam_beta2=0.999,
+    adam_eps=1e-8,
+    per_prompt_stat_tracking=True,
+    stat_buffer_size=32,      # aesthetic config of the DDPO reference
+    stat_min_count=16,
+    num_inner_epochs=1,
+)
+
+methods.register(
+    "ddpo-2", "methods.ddpo:DDPO",
+    "DDPO (PPO on the denoising MDP), 2 gradient updates per epoch, lr 3e-4 (TDPO paper Table 1)",
+    hparams=dict(_DDPO_COMMON, lr=3e-4, updates_per_epoch="2"),
+)
+methods.register(
+    "ddpo-100", "methods.ddpo:DDPO",
+    "DDPO with 2T gradient updates per epoch (100 at T=50), lr 1e-4 (TDPO paper Table 1)",
+    hparams=dict(_DDPO_COMMON, lr=1e-4, updates_per_epoch="2T"),
+)
+
+# --------------------------------------------------------------------------- rewards
+rewards.register(
+    "jpeg-compressibility", "metrics.jpeg:JpegCompressibility",
+    "minus the JPEG size in kB (quality 95), DDPO's compressibility reward; no weights",
+    higher_is_better=True, differentiable=False,
+)
+rewards.register(
+    "jpeg-incompressibility", "metrics.jpeg:JpegIncompressibility",
+    "the JPEG size in kB (quality 95), DDPO's incompressibility reward; no weights",
+    higher_is_better=True, differentiable=False,
+)
+rewards.register(
+    "aesthetic", "metrics.aesthetic:load_aesthetic",
+    "LAION aesthetic predictor: CLIP image features, L2-normalised, into the LAION MLP head",
+    higher_is_better=True, differentiable=True,
+)
+
+# --------------------------------------------------------------------------- prompt sets
+prompt_sets.register(
+    "simple-animals", "", "the 45 DDPO animals, bare words (training / seen prompts)",
+    path="prompts/simple_animals.txt", role="seen",
+)
+prompt_sets.register(
+    "unseen-animals", "", "8 held-out animals from the TDPO paper, Appendix C",
+    path="prompts/unseen_animals.txt", role="unseen",
+)
+prompt_sets.register(
+    "compositional", "", "4 DPOK prompts: color, count, composition, location (TDPO paper, Appendix C)",
+    path="prompts/compositional.txt", role="compositional",
+)
+
+# --------------------------------------------------------------------------- backbones
+# `defaults` is the scale of a run on this backbone: what a run uses unless the
+# command line says otherwise.
+backbones.register(
+    "tiny-random", "bench.tiny:tiny_random_pipeline_dir",
+    "PLACEHOLDER: a tiny StableDiffusionPipeline with RANDOM weights (32x32 images), built offline",
+    suite="tiny-random",
+    defaults=dict(num_steps=20, guidance_scale=5.0, eta=1.0, budget=256, samples_per_epoch=32,
+                  train_batch_size=16, sample_batch_size=32, train_prompts="simple-animals"),
+)
+backbones.register(
+    "sd-v1-4", "", "Stable Diffusion v1.4 from a local folder or the local Hugging Face cache",
+    suite="sd", hf_id="CompVis/stable-diffusion-v1-4",
+    defaults=dict(num_steps=50, guidance_scale=5.0, eta=1.0, budget=25600, samples_per_epoch=256,
+                  train_batch_size=8, sample_batch_size=8, train_prompts="simple-animals"),
+)
+
+DEFAULT_BACKBONE = "tiny-random"
+SD_DEFAULTS = backbones.get("sd-v1-4").meta["defaults"]

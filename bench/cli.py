@@ -1,0 +1,226 @@
+"""Command line: `python -m bench {run,list,ingest,runs}`.
+
+Everything up to the start of training is validated with pure Python, so a
+wrong name, number or path exits 2 with one line before torch is imported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from bench.errors import BenchError
+
+KINDS = ("methods", "rewards", "prompts", "backbones")
+
+
+def _quiet_libraries() -> None:
+    """Offline, and no library chatter: the harness prints its own progress."""
+    for k, v in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+                 "TRANSFORMERS_VERBOSITY": "error", "DIFFUSERS_VERBOSITY": "error",
+                 "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TOKENIZERS_PARALLELISM": "false"}.items():
+        os.environ.setdefault(k, v)
+    import warnings
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=".*torchvision.*")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="train methods to a common reward-query budget and store the results")
+    r.add_argument("--methods", default="all", help="comma-separated method names, or 'all' (default)")
+    r.add_argument("--reward", default="aesthetic", help="training reward (default: aesthetic)")
+    r.add_argument("--backbone", default=None, help="registered name, pipeline folder, or cached HF model id "
+                                                   "(default: the suite default, tiny-random for now)")
+    r.add_argument("--budget", default=None, help="reward queries per run (default: the backbone's)")
+    r.add_argument("--seeds", default="0", help="comma-separated seeds, one run each (default: 0)")
+    r.add_argument("--out", default="results", help="output folder (default: results)")
+    r.add_argument("--db", default=None, help="DuckDB file (default: OUT/bench.duckdb)")
+    r.add_argument("--train-prompts", default=None, help="prompt set name or prompt file")
+    r.add_argument("--num-steps", type=int, default=None, help="denoising steps T")
+    r.add_argument("--guidance-scale", type=float, default=None)
+    r.add_argument("--samples-per-epoch", type=int, default=None)
+    r.add_argument("--train-batch-size", type=int, default=None)
+    r.add_argument("--num-checkpoints", type=int, default=10, help="checkpoint marks after step 0 (default 10)")
+    r.add_argument("--lora-rank", type=int, default=4)
+    r.add_argument("--mixed-precision", default="auto", choices=("auto", "no", "fp16", "bf16"))
+    r.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a method hyperparameter, e.g. --set lr=1e-4 (repeatable)")
+    r.add_argument("--force", action="store_true", help="re-run runs that already finished")
+    r.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    ls = sub.add_parser("list", help="list registered names (instant)")
+    ls.add_argument("kind", nargs="?", choices=KINDS)
+
+    ing = sub.add_parser("ingest", help="ingest run shards into the database (safe to repeat)")
+    ing.add_argument("--out", default="results")
+    ing.add_argument("--db", default=None)
+
+    rs = sub.add_parser("runs", help="show the runs stored in the database")
+    rs.add_argument("--out", default="results")
+    rs.add_argument("--db", default=None)
+    return p
+
+
+# ------------------------------------------------------------------------------ list
+def cmd_list(kind: str | None) -> int:
+    from bench import catalog
+
+    registries = {"methods": catalog.methods, "rewards": catalog.rewards,
+                  "prompts": catalog.prompt_sets, "backbones": catalog.backbones}
+    for k in [kind] if kind else KINDS:
+        print(f"{k}:")
+        for e in registries[k].entries():
+            extra = ""
+            if k == "rewards":
+                extra = f"  [{'higher' if e.meta['higher_is_better'] else 'lower'} is better" \
+                        f"{', differentiable' if e.meta['differentiable'] else ''}]"
+            print(f"  {e.name:<24} {e.summary}{extra}")
+    return 0
+
+
+# ------------------------------------------------------------------------------ run
+def _positive(name: str, value):
+    if value is not None and value <= 0:
+        raise BenchError(f"{name} must be positive, got {value}")
+    return value
+
+
+def build_specs(args) -> list:
+    """Validate every input and build the grid of RunSpecs, without torch."""
+    from bench import catalog
+    from bench.errors import did_you_mean
+    from bench.prompts import resolve_prompt_set
+    from bench.spec import RunSpec, parse_budget, parse_methods, parse_overrides, parse_seeds, \
+        resolve_backbone, resolve_hparams
+
+    method_names = parse_methods(args.methods)
+    reward_entry = catalog.rewards.get(args.reward)
+    info = resolve_backbone(args.backbone or catalog.DEFAULT_BACKBONE)
+    d = info.defaults
+    budget = parse_budget(args.budget) if args.budget is not None else d["budget"]
+    seeds = parse_seeds(args.seeds)
+    for flag in ("num_steps", "guidance_scale", "samples_per_epoch", "train_batch_size", "num_checkpoints",
+                 "lora_rank"):
+        _positive("--" + flag.replace("_", "-"), getattr(args, flag))
+    overrides = parse_overrides(args.overrides)
+    known = {k for m in method_names for k in catalog.methods.get(m).meta.get("hparams", {})}
+    for key in overrides:
+        if key not in known:
+            raise did_you_mean(f"hyperparameter (--set) of {','.join(method_names)}", key, known)
+    train_prompts, _ = resolve_prompt_set(args.train_prompts or d["train_prompts"])
+    for m in method_names:
+        if catalog.methods.get(m).meta.get("needs_differentiable_reward") and not reward_entry.meta["differentiable"]:
+            raise BenchError(f"method {m!r} backpropagates through the reward, but {args.reward!r} is not "
+                             f"differentiable; choose a differentiable reward (see `python -m bench list rewards`)")
+    from metrics.weights import preflight
+    preflight(args.reward, info.suite)
+
+    num_steps = args.num_steps or d["num_steps"]
+    specs = []
+    for m in method_names:
+        hparams = resolve_hparams(m, overrides, num_steps)
+        for seed in seeds:
+            specs.append(RunSpec(
+                method=m, reward=args.reward, backbone=args.backbone or catalog.DEFAULT_BACKBONE, suite=info.suite,
+                seed=seed, budget=budget, num_checkpoints=args.num_checkpoints, num_steps=num_steps,
+                guidance_scale=args.guidance_scale or d["guidance_scale"], eta=d["eta"],
+                samples_per_epoch=args.samples_per_epoch or d["samples_per_epoch"],
+                train_batch_size=args.train_batch_size or d["train_batch_size"],
+                sample_batch_size=d["sample_batch_size"], train_prompts=train_prompts,
+                lora_rank=args.lora_rank, mixed_precision=args.mixed_precision, hparams=hparams,
+            ))
+    return specs
+
+
+def cmd_run(args) -> int:
+    specs = build_specs(args)
+    out = Path(args.out)
+    db = Path(args.db) if args.db else out / "bench.duckdb"
+    _quiet_libraries()
+    from bench.runner import is_finished, make_accelerator, train_run
+    from bench.store import ingest
+
+    accelerator = make_accelerator(specs[0].mixed_precision)
+    main = accelerator.is_main_process
+    say = print if main else (lambda *a, **k: None)
+    say(f"bench: {len(specs)} run(s) on suite {specs[0].suite!r}, budget {specs[0].budget} reward queries, "
+        f"reward {specs[0].reward!r}, {accelerator.num_processes} process(es) on {accelerator.device}")
+    if specs[0].suite == "tiny-random":
+        say("bench: NOTE the default backbone 'tiny-random' has RANDOM weights (placeholder until the toy suite lands)")
+    done = []
+    for spec in specs:
+        if is_finished(spec, out) and not args.force:
+            say(f"skip   {spec.run_name} (finished already; --force re-runs it)")
+            done.append(spec)
+            continue
+        say(f"train  {spec.run_name}")
+        train_run(spec, out, progress=not args.no_progress, accelerator=accelerator)
+        done.append(spec)
+        if main:
+            ingest(db, out)
+    if main:
+        ingest(db, out)
+        print_summary(db, [s.run_name for s in done])
+        print(f"bench: results in {db}")
+    return 0
+
+
+def print_summary(db: Path, run_ids: list[str]) -> None:
+    from bench.store import connect
+
+    con = connect(db, read_only=True)
+    try:
+        rows = con.execute("""
+            WITH r AS (SELECT run_id, epoch, value FROM train_metrics WHERE metric = 'reward_mean'),
+                 f AS (SELECT run_id, arg_min(value, epoch) AS first, arg_max(value, epoch) AS last,
+                              max(epoch) AS epochs FROM r GROUP BY run_id),
+                 u AS (SELECT run_id, max(gradient_updates) AS updates, max(reward_queries) AS queries
+                       FROM checkpoints GROUP BY run_id)
+            SELECT runs.run_id, runs.status, u.queries, f.epochs, u.updates, f.first, f.last, runs.wall_time_s
+            FROM runs LEFT JOIN f USING (run_id) LEFT JOIN u USING (run_id)
+            WHERE runs.run_id IN (SELECT unnest(?::VARCHAR[])) ORDER BY runs.run_id
+        """, [run_ids]).fetchall()
+    finally:
+        con.close()
+    header = ("run", "status", "queries", "epochs", "updates", "reward@1st", "reward@last", "wall s")
+    table = [header] + [(r[0], r[1], r[2], r[3], r[4], f"{r[5]:.4g}" if r[5] is not None else "-",
+                         f"{r[6]:.4g}" if r[6] is not None else "-", f"{r[7]:.0f}" if r[7] else "-") for r in rows]
+    widths = [max(len(str(row[i])) for row in table) for i in range(len(header))]
+    for row in table:
+        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)))
+
+
+# ------------------------------------------------------------------------------ main
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "list":
+            return cmd_list(args.kind)
+        if args.command == "run":
+            return cmd_run(args)
+        out = Path(args.out)
+        db = Path(args.db) if args.db else out / "bench.duckdb"
+        if args.command == "ingest":
+            from bench.store import ingest
+            added = ingest(db, out)
+            print("ingested: " + ", ".join(f"{v} new {k} rows" for k, v in added.items()) + f" into {db}")
+            return 0
+        if args.command == "runs":
+            from bench.store import connect
+            con = connect(db, read_only=True)
+            ids = [r[0] for r in con.execute("SELECT run_id FROM runs ORDER BY run_id").fetchall()]
+            con.close()
+            print_summary(db, ids)
+            return 0
+    except BenchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; finished runs and written shards are kept", file=sys.stderr)
+        return 130
+    return 1

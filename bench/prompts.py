@@ -1,0 +1,49 @@
+"""Prompt sets: registered names or a user's own file, validated strictly.
+
+A prompt file is UTF-8 text, one prompt per line. Blank lines and lines starting
+with '#' are ignored. It must hold at least one prompt and no duplicates.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bench.errors import BenchError
+
+
+def read_prompt_file(path: str | Path) -> list[str]:
+    path = Path(path)
+    if not path.is_file():
+        raise BenchError(f"prompt file not found: {path}")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = path.read_bytes()[: e.start].count(b"\n") + 1
+        raise BenchError(f"{path}:{line}: not valid UTF-8") from None
+    prompts: list[str] = []
+    first_seen: dict[str, int] = {}
+    for lineno, raw in enumerate(text.splitlines(), start=1):
+        prompt = raw.strip()
+        if not prompt or prompt.startswith("#"):
+            continue
+        if prompt in first_seen:
+            raise BenchError(f"{path}:{lineno}: duplicate prompt {prompt!r} (first on line {first_seen[prompt]})")
+        first_seen[prompt] = lineno
+        prompts.append(prompt)
+    if not prompts:
+        raise BenchError(f"{path}: no prompts (the file is empty or only comments)")
+    return prompts
+
+
+def resolve_prompt_set(name_or_path: str) -> tuple[str, list[str]]:
+    """Return (canonical name, prompts) for a registered set name or a file path."""
+    from bench.catalog import REPO_ROOT, prompt_sets
+
+    if name_or_path in prompt_sets:
+        entry = prompt_sets.get(name_or_path)
+        return name_or_path, read_prompt_file(REPO_ROOT / entry.meta["path"])
+    if "/" in name_or_path or name_or_path.endswith(".txt") or Path(name_or_path).exists():
+        path = Path(name_or_path).resolve()
+        return str(path), read_prompt_file(path)
+    prompt_sets.get(name_or_path)  # raises "unknown prompt set ... did you mean"
+    raise AssertionError("unreachable")

@@ -1,0 +1,56 @@
+"""Small registries, one per kind (methods, rewards, prompt sets, backbones).
+
+An entry names its implementation as a "module:attribute" string that is only
+imported on `load`, so listing and validating names never imports torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from bench.errors import did_you_mean
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    """The registered name, as typed on the command line."""
+    target: str
+    """"module:attribute" of the implementation, imported lazily."""
+    summary: str
+    """One line for `bench list`."""
+    meta: dict[str, Any] = field(default_factory=dict)
+    """Kind-specific metadata (presets, higher_is_better, file path, ...)."""
+
+    def load(self):
+        module, _, attr = self.target.partition(":")
+        obj = importlib.import_module(module)
+        return getattr(obj, attr) if attr else obj
+
+
+class Registry:
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._entries: dict[str, Entry] = {}
+
+    def register(self, name: str, target: str, summary: str, **meta) -> None:
+        if name in self._entries:
+            raise ValueError(f"{self.kind} {name!r} registered twice")
+        self._entries[name] = Entry(name, target, summary, meta)
+
+    def get(self, name: str) -> Entry:
+        try:
+            return self._entries[name]
+        except KeyError:
+            raise did_you_mean(self.kind, name, self._entries) from None
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._entries
+
+    def names(self) -> list[str]:
+        return list(self._entries)
+
+    def entries(self) -> list[Entry]:
+        return list(self._entries.values())

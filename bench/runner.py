@@ -1,0 +1,238 @@
+"""Runs one RunSpec: builds the backbone and reward, hands a TrainContext to the
+method, and owns the budget loop, checkpoints and shards.
+
+The method interface is small on purpose:
+
+    class Method:
+        def __init__(self, ctx: TrainContext): ...
+        def train_epoch(self, n: int, epoch: int) -> dict[str, float]:
+            '''Sample n images on this process, score each exactly once with
+            ctx.reward (that spends n reward queries), and train on them.'''
+        gradient_updates: int   # optimizer steps so far
+
+Data parallelism (accelerate launch / torchrun): every process gets the same
+LoRA initialisation, samples its own share of the epoch with its own noise, and
+averages LoRA gradients over processes before each optimizer step
+(`ctx.sync_gradients`), so the weights stay identical. Rewards are gathered
+over processes before normalisation (`ctx.gather`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bench.budget import CountedReward, RewardBudget
+from bench.errors import BenchError
+from bench.io import atomic_write_json, atomic_write_jsonl
+from bench.spec import RunSpec
+
+
+@dataclass
+class TrainContext:
+    spec: RunSpec
+    backbone: "object"
+    reward: CountedReward
+    prompts: list[str]
+    accelerator: "object"
+    generator: torch.Generator
+    """Per-process noise generator (CPU)."""
+    rng: np.random.Generator
+    """Per-process generator for prompts and shuffling."""
+    progress: bool = True
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def hp(self) -> dict:
+        return self.spec.hp
+
+    @property
+    def world_size(self) -> int:
+        return self.accelerator.num_processes
+
+    @property
+    def rank(self) -> int:
+        return self.accelerator.process_index
+
+    @property
+    def device(self) -> torch.device:
+        return self.backbone.device
+
+    def sample_prompts(self, n: int) -> list[str]:
+        """Training prompts drawn uniformly with replacement (as DDPO does)."""
+        return [self.prompts[i] for i in self.rng.integers(0, len(self.prompts), size=n)]
+
+    def gather(self, prompts: list[str], rewards: torch.Tensor) -> tuple[list[str], np.ndarray]:
+        """All processes' prompts and rewards, in rank order."""
+        local = (list(prompts), rewards.detach().float().cpu().numpy().tolist())
+        if self.world_size == 1:
+            return local[0], np.asarray(local[1])
+        parts = [None] * self.world_size
+        torch.distributed.all_gather_object(parts, local)
+        return [p for ps, _ in parts for p in ps], np.asarray([r for _, rs in parts for r in rs])
+
+    def local_slice(self, n_local: int) -> slice:
+        return slice(self.rank * n_local, (self.rank + 1) * n_local)
+
+    def sync_gradients(self, params: list[torch.nn.Parameter]) -> None:
+        """Average gradients over processes (one flat all-reduce)."""
+        if self.world_size == 1:
+            return
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        torch.distributed.all_reduce(flat)
+        flat /= self.world_size
+        offset = 0
+        for p in params:
+            n = p.numel()
+            p.grad = flat[offset:offset + n].view_as(p).clone()
+            offset += n
+
+    def bar(self, total: int, desc: str):
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True,
+                    disable=not (self.progress and self.accelerator.is_main_process))
+
+
+def make_accelerator(mixed_precision: str):
+    from accelerate import Accelerator
+
+    cuda = torch.cuda.is_available()
+    mp = mixed_precision
+    if mp == "auto":
+        mp = "fp16" if cuda else "no"
+    if not cuda and mp != "no":
+        raise BenchError(f"--mixed-precision {mp} needs a GPU; use 'no' or 'auto' on CPU")
+    return Accelerator(mixed_precision=mp, cpu=not cuda)
+
+
+def weight_dtype_for(accelerator) -> torch.dtype:
+    return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
+
+
+def backbone_location(spec: RunSpec) -> str:
+    from bench.spec import resolve_backbone
+
+    info = resolve_backbone(spec.backbone)
+    if info.builder:
+        from bench.registry import Entry
+
+        return str(Entry("builder", info.builder, "").load()())
+    return info.location
+
+
+def load_reward(name: str, suite: str, device):
+    from bench.catalog import rewards
+
+    return rewards.get(name).load()(suite=suite, device=device)
+
+
+def run_dir_for(spec: RunSpec, out_dir: Path) -> Path:
+    return Path(out_dir) / "runs" / spec.run_name
+
+
+def is_finished(spec: RunSpec, out_dir: Path) -> bool:
+    f = run_dir_for(spec, out_dir) / "run.json"
+    return f.is_file() and json.loads(f.read_text()).get("status") == "finished"
+
+
+def train_run(spec: RunSpec, out_dir: Path, progress: bool = True, accelerator=None) -> dict:
+    """Train one run to its budget. Returns the final `runs` row."""
+    from accelerate.utils import set_seed
+
+    from bench.backbone import build_backbone
+    from bench.catalog import methods
+    from bench.prompts import resolve_prompt_set
+    from bench.provenance import git_commit, package_versions
+
+    accelerator = accelerator or make_accelerator(spec.mixed_precision)
+    world, rank = accelerator.num_processes, accelerator.process_index
+    marks = spec.checkpoint_marks()
+    if world > 1 and (spec.samples_per_epoch % world or any(m % world for m in marks)):
+        raise BenchError(f"with {world} processes, samples per epoch ({spec.samples_per_epoch}) and every "
+                         f"checkpoint mark {marks} must be multiples of {world}")
+    run_dir = run_dir_for(spec, out_dir)
+    main = accelerator.is_main_process
+    t_start = time.time()
+    run_row = dict(
+        run_id=spec.run_name, config_hash=spec.config_hash, method=spec.method, reward=spec.reward,
+        backbone=spec.backbone, suite=spec.suite, seed=spec.seed, budget=spec.budget, config=spec.to_dict(),
+        package_versions=package_versions(), git_commit=git_commit(),
+        started_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), finished_at=None,
+        status="running", wall_time_s=None, world_size=world,
+    )
+    if main:
+        for stale in ("metrics.jsonl", "checkpoints.jsonl"):  # a crashed earlier attempt starts over
+            (run_dir / stale).unlink(missing_ok=True)
+        atomic_write_json(run_dir / "run.json", run_row)
+
+    device = accelerator.device
+    backbone = build_backbone(backbone_location(spec), spec.num_steps, spec.guidance_scale, spec.eta,
+                              device=device, weight_dtype=weight_dtype_for(accelerator))
+    set_seed(spec.seed)  # identical LoRA initialisation on every process
+    backbone.add_lora(spec.lora_rank)
+    reward = CountedReward(load_reward(spec.reward, spec.suite, device))
+    _, prompts = resolve_prompt_set(spec.train_prompts)
+    ctx = TrainContext(
+        spec=spec, backbone=backbone, reward=reward, prompts=prompts, accelerator=accelerator,
+        generator=torch.Generator().manual_seed(spec.seed * 100_003 + rank),
+        rng=np.random.default_rng([spec.seed, rank]), progress=progress,
+    )
+    method = methods.get(spec.method).load()(ctx)
+
+    budget = RewardBudget(spec.budget, marks)
+    ckpt_rows: list[dict] = []
+    metric_rows: list[dict] = []
+    sampled = 0
+
+    def checkpoint(epoch: int) -> None:
+        rel = f"checkpoints/q{budget.used:08d}.safetensors"
+        if main:
+            backbone.save_lora(run_dir / rel)
+            ckpt_rows.append(dict(run_id=spec.run_name, reward_queries=budget.used, mark_index=marks.index(budget.used),
+                                  epoch=epoch, sampled_images=sampled, gradient_updates=method.gradient_updates,
+                                  wall_time_s=round(time.time() - t_start, 3), path=rel))
+            atomic_write_jsonl(run_dir / "checkpoints.jsonl", ckpt_rows)
+
+    checkpoint(epoch=0)  # the pretrained model (LoRA up-projections are zero)
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=spec.budget, desc=f"{spec.method} s{spec.seed}", unit="query", dynamic_ncols=True,
+               disable=not (progress and main))
+    epoch = 0
+    while not budget.exhausted:
+        n = budget.epoch_size(spec.samples_per_epoch)
+        n_local = n // world
+        reward.allow(n_local)
+        before = reward.queries
+        t0 = time.time()
+        metrics = method.train_epoch(n_local, epoch)
+        spent = reward.queries - before
+        if spent != n_local:
+            raise RuntimeError(f"{spec.method} spent {spent} reward queries in epoch {epoch}, expected {n_local}")
+        budget.charge(n)
+        sampled += n
+        epoch += 1
+        metrics = {**metrics, "epoch_time_s": time.time() - t0, "gradient_updates": method.gradient_updates}
+        metric_rows += [dict(run_id=spec.run_name, epoch=epoch, reward_queries=budget.used, metric=k, value=float(v))
+                        for k, v in metrics.items() if v is not None]
+        if main:
+            atomic_write_jsonl(run_dir / "metrics.jsonl", metric_rows)
+        bar.update(n)
+        bar.set_postfix(reward=f"{metrics.get('reward_mean', float('nan')):.3g}")
+        if budget.at_mark():
+            checkpoint(epoch)
+    bar.close()
+    accelerator.wait_for_everyone()
+    run_row.update(status="finished", finished_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                   wall_time_s=round(time.time() - t_start, 3))
+    if main:
+        atomic_write_json(run_dir / "run.json", run_row)  # written last: marks the run finished
+    return run_row

@@ -1,0 +1,132 @@
+"""DDIM sampling with per-step log-probabilities: the shared machinery of every
+policy-gradient method.
+
+With eta > 0 each DDIM step x_t -> x_{t-1} is a Gaussian
+    N(mean_t, sigma_t^2 I),  sigma_t = eta * sqrt((1-a_prev)/(1-a_t) * (1 - a_t/a_prev)),
+    mean_t = sqrt(a_prev) * x0_hat + sqrt(1 - a_prev - sigma_t^2) * eps_hat,
+so the log-density of the sampled x_{t-1} is the per-step log-prob of the
+policy. Following the DDPO and TDPO reference code, the log-prob is the Gaussian
+log-density including its constants, AVERAGED over the latent dimensions (not
+summed): clip ranges such as 1e-4 are stated on that scale.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+
+import torch
+
+
+def _alphas(scheduler, timesteps: torch.Tensor, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """alpha_bar at t and at the previous timestep (the DDIM 'prev_t'), per sample."""
+    step = scheduler.config.num_train_timesteps // scheduler.num_inference_steps
+    prev = timesteps - step
+    ac = scheduler.alphas_cumprod.to(device=device, dtype=torch.float32)
+    final = torch.as_tensor(scheduler.final_alpha_cumprod, dtype=torch.float32, device=device)
+    a_t = ac[timesteps.long().clamp(0, len(ac) - 1)]
+    a_prev = torch.where(prev >= 0, ac[prev.long().clamp(0, len(ac) - 1)], final)
+    return a_t, a_prev
+
+
+def _bcast(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return v.reshape(-1, *([1] * (like.ndim - 1)))
+
+
+def ddim_step_with_logprob(
+    scheduler,
+    model_output: torch.Tensor,
+    timestep: torch.Tensor | int,
+    sample: torch.Tensor,
+    eta: float = 1.0,
+    prev_sample: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One DDIM step x_t -> x_{t-1} and the log-prob of x_{t-1} under it.
+
+    `timestep` may be a scalar or one timestep per sample (DDPO trains on
+    per-sample permuted timesteps). If `prev_sample` is given, its log-prob is
+    returned (recomputation under new weights); otherwise x_{t-1} is sampled.
+    The returned prev_sample is detached, as in the reference.
+    """
+    if scheduler.config.prediction_type != "epsilon":
+        raise ValueError("ddim_step_with_logprob supports epsilon prediction only")
+    device = sample.device
+    t = torch.as_tensor(timestep, device=device)
+    if t.ndim == 0:
+        t = t.expand(sample.shape[0])
+    a_t, a_prev = _alphas(scheduler, t, device)
+    a_t, a_prev = _bcast(a_t, sample), _bcast(a_prev, sample)
+    x = sample.float()
+    eps = model_output.float()
+
+    x0 = (x - (1 - a_t).sqrt() * eps) / a_t.sqrt()
+    if scheduler.config.clip_sample:
+        r = scheduler.config.clip_sample_range
+        x0 = x0.clamp(-r, r)
+    variance = (1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)
+    std = eta * variance.sqrt()
+    mean = a_prev.sqrt() * x0 + (1 - a_prev - std**2).clamp(min=0).sqrt() * eps
+
+    if prev_sample is None:
+        noise = torch.randn(sample.shape, generator=generator, device=device if generator is None else generator.device,
+                            dtype=torch.float32).to(device)
+        prev_sample = mean + std * noise
+    prev_sample = prev_sample.detach().float()
+
+    log_prob = (
+        -((prev_sample - mean) ** 2) / (2 * std**2)
+        - torch.log(std)
+        - math.log(math.sqrt(2 * math.pi))
+    )
+    log_prob = log_prob.mean(dim=tuple(range(1, log_prob.ndim)))
+    return prev_sample.to(sample.dtype), log_prob
+
+
+@dataclass
+class Trajectory:
+    """A batch of sampled denoising trajectories (B samples, T steps).
+
+    latents[:, j] is x_t at step j (j=0 is the noisiest, x_T); next_latents[:, j]
+    is the x_{t-1} sampled from it. log_probs[:, j] is log p(next | latent) at
+    sampling time, timesteps[j] the scheduler timestep of step j (e.g. 981 ... 1).
+    """
+
+    prompts: list[str]
+    prompt_embeds: torch.Tensor           # (B, L, D) conditional text embeddings
+    negative_prompt_embeds: torch.Tensor  # (B, L, D) embeddings of "" for guidance
+    latents: torch.Tensor                 # (B, T, C, h, w)
+    next_latents: torch.Tensor            # (B, T, C, h, w)
+    log_probs: torch.Tensor               # (B, T)
+    timesteps: torch.Tensor               # (T,)
+    images: torch.Tensor                  # (B, 3, H, W) in [0, 1]
+
+    def __len__(self) -> int:
+        return self.latents.shape[0]
+
+    def index(self, idx) -> "Trajectory":
+        """A sub-batch; `idx` is a tensor or list of sample indices."""
+        idx = torch.as_tensor(idx, dtype=torch.long)
+        out = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if f.name == "prompts":
+                out[f.name] = [v[i] for i in idx.tolist()]
+            elif f.name == "timesteps":
+                out[f.name] = v
+            else:
+                out[f.name] = v[idx.to(v.device)]
+        return Trajectory(**out)
+
+    @staticmethod
+    def cat(parts: list["Trajectory"]) -> "Trajectory":
+        out = {}
+        for f in fields(Trajectory):
+            vals = [getattr(p, f.name) for p in parts]
+            if f.name == "prompts":
+                out[f.name] = [x for v in vals for x in v]
+            elif f.name == "timesteps":
+                out[f.name] = vals[0]
+            else:
+                out[f.name] = torch.cat(vals)
+        return Trajectory(**out)

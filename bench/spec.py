@@ -1,0 +1,229 @@
+"""Run specifications: one frozen dataclass per training run, with a readable
+name and a hash of its full configuration.
+
+Everything here is pure Python, so a whole grid is validated before torch loads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.errors import BenchError, did_you_mean
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    method: str
+    """Registered method name, e.g. 'ddpo-2'."""
+    reward: str
+    """Registered name of the training reward (the one that spends the budget)."""
+    backbone: str
+    """Registered backbone name, a local pipeline folder, or a Hugging Face model id found in the local cache."""
+    suite: str
+    """The world the run belongs to ('sd', 'tiny-random', ...). Results of different suites never mix."""
+    seed: int
+    """Seed for LoRA initialisation, prompts and sampling noise."""
+    budget: int
+    """Total reward queries: images scored by the training reward. Every method stops exactly here."""
+    num_checkpoints: int
+    """Evenly spaced checkpoint marks after the pretrained model at 0 (10 by default)."""
+    num_steps: int
+    """T, the number of DDIM denoising steps."""
+    guidance_scale: float
+    """Classifier-free guidance scale, used in sampling and in the training pass."""
+    eta: float
+    """DDIM eta; 1.0 makes every step a Gaussian with the DDPM posterior variance."""
+    samples_per_epoch: int
+    """Images sampled (and reward queries spent) per epoch, over all processes."""
+    train_batch_size: int
+    """Samples per process in one forward/backward micro-step of training."""
+    sample_batch_size: int
+    """Images per process in one sampling batch (changes which noise each image gets)."""
+    train_prompts: str
+    """Registered prompt set name or path of the training prompts."""
+    lora_rank: int = 4
+    """Rank of the LoRA adapters on to_q, to_k, to_v and to_out.0 of every UNet attention."""
+    mixed_precision: str = "auto"
+    """'auto' (fp16 on GPU, fp32 on CPU), 'no', 'fp16' or 'bf16'."""
+    hparams: tuple[tuple[str, Any], ...] = field(default_factory=tuple)
+    """The method's hyperparameters after preset and overrides, with 'kT' values resolved."""
+
+    # ------------------------------------------------------------------ identity
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["hparams"] = dict(self.hparams)
+        return d
+
+    @property
+    def config_hash(self) -> str:
+        blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+    @property
+    def run_name(self) -> str:
+        return f"{self.method}_{self.reward}_{self.suite}_s{self.seed}_{self.config_hash[:8]}"
+
+    @property
+    def hp(self) -> dict[str, Any]:
+        return dict(self.hparams)
+
+    def checkpoint_marks(self) -> list[int]:
+        """Reward-query counts at which checkpoints are taken: 0 plus `num_checkpoints` evenly spaced marks."""
+        k = self.num_checkpoints
+        return sorted({round(i * self.budget / k) for i in range(k + 1)})
+
+
+# ---------------------------------------------------------------------- parsing helpers
+def parse_budget(text: str) -> int:
+    try:
+        value = int(text.replace("_", ""))
+    except ValueError:
+        raise BenchError(f"--budget must be a positive integer number of reward queries, got {text!r}") from None
+    if value <= 0:
+        raise BenchError(f"--budget must be a positive integer number of reward queries, got {text!r}")
+    return value
+
+
+def parse_seeds(text: str) -> list[int]:
+    seeds = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part.lstrip("-").isdigit() or int(part) < 0:
+            raise BenchError(f"--seeds must be comma-separated non-negative integers like 0,1,2, got {text!r}")
+        seeds.append(int(part))
+    if len(set(seeds)) != len(seeds):
+        raise BenchError(f"--seeds lists a seed twice: {text!r}")
+    return seeds
+
+
+def parse_methods(text: str) -> list[str]:
+    from bench.catalog import methods
+
+    if text.strip() == "all":
+        return methods.names()
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise BenchError("--methods is empty; give names like ddpo-2,ddpo-100 or 'all'")
+    for n in names:
+        methods.get(n)  # raises did-you-mean
+    return names
+
+
+def _coerce(value: str, like: Any) -> Any:
+    if isinstance(like, bool):
+        if value.lower() in ("1", "true", "yes", "on"):
+            return True
+        if value.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(value)
+    if isinstance(like, int):
+        return int(value)
+    if isinstance(like, float):
+        return float(value)
+    return value
+
+
+def parse_overrides(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise BenchError(f"--set expects key=value, got {item!r}")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def resolve_hparams(method: str, overrides: dict[str, str], num_steps: int) -> tuple[tuple[str, Any], ...]:
+    """Preset defaults + overrides, with 'kT' values resolved against T."""
+    from bench.catalog import methods
+
+    hp = dict(methods.get(method).meta.get("hparams", {}))
+    for key, raw in overrides.items():
+        if key not in hp:
+            continue  # checked against the union of all selected methods by the caller
+        try:
+            hp[key] = raw if isinstance(hp[key], str) else _coerce(raw, hp[key])
+        except ValueError:
+            raise BenchError(f"--set {key}={raw}: expected a {type(hp[key]).__name__}") from None
+    for key, value in hp.items():
+        if isinstance(value, str) and value.endswith("T"):
+            k = value[:-1] or "1"
+            try:
+                hp[key] = int(float(k) * num_steps)
+            except ValueError:
+                raise BenchError(f"hyperparameter {key}={value!r}: expected a number or 'kT'") from None
+        elif isinstance(value, str) and value.replace(".", "", 1).isdigit():
+            hp[key] = int(value) if value.isdigit() else float(value)
+    return tuple(sorted(hp.items()))
+
+
+# ---------------------------------------------------------------------- backbones
+def hf_cache_dir() -> Path:
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"])
+    home = os.environ.get("HF_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "huggingface")
+    return Path(home) / "hub"
+
+
+def find_in_hf_cache(model_id: str, marker: str = "model_index.json") -> Path | None:
+    """The newest cached snapshot folder of `model_id` that holds `marker`, or None."""
+    repo = hf_cache_dir() / ("models--" + model_id.replace("/", "--"))
+    snaps = sorted((repo / "snapshots").glob(f"*/{marker}"), key=lambda p: p.stat().st_mtime)
+    return snaps[-1].parent if snaps else None
+
+
+@dataclass(frozen=True)
+class BackboneInfo:
+    name: str
+    """What the user typed (name, path or model id)."""
+    suite: str
+    defaults: dict[str, Any]
+    builder: str | None = None
+    """Registered 'module:attr' that builds the pipeline folder (tiny-random)."""
+    location: str | None = None
+    """Local folder or Hugging Face model id to load."""
+
+
+def resolve_backbone(name: str) -> BackboneInfo:
+    """Find a backbone without importing torch. Missing weights raise a one-line BenchError."""
+    from bench.catalog import SD_DEFAULTS, backbones
+
+    if name in backbones:
+        entry = backbones.get(name)
+        meta = entry.meta
+        if entry.target:
+            return BackboneInfo(name, meta["suite"], dict(meta["defaults"]), builder=entry.target)
+        return resolve_backbone_location(meta["hf_id"], suite=meta["suite"], defaults=meta["defaults"], shown=name)
+    looks_like_path = name.startswith((".", "/", "~")) or os.sep in name and Path(name).exists()
+    if looks_like_path or Path(name).exists():
+        return resolve_backbone_location(name, suite=None, defaults=SD_DEFAULTS, shown=name)
+    if name.count("/") == 1:  # a Hugging Face model id
+        return resolve_backbone_location(name, suite="sd", defaults=SD_DEFAULTS, shown=name)
+    raise did_you_mean("backbone", name, backbones.names())
+
+
+def resolve_backbone_location(location: str, suite: str | None, defaults: dict, shown: str) -> BackboneInfo:
+    path = Path(location).expanduser()
+    if path.exists():
+        if not (path / "model_index.json").is_file():
+            raise BenchError(f"backbone folder {path} has no model_index.json: it is not a diffusers pipeline folder")
+        suite_file = path / "bench_suite.json"
+        if suite_file.is_file():  # a folder that declares its own suite and scale (e.g. the toy suite)
+            meta = json.loads(suite_file.read_text())
+            return BackboneInfo(shown, meta["suite"], {**defaults, **meta.get("defaults", {})}, location=str(path.resolve()))
+        return BackboneInfo(shown, suite or "sd", dict(defaults), location=str(path.resolve()))
+    if location.startswith((".", "/", "~")) or location.count("/") != 1:
+        raise BenchError(f"backbone path not found: {location} (pass a diffusers StableDiffusionPipeline folder)")
+    cached = find_in_hf_cache(location)
+    if cached is None:
+        raise BenchError(
+            f"backbone {location!r} is not available offline: no folder of that name and no snapshot in the "
+            f"Hugging Face cache {hf_cache_dir()}; copy a downloaded snapshot there (or set HF_HUB_CACHE) "
+            f"or pass --backbone /path/to/pipeline_folder"
+        )
+    return BackboneInfo(shown, suite or "sd", dict(defaults), location=str(cached))

@@ -1,0 +1,1 @@
+"""Reward models, one file per reward family. See metrics/base.py for the interface."""

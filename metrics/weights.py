@@ -1,0 +1,57 @@
+"""Where reward weights live. Pure path logic (no torch), so a missing weight is
+reported before any heavy import.
+
+Nothing is ever downloaded: weights come from a local path or the local Hugging
+Face cache. Environment variables override the defaults.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from bench.errors import BenchError
+
+CLIP_L14 = "openai/clip-vit-large-patch14"
+LAION_HEAD_FILE = "sac+logos+ava1-l14-linearMSE.pth"
+
+
+def weights_dir() -> Path:
+    return Path(os.environ.get("BENCH_WEIGHTS", Path.home() / ".cache" / "bench" / "weights"))
+
+
+def resolve_hf_folder(location: str, what: str, env: str) -> Path:
+    """A local folder, or the cached snapshot of a Hugging Face model id."""
+    from bench.spec import find_in_hf_cache, hf_cache_dir
+
+    path = Path(location).expanduser()
+    if path.is_dir():
+        return path
+    if location.count("/") == 1 and not location.startswith((".", "/", "~")):
+        cached = find_in_hf_cache(location, marker="config.json")
+        if cached is not None:
+            return cached
+        raise BenchError(
+            f"{what} {location!r} is not available offline: not in the Hugging Face cache {hf_cache_dir()}; "
+            f"copy a downloaded snapshot there or set {env}=/path/to/folder"
+        )
+    raise BenchError(f"{what} folder not found: {location} (set {env}=/path/to/folder)")
+
+
+def aesthetic_paths(suite: str) -> tuple[Path, Path]:
+    """(CLIP folder, head weight file) of the aesthetic reward for the real SD suite."""
+    clip = resolve_hf_folder(os.environ.get("BENCH_AESTHETIC_CLIP", CLIP_L14), "aesthetic CLIP model",
+                             "BENCH_AESTHETIC_CLIP")
+    head = Path(os.environ.get("BENCH_AESTHETIC_HEAD", weights_dir() / LAION_HEAD_FILE)).expanduser()
+    if not head.is_file():
+        raise BenchError(
+            f"aesthetic head weights not found at {head}: place LAION's {LAION_HEAD_FILE} "
+            f"(improved-aesthetic-predictor) there or set BENCH_AESTHETIC_HEAD=/path/to/file"
+        )
+    return clip, head
+
+
+def preflight(reward: str, suite: str) -> None:
+    """Raise a one-line BenchError now if the reward's weights cannot be found."""
+    if reward == "aesthetic" and suite == "sd":
+        aesthetic_paths(suite)
