@@ -29,7 +29,7 @@ def load_pipeline(location: str, dtype: torch.dtype = torch.float32):
         raise BenchError(f"backbone folder {location} has no model_index.json")
     try:
         pipe = StableDiffusionPipeline.from_pretrained(
-            location, local_files_only=True, torch_dtype=dtype,
+            location, local_files_only=True, dtype=dtype,
             safety_checker=None, feature_extractor=None, requires_safety_checker=False,
         )
     except OSError as e:
@@ -188,6 +188,6 @@ class Backbone:
         return lp
 
 
-def build_backbone(location: str, num_steps: int, guidance_scale: float, eta: float,
+def build_backbone(location: str, num_steps: int, guidance_scale: float, eta: float = 1.0,
                    device="cpu", weight_dtype=torch.float32) -> Backbone:
     return Backbone(load_pipeline(location), num_steps, guidance_scale, eta, device, weight_dtype)

@@ -1,0 +1,30 @@
+"""Test doubles registered into the catalog by the tests that need them."""
+
+import torch
+
+from metrics.base import Reward
+
+
+class CountingReward(Reward):
+    """Mean pixel brightness; counts every image it is asked to score."""
+
+    name = "test-counting"
+    calls: list[int] = []
+
+    def __init__(self, **_):
+        pass
+
+    def score(self, images, prompts):
+        assert len(images) == len(prompts)
+        CountingReward.calls.append(len(images))
+        return images.float().mean(dim=(1, 2, 3)).cpu()
+
+
+def register_counting_reward():
+    from bench.catalog import rewards
+
+    if "test-counting" not in rewards:
+        rewards.register("test-counting", "tests.helpers:CountingReward", "test double",
+                         higher_is_better=True, differentiable=False)
+    CountingReward.calls.clear()
+    return CountingReward

@@ -1,0 +1,64 @@
+"""The common budget: exact reward-query counts and identical checkpoint marks."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bench.budget import BudgetExceeded, CountedReward, RewardBudget
+from bench.spec import RunSpec, resolve_hparams
+from tests.helpers import CountingReward, register_counting_reward
+
+
+def test_epochs_end_on_marks():
+    b = RewardBudget(50, [0, 25, 50])
+    sizes = []
+    while not b.exhausted:
+        n = b.epoch_size(16)
+        sizes.append(n)
+        b.charge(n)
+    assert sizes == [16, 9, 16, 9] and b.used == 50
+    assert b.epoch_size(16) == 0
+    with pytest.raises(BudgetExceeded):
+        b.charge(1)
+
+
+def test_marks_are_evenly_spaced():
+    spec = RunSpec(method="m", reward="r", backbone="b", suite="s", seed=0, budget=256, num_checkpoints=10,
+                   num_steps=5, guidance_scale=5.0, eta=1.0, samples_per_epoch=32, train_batch_size=8,
+                   sample_batch_size=8, train_prompts="p")
+    assert spec.checkpoint_marks() == [0, 26, 51, 77, 102, 128, 154, 179, 205, 230, 256]
+
+
+def test_counted_reward_refuses_queries_beyond_the_allowance():
+    r = CountedReward(CountingReward())
+    r.allow(3)
+    import torch
+    r(torch.zeros(2, 3, 4, 4), ["a", "b"])
+    with pytest.raises(BudgetExceeded):
+        r(torch.zeros(2, 3, 4, 4), ["a", "b"])
+    assert r.queries == 2
+
+
+def test_every_method_spends_exactly_the_budget(tmp_path, tiny_dir):
+    """Each method, with a counting reward, makes exactly N queries and hits the same marks."""
+    from bench.catalog import methods
+    from bench.runner import train_run
+
+    register_counting_reward()
+    marks_by_method = {}
+    for method in methods.names():
+        CountingReward.calls.clear()
+        spec = RunSpec(method=method, reward="test-counting", backbone="tiny-random", suite="tiny-random", seed=0,
+                       budget=40, num_checkpoints=4, num_steps=3, guidance_scale=5.0, eta=1.0,
+                       samples_per_epoch=16, train_batch_size=8, sample_batch_size=8, train_prompts="simple-animals",
+                       hparams=resolve_hparams(method, {}, 3))
+        train_run(spec, tmp_path, progress=False)
+        assert sum(CountingReward.calls) == 40, method
+        run_dir = tmp_path / "runs" / spec.run_name
+        rows = [json.loads(l) for l in (run_dir / "checkpoints.jsonl").read_text().splitlines()]
+        marks_by_method[method] = [r["reward_queries"] for r in rows]
+        assert all((run_dir / r["path"]).is_file() for r in rows)
+        assert json.loads((run_dir / "run.json").read_text())["status"] == "finished"
+        assert rows[-1]["sampled_images"] == 40 and rows[-1]["gradient_updates"] > 0
+    assert all(m == [0, 10, 20, 30, 40] for m in marks_by_method.values()), marks_by_method

@@ -1,0 +1,47 @@
+"""End to end through the command line: rows in DuckDB, skip on re-run."""
+
+import json
+
+import duckdb
+
+from tests.conftest import run_cli
+
+
+def test_run_ddpo_jpeg_end_to_end(tmp_path):
+    args = ["run", "--methods", "ddpo-2,ddpo-100", "--reward", "jpeg-compressibility", "--budget", "48",
+            "--num-steps", "4", "--samples-per-epoch", "16", "--train-batch-size", "8", "--num-checkpoints", "4",
+            "--out", str(tmp_path), "--no-progress"]
+    r = run_cli(*args)
+    assert r.returncode == 0, r.stderr[-3000:]
+    db = tmp_path / "bench.duckdb"
+    con = duckdb.connect(str(db), read_only=True)
+    runs = con.execute("select run_id, method, status, suite, budget, config, package_versions, git_commit "
+                       "from runs order by method").fetchall()
+    assert [(m, s, su, b) for _, m, s, su, b, *_ in runs] == [
+        ("ddpo-100", "finished", "tiny-random", 48), ("ddpo-2", "finished", "tiny-random", 48)]
+    for run_id, method, *_, config, versions, commit in runs:
+        cfg = json.loads(config)
+        assert cfg["method"] == method and cfg["num_steps"] == 4 and cfg["hparams"]["lr"] in (3e-4, 1e-4)
+        assert json.loads(versions)["torch"] and commit
+        assert run_id.startswith(f"{method}_jpeg-compressibility_tiny-random_s0_")
+    marks = con.execute("select run_id, list(reward_queries order by reward_queries) from checkpoints group by 1").fetchall()
+    assert all(m == [0, 12, 24, 36, 48] for _, m in marks) and len(marks) == 2
+    # epochs of 16 are cut at the marks 12, 24, ...: 4 epochs of 12
+    epochs = dict(con.execute("select run_id, count(distinct epoch) from train_metrics group by 1").fetchall())
+    assert set(epochs.values()) == {4}
+    updates = dict(con.execute("select r.method, max(c.gradient_updates) from checkpoints c join runs r using (run_id) "
+                               "group by 1").fetchall())
+    # T=4, 16 samples/epoch at batch 8: ddpo-2 accumulates 4 micro-steps (2 updates per full epoch), ddpo-100 makes
+    # 2T = 8 updates per full epoch (accumulation 1); an epoch of 12 has 2 minibatches -> 8 micro-steps
+    assert updates == {"ddpo-2": 4 * 2, "ddpo-100": 4 * 8}
+    rewards = con.execute("select value from train_metrics where metric = 'reward_mean'").fetchall()
+    assert all(-10 < v < 0 for (v,) in rewards)  # minus kB of a 32x32 JPEG
+    n_rows = con.execute("select (select count(*) from checkpoints) + (select count(*) from train_metrics)").fetchone()[0]
+    con.close()
+
+    again = run_cli(*args)
+    assert again.returncode == 0 and again.stdout.count("skip ") == 2, again.stdout
+    con = duckdb.connect(str(db), read_only=True)
+    assert con.execute("select (select count(*) from checkpoints) + (select count(*) from train_metrics)").fetchone()[0] == n_rows
+    con.close()
+    assert "reward@last" in again.stdout  # the summary table

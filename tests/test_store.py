@@ -1,0 +1,85 @@
+"""DuckDB store: shards, idempotent ingestion, atomic writes, and the lock."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from bench import io as bio
+from bench.errors import BenchError
+from bench.store import connect, ingest
+
+
+def write_run(out: Path, run_id: str, status: str, epochs: int):
+    d = out / "runs" / run_id
+    bio.atomic_write_json(d / "run.json", dict(
+        run_id=run_id, config_hash="abc", method="ddpo-2", reward="r", backbone="b", suite="s", seed=0, budget=10,
+        config={"a": 1}, package_versions={"torch": "x"}, git_commit="deadbeef", started_at="2026-01-01T00:00:00+00:00",
+        finished_at=None, status=status, wall_time_s=None, world_size=1))
+    bio.atomic_write_jsonl(d / "metrics.jsonl", [
+        dict(run_id=run_id, epoch=e, reward_queries=e * 5, metric="reward_mean", value=float(e)) for e in range(1, epochs + 1)])
+    bio.atomic_write_jsonl(d / "checkpoints.jsonl", [
+        dict(run_id=run_id, reward_queries=q, mark_index=i, epoch=i, sampled_images=q, gradient_updates=i,
+             wall_time_s=1.0, path=f"checkpoints/q{q:08d}.safetensors") for i, q in enumerate([0, 5, 10][:epochs + 1])])
+
+
+def counts(db):
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        return {t: con.execute(f"select count(*) from {t}").fetchone()[0] for t in ("runs", "checkpoints", "train_metrics")}
+    finally:
+        con.close()
+
+
+def test_reingest_never_duplicates_and_updates_status(tmp_path):
+    db = tmp_path / "bench.duckdb"
+    write_run(tmp_path, "r1", "running", epochs=1)
+    ingest(db, tmp_path)
+    assert counts(db) == {"runs": 1, "checkpoints": 2, "train_metrics": 1}
+    ingest(db, tmp_path)
+    assert counts(db) == {"runs": 1, "checkpoints": 2, "train_metrics": 1}
+    write_run(tmp_path, "r1", "finished", epochs=2)  # the run went on and finished
+    write_run(tmp_path, "r2", "finished", epochs=2)
+    added = ingest(db, tmp_path)
+    assert added["checkpoints"] == 1 + 3 and added["train_metrics"] == 1 + 2
+    assert counts(db) == {"runs": 2, "checkpoints": 6, "train_metrics": 4}
+    con = duckdb.connect(str(db), read_only=True)
+    assert con.execute("select status from runs where run_id='r1'").fetchone()[0] == "finished"
+    assert json.loads(con.execute("select config from runs where run_id='r1'").fetchone()[0]) == {"a": 1}
+    con.close()
+
+
+def test_atomic_write_keeps_old_file_on_crash(tmp_path, monkeypatch):
+    path = tmp_path / "x.json"
+    bio.atomic_write_json(path, {"v": 1})
+
+    def boom(*a, **k):
+        raise OSError("disk gone")
+
+    monkeypatch.setattr(os, "replace", boom)
+    with pytest.raises(OSError):
+        bio.atomic_write_json(path, {"v": 2})
+    assert json.loads(path.read_text()) == {"v": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["x.json"]  # no temporary left behind
+
+
+def test_ingest_waits_for_another_writer(tmp_path):
+    """Another process holding the database only delays ingestion; a lasting lock is a clear error."""
+    db = tmp_path / "bench.duckdb"
+    write_run(tmp_path, "r1", "finished", epochs=2)
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); print('held', flush=True); time.sleep(float(sys.argv[2]))")
+        , str(db), "3"], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    with pytest.raises(BenchError, match="another process holds it"):
+        connect(db, wait_s=0.5)
+    t0 = time.monotonic()
+    ingest(db, tmp_path)  # waits for the holder to exit
+    assert time.monotonic() - t0 > 0.5
+    holder.wait()
+    assert counts(db)["checkpoints"] == 3
