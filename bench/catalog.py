@@ -86,7 +86,7 @@ backbones.register(
     "tiny-random", "bench.tiny:tiny_random_pipeline_dir",
     "PLACEHOLDER: a tiny StableDiffusionPipeline with RANDOM weights (32x32 images), built offline",
     suite="tiny-random",
-    defaults=dict(num_steps=20, guidance_scale=5.0, eta=1.0, budget=256, samples_per_epoch=32,
+    defaults=dict(num_steps=20, guidance_scale=5.0, eta=1.0, budget=320, samples_per_epoch=32,
                   train_batch_size=16, sample_batch_size=32, train_prompts="simple-animals"),
 )
 backbones.register(
