@@ -21,10 +21,20 @@ from bench.sampling import Trajectory, ddim_step_with_logprob
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 
 
+def quiet_loading() -> None:
+    """The harness shows its own progress; the libraries' loading bars are noise."""
+    import diffusers.utils.logging
+    import transformers.utils.logging
+
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
+
+
 def load_pipeline(location: str, dtype: torch.dtype = torch.float32):
     """Load a StableDiffusionPipeline offline from a folder, with DDIM as scheduler."""
     from diffusers import DDIMScheduler, StableDiffusionPipeline
 
+    quiet_loading()
     if not (Path(location) / "model_index.json").is_file():
         raise BenchError(f"backbone folder {location} has no model_index.json")
     try:
@@ -53,7 +63,9 @@ class Backbone:
         self.weight_dtype = weight_dtype
         for module in (self.unet, self.vae, self.text_encoder):
             module.requires_grad_(False)
-            module.to(self.device, dtype=weight_dtype)
+            if module.dtype != weight_dtype:  # casting is only needed for mixed precision
+                module.to(dtype=weight_dtype)
+            module.to(self.device)
         self.vae.eval()
         self.text_encoder.eval()
         self.scheduler.set_timesteps(num_steps, device=self.device)

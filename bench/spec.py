@@ -199,10 +199,9 @@ def resolve_backbone(name: str) -> BackboneInfo:
         if entry.target:
             return BackboneInfo(name, meta["suite"], dict(meta["defaults"]), builder=entry.target)
         return resolve_backbone_location(meta["hf_id"], suite=meta["suite"], defaults=meta["defaults"], shown=name)
-    looks_like_path = name.startswith((".", "/", "~")) or os.sep in name and Path(name).exists()
-    if looks_like_path or Path(name).exists():
+    if Path(name).expanduser().exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
         return resolve_backbone_location(name, suite=None, defaults=SD_DEFAULTS, shown=name)
-    if name.count("/") == 1:  # a Hugging Face model id
+    if name.count("/") == 1:  # a Hugging Face model id, looked up in the local cache
         return resolve_backbone_location(name, suite="sd", defaults=SD_DEFAULTS, shown=name)
     raise did_you_mean("backbone", name, backbones.names())
 

@@ -92,6 +92,12 @@ def connect(db_path: Path, read_only: bool = False, wait_s: float = 30.0):
     return con
 
 
+def _timestamp(value):
+    import datetime as dt
+
+    return dt.datetime.fromisoformat(value).astimezone(dt.timezone.utc).replace(tzinfo=None) if value else None
+
+
 def _read_jsonl(path: Path) -> list[dict]:
     if not path.is_file():
         return []
@@ -114,6 +120,11 @@ def _insert(con, table: str, rows: list[dict], replace: bool = False) -> int:
 
 def ingest_run_dir(con, run_dir: Path) -> dict[str, int]:
     run = json.loads((run_dir / "run.json").read_text())
+    stored = con.execute("SELECT started_at FROM runs WHERE run_id = ?", [run["run_id"]]).fetchone()
+    if stored is not None and str(stored[0]) != str(_timestamp(run["started_at"])):
+        # the run was restarted (an earlier attempt crashed): its old rows are superseded
+        for table in ("checkpoints", "train_metrics", "scores"):
+            con.execute(f"DELETE FROM {table} WHERE run_id = ?", [run["run_id"]])
     added = {"runs": _insert(con, "runs", [run], replace=True)}
     added["checkpoints"] = _insert(con, "checkpoints", _read_jsonl(run_dir / "checkpoints.jsonl"))
     added["train_metrics"] = _insert(con, "train_metrics", _read_jsonl(run_dir / "metrics.jsonl"))

@@ -85,6 +85,9 @@ def build_tiny_pipeline(words, seed: int = 0):
 
 def save_pipeline_dir(pipe, folder: Path, suite_meta: dict | None = None) -> Path:
     """Save atomically: build in a temporary sibling folder, then rename."""
+    from bench.backbone import quiet_loading
+
+    quiet_loading()
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))

@@ -77,7 +77,13 @@ class DDPO:
         from bench.sampling import Trajectory
 
         traj = Trajectory.cat(parts)
-        rewards = ctx.reward(traj.images, traj.prompts)
+        with ctx.bar(n, "scoring") as bar:
+            chunks = []
+            for s in range(0, n, spec.sample_batch_size):
+                chunks.append(ctx.reward(traj.images[s:s + spec.sample_batch_size],
+                                         traj.prompts[s:s + spec.sample_batch_size]))
+                bar.update(len(chunks[-1]))
+            rewards = torch.cat(chunks)
         all_prompts, all_rewards = ctx.gather(traj.prompts, rewards)
         adv = torch.as_tensor(self.advantages(all_prompts, all_rewards)[ctx.local_slice(n)], dtype=torch.float32,
                               device=ctx.device)

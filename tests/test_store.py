@@ -15,11 +15,11 @@ from bench.errors import BenchError
 from bench.store import connect, ingest
 
 
-def write_run(out: Path, run_id: str, status: str, epochs: int):
+def write_run(out: Path, run_id: str, status: str, epochs: int, started_at="2026-01-01T00:00:00+00:00"):
     d = out / "runs" / run_id
     bio.atomic_write_json(d / "run.json", dict(
         run_id=run_id, config_hash="abc", method="ddpo-2", reward="r", backbone="b", suite="s", seed=0, budget=10,
-        config={"a": 1}, package_versions={"torch": "x"}, git_commit="deadbeef", started_at="2026-01-01T00:00:00+00:00",
+        config={"a": 1}, package_versions={"torch": "x"}, git_commit="deadbeef", started_at=started_at,
         finished_at=None, status=status, wall_time_s=None, world_size=1))
     bio.atomic_write_jsonl(d / "metrics.jsonl", [
         dict(run_id=run_id, epoch=e, reward_queries=e * 5, metric="reward_mean", value=float(e)) for e in range(1, epochs + 1)])
@@ -52,6 +52,19 @@ def test_reingest_never_duplicates_and_updates_status(tmp_path):
     assert con.execute("select status from runs where run_id='r1'").fetchone()[0] == "finished"
     assert json.loads(con.execute("select config from runs where run_id='r1'").fetchone()[0]) == {"a": 1}
     con.close()
+
+
+def test_restarted_run_supersedes_rows_of_the_crashed_attempt(tmp_path):
+    db = tmp_path / "bench.duckdb"
+    write_run(tmp_path, "r1", "running", epochs=2)
+    ingest(db, tmp_path)
+    assert counts(db)["train_metrics"] == 2
+    # the attempt crashed; a re-run started later and has done one epoch so far
+    write_run(tmp_path, "r1", "running", epochs=1, started_at="2026-01-02T00:00:00+00:00")
+    ingest(db, tmp_path)
+    assert counts(db) == {"runs": 1, "checkpoints": 2, "train_metrics": 1}
+    ingest(db, tmp_path)  # same attempt again: nothing deleted or duplicated
+    assert counts(db) == {"runs": 1, "checkpoints": 2, "train_metrics": 1}
 
 
 def test_atomic_write_keeps_old_file_on_crash(tmp_path, monkeypatch):
