@@ -22,7 +22,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -46,7 +46,6 @@ class TrainContext:
     rng: np.random.Generator
     """Per-process generator for prompts and shuffling."""
     progress: bool = True
-    extra: dict = field(default_factory=dict)
 
     @property
     def hp(self) -> dict:

@@ -27,7 +27,6 @@ def recording_advantages(self, prompts, rewards):
 
 DDPO.advantages = recording_advantages
 local_rewards = []
-original_gather = None
 
 accelerator = make_accelerator("no")
 spec = RunSpec(method="ddpo-100", reward="jpeg-compressibility", backbone="tiny-random", suite="tiny-random", seed=0,
