@@ -25,9 +25,14 @@ class Entry:
     """Kind-specific metadata (presets, higher_is_better, file path, ...)."""
 
     def load(self):
-        module, _, attr = self.target.partition(":")
-        obj = importlib.import_module(module)
-        return getattr(obj, attr) if attr else obj
+        return load_target(self.target)
+
+
+def load_target(target: str):
+    """Import "module:attribute" (or just "module")."""
+    module, _, attr = target.partition(":")
+    obj = importlib.import_module(module)
+    return getattr(obj, attr) if attr else obj
 
 
 class Registry:

@@ -121,9 +121,9 @@ def backbone_location(spec: RunSpec) -> str:
 
     info = resolve_backbone(spec.backbone)
     if info.builder:
-        from bench.registry import Entry
+        from bench.registry import load_target
 
-        return str(Entry("builder", info.builder, "").load()())
+        return str(load_target(info.builder)())
     return info.location
 
 

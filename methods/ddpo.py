@@ -26,6 +26,7 @@ import math
 import numpy as np
 import torch
 
+from bench.sampling import Trajectory
 from bench.stat_tracker import PerPromptStatTracker, batch_normalize
 
 
@@ -74,8 +75,6 @@ class DDPO:
                 parts.append(bb.sample(prompts[s:s + spec.sample_batch_size], generator=ctx.generator,
                                        batch_size=spec.sample_batch_size))
                 bar.update(len(parts[-1]))
-        from bench.sampling import Trajectory
-
         traj = Trajectory.cat(parts)
         with ctx.bar(n, "scoring") as bar:
             chunks = []
