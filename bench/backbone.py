@@ -156,6 +156,12 @@ class Backbone:
             x = self.vae.decode(latents.to(self.weight_dtype) / self.vae.config.scaling_factor).sample
         return (x.float() / 2 + 0.5).clamp(0, 1)
 
+    def decode_with_grad(self, latents: torch.Tensor) -> torch.Tensor:
+        """`decode` with the graph kept (AlignProp backpropagates through the VAE)."""
+        with self.autocast():
+            x = self.vae.decode(latents.to(self.weight_dtype) / self.vae.config.scaling_factor).sample
+        return (x.float() / 2 + 0.5).clamp(0, 1)
+
     def initial_latents(self, n: int, generator: torch.Generator | None) -> torch.Tensor:
         c = self.unet.config.in_channels
         s = self.unet.config.sample_size

@@ -48,6 +48,15 @@ methods.register(
     hparams=dict(_DDPO_COMMON, lr=1e-4, updates_per_epoch="2T"),
 )
 
+methods.register(
+    "alignprop", "methods.alignprop:AlignProp",
+    "AlignProp: backprop of a differentiable reward through the last K ~ U{1..T} sampling steps (LoRA, checkpointing)",
+    needs_differentiable_reward=True,
+    hparams=dict(lr=1e-3, weight_decay=1e-4, max_grad_norm=1.0, adam_beta1=0.9, adam_beta2=0.999, adam_eps=1e-8,
+                 loss_coeff=0.01, reward_target=10.0, updates_per_epoch=2, k_min=1, k_max="1T",
+                 gradient_checkpointing=True),
+)
+
 # --------------------------------------------------------------------------- rewards
 rewards.register(
     "jpeg-compressibility", "metrics.jpeg:JpegCompressibility",
@@ -62,7 +71,27 @@ rewards.register(
 rewards.register(
     "aesthetic", "metrics.aesthetic:load_aesthetic",
     "LAION aesthetic predictor: CLIP image features, L2-normalised, into the LAION MLP head",
-    higher_is_better=True, differentiable=True,
+    higher_is_better=True, differentiable=True, suites=("sd", "toy", "tiny-random"),
+)
+rewards.register(
+    "pickscore", "metrics.clip_score:load_pickscore",
+    "PickScore-style CLIP text-image preference score (toy: a tiny CLIP tuned on one rater pool)",
+    higher_is_better=True, differentiable=True, suites=("sd", "toy"),
+)
+rewards.register(
+    "hpsv2", "metrics.clip_score:load_hpsv2",
+    "HPSv2-style CLIP text-image preference score (toy: a tiny CLIP tuned on another rater pool)",
+    higher_is_better=True, differentiable=True, suites=("toy",),
+)
+rewards.register(
+    "gold-aesthetic", "metrics.gold:GoldAesthetic",
+    "toy ground truth: aesthetics from pixels, peaked in saturation (evaluation only)",
+    higher_is_better=True, differentiable=False, suites=("toy",), eval_only=True,
+)
+rewards.register(
+    "gold-fidelity", "metrics.gold:GoldFidelity",
+    "toy ground truth: probability the image shows what the prompt says (evaluation only)",
+    higher_is_better=True, differentiable=False, suites=("toy",), eval_only=True,
 )
 
 # --------------------------------------------------------------------------- prompt sets
@@ -79,9 +108,29 @@ prompt_sets.register(
     path="prompts/compositional.txt", role="compositional",
 )
 
+prompt_sets.register(
+    "toy-seen", "", "toy suite: 48 'a <color> <shape>' prompts (training / seen prompts)",
+    path="prompts/toy_seen.txt", role="seen", suite="toy",
+)
+prompt_sets.register(
+    "toy-unseen", "", "toy suite: 8 held-out color-shape pairs the base model knows but training never sees",
+    path="prompts/toy_unseen.txt", role="unseen", suite="toy",
+)
+prompt_sets.register(
+    "toy-compositional", "", "toy suite: one prompt each for color, count, composition, location",
+    path="prompts/toy_compositional.txt", role="compositional", suite="toy",
+)
+
 # --------------------------------------------------------------------------- backbones
 # `defaults` is the scale of a run on this backbone: what a run uses unless the
 # command line says otherwise.
+backbones.register(
+    "toy", "bench.toy.suite:pipeline_dir",
+    "the embedded toy suite: a tiny StableDiffusionPipeline trained on rendered 32x32 scenes (committed weights)",
+    suite="toy",
+    defaults=dict(num_steps=20, guidance_scale=5.0, eta=1.0, budget=640, samples_per_epoch=32,
+                  train_batch_size=16, sample_batch_size=32, train_prompts="toy-seen"),
+)
 backbones.register(
     "tiny-random", "bench.tiny:tiny_random_pipeline_dir",
     "PLACEHOLDER: a tiny StableDiffusionPipeline with RANDOM weights (32x32 images), built offline",
@@ -96,5 +145,5 @@ backbones.register(
                   train_batch_size=8, sample_batch_size=8, train_prompts="simple-animals"),
 )
 
-DEFAULT_BACKBONE = "tiny-random"
+DEFAULT_BACKBONE = "toy"
 SD_DEFAULTS = backbones.get("sd-v1-4").meta["defaults"]

@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--methods", default="all", help="comma-separated method names, or 'all' (default)")
     r.add_argument("--reward", default="aesthetic", help="training reward (default: aesthetic)")
     r.add_argument("--backbone", default=None, help="registered name, pipeline folder, or cached HF model id "
-                                                   "(default: the suite default, tiny-random for now)")
+                                                   "(default: toy, the embedded toy suite)")
     r.add_argument("--budget", default=None, help="reward queries per run (default: the backbone's)")
     r.add_argument("--seeds", default="0", help="comma-separated seeds, one run each (default: 0)")
     r.add_argument("--out", default="results", help="output folder (default: results)")
@@ -52,6 +52,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a method hyperparameter, e.g. --set lr=1e-4 (repeatable)")
     r.add_argument("--force", action="store_true", help="re-run runs that already finished")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    pf = sub.add_parser("perf", help="speed and memory of the main code paths (a table)")
+    pf.add_argument("--backbone", default=None, help="default: the suite default (toy)")
+    pf.add_argument("--num-steps", type=int, default=None)
+    pf.add_argument("--batch", type=int, default=8)
+    pf.add_argument("--reward", default="aesthetic")
+    pf.add_argument("--repeat", type=int, default=2)
 
     ls = sub.add_parser("list", help="list registered names (instant)")
     ls.add_argument("kind", nargs="?", choices=KINDS)
@@ -78,7 +85,9 @@ def cmd_list(kind: str | None) -> int:
             extra = ""
             if k == "rewards":
                 extra = f"  [{'higher' if e.meta['higher_is_better'] else 'lower'} is better" \
-                        f"{', differentiable' if e.meta['differentiable'] else ''}]"
+                        f"{', differentiable' if e.meta['differentiable'] else ''}" \
+                        f"{', evaluation only' if e.meta.get('eval_only') else ''}" \
+                        f"{'; suites: ' + ','.join(e.meta['suites']) if e.meta.get('suites') else ''}]"
             print(f"  {e.name:<24} {e.summary}{extra}")
     return 0
 
@@ -100,6 +109,9 @@ def build_specs(args) -> list:
 
     method_names = parse_methods(args.methods)
     reward_entry = catalog.rewards.get(args.reward)
+    if reward_entry.meta.get("eval_only"):
+        raise BenchError(f"{args.reward!r} is a gold reward, for evaluation only; train on a proxy such as "
+                         f"'aesthetic' (see `python -m bench list rewards`)")
     info = resolve_backbone(args.backbone or catalog.DEFAULT_BACKBONE)
     d = info.defaults
     budget = parse_budget(args.budget) if args.budget is not None else d["budget"]
@@ -113,6 +125,11 @@ def build_specs(args) -> list:
         if key not in known:
             raise did_you_mean(f"hyperparameter (--set) of {','.join(method_names)}", key, known)
     train_prompts, _ = resolve_prompt_set(args.train_prompts or d["train_prompts"])
+    if args.methods.strip() == "all" and not reward_entry.meta["differentiable"]:
+        skipped = [m for m in method_names if catalog.methods.get(m).meta.get("needs_differentiable_reward")]
+        if skipped:  # 'all' means all that can train on this reward
+            print(f"bench: skipping {', '.join(skipped)}: {args.reward!r} is not differentiable", file=sys.stderr)
+            method_names = [m for m in method_names if m not in skipped]
     for m in method_names:
         if catalog.methods.get(m).meta.get("needs_differentiable_reward") and not reward_entry.meta["differentiable"]:
             raise BenchError(f"method {m!r} backpropagates through the reward, but {args.reward!r} is not "
@@ -181,18 +198,42 @@ def print_summary(db: Path, run_ids: list[str]) -> None:
                               max(epoch) AS epochs FROM r GROUP BY run_id),
                  u AS (SELECT run_id, max(gradient_updates) AS updates, max(reward_queries) AS queries
                        FROM checkpoints GROUP BY run_id)
-            SELECT runs.run_id, runs.status, u.queries, f.epochs, u.updates, f.first, f.last, runs.wall_time_s
+            SELECT runs.suite, runs.run_id, runs.status, u.queries, f.epochs, u.updates, f.first, f.last,
+                   runs.wall_time_s
             FROM runs LEFT JOIN f USING (run_id) LEFT JOIN u USING (run_id)
-            WHERE runs.run_id IN (SELECT unnest(?::VARCHAR[])) ORDER BY runs.run_id
+            WHERE runs.run_id IN (SELECT unnest(?::VARCHAR[])) ORDER BY runs.suite, runs.run_id
         """, [run_ids]).fetchall()
     finally:
         con.close()
     header = ("run", "status", "queries", "epochs", "updates", "reward@1st", "reward@last", "wall s")
-    table = [header] + [(r[0], r[1], r[2], r[3], r[4], f"{r[5]:.4g}" if r[5] is not None else "-",
-                         f"{r[6]:.4g}" if r[6] is not None else "-", f"{r[7]:.0f}" if r[7] else "-") for r in rows]
-    widths = [max(len(str(row[i])) for row in table) for i in range(len(header))]
-    for row in table:
-        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)))
+    suites = sorted({r[0] for r in rows})
+    for suite in suites:  # one table per suite: toy and real results never mix
+        if len(suites) > 1:
+            print(f"suite {suite}:")
+        table = [header] + [(r[1], r[2], r[3], r[4], r[5], f"{r[6]:.4g}" if r[6] is not None else "-",
+                             f"{r[7]:.4g}" if r[7] is not None else "-", f"{r[8]:.0f}" if r[8] else "-")
+                            for r in rows if r[0] == suite]
+        widths = [max(len(str(row[i])) for row in table) for i in range(len(header))]
+        for row in table:
+            print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)))
+
+
+def cmd_perf(args) -> int:
+    from bench import catalog
+    from bench.spec import resolve_backbone
+    from metrics.weights import preflight
+
+    catalog.rewards.get(args.reward)
+    info = resolve_backbone(args.backbone or catalog.DEFAULT_BACKBONE)
+    preflight(args.reward, info.suite)
+    _positive("--batch", args.batch)
+    _quiet_libraries()
+    from bench.perf import print_table, run_perf
+
+    num_steps = args.num_steps or info.defaults["num_steps"]
+    print(f"bench perf: backbone {info.name} (suite {info.suite}), T={num_steps}, batch {args.batch}")
+    print_table(run_perf(args.backbone or catalog.DEFAULT_BACKBONE, num_steps, args.batch, args.reward, args.repeat))
+    return 0
 
 
 # ------------------------------------------------------------------------------ main
@@ -203,6 +244,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_list(args.kind)
         if args.command == "run":
             return cmd_run(args)
+        if args.command == "perf":
+            return cmd_perf(args)
         out = Path(args.out)
         db = Path(args.db) if args.db else out / "bench.duckdb"
         if args.command == "ingest":

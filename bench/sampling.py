@@ -33,24 +33,12 @@ def _bcast(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return v.reshape(-1, *([1] * (like.ndim - 1)))
 
 
-def ddim_step_with_logprob(
-    scheduler,
-    model_output: torch.Tensor,
-    timestep: torch.Tensor | int,
-    sample: torch.Tensor,
-    eta: float = 1.0,
-    prev_sample: torch.Tensor | None = None,
-    generator: torch.Generator | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """One DDIM step x_t -> x_{t-1} and the log-prob of x_{t-1} under it.
-
-    `timestep` may be a scalar or one timestep per sample (DDPO trains on
-    per-sample permuted timesteps). If `prev_sample` is given, its log-prob is
-    returned (recomputation under new weights); otherwise x_{t-1} is sampled.
-    The returned prev_sample is detached, as in the reference.
-    """
+def ddim_mean_std(scheduler, model_output: torch.Tensor, timestep, sample: torch.Tensor,
+                  eta: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and standard deviation of the DDIM(eta) step x_t -> x_{t-1}, in float32,
+    differentiable in model_output and sample. `timestep` may be per sample."""
     if scheduler.config.prediction_type != "epsilon":
-        raise ValueError("ddim_step_with_logprob supports epsilon prediction only")
+        raise ValueError("DDIM steps here support epsilon prediction only")
     device = sample.device
     t = torch.as_tensor(timestep, device=device)
     if t.ndim == 0:
@@ -67,6 +55,27 @@ def ddim_step_with_logprob(
     variance = (1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)
     std = eta * variance.sqrt()
     mean = a_prev.sqrt() * x0 + (1 - a_prev - std**2).clamp(min=0).sqrt() * eps
+    return mean, std
+
+
+def ddim_step_with_logprob(
+    scheduler,
+    model_output: torch.Tensor,
+    timestep: torch.Tensor | int,
+    sample: torch.Tensor,
+    eta: float = 1.0,
+    prev_sample: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One DDIM step x_t -> x_{t-1} and the log-prob of x_{t-1} under it.
+
+    `timestep` may be a scalar or one timestep per sample (DDPO trains on
+    per-sample permuted timesteps). If `prev_sample` is given, its log-prob is
+    returned (recomputation under new weights); otherwise x_{t-1} is sampled.
+    The returned prev_sample is detached, as in the reference.
+    """
+    device = sample.device
+    mean, std = ddim_mean_std(scheduler, model_output, timestep, sample, eta)
 
     if prev_sample is None:
         noise = torch.randn(sample.shape, generator=generator, device=device if generator is None else generator.device,
@@ -81,6 +90,18 @@ def ddim_step_with_logprob(
     )
     log_prob = log_prob.mean(dim=tuple(range(1, log_prob.ndim)))
     return prev_sample.to(sample.dtype), log_prob
+
+
+def ddim_step(scheduler, model_output, timestep, sample, eta: float = 1.0,
+              generator: torch.Generator | None = None) -> torch.Tensor:
+    """A differentiable DDIM step (reparameterised: mean + std * noise), for
+    backpropagation through sampling (AlignProp)."""
+    mean, std = ddim_mean_std(scheduler, model_output, timestep, sample, eta)
+    if eta == 0:
+        return mean
+    noise = torch.randn(sample.shape, generator=generator, dtype=torch.float32,
+                        device=sample.device if generator is None else generator.device).to(sample.device)
+    return mean + std * noise
 
 
 @dataclass

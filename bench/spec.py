@@ -59,6 +59,11 @@ class RunSpec:
         d["hparams"] = dict(self.hparams)
         return d
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "RunSpec":
+        """Inverse of to_dict (the `config` column); the hash is unchanged by the round trip."""
+        return cls(**{**d, "hparams": tuple(sorted(d.get("hparams", {}).items()))})
+
     @property
     def config_hash(self) -> str:
         blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))

@@ -10,8 +10,10 @@ Two preprocessing paths:
 - `score` (reference): round to uint8, resize the shortest side to the CLIP input
   size (bicubic, antialiased), center crop, scale to [0,1], CLIP mean/std. The
   reference uses CLIPProcessor (PIL); this is the same recipe in torch ops.
-- `score_differentiable` (AlignProp): no rounding, bilinear resize straight to the
-  input size (no crop), CLIP mean/std; gradients flow into the images.
+- `score_differentiable` (AlignProp): the same recipe without the uint8 rounding,
+  so gradients flow into the images and both paths agree to quantisation error.
+  (AlignProp's own code resizes bilinearly without a crop; we keep the scorer's
+  recipe so that training and evaluation score the same function.)
 """
 
 from __future__ import annotations
@@ -66,10 +68,17 @@ def preprocess_reference(images: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def preprocess_differentiable(images: torch.Tensor, size: int) -> torch.Tensor:
+    """The reference recipe in differentiable torch ops: no uint8 rounding, the same
+    antialiased bicubic shortest-side resize and center crop, CLIP mean/std."""
     x = images.float()
-    if x.shape[-2:] != (size, size):
-        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=False, align_corners=False)
-    return _normalize(x)
+    h, w = x.shape[-2:]
+    if min(h, w) != size:
+        scale = size / min(h, w)
+        x = F.interpolate(x, size=(max(size, round(h * scale)), max(size, round(w * scale))),
+                          mode="bicubic", antialias=True, align_corners=False)
+    h, w = x.shape[-2:]
+    top, left = (h - size) // 2, (w - size) // 2
+    return _normalize(x[..., top:top + size, left:left + size])
 
 
 class AestheticReward(Reward):
@@ -169,6 +178,10 @@ def load_aesthetic(suite: str = "sd", device="cpu", **_) -> AestheticReward:
         from metrics.weights import aesthetic_paths
 
         clip_dir, head_path = aesthetic_paths(suite)
+    elif suite == "toy":
+        from bench.toy.suite import asset
+
+        clip_dir, head_path = asset("aesthetic", "clip"), asset("aesthetic", "head.safetensors")
     elif suite == "tiny-random":
         from bench.tiny import cache_root
 

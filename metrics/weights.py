@@ -53,5 +53,20 @@ def aesthetic_paths(suite: str) -> tuple[Path, Path]:
 
 def preflight(reward: str, suite: str) -> None:
     """Raise a one-line BenchError now if the reward's weights cannot be found."""
+    from bench.catalog import rewards
+
+    suites = rewards.get(reward).meta.get("suites")
+    if suites is not None and suite not in suites:
+        raise BenchError(f"reward {reward!r} is not available on suite {suite!r} (it is on: {', '.join(suites)})")
     if reward == "aesthetic" and suite == "sd":
         aesthetic_paths(suite)
+    if suite == "toy":
+        from bench.toy.suite import REBUILD, assets_root
+
+        if not (assets_root() / "pipeline" / "model_index.json").is_file():
+            raise BenchError(f"toy-suite pipeline missing: {assets_root() / 'pipeline'} ({REBUILD})")
+
+        folder = {"aesthetic": "aesthetic", "pickscore": "pickscore", "hpsv2": "hpsv2",
+                  "gold-fidelity": "gold-fidelity"}.get(reward)
+        if folder and not (assets_root() / folder).is_dir():
+            raise BenchError(f"toy-suite weights for {reward!r} missing: {assets_root() / folder} ({REBUILD})")

@@ -6,7 +6,7 @@ from metrics.base import Reward
 
 
 class CountingReward(Reward):
-    """Mean pixel brightness; counts every image it is asked to score."""
+    """Mean pixel brightness (differentiable); counts every image it is asked to score."""
 
     name = "test-counting"
     calls: list[int] = []
@@ -19,12 +19,17 @@ class CountingReward(Reward):
         CountingReward.calls.append(len(images))
         return images.float().mean(dim=(1, 2, 3)).cpu()
 
+    def score_differentiable(self, images, prompts):
+        assert len(images) == len(prompts)
+        CountingReward.calls.append(len(images))
+        return images.float().mean(dim=(1, 2, 3))
+
 
 def register_counting_reward():
     from bench.catalog import rewards
 
     if "test-counting" not in rewards:
         rewards.register("test-counting", "tests.helpers:CountingReward", "test double",
-                         higher_is_better=True, differentiable=False)
+                         higher_is_better=True, differentiable=True)
     CountingReward.calls.clear()
     return CountingReward

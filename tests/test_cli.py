@@ -24,7 +24,7 @@ def run_light(*args):
 @pytest.mark.parametrize("args,message", [
     (["run", "--methods", "ddpo-3"], "unknown method 'ddpo-3'. Did you mean 'ddpo-2'"),
     (["run", "--methods", "ddpo-2,nope"], "unknown method 'nope'"),
-    (["run", "--reward", "aesthtic"], "unknown reward 'aesthtic'. Did you mean 'aesthetic'?"),
+    (["run", "--reward", "aesthtic"], "unknown reward 'aesthtic'. Did you mean 'aesthetic'"),
     (["run", "--backbone", "tiny-randm"], "unknown backbone 'tiny-randm'. Did you mean 'tiny-random'?"),
     (["run", "--budget", "12x"], "--budget must be a positive integer"),
     (["run", "--budget", "0"], "--budget must be a positive integer"),
@@ -35,6 +35,8 @@ def run_light(*args):
     (["run", "--set", "lrr=1"], "Did you mean 'lr'?"),
     (["run", "--set", "lr=fast"], "--set lr=fast: expected a float"),
     (["run", "--train-prompts", "simple-animls"], "unknown prompt set 'simple-animls'"),
+    (["run", "--reward", "gold-aesthetic"], "'gold-aesthetic' is a gold reward, for evaluation only"),
+    (["run", "--reward", "hpsv2", "--backbone", "tiny-random"], "reward 'hpsv2' is not available on suite 'tiny-random'"),
 ])
 def test_bad_input_exits_2_with_one_line_and_no_torch(args, message, tmp_path):
     r = run_light(*args, "--out", str(tmp_path))
@@ -72,11 +74,25 @@ def test_missing_aesthetic_weights_for_sd(tmp_path):
 def test_list_is_instant_and_imports_no_torch():
     r = run_light("list")
     assert r.returncode == 0
-    for name in ("ddpo-2", "ddpo-100", "jpeg-compressibility", "aesthetic", "simple-animals", "tiny-random", "sd-v1-4"):
+    for name in ("ddpo-2", "ddpo-100", "jpeg-compressibility", "aesthetic", "pickscore", "hpsv2", "gold-fidelity",
+                 "simple-animals", "toy-seen", "toy-unseen", "toy-compositional", "toy", "tiny-random", "sd-v1-4"):
         assert name in r.stdout
     assert r.stdout.strip().endswith("HEAVY=")
     r = run_light("list", "rewards")
     assert "ddpo-2" not in r.stdout and "higher is better, differentiable" in r.stdout
+    assert "evaluation only; suites: toy" in r.stdout
+
+
+def test_toy_prompt_sets_parse_and_keep_unseen_out_of_training():
+    from bench.prompts import resolve_prompt_set
+    from bench.toy.captions import parse_caption
+
+    seen, unseen = resolve_prompt_set("toy-seen")[1], resolve_prompt_set("toy-unseen")[1]
+    comp = resolve_prompt_set("toy-compositional")[1]
+    assert len(seen) == 48 and len(unseen) == 8 and not set(seen) & set(unseen)
+    kinds = [parse_caption(p).kind for p in comp]
+    assert kinds == ["background", "count", "pair", "location"]  # color, count, composition, location
+    assert {parse_caption(p).kind for p in seen + unseen} == {"single"}
 
 
 def test_prompt_sets_of_the_paper():

@@ -18,12 +18,12 @@ def test_run_ddpo_jpeg_end_to_end(tmp_path):
     runs = con.execute("select run_id, method, status, suite, budget, config, package_versions, git_commit "
                        "from runs order by method").fetchall()
     assert [(m, s, su, b) for _, m, s, su, b, *_ in runs] == [
-        ("ddpo-100", "finished", "tiny-random", 48), ("ddpo-2", "finished", "tiny-random", 48)]
+        ("ddpo-100", "finished", "toy", 48), ("ddpo-2", "finished", "toy", 48)]
     for run_id, method, *_, config, versions, commit in runs:
         cfg = json.loads(config)
         assert cfg["method"] == method and cfg["num_steps"] == 4 and cfg["hparams"]["lr"] in (3e-4, 1e-4)
         assert json.loads(versions)["torch"] and commit
-        assert run_id.startswith(f"{method}_jpeg-compressibility_tiny-random_s0_")
+        assert run_id.startswith(f"{method}_jpeg-compressibility_toy_s0_")
     marks = con.execute("select run_id, list(reward_queries order by reward_queries) from checkpoints group by 1").fetchall()
     assert all(m == [0, 12, 24, 36, 48] for _, m in marks) and len(marks) == 2
     # epochs of 16 are cut at the marks 12, 24, ...: 4 epochs of 12

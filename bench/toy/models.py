@@ -1,0 +1,59 @@
+"""Configurations of the toy suite's models: the same classes as the real ones
+(diffusers AutoencoderKL / UNet2DConditionModel / DDIMScheduler, transformers
+CLIPModel / CLIPTextModel), only tiny."""
+
+from __future__ import annotations
+
+from bench.tiny import word_tokenizer
+from bench.toy.render import vocabulary
+
+TEXT_DIM = 64
+MAX_TOKENS = 16
+
+
+def toy_tokenizer():
+    return word_tokenizer(vocabulary(), max_length=MAX_TOKENS)
+
+
+def clip_config(tokenizer):
+    from transformers import CLIPConfig
+
+    return CLIPConfig(
+        text_config=dict(vocab_size=len(tokenizer), hidden_size=TEXT_DIM, intermediate_size=4 * TEXT_DIM,
+                         num_hidden_layers=3, num_attention_heads=4, max_position_embeddings=MAX_TOKENS,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id),
+        vision_config=dict(hidden_size=64, intermediate_size=256, num_hidden_layers=3, num_attention_heads=4,
+                           image_size=32, patch_size=4),
+        projection_dim=64,
+    )
+
+
+def new_vae():
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, sample_size=32, layers_per_block=1,
+        block_out_channels=(32, 64, 64), norm_num_groups=32,
+        down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
+    )
+
+
+def new_unet():
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
+        block_out_channels=(64, 96, 128),
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=TEXT_DIM, attention_head_dim=8, norm_num_groups=32,
+    )
+
+
+def new_scheduler():
+    from diffusers import DDIMScheduler
+
+    # SD v1.4's schedule, so that eta, T and log-prob scales behave as on SD.
+    return DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+                         set_alpha_to_one=False, steps_offset=1, num_train_timesteps=1000)
