@@ -45,3 +45,23 @@ def test_run_ddpo_jpeg_end_to_end(tmp_path):
     assert con.execute("select (select count(*) from checkpoints) + (select count(*) from train_metrics)").fetchone()[0] == n_rows
     con.close()
     assert "reward@last" in again.stdout  # the summary table
+
+
+def test_alignprop_raises_the_toy_aesthetic(tmp_path):
+    """AlignProp on the default (toy) backbone: the proxy aesthetic goes up within a small budget."""
+    r = run_cli("run", "--methods", "alignprop", "--reward", "aesthetic", "--budget", "64", "--num-steps", "6",
+                "--samples-per-epoch", "16", "--train-batch-size", "8", "--num-checkpoints", "2",
+                "--out", str(tmp_path), "--no-progress")
+    assert r.returncode == 0, r.stderr[-3000:]
+    con = duckdb.connect(str(tmp_path / "bench.duckdb"), read_only=True)
+    rewards = [v for (v,) in con.execute("select value from train_metrics where metric = 'reward_mean' "
+                                         "order by epoch").fetchall()]
+    queries = con.execute("select max(reward_queries) from checkpoints").fetchone()[0]
+    con.close()
+    assert queries == 64 and len(rewards) == 4
+    assert rewards[-1] > rewards[0] + 0.3, rewards
+
+
+def test_alignprop_refuses_a_non_differentiable_reward(tmp_path):
+    r = run_cli("run", "--methods", "alignprop", "--reward", "jpeg-compressibility", "--out", str(tmp_path))
+    assert r.returncode == 2 and "not differentiable" in r.stderr and len(r.stderr.strip().splitlines()) == 1
