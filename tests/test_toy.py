@@ -194,3 +194,15 @@ def test_quick_rebuild_runs_end_to_end(tmp_path, monkeypatch):
     images = bb.sample(["a red circle"], generator=torch.Generator().manual_seed(0)).images
     for name in ("aesthetic", "pickscore", "hpsv2", "gold-fidelity"):
         assert load_reward(name, "toy", "cpu").score(images, ["a red circle"]).shape == (1,)
+
+
+def test_clip_similarity_rewards_have_a_matching_differentiable_path(toy_rewards):
+    x = as_tensor(render_dataset(8, seed=13)[0])
+    prompts = [s.caption for s in render_dataset(8, seed=13)[1]]
+    for name in ("pickscore", "hpsv2", "aesthetic"):
+        r = toy_rewards[name]
+        xi = x.clone().requires_grad_(True)
+        d = r.score_differentiable(xi, prompts)
+        assert (d.detach().cpu() - r.score(x, prompts)).abs().max().item() < 1e-3, name
+        d.sum().backward()
+        assert xi.grad.abs().sum() > 0, name

@@ -25,13 +25,18 @@ def main(argv=None) -> int:
     ap.add_argument("--per-prompt", type=int, default=1, help="evaluation images per seen prompt")
     ap.add_argument("--out", type=Path, default=Path("results/overopt"))
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--num-steps", default=None, help="denoising steps T (default: the backbone's)")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="method hyperparameter override, passed to bench run")
     args = ap.parse_args(argv)
+    extra = (["--num-steps", args.num_steps] if args.num_steps else []) + [a for kv in args.overrides
+                                                                           for a in ("--set", kv)]
 
     from bench.cli import main as bench_main
 
     rc = bench_main(["run", "--methods", args.method, "--reward", "aesthetic", "--budget", str(args.budget),
                      "--num-checkpoints", str(args.num_checkpoints), "--seeds", str(args.seed),
-                     "--out", str(args.out)])
+                     "--out", str(args.out), *extra])
     if rc != 0:
         return rc
     import torch
@@ -64,6 +69,7 @@ def main(argv=None) -> int:
     out_json = args.json or args.out / "overoptimization.json"
     out_json.parent.mkdir(parents=True, exist_ok=True)
     out_json.write_text(json.dumps({"method": args.method, "budget": args.budget, "seed": args.seed,
+                                    "num_steps": args.num_steps, "overrides": args.overrides,
                                     "run": run_dir.name, "eval_images_per_checkpoint": len(rows) // len(result) // 4,
                                     "curve": result}, indent=1) + "\n")
     print(f"written: {out_json}")
