@@ -106,7 +106,6 @@ _GRID = (np.arange(SIZE * SUPERSAMPLE) + 0.5) / SUPERSAMPLE
 
 def draw(scene: Scene) -> np.ndarray:
     """Render a scene to a uint8 array (32, 32, 3)."""
-    n = SIZE * SUPERSAMPLE
     yy, xx = np.meshgrid(_GRID, _GRID, indexing="ij")
     bg = np.asarray(scene.bg_rgb, dtype=np.float32)
     grad = scene.meta.get("gradient", 0.0)
@@ -116,7 +115,6 @@ def draw(scene: Scene) -> np.ndarray:
         m = shape_mask(o.shape, (xx - o.cx) / o.r, (yy - o.cy) / o.r)
         img[m] = o.rgb
     img = img.reshape(SIZE, SUPERSAMPLE, SIZE, SUPERSAMPLE, 3).mean(axis=(1, 3))
-    assert img.shape == (SIZE, SIZE, 3) and n == SIZE * SUPERSAMPLE
     return (img * 255.0 + 0.5).astype(np.uint8)
 
 
