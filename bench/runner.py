@@ -100,6 +100,20 @@ class TrainContext:
                     disable=not (self.progress and self.accelerator.is_main_process))
 
 
+def optimizer_step(ctx, optimizer, params, max_grad_norm: float, accumulation: int, pending: int) -> None:
+    """End an accumulation: rescale a short one (`pending` < `accumulation`
+    micro-steps) to a full one, average gradients over processes, clip the
+    norm, step and zero. Shared by every method that accumulates."""
+    if pending != accumulation:
+        for p in params:
+            if p.grad is not None:
+                p.grad.mul_(accumulation / pending)
+    ctx.sync_gradients(params)
+    torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
 def make_accelerator(mixed_precision: str):
     from accelerate import Accelerator
 

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from bench.runner import optimizer_step
 from bench.sampling import ddim_step
 
 
@@ -112,12 +113,5 @@ class AlignProp:
         }
 
     def _step(self, pending: int) -> None:
-        if pending != self.accumulation:  # a short final accumulation counts as a full one
-            for p in self.params:
-                if p.grad is not None:
-                    p.grad.mul_(self.accumulation / pending)
-        self.ctx.sync_gradients(self.params)
-        torch.nn.utils.clip_grad_norm_(self.params, self.hp["max_grad_norm"])
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        optimizer_step(self.ctx, self.optimizer, self.params, self.hp["max_grad_norm"], self.accumulation, pending)
         self.gradient_updates += 1

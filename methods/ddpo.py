@@ -26,6 +26,7 @@ import math
 import numpy as np
 import torch
 
+from bench.runner import optimizer_step
 from bench.sampling import Trajectory
 from bench.stat_tracker import PerPromptStatTracker, batch_normalize
 
@@ -122,12 +123,5 @@ class DDPO:
         }
 
     def _step(self, pending: int) -> None:
-        if pending != self.accumulation:  # a short final accumulation counts as a full one
-            for p in self.params:
-                if p.grad is not None:
-                    p.grad.mul_(self.accumulation / pending)
-        self.ctx.sync_gradients(self.params)
-        torch.nn.utils.clip_grad_norm_(self.params, self.hp["max_grad_norm"])
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        optimizer_step(self.ctx, self.optimizer, self.params, self.hp["max_grad_norm"], self.accumulation, pending)
         self.gradient_updates += 1
