@@ -10,7 +10,6 @@ from bench.toy.captions import parse_caption
 from bench.toy.gold import gold_aesthetic, image_stats
 from bench.toy.render import COLORS, Obj, Scene, draw, hue_distance, render_dataset
 
-SUITE = None
 
 
 def suite_json():

@@ -214,7 +214,9 @@ def render_dataset(n: int, seed: int, **kw) -> tuple[np.ndarray, list[Scene]]:
 
 
 def scene_for_caption(caption: str, rng: np.random.Generator) -> Scene:
-    """A random scene that the caption describes (used to render reference images)."""
+    """A random scene that the caption describes (used to render reference images).
+    Rejection sampling: meant for single-object, count, location and background
+    captions; a pair caption rarely matches and raises after 1000 tries."""
     from bench.toy.captions import parse_caption
 
     req = parse_caption(caption)
