@@ -57,6 +57,47 @@ methods.register(
                  gradient_checkpointing=True),
 )
 
+_TDPO_COMMON = dict(
+    lr=1e-4, critic_lr=1e-4,  # two AdamW optimizers (TDPO reference)
+    weight_decay=1e-4, adam_beta1=0.9, adam_beta2=0.999, adam_eps=1e-8,
+    max_grad_norm=1.0,        # clipped separately for LoRA and critic
+    clip_range=1e-4,          # PPO ratio clip; no advantage clipping
+    clip_range_critic=0.2,    # value clipping around the sampling-time residual
+    cf_coef=1.0,              # critic loss weight
+    updates_per_epoch="2T",   # 100 optimizer steps per epoch at T=50
+    num_inner_epochs=1,
+    gamma=1.0,                # returns: every step gets the normalised final reward
+    temporal_reward_norm=True,
+    per_prompt_stat_tracking=True, stat_buffer_size=32, stat_min_count=16,
+    critic_encoder="auto",    # the training reward's own encoder; a reward name swaps it (Appendix E)
+    encode_batch_size=64,     # decoded states per encoder call
+    activation="relu",        # the nonlinearity of the activation score (the critic itself has none)
+    dormant_threshold=0.0,
+    critic_reset="none",      # none | active (TDPO-R) | dormant | all
+    policy_reset="none",      # none | dormant | active (LoRA neurons)
+    policy_dormant_threshold=0.0,
+    reset_every="auto",       # epochs between resets; auto = the reference's 10 of 100, scaled to the run
+    dormancy_batch=8,         # samples whose activations classify neurons
+    kl_penalty_coef=0.0, kl_penalty="clip", init_kl_coef=0.2, kl_target=0.0, kl_horizon=2000,
+)
+
+
+def _tdpo(name: str, help: str, **overrides) -> None:
+    methods.register(name, "methods.tdpo:TDPO", help, family="tdpo", hparams=dict(_TDPO_COMMON, **overrides))
+
+
+_tdpo("tdpo", "TDPO: per-timestep PPO on temporal rewards from a temporal critic, 2T updates per epoch")
+_tdpo("tdpo-r", "TDPO-R: TDPO plus a periodic reset of the critic's ACTIVE neurons", critic_reset="active")
+_tdpo("tdpo-kl", "TDPO with a per-step KL penalty to the pretrained policy in the returns", kl_penalty_coef=1.0)
+_tdpo("tdpo-reset-all", "TDPO with a periodic reset of ALL critic neurons", critic_reset="all")
+_tdpo("tdpo-reset-dormant", "TDPO with a periodic reset of the critic's DORMANT neurons", critic_reset="dormant")
+_tdpo("tdpo-r-leaky", "TDPO-R with activation scores measured through LeakyReLU (paper Appendix B)",
+      critic_reset="active", activation="leaky_relu")
+_tdpo("tdpo-policy-reset-dormant", "TDPO with a periodic reset of the policy's dormant LoRA neurons (threshold 0.1)",
+      policy_reset="dormant", policy_dormant_threshold=0.1)
+_tdpo("tdpo-policy-reset-active", "TDPO with a periodic reset of the policy's active LoRA neurons",
+      policy_reset="active")
+
 # --------------------------------------------------------------------------- rewards
 rewards.register(
     "jpeg-compressibility", "metrics.jpeg:JpegCompressibility",

@@ -81,6 +81,7 @@ def cmd_list(kind: str | None) -> int:
                   "prompts": catalog.prompt_sets, "backbones": catalog.backbones}
     for k in [kind] if kind else KINDS:
         print(f"{k}:")
+        width = max(len(e.name) for e in registries[k].entries()) + 2
         for e in registries[k].entries():
             extra = ""
             if k == "rewards":
@@ -88,7 +89,7 @@ def cmd_list(kind: str | None) -> int:
                         f"{', differentiable' if e.meta['differentiable'] else ''}" \
                         f"{', evaluation only' if e.meta.get('eval_only') else ''}" \
                         f"{'; suites: ' + ','.join(e.meta['suites']) if e.meta.get('suites') else ''}]"
-            print(f"  {e.name:<24} {e.summary}{extra}")
+            print(f"  {e.name:<{width}}{e.summary}{extra}")
     return 0
 
 

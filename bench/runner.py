@@ -76,6 +76,20 @@ class TrainContext:
         torch.distributed.all_gather_object(parts, local)
         return [p for ps, _ in parts for p in ps], np.asarray([r for _, rs in parts for r in rs])
 
+    def gather_array(self, local: np.ndarray) -> np.ndarray:
+        """All processes' arrays, concatenated along the first axis in rank order."""
+        if self.world_size == 1:
+            return np.asarray(local)
+        parts = [None] * self.world_size
+        torch.distributed.all_gather_object(parts, np.asarray(local))
+        return np.concatenate(parts)
+
+    def gather_tensor(self, local: torch.Tensor) -> torch.Tensor:
+        """`gather_array` for tensors: every process gets all rows, on its own device."""
+        if self.world_size == 1:
+            return local
+        return torch.as_tensor(self.gather_array(local.detach().float().cpu().numpy())).to(local.device)
+
     def local_slice(self, n_local: int) -> slice:
         return slice(self.rank * n_local, (self.rank + 1) * n_local)
 

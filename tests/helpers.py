@@ -24,6 +24,13 @@ class CountingReward(Reward):
         CountingReward.calls.append(len(images))
         return images.float().mean(dim=(1, 2, 3))
 
+    def image_encoder(self):
+        """A fixed 48-d feature (4x4 average-pooled RGB), L2-normalised, for the TDPO critic."""
+        def encode(images):
+            feats = torch.nn.functional.adaptive_avg_pool2d(images.float(), 4).flatten(1)
+            return feats / (feats.norm(dim=-1, keepdim=True) + 1e-8)
+        return encode
+
 
 def register_counting_reward():
     from bench.catalog import rewards

@@ -1,0 +1,380 @@
+"""TDPO and TDPO-R: temporal diffusion policy optimization, with critic
+active-neuron reset (Zhang et al. 2024, "Confronting Reward Overoptimization for
+Diffusion Models"; reference ZiyiZhang27/tdpo).
+
+Per epoch (reference loop order):
+1. sample n trajectories with DDIM(eta=1) + CFG, storing each step's log-prob;
+2. score the final images once with the training reward (n reward queries);
+   normalise per prompt (stat tracker, buffer 32, min count 16);
+3. temporal critic: every state x_T .. x_1 (the raw latent BEFORE each UNet
+   call, not the predicted x0; x_0 is not embedded) is VAE-decoded, embedded by
+   the training reward's own frozen image encoder, and fed to the critic MLP in
+   eval mode, giving the residual R_phi(x_t, c) per step;
+4. returns: the normalised reward at the last step (plus, for the KL variant, a
+   per-step penalty), cumulated backwards with gamma (1): every step's return is
+   the normalised final reward. Temporal reward = return - residual, z-scored
+   over all N x T values (no advantage clipping);
+5. shuffle samples, permute timesteps per sample; loop timestep OUTER, minibatch
+   INNER. Each micro-step: PPO-clipped policy loss on the temporal reward
+   (clip 1e-4) + clipped value loss 0.5*mean(max((V-G)^2, (V_clip-G)^2)),
+   V_clip = clamp(V, V_old +- 0.2), G = the step's return, critic dropout on;
+   one backward of pg + cf_coef*cf. Accumulation makes 2T optimizer steps per
+   epoch (100 at T=50); LoRA and critic are clipped separately (1.0) and
+   stepped by two AdamW optimizers (lr 1e-4 both);
+6. neuron states: critic activations on the embeddings of `dormancy_batch`
+   shuffled samples at a random step each (eval mode), LoRA activations on one
+   guided UNet call at those samples' states; dormant fractions and overlaps
+   are logged every epoch; every `reset_every` epochs (after training) the
+   configured neurons are reset with a generator reseeded from the run seed.
+
+Where the reference and the paper differ we follow the code:
+- the critic has NO activation functions (a purely linear MLP); the ReLU of the
+  paper's activation score exists only in the measurement (bench.neurons);
+- initialisation (and re-initialisation) std is 1/(D+1) with D the INPUT width
+  of the critic, for every layer (the reference's `input_size`), not 1/(fan_in+1);
+- TDPO-R resets the ACTIVE neurons (score > 0): incoming rows and outgoing
+  columns ~ N(0, 1/(D+1)), incoming biases 0, Adam moments zeroed, step count kept;
+- the critic target is the per-prompt-normalised reward (the step's return),
+  not the raw reward.
+Choices the sources leave open, recorded here:
+- `reset_every="auto"` scales the reference's 10-of-100 epochs to the run:
+  max(1, round(E / 10)) with E = ceil(budget / samples_per_epoch);
+- the dormant-set overlap counts dormant neurons (the reference counts tensor
+  elements, so its overlap is always 100%): |prev ∩ cur| / min(|prev|, |cur|);
+- `tdpo-r-leaky` measures activation scores with LeakyReLU(0.01) instead of
+  ReLU (the reference's commented-out alternative; paper Appendix B, Fig. 10).
+  At threshold 0 that makes every neuron with any nonzero output active, so
+  it resets (nearly) all critic neurons: measured 1232 of 1232 on the toy suite;
+- the policy's LoRA neurons are the rank dimensions of each LoRA down projection
+  (as in the reference's unwired policy recycler); a reset redraws A's rows
+  ~ N(0, 1/r) and zeroes B's columns. Dormancy of LoRA neurons averages over
+  batch and tokens;
+- the KL reference policy is the pretrained UNet (adapters disabled); the
+  per-step penalty type `clip` = max(log p_theta - log p_ref, 0) (log-probs are
+  means over latent dims) times a controller value (fixed 0.2, or adaptive when
+  `kl_target` > 0) times `kl_penalty_coef` (default 1.0 in `tdpo-kl`: the
+  reference ships 0 and leaves the value to the user);
+- a reward without an image encoder (JPEG) falls back to the suite's aesthetic
+  CLIP encoder; `critic_encoder=NAME` swaps in another reward's encoder (the
+  paper's Appendix E mismatch experiment).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import torch
+from torch import nn
+
+from bench import neurons
+from bench.runner import optimizer_step
+from bench.sampling import Trajectory
+from bench.stat_tracker import PerPromptStatTracker, batch_normalize
+from methods.ddpo import ppo_clipped_loss
+
+
+class TemporalCritic(nn.Module):
+    """The reference critic head: D -> 1024 -> 128 -> 64 -> 16 -> 1 with dropouts
+    0.2, 0.2, 0.1 after the first three layers and no activation functions."""
+
+    def __init__(self, input_dim: int, widths=(1024, 128, 64, 16), dropouts=(0.2, 0.2, 0.1),
+                 generator: torch.Generator | None = None):
+        super().__init__()
+        dims = [input_dim, *widths, 1]
+        layers: list[nn.Module] = []
+        for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
+            layers.append(nn.Linear(a, b))
+            if i < len(dropouts):
+                layers.append(nn.Dropout(dropouts[i]))
+        self.layers = nn.Sequential(*layers)
+        self.init_std = 1.0 / (input_dim + 1)
+        with torch.no_grad():
+            for lin in self.linears():
+                lin.weight.copy_(torch.randn(lin.weight.shape, generator=generator) * self.init_std)
+                lin.bias.zero_()
+
+    def linears(self) -> list[nn.Linear]:
+        return [m for m in self.layers if isinstance(m, nn.Linear)]
+
+    def hidden(self) -> dict[str, nn.Linear]:
+        """Every Linear but the last: the 1024+128+64+16 neurons whose states are tracked."""
+        return {f"layers.{i}": m for i, m in enumerate(self.layers) if isinstance(m, nn.Linear)
+                and m is not self.linears()[-1]}
+
+    def forward(self, embeds: torch.Tensor) -> torch.Tensor:
+        return self.layers(embeds).squeeze(-1)
+
+
+# ------------------------------------------------------------------------------ pure functions
+def kl_penalty(log_probs: np.ndarray, ref_log_probs: np.ndarray, kind: str = "clip") -> np.ndarray:
+    """Per-step penalty from the log-ratio to the reference policy (reference's options)."""
+    r = log_probs - ref_log_probs
+    if kind == "kl":
+        return r
+    if kind == "abs":
+        return np.abs(r)
+    if kind == "square":
+        return 0.5 * r**2
+    if kind == "clip":
+        return np.maximum(r, 0.0)
+    if kind == "approx":
+        return np.expm1(r) - r
+    raise ValueError(f"unknown kl_penalty {kind!r}: use kl, abs, square, clip or approx")
+
+
+def temporal_rewards(norm_rewards: np.ndarray, residuals: np.ndarray, step_penalty: np.ndarray | None = None,
+                     gamma: float = 1.0, normalize: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """(returns, temporal rewards), both (N, T).
+
+    returns[:, -1] = normalised final reward; `step_penalty` (already signed and
+    scaled, e.g. -coef * ctl * kl) is added to every step before the backward
+    discounted cumulative sum. temporal = returns - residuals, z-scored over all
+    N*T values when `normalize` (population std + 1e-8)."""
+    n, T = residuals.shape
+    returns = np.zeros((n, T))
+    returns[:, -1] = norm_rewards
+    if step_penalty is not None:
+        returns += step_penalty
+    for t in reversed(range(T - 1)):
+        returns[:, t] += gamma * returns[:, t + 1]
+    temporal = returns - residuals
+    if normalize:
+        temporal = (temporal - temporal.mean()) / (temporal.std() + 1e-8)
+    return returns, temporal
+
+
+def clipped_value_loss(value: torch.Tensor, old_value: torch.Tensor, target: torch.Tensor,
+                       clip_range: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """0.5 * mean(max((V-G)^2, (clamp(V, V_old +- c) - G)^2)) and the clip fraction."""
+    if clip_range <= 0:
+        return 0.5 * torch.mean((value - target) ** 2), torch.zeros(())
+    clipped = torch.clamp(value, old_value - clip_range, old_value + clip_range)
+    unclipped_loss = (value - target) ** 2
+    clipped_loss = (clipped - target) ** 2
+    loss = 0.5 * torch.mean(torch.maximum(unclipped_loss, clipped_loss))
+    return loss, torch.mean((clipped_loss > unclipped_loss).float()).detach()
+
+
+class KLController:
+    """Fixed (target 0) or adaptive (PPO-style, proportional error clipped to +-0.2) KL coefficient."""
+
+    def __init__(self, init: float, target: float = 0.0, horizon: int = 2000):
+        self.value, self.target, self.horizon = init, target, horizon
+
+    def update(self, current_kl: float, n_steps: int) -> None:
+        if self.target > 0:
+            error = float(np.clip(current_kl / self.target - 1, -0.2, 0.2))
+            self.value *= 1 + error * n_steps / self.horizon
+
+
+def reset_period(reset_every, budget: int, samples_per_epoch: int) -> int:
+    """`auto`: the reference's 10 of 100 epochs, scaled to this run's epoch count."""
+    if reset_every == "auto":
+        epochs = math.ceil(budget / samples_per_epoch)
+        return max(1, round(epochs / 10))
+    return max(1, int(reset_every))
+
+
+# ------------------------------------------------------------------------------ the adapter
+class TDPO:
+    def __init__(self, ctx):
+        self.ctx = ctx
+        hp = self.hp = ctx.hp
+        spec, bb = ctx.spec, ctx.backbone
+        self.params = bb.trainable_parameters()
+        adam = dict(betas=(hp["adam_beta1"], hp["adam_beta2"]), weight_decay=hp["weight_decay"], eps=hp["adam_eps"])
+        self.optimizer = torch.optim.AdamW(self.params, lr=hp["lr"], **adam)
+        self.encoder = self._critic_encoder()
+        size = bb.unet.config.sample_size * bb.pipe.vae_scale_factor
+        dim = self.encoder(torch.full((1, 3, size, size), 0.5, device=ctx.device)).shape[-1]
+        # Same seed on every process: the critic starts identical everywhere.
+        self.critic = TemporalCritic(int(dim), generator=torch.Generator().manual_seed(spec.seed)).to(ctx.device)
+        self.critic_params = list(self.critic.parameters())
+        self.critic_optimizer = torch.optim.AdamW(self.critic_params, lr=hp["critic_lr"], **adam)
+        self.tracker = PerPromptStatTracker(hp["stat_buffer_size"], hp["stat_min_count"])
+        self.kl_ctl = KLController(hp["init_kl_coef"], hp["kl_target"], hp["kl_horizon"])
+        T = spec.num_steps
+        n_full = spec.samples_per_epoch // ctx.world_size
+        micro_full = math.ceil(n_full / spec.train_batch_size) * T * hp["num_inner_epochs"]
+        self.accumulation = max(1, round(micro_full / hp["updates_per_epoch"]))
+        self.period = reset_period(hp["reset_every"], spec.budget, spec.samples_per_epoch)
+        self.lora = neurons.lora_layers(bb.unet)
+        self.prev_masks: dict[str, dict] = {}
+        self.gradient_updates = 0
+        self.epochs_done = 0
+
+    def _critic_encoder(self):
+        from bench.runner import load_reward
+
+        name = self.hp["critic_encoder"]
+        if name in ("", "auto"):
+            enc = self.ctx.reward.image_encoder()
+            if enc is not None:
+                return enc
+            name = "aesthetic"
+            warnings.warn(f"reward {self.ctx.reward.name!r} has no image encoder; the temporal critic uses the "
+                          f"{self.ctx.spec.suite} aesthetic reward's CLIP encoder", stacklevel=2)
+        enc = load_reward(name, self.ctx.spec.suite, self.ctx.device).image_encoder()
+        if enc is None:
+            raise ValueError(f"critic_encoder={name!r}: that reward has no image encoder")
+        return enc
+
+    # ------------------------------------------------------------------ pieces
+    @torch.no_grad()
+    def embed_states(self, traj: Trajectory) -> torch.Tensor:
+        """(B, T, D) encoder features of the decoded x_t before every step."""
+        B, T = traj.latents.shape[:2]
+        flat = traj.latents.reshape(B * T, *traj.latents.shape[2:])
+        bs = self.hp["encode_batch_size"]
+        feats = [self.encoder(self.ctx.backbone.decode(flat[s:s + bs])).float() for s in range(0, B * T, bs)]
+        return torch.cat(feats).reshape(B, T, -1)
+
+    @torch.no_grad()
+    def reference_log_probs(self, traj: Trajectory) -> torch.Tensor:
+        """(B, T) log-probs of the sampled steps under the pretrained policy (LoRA disabled)."""
+        bb, T = self.ctx.backbone, self.ctx.spec.num_steps
+        bb.unet.disable_adapters()
+        try:
+            return torch.stack([bb.log_prob(traj, torch.full((len(traj),), j)) for j in range(T)], 1)
+        finally:
+            bb.unet.enable_adapters()
+
+    def _step(self, pending: int) -> None:
+        ctx, hp = self.ctx, self.hp
+        optimizer_step(ctx, self.optimizer, self.params, hp["max_grad_norm"], self.accumulation, pending)
+        optimizer_step(ctx, self.critic_optimizer, self.critic_params, hp["max_grad_norm"], self.accumulation, pending)
+        self.gradient_updates += 1
+
+    # ------------------------------------------------------------------ epoch
+    def train_epoch(self, n: int, epoch: int) -> dict:
+        ctx, hp, bb, spec = self.ctx, self.hp, self.ctx.backbone, self.ctx.spec
+        T, bs = spec.num_steps, spec.train_batch_size
+        prompts = ctx.sample_prompts(n)
+        with ctx.bar(n, "sampling") as bar:
+            parts = []
+            for s in range(0, n, spec.sample_batch_size):
+                parts.append(bb.sample(prompts[s:s + spec.sample_batch_size], generator=ctx.generator,
+                                       batch_size=spec.sample_batch_size))
+                bar.update(len(parts[-1]))
+        traj = Trajectory.cat(parts)
+        with ctx.bar(n, "scoring") as bar:
+            chunks = []
+            for s in range(0, n, spec.sample_batch_size):
+                chunks.append(ctx.reward(traj.images[s:s + spec.sample_batch_size],
+                                         traj.prompts[s:s + spec.sample_batch_size]))
+                bar.update(len(chunks[-1]))
+            rewards = torch.cat(chunks)
+
+        self.critic.eval()
+        embeds = self.embed_states(traj)  # (n, T, D)
+        with torch.no_grad():
+            residuals = self.critic(embeds)  # (n, T)
+
+        all_prompts, all_rewards = ctx.gather(traj.prompts, rewards)
+        norm = self.tracker.update(all_prompts, all_rewards) if hp["per_prompt_stat_tracking"] \
+            else batch_normalize(all_rewards)
+        all_residuals = ctx.gather_array(residuals.cpu().numpy())
+        metrics: dict[str, float] = {}
+        penalty = None
+        if hp["kl_penalty_coef"] > 0:
+            ref = self.reference_log_probs(traj)
+            lp, rlp = ctx.gather_array(traj.log_probs.cpu().numpy()), ctx.gather_array(ref.cpu().numpy())
+            metrics["mean_kl"] = float((lp - rlp).sum(1).mean())
+            metrics["kl_ctl"] = self.kl_ctl.value
+            penalty = -hp["kl_penalty_coef"] * self.kl_ctl.value * kl_penalty(lp, rlp, hp["kl_penalty"])
+        returns, temporal = temporal_rewards(norm, all_residuals, penalty, hp["gamma"], hp["temporal_reward_norm"])
+        local = ctx.local_slice(n)
+        returns_t = torch.as_tensor(returns[local], dtype=torch.float32, device=ctx.device)
+        temporal_t = torch.as_tensor(temporal[local], dtype=torch.float32, device=ctx.device)
+
+        stats = {k: [] for k in ("pg_loss", "cf_loss", "approx_kl", "clipfrac", "cf_clipfrac")}
+        micro, total_micro = 0, math.ceil(n / bs) * T * hp["num_inner_epochs"]
+        self.optimizer.zero_grad(set_to_none=True)
+        self.critic_optimizer.zero_grad(set_to_none=True)
+        self.critic.train()
+        with ctx.bar(total_micro, "training") as bar:
+            for _ in range(hp["num_inner_epochs"]):
+                perm = torch.as_tensor(ctx.rng.permutation(n))
+                t_perm = torch.as_tensor(np.stack([ctx.rng.permutation(T) for _ in range(n)]))
+                for j in range(T):  # timestep OUTER
+                    for start in range(0, n, bs):  # minibatch INNER
+                        idx = perm[start:start + bs]
+                        steps = t_perm[start:start + bs, j]
+                        sub = traj.index(idx)
+                        log_prob = bb.log_prob(sub, steps)
+                        dev_idx, dev_steps = idx.to(ctx.device), steps.to(ctx.device)
+                        old = traj.log_probs[idx.to(traj.log_probs.device), steps.to(traj.log_probs.device)]
+                        pg, kl, clipfrac = ppo_clipped_loss(log_prob, old, temporal_t[dev_idx, dev_steps],
+                                                           hp["clip_range"], math.inf)
+                        value = self.critic(embeds[dev_idx, dev_steps])
+                        cf, vfrac = clipped_value_loss(value, residuals[dev_idx, dev_steps],
+                                                       returns_t[dev_idx, dev_steps], hp["clip_range_critic"])
+                        ((pg + hp["cf_coef"] * cf) / self.accumulation).backward()
+                        for k, v in zip(stats, (pg, cf, kl, clipfrac, vfrac)):
+                            stats[k].append(float(v.detach()))
+                        micro += 1
+                        if micro % self.accumulation == 0 or micro == total_micro:
+                            self._step(pending=micro % self.accumulation or self.accumulation)
+                        bar.update(1)
+        self.critic.eval()
+        if hp["kl_penalty_coef"] > 0:
+            self.kl_ctl.update(metrics["mean_kl"], len(all_rewards))
+        metrics.update(self.neuron_step(traj, embeds, perm, t_perm))
+        self.epochs_done += 1
+        return {
+            "reward_mean": float(np.mean(all_rewards)), "reward_std": float(np.std(all_rewards)),
+            "reward_min": float(np.min(all_rewards)), "reward_max": float(np.max(all_rewards)),
+            "local_reward_mean": float(rewards.float().mean()),
+            "loss": float(np.mean(stats["pg_loss"]) + hp["cf_coef"] * np.mean(stats["cf_loss"])),
+            **{k: float(np.mean(v)) for k, v in stats.items()},
+            "residual_mean": float(all_residuals.mean()), "temporal_reward_std": float(temporal.std()),
+            **metrics,
+        }
+
+    # ------------------------------------------------------------------ neuron states
+    @torch.no_grad()
+    def neuron_step(self, traj: Trajectory, embeds: torch.Tensor, perm: torch.Tensor, t_perm: torch.Tensor) -> dict:
+        """Dormant fractions and overlaps of critic and LoRA neurons; resets when due."""
+        ctx, hp, bb = self.ctx, self.hp, self.ctx.backbone
+        k = min(hp["dormancy_batch"], len(perm))
+        idx, steps = perm[:k], t_perm[:k, -1]  # the reference's batch: first samples, a random step each
+        batch = ctx.gather_tensor(embeds[idx.to(ctx.device), steps.to(ctx.device)])
+        with neurons.record_outputs(self.critic.hidden()) as outs:
+            self.critic(batch)
+        critic_masks = neurons.dormant_masks(outs, hp["dormant_threshold"], hp["activation"])
+        with neurons.record_outputs({name: down for name, (down, _, _) in self.lora.items()}) as outs:
+            bb.log_prob(traj.index(idx), steps)
+        lora_outs = {name: ctx.gather_tensor(o) for name, o in outs.items()}
+        policy_masks = neurons.dormant_masks(lora_outs, hp["policy_dormant_threshold"], hp["activation"])
+        out = {
+            "critic_dormant_fraction": neurons.dormant_fraction(critic_masks),
+            "critic_dormant_overlap": neurons.dormant_overlap(self.prev_masks.get("critic"), critic_masks),
+            "policy_dormant_fraction": neurons.dormant_fraction(policy_masks),
+            "policy_dormant_overlap": neurons.dormant_overlap(self.prev_masks.get("policy"), policy_masks),
+            "critic_neurons_reset": 0.0, "policy_neurons_reset": 0.0,
+        }
+        self.prev_masks = {"critic": critic_masks, "policy": policy_masks}
+        if (self.epochs_done + 1) % self.period == 0:
+            gen = torch.Generator().manual_seed(ctx.spec.seed)  # the reference reseeds for every reset
+            which = hp["critic_reset"]
+            if which != "none":
+                masks = [self._select(critic_masks[name], which) for name in self.critic.hidden()]
+                out["critic_neurons_reset"] = float(neurons.reset_linear_neurons(
+                    self.critic.linears(), masks, self.critic.init_std, self.critic_optimizer, gen))
+            which = hp["policy_reset"]
+            if which != "none":
+                masks = {name: self._select(m, which) for name, m in policy_masks.items()}
+                out["policy_neurons_reset"] = float(neurons.reset_lora_neurons(self.lora, masks, self.optimizer, gen))
+        return out
+
+    @staticmethod
+    def _select(dormant: torch.Tensor, which: str) -> torch.Tensor:
+        if which == "active":
+            return ~dormant
+        if which == "dormant":
+            return dormant
+        if which == "all":
+            return torch.ones_like(dormant)
+        raise ValueError(f"unknown reset target {which!r}: use none, active, dormant or all")
