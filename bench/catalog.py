@@ -98,6 +98,22 @@ _tdpo("tdpo-policy-reset-dormant", "TDPO with a periodic reset of the policy's d
 _tdpo("tdpo-policy-reset-active", "TDPO with a periodic reset of the policy's active LoRA neurons",
       policy_reset="active")
 
+methods.register(
+    "prdp", "methods.prdp:PRDP",
+    "PRDP: regress same-prompt reward differences / beta onto trajectory log-ratio differences, per-step proximal clip",
+    hparams=dict(lr=3e-4, weight_decay=1e-4, adam_beta1=0.9, adam_beta2=0.999, adam_eps=1e-8, max_grad_norm=1.0,
+                 beta=3e-5, clip_range=1e-6,   # small-scale setting (PRDP Table 4)
+                 images_per_prompt=8, updates_per_epoch=10),
+)
+methods.register(
+    "dense-dpo", "methods.dense_dpo:DenseDPO",
+    "temporally discounted dense-reward DPO: Bradley-Terry on gamma^k-sampled, clamped per-step log-ratios",
+    hparams=dict(lr=2e-5, weight_decay=1.5e-3, adam_beta1=0.9, adam_beta2=0.999, adam_eps=1e-8, max_grad_norm=0.05,
+                 gamma=0.9,            # stated at T=50, rescaled to gamma^(50/T)
+                 beta_tilde=12.5, delta=5e-4, steps_per_pair=1,  # multi-prompt mode of the reference
+                 rollouts_per_prompt=8, kept_per_prompt=5, pairs_per_step=8, updates_per_prompt=2),
+)
+
 # --------------------------------------------------------------------------- rewards
 rewards.register(
     "jpeg-compressibility", "metrics.jpeg:JpegCompressibility",
