@@ -166,22 +166,27 @@ class Backbone:
         c = self.unet.config.in_channels
         s = self.unet.config.sample_size
         # Noise is drawn on the CPU so that a seed gives the same images on any device.
-        noise = torch.randn((n, c, s, s), generator=generator, dtype=torch.float32)
+        if isinstance(generator, (list, tuple)):  # one generator per sample (fixed evaluation seeds)
+            noise = torch.stack([torch.randn((c, s, s), generator=g, dtype=torch.float32) for g in generator])
+        else:
+            noise = torch.randn((n, c, s, s), generator=generator, dtype=torch.float32)
         return noise.to(self.device) * self.scheduler.init_noise_sigma
 
     @torch.no_grad()
     def sample(self, prompts: list[str], generator: torch.Generator | None = None,
                batch_size: int = 16, latents: torch.Tensor | None = None) -> Trajectory:
-        """Sample trajectories with DDIM(eta) + CFG and record each step's log-prob."""
+        """Sample trajectories with DDIM(eta) + CFG and record each step's log-prob.
+        `generator` is one generator for the whole call, or a list with one per prompt."""
         parts = []
         for start in range(0, len(prompts), batch_size):
             chunk = prompts[start:start + batch_size]
-            x = self.initial_latents(len(chunk), generator) if latents is None else latents[start:start + len(chunk)]
+            gen = generator[start:start + len(chunk)] if isinstance(generator, (list, tuple)) else generator
+            x = self.initial_latents(len(chunk), gen) if latents is None else latents[start:start + len(chunk)]
             cond, uncond = self.encode_prompts(chunk)
             xs, nexts, lps = [], [], []
             for t in self.timesteps:
                 eps = self.predict_noise(x, t, cond, uncond)
-                x_next, lp = ddim_step_with_logprob(self.scheduler, eps, t, x, eta=self.eta, generator=generator)
+                x_next, lp = ddim_step_with_logprob(self.scheduler, eps, t, x, eta=self.eta, generator=gen)
                 xs.append(x)
                 nexts.append(x_next)
                 lps.append(lp)

@@ -26,21 +26,21 @@ def noise_seed(eval_seed: int, prompt_set: str, prompt: str, sample_index: int) 
 
 
 @torch.no_grad()
-def sample_fixed(backbone, prompt_set: str, prompts: list[str], per_prompt: int, eval_seed: int):
-    """Images for every (prompt, sample_index), each from its own seeded generator."""
-    images, keys = [], []
-    for p in prompts:
-        for i in range(per_prompt):
-            g = torch.Generator().manual_seed(noise_seed(eval_seed, prompt_set, p, i))
-            images.append(backbone.sample([p], generator=g, batch_size=1).images)
-            keys.append((p, i))
-    return torch.cat(images), keys
+def sample_fixed(backbone, prompt_set: str, prompts: list[str], per_prompt: int, eval_seed: int,
+                 batch_size: int = 32):
+    """Images for every (prompt, sample_index), each from its own seeded generator
+    (batched: a per-sample generator makes an image independent of its batch)."""
+    keys = [(p, i) for p in prompts for i in range(per_prompt)]
+    gens = [torch.Generator().manual_seed(noise_seed(eval_seed, prompt_set, p, i)) for p, i in keys]
+    traj = backbone.sample([p for p, _ in keys], generator=gens, batch_size=batch_size)
+    return traj.images, keys
 
 
 def evaluate_checkpoints(run_dir: Path, rewards: dict, prompt_sets: dict[str, list[str]], per_prompt: int = 2,
                          eval_seed: int = DEFAULT_EVAL_SEED, device="cpu", progress: bool = True,
-                         shard: str = "eval") -> list[dict]:
-    """Score every checkpoint of a run with every reward on every prompt set."""
+                         shard: str = "eval", queries: set[int] | None = None) -> list[dict]:
+    """Score every checkpoint of a run (or those at the reward-query counts in
+    `queries`) with every reward on every prompt set."""
     from tqdm.auto import tqdm
 
     from bench.backbone import build_backbone
@@ -50,6 +50,8 @@ def evaluate_checkpoints(run_dir: Path, rewards: dict, prompt_sets: dict[str, li
     run_dir = Path(run_dir)
     spec = RunSpec.from_dict(json.loads((run_dir / "run.json").read_text())["config"])
     ckpts = [json.loads(line) for line in (run_dir / "checkpoints.jsonl").read_text().splitlines() if line]
+    if queries is not None:
+        ckpts = [c for c in ckpts if c["reward_queries"] in queries]
     bb = build_backbone(backbone_location(spec), spec.num_steps, spec.guidance_scale, spec.eta, device=device)
     bb.add_lora(spec.lora_rank)
     rows: list[dict] = []

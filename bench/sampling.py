@@ -33,6 +33,19 @@ def _bcast(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return v.reshape(-1, *([1] * (like.ndim - 1)))
 
 
+def gaussian_noise(shape, generator, device) -> torch.Tensor:
+    """Standard normal noise of `shape`, drawn on the generator's device (CPU by
+    default) and moved to `device`. `generator` may be a list with one generator
+    per sample: row i is then drawn from generator i alone, exactly as a batch of
+    one would draw it, so a seeded image does not depend on its batch."""
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != shape[0]:
+            raise ValueError(f"{len(generator)} generators for a batch of {shape[0]}")
+        return torch.stack([gaussian_noise(shape[1:], g, device) for g in generator])
+    gen_device = device if generator is None else generator.device
+    return torch.randn(shape, generator=generator, device=gen_device, dtype=torch.float32).to(device)
+
+
 def ddim_mean_std(scheduler, model_output: torch.Tensor, timestep, sample: torch.Tensor,
                   eta: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and standard deviation of the DDIM(eta) step x_t -> x_{t-1}, in float32,
@@ -78,8 +91,7 @@ def ddim_step_with_logprob(
     mean, std = ddim_mean_std(scheduler, model_output, timestep, sample, eta)
 
     if prev_sample is None:
-        noise = torch.randn(sample.shape, generator=generator, device=device if generator is None else generator.device,
-                            dtype=torch.float32).to(device)
+        noise = gaussian_noise(sample.shape, generator, device)
         prev_sample = mean + std * noise
     prev_sample = prev_sample.detach().float()
 
@@ -99,8 +111,7 @@ def ddim_step(scheduler, model_output, timestep, sample, eta: float = 1.0,
     mean, std = ddim_mean_std(scheduler, model_output, timestep, sample, eta)
     if eta == 0:
         return mean
-    noise = torch.randn(sample.shape, generator=generator, dtype=torch.float32,
-                        device=sample.device if generator is None else generator.device).to(sample.device)
+    noise = gaussian_noise(sample.shape, generator, sample.device)
     return mean + std * noise
 
 
