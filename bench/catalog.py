@@ -124,6 +124,7 @@ rewards.register(
     "jpeg-incompressibility", "metrics.jpeg:JpegIncompressibility",
     "the JPEG size in kB (quality 95), DDPO's incompressibility reward; no weights",
     higher_is_better=True, differentiable=False,
+    in_eval_matrix=False,     # minus jpeg-compressibility: scoring both would only mirror a column
 )
 rewards.register(
     "aesthetic", "metrics.aesthetic:load_aesthetic",

@@ -1,4 +1,4 @@
-"""Command line: `python -m bench {run,list,ingest,runs}`.
+"""Command line: `python -m bench {run,eval,report,list,ingest,runs,perf}`.
 
 Everything up to the start of training is validated with pure Python, so a
 wrong name, number or path exits 2 with one line before torch is imported.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from pathlib import Path
 
 from bench.errors import BenchError
@@ -52,6 +53,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a method hyperparameter, e.g. --set lr=1e-4 (repeatable)")
     r.add_argument("--force", action="store_true", help="re-run runs that already finished")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
+    r.add_argument("--eval-per-prompt", type=int, default=1,
+                   help="fixed-seed evaluation images per prompt and checkpoint (default 1)")
+    r.add_argument("--no-eval", action="store_true", help="train only: no evaluation matrix and no report")
+    r.add_argument("--report-dir", default=None,
+                   help="report folder (default: reports/ for --out results, else OUT/report)")
+
+    ev = sub.add_parser("eval", help="score the checkpoints of finished runs (every suite reward they lack)")
+    ev.add_argument("--out", default="results")
+    ev.add_argument("--db", default=None)
+    ev.add_argument("--rewards", default="all", help="comma-separated reward names, or 'all' of the run's suite")
+    ev.add_argument("--per-prompt", type=int, default=1, help="images per prompt and checkpoint (default 1)")
+    ev.add_argument("--force", action="store_true", help="re-score rewards that were scored already")
+    ev.add_argument("--no-progress", action="store_true")
+
+    rp = sub.add_parser("report", help="write the HTML report, figures and leaderboard from the database")
+    rp.add_argument("--db", default="results/bench.duckdb")
+    rp.add_argument("--out", default="reports", help="report folder (default: reports)")
 
     pf = sub.add_parser("perf", help="speed and memory of the main code paths (a table)")
     pf.add_argument("--backbone", default=None, help="default: the suite default (toy)")
@@ -59,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     pf.add_argument("--batch", type=int, default=8)
     pf.add_argument("--reward", default="aesthetic")
     pf.add_argument("--repeat", type=int, default=2)
+    pf.add_argument("--db", default=None,
+                    help="instead of micro-benchmarks, the seconds per phase (sampling, critic encoding, training, "
+                         "scoring, evaluation, report) of the runs stored in this database")
 
     ls = sub.add_parser("list", help="list registered names (instant)")
     ls.add_argument("kind", nargs="?", choices=KINDS)
@@ -163,6 +184,8 @@ def cmd_run(args) -> int:
     from bench.runner import is_finished, make_accelerator, train_run
     from bench.store import ingest
 
+    if args.eval_per_prompt <= 0:
+        raise BenchError(f"--eval-per-prompt must be positive, got {args.eval_per_prompt}")
     accelerator = make_accelerator(specs[0].mixed_precision)
     main = accelerator.is_main_process
     say = print if main else (lambda *a, **k: None)
@@ -170,21 +193,101 @@ def cmd_run(args) -> int:
         f"reward {specs[0].reward!r}, {accelerator.num_processes} process(es) on {accelerator.device}")
     if specs[0].suite == "tiny-random":
         say("bench: NOTE the default backbone 'tiny-random' has RANDOM weights (placeholder until the toy suite lands)")
+    if not args.no_eval:
+        from bench.evaluate import evaluate_run
+        from bench.runner import run_dir_for
+
+    def evaluate(spec) -> None:  # as it goes: right after each run (also a skipped run missing a reward)
+        if main and not args.no_eval:
+            scored = evaluate_run(run_dir_for(spec, out), per_prompt=args.eval_per_prompt,
+                                  device=accelerator.device, progress=not args.no_progress)
+            if scored:
+                say(f"eval   {spec.run_name}: {', '.join(scored)}")
+                ingest(db, out)
+
     done = []
     for spec in specs:
         if is_finished(spec, out) and not args.force:
             say(f"skip   {spec.run_name} (finished already; --force re-runs it)")
-            done.append(spec)
-            continue
-        say(f"train  {spec.run_name}")
-        train_run(spec, out, progress=not args.no_progress, accelerator=accelerator)
+        else:
+            say(f"train  {spec.run_name}")
+            train_run(spec, out, progress=not args.no_progress, accelerator=accelerator)
+            if main:
+                ingest(db, out)
         done.append(spec)
-        if main:
-            ingest(db, out)
+        evaluate(spec)
     if main:
         ingest(db, out)
         print_summary(db, [s.run_name for s in done])
+        report_s = None
+        if not args.no_eval:
+            report_dir = Path(args.report_dir) if args.report_dir else (
+                Path("reports") if args.out == "results" else out / "report")
+            t0 = time.perf_counter()
+            _report(db, report_dir, out)
+            report_s = time.perf_counter() - t0
+            from bench.perf import PHASE_HEADER, phase_rows, print_table
+
+            print("\nseconds per phase (also: python -m bench perf --db DB):")
+            print_table(phase_rows(db, out, [s.run_name for s in done], report_s=report_s), header=PHASE_HEADER)
         print(f"bench: results in {db}")
+    return 0
+
+
+def _report(db: Path, report_dir: Path, out: Path) -> None:
+    from bench.report import write_report
+
+    from bench.report import boards_markdown, build_boards
+    from bench.store import connect
+
+    index = write_report(db, report_dir, out)
+    con = connect(db, read_only=True)
+    try:
+        table = boards_markdown(build_boards(con), compact=True).rstrip()
+    finally:
+        con.close()
+    print()
+    print(table or "(no evaluation scores)")
+    print(f"(full tables, with AUCs and every prompt set: {report_dir / 'leaderboard.md'})")
+    print(f"\nbench: report at {index}")
+
+
+def cmd_eval(args) -> int:
+    from bench import catalog
+
+    out = Path(args.out)
+    db = Path(args.db) if args.db else out / "bench.duckdb"
+    names = None
+    if args.rewards != "all":
+        names = [r.strip() for r in args.rewards.split(",") if r.strip()]
+        for r in names:
+            catalog.rewards.get(r)  # did-you-mean before any heavy import
+    if args.per_prompt <= 0:
+        raise BenchError(f"--per-prompt must be positive, got {args.per_prompt}")
+    import json
+
+    run_dirs = sorted(p.parent for p in (out / "runs").glob("*/run.json")
+                      if json.loads(p.read_text()).get("status") == "finished")
+    if not run_dirs:
+        raise BenchError(f"no finished runs under {out / 'runs'}")
+    _quiet_libraries()
+    from bench.evaluate import evaluate_run
+    from bench.store import ingest
+
+    for d in run_dirs:
+        scored = evaluate_run(d, names, per_prompt=args.per_prompt, progress=not args.no_progress, force=args.force)
+        print(f"eval   {d.name}: " + (", ".join(scored) if scored else "nothing missing"))
+    added = ingest(db, out)
+    print(f"bench: {added['scores']} new score rows in {db}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    db = Path(args.db)
+    if not db.is_file():
+        raise BenchError(f"no results database at {db}; run `python -m bench run` first or pass --db")
+    _quiet_libraries()
+    _report(db, Path(args.out), db.parent)
     return 0
 
 
@@ -220,6 +323,16 @@ def print_summary(db: Path, run_ids: list[str]) -> None:
 
 
 def cmd_perf(args) -> int:
+    if args.db:
+        db = Path(args.db)
+        if not db.is_file():
+            raise BenchError(f"no results database at {db}")
+        _quiet_libraries()
+        from bench.perf import PHASE_HEADER, phase_rows, print_table
+
+        print(f"bench perf: seconds per phase of the runs in {db}")
+        print_table(phase_rows(db, db.parent), header=PHASE_HEADER)
+        return 0
     from bench import catalog
     from bench.spec import resolve_backbone
     from metrics.weights import preflight
@@ -247,6 +360,10 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_run(args)
         if args.command == "perf":
             return cmd_perf(args)
+        if args.command == "eval":
+            return cmd_eval(args)
+        if args.command == "report":
+            return cmd_report(args)
         out = Path(args.out)
         db = Path(args.db) if args.db else out / "bench.duckdb"
         if args.command == "ingest":

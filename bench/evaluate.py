@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from pathlib import Path
 
 import torch
@@ -70,3 +71,95 @@ def evaluate_checkpoints(run_dir: Path, rewards: dict, prompt_sets: dict[str, li
                                   value=float(v)) for (p, i), v in zip(keys, values.tolist())]
     atomic_write_jsonl(run_dir / "scores" / f"{shard}.jsonl", rows)
     return rows
+
+
+# ------------------------------------------------------------------------------ the metric matrix of a suite
+def suite_rewards(suite: str) -> list[str]:
+    """Every reward that can score images of this suite (in-domain, out-of-domain and gold)."""
+    from bench.catalog import rewards
+
+    return [e.name for e in rewards.entries()
+            if suite in e.meta.get("suites", (suite,)) and e.meta.get("in_eval_matrix", True)]
+
+
+def suite_prompt_sets(suite: str) -> list[str]:
+    """The suite's prompt sets in role order: seen, unseen, compositional."""
+    from bench.catalog import prompt_sets
+
+    order = {"seen": 0, "unseen": 1, "compositional": 2}
+    names = [e.name for e in prompt_sets.entries() if e.meta.get("suite", "sd") == suite]
+    return sorted(names, key=lambda n: (order.get(prompt_sets.get(n).meta.get("role"), 9), n))
+
+
+def save_grid(images: torch.Tensor, path: Path, cols: int = 4, scale: int = 4) -> None:
+    """A cols x cols grid of the first images, upscaled (nearest) for viewing, written atomically."""
+    import io
+
+    from PIL import Image
+
+    from bench.io import atomic_write_bytes
+
+    k = min(len(images), cols * cols)
+    imgs = (images[:k].clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    h, w = imgs.shape[1:3]
+    rows = (k + cols - 1) // cols
+    canvas = Image.new("RGB", (cols * w, rows * h), "white")
+    for i, im in enumerate(imgs):
+        canvas.paste(Image.fromarray(im), ((i % cols) * w, (i // cols) * h))
+    canvas = canvas.resize((canvas.width * scale, canvas.height * scale), Image.NEAREST)
+    buf = io.BytesIO()
+    canvas.save(buf, format="PNG")
+    atomic_write_bytes(Path(path), buf.getvalue())
+
+
+def evaluate_run(run_dir: Path, reward_names: list[str] | None = None, per_prompt: int = 1,
+                 eval_seed: int = DEFAULT_EVAL_SEED, device="cpu", progress: bool = True,
+                 force: bool = False) -> list[str]:
+    """Score every checkpoint of a finished run with every suite reward it lacks, on every
+    prompt set of its suite, one shard per reward (scores/<reward>.jsonl), and save a
+    fixed-seed image grid of the seen set per checkpoint (grids/q<queries>.png).
+    Returns the rewards scored now (empty if nothing was missing)."""
+    from tqdm.auto import tqdm
+
+    from bench.backbone import build_backbone
+    from bench.prompts import resolve_prompt_set
+    from bench.runner import backbone_location, load_reward
+    from bench.spec import RunSpec
+
+    t_start = time.perf_counter()
+    run_dir = Path(run_dir)
+    spec = RunSpec.from_dict(json.loads((run_dir / "run.json").read_text())["config"])
+    names = reward_names or suite_rewards(spec.suite)
+    missing = [r for r in names if force or not (run_dir / "scores" / f"{r}.jsonl").is_file()]
+    if not missing:
+        return []
+    sets = {name: resolve_prompt_set(name)[1] for name in suite_prompt_sets(spec.suite)}
+    ckpts = [json.loads(line) for line in (run_dir / "checkpoints.jsonl").read_text().splitlines() if line]
+    rewards = {r: load_reward(r, spec.suite, device) for r in missing}
+    bb = build_backbone(backbone_location(spec), spec.num_steps, spec.guidance_scale, spec.eta, device=device)
+    bb.add_lora(spec.lora_rank)
+    rows: dict[str, list[dict]] = {r: [] for r in missing}
+    total = len(ckpts) * sum(len(p) for p in sets.values()) * per_prompt
+    with tqdm(total=total, desc=f"eval {spec.method}", unit="img", leave=False, disable=not progress) as bar:
+        for ck in ckpts:
+            bb.load_lora(run_dir / ck["path"])
+            for set_name, prompts in sets.items():
+                images, keys = sample_fixed(bb, set_name, prompts, per_prompt, eval_seed)
+                bar.update(len(keys))
+                ps = [p for p, _ in keys]
+                if set_name == next(iter(sets)):
+                    save_grid(images, run_dir / "grids" / f"q{ck['reward_queries']:08d}.png")
+                for rname, reward in rewards.items():
+                    values = reward.score(images, ps)
+                    rows[rname] += [dict(run_id=spec.run_name, reward_queries=ck["reward_queries"], reward=rname,
+                                         prompt_set=set_name, prompt=p, sample_index=i, eval_seed=eval_seed,
+                                         value=float(v)) for (p, i), v in zip(keys, values.tolist())]
+    for rname, rs in rows.items():
+        atomic_write_jsonl(run_dir / "scores" / f"{rname}.jsonl", rs)
+    from bench.io import atomic_write_json
+
+    timing = run_dir / "eval_timing.json"  # for `bench perf --db`: evaluation seconds, added up over calls
+    old = json.loads(timing.read_text()) if timing.is_file() else {"seconds": 0.0, "images": 0}
+    atomic_write_json(timing, {"seconds": old["seconds"] + time.perf_counter() - t_start,
+                               "images": old["images"] + total})
+    return missing

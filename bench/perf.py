@@ -96,3 +96,49 @@ def print_table(rows, header=("what", "setting", "seconds", "rate / memory", "CU
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)))
         if i == 0:
             print("  ".join("-" * w for w in widths))
+
+
+# ------------------------------------------------------------------------------ phases of stored runs
+PHASES = ("sampling", "critic_encoding", "training", "scoring")
+
+
+def phase_rows(db_path, out_dir, run_ids: list[str] | None = None, report_s: float | None = None) -> list[tuple]:
+    """Seconds per phase of stored runs: training phases summed over epochs (train_metrics
+    time_*_s), evaluation from each run's eval_timing.json, and the report (given, or
+    timed here by building it into a temporary folder). One row per run plus a total."""
+    import json
+    import tempfile
+    from pathlib import Path
+
+    from bench.store import connect
+
+    con = connect(Path(db_path), read_only=True)
+    try:
+        runs = con.execute("SELECT run_id, method FROM runs ORDER BY run_id").fetchall()
+        sums = con.execute("""SELECT run_id, metric, sum(value) FROM train_metrics
+                              WHERE metric LIKE 'time_%_s' GROUP BY ALL""").fetchall()
+    finally:
+        con.close()
+    if run_ids is not None:
+        runs = [r for r in runs if r[0] in set(run_ids)]
+    got = {(r, m[5:-2]): v for r, m, v in sums}
+    rows, total = [], [0.0] * (len(PHASES) + 1)
+    for run_id, method in runs:
+        f = Path(out_dir) / "runs" / run_id / "eval_timing.json"
+        ev = json.loads(f.read_text())["seconds"] if f.is_file() else 0.0
+        vals = [got.get((run_id, p), 0.0) for p in PHASES] + [ev]
+        total = [a + b for a, b in zip(total, vals)]
+        rows.append((method, *(f"{v:.1f}" for v in vals), f"{sum(vals):.1f}"))
+    if report_s is None:
+        from bench.report import write_report
+
+        t0 = time.perf_counter()
+        with tempfile.TemporaryDirectory() as tmp:
+            write_report(Path(db_path), Path(tmp), Path(out_dir))
+        report_s = time.perf_counter() - t0
+    rows.append(("all runs", *(f"{v:.1f}" for v in total), f"{sum(total):.1f}"))
+    rows.append(("report", *[""] * (len(PHASES) + 1), f"{report_s:.1f}"))
+    return rows
+
+
+PHASE_HEADER = ("method", *PHASES, "evaluation", "seconds")

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +47,24 @@ class TrainContext:
     rng: np.random.Generator
     """Per-process generator for prompts and shuffling."""
     progress: bool = True
+    timings: dict = None
+    """Seconds per phase in the current epoch ('sampling', 'scoring', ...), read and reset by the runner."""
+
+    def __post_init__(self):
+        self.timings = {}
+
+    def timed(self, phase: str):
+        """Context manager adding the block's wall time to `timings[phase]`."""
+        from contextlib import contextmanager
+
+        @contextmanager
+        def block():
+            t0 = time.perf_counter()
+            try:
+                yield
+            finally:
+                self.timings[phase] = self.timings.get(phase, 0.0) + time.perf_counter() - t0
+        return block()
 
     @property
     def hp(self) -> dict:
@@ -106,6 +125,26 @@ class TrainContext:
             n = p.numel()
             p.grad = flat[offset:offset + n].view_as(p).clone()
             offset += n
+
+    def sample_and_score(self, prompts: list[str]):
+        """Sample one trajectory per prompt with the current policy, then score each
+        final image once with the training reward (len(prompts) reward queries).
+        Returns (Trajectory, rewards as a float32 CPU tensor)."""
+        from bench.sampling import Trajectory
+
+        n, bs = len(prompts), self.spec.sample_batch_size
+        with self.bar(n, "sampling") as bar, self.timed("sampling"):
+            parts = []
+            for s in range(0, n, bs):
+                parts.append(self.backbone.sample(prompts[s:s + bs], generator=self.generator, batch_size=bs))
+                bar.update(len(parts[-1]))
+        traj = Trajectory.cat(parts)
+        with self.bar(n, "scoring") as bar, self.timed("scoring"):
+            chunks = []
+            for s in range(0, n, bs):
+                chunks.append(self.reward(traj.images[s:s + bs], traj.prompts[s:s + bs]))
+                bar.update(len(chunks[-1]))
+        return traj, torch.cat(chunks).float()
 
     def bar(self, total: int, desc: str):
         from tqdm.auto import tqdm
@@ -196,8 +235,10 @@ def train_run(spec: RunSpec, out_dir: Path, progress: bool = True, accelerator=N
         status="running", wall_time_s=None, world_size=world,
     )
     if main:
-        for stale in ("metrics.jsonl", "checkpoints.jsonl"):  # a crashed earlier attempt starts over
+        for stale in ("metrics.jsonl", "checkpoints.jsonl", "eval_timing.json"):  # an earlier attempt starts over
             (run_dir / stale).unlink(missing_ok=True)
+        for stale in ("scores", "grids"):  # its evaluation belongs to the old checkpoints
+            shutil.rmtree(run_dir / stale, ignore_errors=True)
         atomic_write_json(run_dir / "run.json", run_row)
 
     device = accelerator.device
@@ -239,6 +280,7 @@ def train_run(spec: RunSpec, out_dir: Path, progress: bool = True, accelerator=N
         n_local = n // world
         reward.allow(n_local)
         before = reward.queries
+        ctx.timings.clear()
         t0 = time.time()
         metrics = method.train_epoch(n_local, epoch)
         spent = reward.queries - before
@@ -247,7 +289,11 @@ def train_run(spec: RunSpec, out_dir: Path, progress: bool = True, accelerator=N
         budget.charge(n)
         sampled += n
         epoch += 1
-        metrics = {**metrics, "epoch_time_s": time.time() - t0, "gradient_updates": method.gradient_updates}
+        epoch_time = time.time() - t0
+        phases = {f"time_{k}_s": v for k, v in ctx.timings.items()}
+        phases["time_training_s"] = max(0.0, epoch_time - sum(phases.values()))  # everything else in the epoch
+        ctx.timings.clear()
+        metrics = {**metrics, **phases, "epoch_time_s": epoch_time, "gradient_updates": method.gradient_updates}
         metric_rows += [dict(run_id=spec.run_name, epoch=epoch, reward_queries=budget.used, metric=k, value=float(v))
                         for k, v in metrics.items() if v is not None]
         if main:

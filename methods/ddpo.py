@@ -27,7 +27,6 @@ import numpy as np
 import torch
 
 from bench.runner import optimizer_step
-from bench.sampling import Trajectory
 from bench.stat_tracker import PerPromptStatTracker, batch_normalize
 
 
@@ -70,20 +69,7 @@ class DDPO:
         ctx, hp, bb = self.ctx, self.hp, self.ctx.backbone
         spec = ctx.spec
         prompts = ctx.sample_prompts(n)
-        with ctx.bar(n, "sampling") as bar:
-            parts = []
-            for s in range(0, n, spec.sample_batch_size):
-                parts.append(bb.sample(prompts[s:s + spec.sample_batch_size], generator=ctx.generator,
-                                       batch_size=spec.sample_batch_size))
-                bar.update(len(parts[-1]))
-        traj = Trajectory.cat(parts)
-        with ctx.bar(n, "scoring") as bar:
-            chunks = []
-            for s in range(0, n, spec.sample_batch_size):
-                chunks.append(ctx.reward(traj.images[s:s + spec.sample_batch_size],
-                                         traj.prompts[s:s + spec.sample_batch_size]))
-                bar.update(len(chunks[-1]))
-            rewards = torch.cat(chunks)
+        traj, rewards = ctx.sample_and_score(prompts)
         all_prompts, all_rewards = ctx.gather(traj.prompts, rewards)
         adv = torch.as_tensor(self.advantages(all_prompts, all_rewards)[ctx.local_slice(n)], dtype=torch.float32,
                               device=ctx.device)

@@ -105,25 +105,12 @@ class DenseDPO:
         return torch.stack(cols, 1)
 
     def train_epoch(self, n: int, epoch: int) -> dict:
-        ctx, hp, bb, spec = self.ctx, self.hp, self.ctx.backbone, self.ctx.spec
+        ctx, hp = self.ctx, self.hp
         R = hp["rollouts_per_prompt"]
         sizes = [R] * (n // R) + ([n % R] if n % R else [])
         group_prompts = ctx.sample_prompts(len(sizes))
         prompts = [p for p, k in zip(group_prompts, sizes) for _ in range(k)]
-        with ctx.bar(n, "sampling") as bar:
-            parts = []
-            for s in range(0, n, spec.sample_batch_size):
-                parts.append(bb.sample(prompts[s:s + spec.sample_batch_size], generator=ctx.generator,
-                                       batch_size=spec.sample_batch_size))
-                bar.update(len(parts[-1]))
-        traj = Trajectory.cat(parts)
-        with ctx.bar(n, "scoring") as bar:
-            chunks = []
-            for s in range(0, n, spec.sample_batch_size):
-                chunks.append(ctx.reward(traj.images[s:s + spec.sample_batch_size],
-                                         traj.prompts[s:s + spec.sample_batch_size]))
-                bar.update(len(chunks[-1]))
-            rewards = torch.cat(chunks).float()
+        traj, rewards = ctx.sample_and_score(prompts)
         _, all_rewards = ctx.gather(traj.prompts, rewards)
 
         start = 0

@@ -116,25 +116,12 @@ class PRDP:
                 bb.unet.enable_adapters()
 
     def train_epoch(self, n: int, epoch: int) -> dict:
-        ctx, hp, bb, spec = self.ctx, self.hp, self.ctx.backbone, self.ctx.spec
+        ctx, hp = self.ctx, self.hp
         sizes = self.group_sizes(n)
         group_prompts = ctx.sample_prompts(len(sizes))
         prompts = [p for p, k in zip(group_prompts, sizes) for _ in range(k)]
         groups = np.repeat(np.arange(len(sizes)), sizes)
-        with ctx.bar(n, "sampling") as bar:
-            parts = []
-            for s in range(0, n, spec.sample_batch_size):
-                parts.append(bb.sample(prompts[s:s + spec.sample_batch_size], generator=ctx.generator,
-                                       batch_size=spec.sample_batch_size))
-                bar.update(len(parts[-1]))
-        traj = Trajectory.cat(parts)
-        with ctx.bar(n, "scoring") as bar:
-            chunks = []
-            for s in range(0, n, spec.sample_batch_size):
-                chunks.append(ctx.reward(traj.images[s:s + spec.sample_batch_size],
-                                         traj.prompts[s:s + spec.sample_batch_size]))
-                bar.update(len(chunks[-1]))
-            rewards = torch.cat(chunks).float()
+        traj, rewards = ctx.sample_and_score(prompts)
         _, all_rewards = ctx.gather(traj.prompts, rewards)
         old_ratio = traj.log_probs.float() - self.step_log_probs(traj, reference=True)
 

@@ -252,24 +252,11 @@ class TDPO:
         ctx, hp, bb, spec = self.ctx, self.hp, self.ctx.backbone, self.ctx.spec
         T, bs = spec.num_steps, spec.train_batch_size
         prompts = ctx.sample_prompts(n)
-        with ctx.bar(n, "sampling") as bar:
-            parts = []
-            for s in range(0, n, spec.sample_batch_size):
-                parts.append(bb.sample(prompts[s:s + spec.sample_batch_size], generator=ctx.generator,
-                                       batch_size=spec.sample_batch_size))
-                bar.update(len(parts[-1]))
-        traj = Trajectory.cat(parts)
-        with ctx.bar(n, "scoring") as bar:
-            chunks = []
-            for s in range(0, n, spec.sample_batch_size):
-                chunks.append(ctx.reward(traj.images[s:s + spec.sample_batch_size],
-                                         traj.prompts[s:s + spec.sample_batch_size]))
-                bar.update(len(chunks[-1]))
-            rewards = torch.cat(chunks)
+        traj, rewards = ctx.sample_and_score(prompts)
 
         self.critic.eval()
-        embeds = self.embed_states(traj)  # (n, T, D)
-        with torch.no_grad():
+        with ctx.timed("critic_encoding"), torch.no_grad():
+            embeds = self.embed_states(traj)  # (n, T, D)
             residuals = self.critic(embeds)  # (n, T)
 
         all_prompts, all_rewards = ctx.gather(traj.prompts, rewards)

@@ -16,3 +16,14 @@ if [ ! -f "$stamp" ]; then
     rm -f .venv/.bench-lock-*
     touch "$stamp"
 fi
+# The report's browser test renders the HTML in headless Chromium (Debian's
+# package). Installed once if missing and apt-get is usable; never fatal.
+if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then
+    if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+        echo "setup: installing Debian's chromium for the report's browser test" >&2
+        apt-get install -y -q chromium >/dev/null 2>&1 || (apt-get update -q >/dev/null 2>&1 &&
+            apt-get install -y -q chromium >/dev/null 2>&1) || echo "setup: could not install chromium" >&2
+    else
+        echo "setup: chromium not found; install it (e.g. apt-get install chromium) for the report's browser test" >&2
+    fi
+fi

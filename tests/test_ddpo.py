@@ -100,7 +100,11 @@ def make_ddpo(method, T, samples_per_epoch, train_batch_size):
         sample_prompts=lambda n: ["p%d" % (i % 3) for i in range(n)],
         gather=lambda p, r: (list(p), r.numpy()), local_slice=lambda n: slice(0, n),
         sync_gradients=lambda params: None, bar=lambda total, desc: nullcontext(SimpleNamespace(update=lambda k: 0)),
+        timed=lambda phase: nullcontext(),
     )
+    from bench.runner import TrainContext
+
+    ctx.sample_and_score = lambda prompts: TrainContext.sample_and_score(ctx, prompts)  # the real one
     return DDPO(ctx), bb, counter
 
 

@@ -10,7 +10,7 @@ from tests.conftest import run_cli
 def test_run_ddpo_jpeg_end_to_end(tmp_path):
     args = ["run", "--methods", "ddpo-2,ddpo-100", "--reward", "jpeg-compressibility", "--budget", "48",
             "--num-steps", "4", "--samples-per-epoch", "16", "--train-batch-size", "8", "--num-checkpoints", "4",
-            "--out", str(tmp_path), "--no-progress"]
+            "--out", str(tmp_path), "--no-progress", "--no-eval"]
     r = run_cli(*args)
     assert r.returncode == 0, r.stderr[-3000:]
     db = tmp_path / "bench.duckdb"
@@ -51,7 +51,7 @@ def test_alignprop_raises_the_toy_aesthetic(tmp_path):
     """AlignProp on the default (toy) backbone: the proxy aesthetic goes up within a small budget."""
     r = run_cli("run", "--methods", "alignprop", "--reward", "aesthetic", "--budget", "64", "--num-steps", "6",
                 "--samples-per-epoch", "16", "--train-batch-size", "8", "--num-checkpoints", "2",
-                "--out", str(tmp_path), "--no-progress")
+                "--out", str(tmp_path), "--no-progress", "--no-eval")
     assert r.returncode == 0, r.stderr[-3000:]
     con = duckdb.connect(str(tmp_path / "bench.duckdb"), read_only=True)
     rewards = [v for (v,) in con.execute("select value from train_metrics where metric = 'reward_mean' "

@@ -264,7 +264,7 @@ def test_reference_log_probs_match_sampling_until_lora_moves(backbone):
 def test_every_tdpo_variant_end_to_end_on_toy(tmp_path):
     args = ["run", "--methods", ",".join(TDPO_VARIANTS), "--reward", "aesthetic", "--budget", "16",
             "--num-steps", "3", "--samples-per-epoch", "8", "--train-batch-size", "8", "--num-checkpoints", "2",
-            "--out", str(tmp_path), "--no-progress"]
+            "--out", str(tmp_path), "--no-progress", "--no-eval"]
     r = run_cli(*args)
     assert r.returncode == 0, r.stderr[-3000:]
     import duckdb
@@ -303,3 +303,23 @@ def test_every_tdpo_variant_end_to_end_on_toy(tmp_path):
     # overlap needs an earlier epoch: none after epoch 1, a fraction after epoch 2
     assert ("tdpo", 1, "critic_dormant_overlap") not in got
     assert 0.0 <= got[("tdpo", 2, "critic_dormant_overlap")] <= 1.0
+
+
+def test_mismatched_critic_encoder_option(backbone):
+    """`critic_encoder=NAME` embeds with another reward's encoder (paper Appendix E); the
+    default follows the training reward."""
+    from methods.tdpo import TDPO
+    from tests.helpers import CountingReward
+
+    def make(**hp):
+        spec = _spec("tdpo", 5, 4, 4, 2, **hp)
+        ctx = type("Ctx", (), dict(spec=spec, hp=spec.hp, backbone=backbone, device=backbone.device, world_size=1,
+                                   reward=CountingReward()))()
+        return TDPO(ctx)
+
+    own = make()
+    assert own.critic.linears()[0].in_features == 48  # the counting reward's 48-d pooled pixels
+    other = make(critic_encoder="aesthetic")  # the tiny-random aesthetic CLIP: 32-d projections
+    assert other.critic.linears()[0].in_features == 32
+    images = torch.rand(2, 3, 32, 32)
+    assert torch.allclose(other.encoder(images).norm(dim=-1), torch.ones(2), atol=1e-5)  # L2-normalised features

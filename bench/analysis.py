@@ -1,0 +1,115 @@
+"""Numbers for the leaderboard, read only from the DuckDB store.
+
+A run's cross-reward curve is the path, in checkpoint order (reward queries),
+of points (x, y): x the mean in-domain score (the run's training reward) of a
+checkpoint on a prompt set, y the mean of another reward on the same images.
+Every run of a suite shares the point at query 0 (the pretrained model, the same
+evaluation seeds).
+
+Definitions (all on the "better is up" scale: a reward whose higher_is_better
+is False is negated before and after):
+- matched level L: the highest in-domain level that EVERY compared run reaches,
+  i.e. min over runs of max over checkpoints of x (never below x at query 0);
+- y at level L: linear interpolation on the segment where the path FIRST
+  reaches x >= L;
+- AUC: the area under the path from query 0 to that first crossing,
+  trapezoid rule in x, divided by (L - x0): the mean out-of-domain score over
+  the in-domain range both compared methods cover (y0 when L = x0);
+- queries to reach a target: the reward queries interpolated at the first
+  crossing of the target on the path, None if never reached;
+- mean and 95% CI over seeds: Student t, n - 1 degrees of freedom.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+# two-sided 97.5% quantiles of Student's t, df 1..30 (beyond: normal)
+_T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042]
+
+
+def mean_ci(values: list[float]) -> tuple[float, float | None]:
+    """Mean and the half-width of its 95% confidence interval (None for one value)."""
+    n = len(values)
+    m = sum(values) / n
+    if n < 2:
+        return m, None
+    sd = math.sqrt(sum((v - m) ** 2 for v in values) / (n - 1))
+    t = _T975[n - 2] if n - 1 <= len(_T975) else 1.96
+    return m, t * sd / math.sqrt(n)
+
+
+def first_crossing(xs: list[float], level: float) -> tuple[int, float] | None:
+    """(segment index i, fraction f) such that the path point xs[i] + f*(xs[i+1]-xs[i]) is
+    the first to reach `level`; (0, 0.0) if xs[0] already does; None if never."""
+    if xs[0] >= level:
+        return 0, 0.0
+    for i in range(len(xs) - 1):
+        if xs[i + 1] >= level:  # every earlier point is below the level
+            return i, (level - xs[i]) / (xs[i + 1] - xs[i])
+    return None
+
+
+def interpolate_at(xs: list[float], ys: list[float], level: float) -> float | None:
+    hit = first_crossing(xs, level)
+    if hit is None:
+        return None
+    i, f = hit
+    return ys[i] if f == 0.0 else ys[i] + f * (ys[i + 1] - ys[i])
+
+
+def normalised_auc(xs: list[float], ys: list[float], level: float) -> float | None:
+    """Trapezoid area under the path up to its first crossing of `level`, over (level - x0)."""
+    hit = first_crossing(xs, level)
+    if hit is None:
+        return None
+    i, f = hit
+    if level <= xs[0]:
+        return ys[0]
+    px, py = list(xs[:i + 1]), list(ys[:i + 1])
+    px.append(xs[i] + f * (xs[i + 1] - xs[i]))
+    py.append(ys[i] + f * (ys[i + 1] - ys[i]))
+    area = sum((px[k + 1] - px[k]) * (py[k + 1] + py[k]) / 2 for k in range(len(px) - 1))
+    return area / (level - xs[0])
+
+
+def matched_level(curves: list[list[float]]) -> float:
+    """The highest level every curve reaches (and never below their common start)."""
+    return max(min(max(xs) for xs in curves), max(xs[0] for xs in curves))
+
+
+@dataclass
+class Curve:
+    run_id: str
+    method: str
+    seed: int
+    train_reward: str
+    prompt_set: str
+    queries: list[int]
+    scores: dict[str, list[float]]
+    """reward name -> mean score per checkpoint, in query order."""
+
+
+def load_curves(con) -> list[Curve]:
+    """Per run and prompt set, the mean score of every reward at every checkpoint
+    (only checkpoints scored by every reward of the run are kept)."""
+    rows = con.execute("""
+        SELECT r.run_id, r.method, r.seed, r.reward, s.prompt_set, s.reward_queries, s.reward, avg(s.value)
+        FROM scores s JOIN runs r USING (run_id)
+        GROUP BY ALL ORDER BY r.run_id, s.prompt_set, s.reward_queries, s.reward
+    """).fetchall()
+    grouped: dict[tuple, dict] = {}
+    for run_id, method, seed, train_reward, pset, q, reward, value in rows:
+        g = grouped.setdefault((run_id, pset), dict(method=method, seed=seed, train_reward=train_reward, pts={}))
+        g["pts"].setdefault(q, {})[reward] = value
+    curves = []
+    for (run_id, pset), g in grouped.items():
+        rewards = set.intersection(*(set(v) for v in g["pts"].values()))
+        if g["train_reward"] not in rewards:
+            continue
+        qs = sorted(q for q, v in g["pts"].items() if rewards <= set(v))
+        curves.append(Curve(run_id, g["method"], g["seed"], g["train_reward"], pset, qs,
+                            {r: [g["pts"][q][r] for q in qs] for r in sorted(rewards)}))
+    return curves

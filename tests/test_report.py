@@ -1,0 +1,163 @@
+"""Leaderboard numbers on a small synthetic DuckDB, determinism, and the report in a real browser."""
+
+import json
+import shutil
+import subprocess
+
+import pytest
+
+from bench.analysis import first_crossing, interpolate_at, matched_level, mean_ci, normalised_auc
+
+# run -> (method, seed, x = aesthetic, y = pickscore, gold-aesthetic) at queries 0, 10, 20
+CURVES = {
+    "A_s0": ("A", 0, [1, 3, 5], [10, 8, 4], [5, 7, 6]),
+    "A_s1": ("A", 1, [1, 2, 4], [10, 9, 5], [5, 6, 6.5]),
+    "B_s0": ("B", 0, [1, 2, 3], [10, 10, 9], [5, 5.5, 5.2]),
+}
+
+
+def make_db(path):
+    from bench.store import connect
+
+    con = connect(path)
+    for run_id, (method, seed, *_rest) in CURVES.items():
+        con.execute("INSERT INTO runs (run_id, config_hash, method, reward, backbone, suite, seed, budget, status) "
+                    "VALUES (?, 'h', ?, 'aesthetic', 'toy', 'toy', ?, 20, 'finished')", [run_id, method, seed])
+    for run_id, (_, _, xs, ys, gs) in CURVES.items():
+        for q, x, y, g in zip((0, 10, 20), xs, ys, gs):
+            for reward, v in (("aesthetic", x), ("pickscore", y), ("gold-aesthetic", g)):
+                for i, d in enumerate((-0.5, 0.5)):  # two images whose mean is the curve value
+                    con.execute("INSERT INTO scores VALUES (?, ?, ?, 'toy-seen', 'a red circle', ?, 1, ?)",
+                                [run_id, q, reward, i, v + d])
+    con.close()
+
+
+def test_interpolation_auc_and_ci_by_hand():
+    assert first_crossing([1, 3, 5], 3) == (0, 1.0)
+    assert first_crossing([1, 2, 4], 3) == (1, 0.5)
+    assert first_crossing([1, 2, 1.5], 3) is None
+    assert interpolate_at([1, 2, 4], [10, 9, 5], 3) == pytest.approx(7.0)
+    # the FIRST crossing counts, even if the curve comes back later
+    assert interpolate_at([1, 4, 2, 5], [0, 3, 100, 100], 2.5) == pytest.approx(1.5)
+    # (1,10)-(2,9): 9.5; (2,9)-(3,7): 8 -> 17.5 over a range of 2
+    assert normalised_auc([1, 2, 4], [10, 9, 5], 3) == pytest.approx(8.75)
+    assert normalised_auc([1, 2], [7, 3], 1) == 7
+    assert matched_level([[1, 3, 5], [1, 2, 4], [1, 2, 3]]) == 3
+    assert matched_level([[1, 0.5], [1, 2]]) == 1  # a run that never rises pins the level at the start
+    m, h = mean_ci([8.0, 7.0])  # sd 0.7071, t(1) = 12.706
+    assert m == 7.5 and h == pytest.approx(12.706 * 0.70710678 / 2 ** 0.5)
+    m, h = mean_ci([1.0, 2.0, 3.0, 4.0])  # sd 1.2910, t(3) = 3.182
+    assert m == 2.5 and h == pytest.approx(3.182 * 1.2909944 / 2)
+    assert mean_ci([3.0]) == (3.0, None)
+
+
+def test_leaderboard_on_a_synthetic_database(tmp_path):
+    from bench.report import build_boards
+    from bench.store import connect
+
+    make_db(tmp_path / "b.duckdb")
+    con = connect(tmp_path / "b.duckdb", read_only=True)
+    (board,) = build_boards(con)
+    con.close()
+    assert board.level == 3 and board.train_reward == "aesthetic" and board.prompt_set == "toy-seen"
+    cols = board.columns
+    assert cols == ["aesthetic final", "queries to level", "gold-aesthetic @ level", "pickscore @ level",
+                    "gold-aesthetic AUC", "pickscore AUC", "gold-aesthetic peak", "gold-aesthetic drop after peak"]
+    rows = {m: (n, dict(zip(cols, cells))) for m, n, cells in board.rows}
+    assert [m for m, _, _ in board.rows] == ["B", "A"]  # sorted by pickscore at the level, higher first
+    n, a = rows["A"]
+    assert n == 2
+    assert a["aesthetic final"].mean == pytest.approx(4.5)
+    assert a["aesthetic final"].ci == pytest.approx(12.706 * 0.70710678 / 2 ** 0.5)
+    assert a["queries to level"].mean == pytest.approx((10 + 15) / 2)
+    assert a["pickscore @ level"].mean == pytest.approx((8 + 7) / 2)
+    assert a["pickscore AUC"].mean == pytest.approx((9 + 8.75) / 2)
+    assert a["gold-aesthetic peak"].mean == pytest.approx((7 + 6.5) / 2)
+    assert a["gold-aesthetic drop after peak"].mean == pytest.approx((1 + 0) / 2)
+    _, b = rows["B"]
+    assert b["pickscore @ level"].mean == pytest.approx(9) and b["pickscore @ level"].ci is None
+    assert b["queries to level"].mean == pytest.approx(20)
+    assert b["pickscore AUC"].mean == pytest.approx((10 + 9.5) / 2)
+    assert b["gold-aesthetic drop after peak"].mean == pytest.approx(0.3)
+
+
+def test_report_files_are_byte_identical_when_rebuilt(tmp_path):
+    from bench.report import write_report
+
+    make_db(tmp_path / "b.duckdb")
+    write_report(tmp_path / "b.duckdb", tmp_path / "r1")
+    write_report(tmp_path / "b.duckdb", tmp_path / "r2")
+    for name in ("leaderboard.md", "leaderboard.csv", "leaderboard.html", "index.html"):
+        assert (tmp_path / "r1" / name).read_bytes() == (tmp_path / "r2" / name).read_bytes(), name
+    md = (tmp_path / "r1" / "leaderboard.md").read_text()
+    assert "| B | 1 | 3.000 | 20 |" in md
+    figs = json.loads((tmp_path / "r1" / "report.json").read_text())["figures"]
+    assert "cross_reward_aesthetic_toy-seen.png" in figs and "gold_vs_proxy_aesthetic_toy-seen.png" in figs
+    assert all((tmp_path / "r1" / "figures" / f).stat().st_size > 1000 for f in figs)
+    assert (tmp_path / "r1" / "figures" / "cross_reward_aesthetic_toy-seen.pdf").is_file()
+
+
+def _chromium():
+    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+def test_report_renders_in_headless_chromium(tmp_path):
+    """The page is rendered by a real browser; the screenshot must not be blank."""
+    from PIL import Image, ImageStat
+
+    from bench.report import write_report
+
+    browser = _chromium()
+    assert browser, "chromium is missing: scripts/setup.sh installs Debian's chromium package"
+    make_db(tmp_path / "b.duckdb")
+    index = write_report(tmp_path / "b.duckdb", tmp_path / "report")
+    shot = tmp_path / "shot.png"
+    subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                    f"--screenshot={shot}", "--window-size=1200,1600", index.as_uri()],
+                   check=True, capture_output=True, timeout=120)
+    img = Image.open(shot).convert("L")
+    stat = ImageStat.Stat(img)
+    assert img.size == (1200, 1600)
+    assert stat.stddev[0] > 10  # text, tables and plots, not a blank page
+    dark = sum(img.histogram()[:128]) / (img.size[0] * img.size[1])
+    assert dark > 0.002  # some ink: headings and table text
+
+
+def test_run_evaluates_every_checkpoint_then_eval_adds_a_reward_and_reproduces(tmp_path):
+    """`bench run` scores each checkpoint with every toy reward on all three prompt sets and
+    writes the report; `bench eval` adds a reward later; re-evaluation reproduces the images."""
+    import duckdb
+
+    from bench.evaluate import evaluate_run
+    from tests.conftest import run_cli
+
+    common = ["--budget", "16", "--num-steps", "3", "--samples-per-epoch", "8", "--train-batch-size", "8",
+              "--num-checkpoints", "2", "--out", str(tmp_path), "--no-progress"]
+    r = run_cli("run", "--methods", "ddpo-2,alignprop", "--reward", "aesthetic", *common, "--no-eval")
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = run_cli("eval", "--out", str(tmp_path), "--rewards", "aesthetic,gold-aesthetic", "--no-progress")
+    assert r.returncode == 0, r.stderr[-3000:]
+    con = duckdb.connect(str(tmp_path / "bench.duckdb"), read_only=True)
+    assert {x for (x,) in con.execute("select distinct reward from scores").fetchall()} == {"aesthetic",
+                                                                                           "gold-aesthetic"}
+    con.close()
+    # the run command evaluates what is missing for finished runs, then reports
+    r = run_cli("run", "--methods", "ddpo-2,alignprop", "--reward", "aesthetic", *common)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "report at" in r.stdout and "| method | seeds | aesthetic final" in r.stdout
+    con = duckdb.connect(str(tmp_path / "bench.duckdb"), read_only=True)
+    counts = con.execute("""select reward, prompt_set, count(distinct run_id), count(distinct reward_queries), count(*)
+                            from scores group by 1, 2 order by 1, 2""").fetchall()
+    con.close()
+    rewards = ["aesthetic", "gold-aesthetic", "gold-fidelity", "hpsv2", "jpeg-compressibility", "pickscore"]
+    sets = {"toy-compositional": 4, "toy-seen": 48, "toy-unseen": 8}
+    assert counts == [(rw, ps, 2, 3, 2 * 3 * n) for rw in rewards for ps, n in sorted(sets.items())]
+    assert (tmp_path / "report" / "index.html").is_file() and (tmp_path / "report" / "leaderboard.csv").is_file()
+    run_dir = next(p for p in (tmp_path / "runs").iterdir() if p.name.startswith("ddpo-2"))
+    assert sorted(p.name for p in (run_dir / "grids").iterdir()) == ["q00000000.png", "q00000008.png",
+                                                                   "q00000016.png"]
+    before = (run_dir / "scores" / "aesthetic.jsonl").read_text()
+    grid = (run_dir / "grids" / "q00000016.png").read_bytes()
+    assert evaluate_run(run_dir, ["aesthetic"], progress=False, force=True) == ["aesthetic"]
+    assert (run_dir / "scores" / "aesthetic.jsonl").read_text() == before  # same seeds, same images, same scores
+    assert (run_dir / "grids" / "q00000016.png").read_bytes() == grid
