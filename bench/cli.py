@@ -139,7 +139,7 @@ def build_specs(args) -> list:
     budget = parse_budget(args.budget) if args.budget is not None else d["budget"]
     seeds = parse_seeds(args.seeds)
     for flag in ("num_steps", "guidance_scale", "samples_per_epoch", "train_batch_size", "num_checkpoints",
-                 "lora_rank"):
+                 "lora_rank", "eval_per_prompt"):
         _positive("--" + flag.replace("_", "-"), getattr(args, flag))
     overrides = parse_overrides(args.overrides)
     known = {k for m in method_names for k in catalog.methods.get(m).meta.get("hparams", {})}
@@ -184,8 +184,6 @@ def cmd_run(args) -> int:
     from bench.runner import is_finished, make_accelerator, train_run
     from bench.store import ingest
 
-    if args.eval_per_prompt <= 0:
-        raise BenchError(f"--eval-per-prompt must be positive, got {args.eval_per_prompt}")
     accelerator = make_accelerator(specs[0].mixed_precision)
     main = accelerator.is_main_process
     say = print if main else (lambda *a, **k: None)

@@ -37,6 +37,10 @@ def run_light(*args):
     (["run", "--train-prompts", "simple-animls"], "unknown prompt set 'simple-animls'"),
     (["run", "--reward", "gold-aesthetic"], "'gold-aesthetic' is a gold reward, for evaluation only"),
     (["run", "--reward", "hpsv2", "--backbone", "tiny-random"], "reward 'hpsv2' is not available on suite 'tiny-random'"),
+    (["run", "--eval-per-prompt", "0"], "--eval-per-prompt must be positive"),
+    (["eval", "--rewards", "aesthtic"], "unknown reward 'aesthtic'. Did you mean 'aesthetic'"),
+    (["eval", "--per-prompt", "0"], "--per-prompt must be positive"),
+    (["report", "--db", "/no/such.duckdb"], "no results database at /no/such.duckdb"),
 ])
 def test_bad_input_exits_2_with_one_line_and_no_torch(args, message, tmp_path):
     r = run_light(*args, "--out", str(tmp_path))
