@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from bench.io import atomic_write_jsonl
+from bench.io import atomic_write_json, atomic_write_jsonl
 
 DEFAULT_EVAL_SEED = 2024
 
@@ -39,9 +39,11 @@ def sample_fixed(backbone, prompt_set: str, prompts: list[str], per_prompt: int,
 
 def evaluate_checkpoints(run_dir: Path, rewards: dict, prompt_sets: dict[str, list[str]], per_prompt: int = 2,
                          eval_seed: int = DEFAULT_EVAL_SEED, device="cpu", progress: bool = True,
-                         shard: str = "eval", queries: set[int] | None = None) -> list[dict]:
+                         shard: str | None = "eval", queries: set[int] | None = None,
+                         grid_set: str | None = None) -> list[dict]:
     """Score every checkpoint of a run (or those at the reward-query counts in
-    `queries`) with every reward on every prompt set."""
+    `queries`) with every reward on every prompt set. Rows go to scores/<shard>.jsonl
+    unless `shard` is None; the images of `grid_set` are saved as a grid per checkpoint."""
     from tqdm.auto import tqdm
 
     from bench.backbone import build_backbone
@@ -57,19 +59,22 @@ def evaluate_checkpoints(run_dir: Path, rewards: dict, prompt_sets: dict[str, li
     bb.add_lora(spec.lora_rank)
     rows: list[dict] = []
     total = len(ckpts) * sum(len(p) for p in prompt_sets.values()) * per_prompt
-    with tqdm(total=total, desc=f"eval {spec.method}", unit="img", disable=not progress) as bar:
+    with tqdm(total=total, desc=f"eval {spec.method}", unit="img", leave=False, disable=not progress) as bar:
         for ck in ckpts:
             bb.load_lora(run_dir / ck["path"])
             for set_name, prompts in prompt_sets.items():
                 images, keys = sample_fixed(bb, set_name, prompts, per_prompt, eval_seed)
                 bar.update(len(keys))
+                if set_name == grid_set:
+                    save_grid(images, run_dir / "grids" / f"q{ck['reward_queries']:08d}.png")
                 ps = [p for p, _ in keys]
                 for rname, reward in rewards.items():
                     values = reward.score(images, ps)
                     rows += [dict(run_id=spec.run_name, reward_queries=ck["reward_queries"], reward=rname,
                                   prompt_set=set_name, prompt=p, sample_index=i, eval_seed=eval_seed,
                                   value=float(v)) for (p, i), v in zip(keys, values.tolist())]
-    atomic_write_jsonl(run_dir / "scores" / f"{shard}.jsonl", rows)
+    if shard is not None:
+        atomic_write_jsonl(run_dir / "scores" / f"{shard}.jsonl", rows)
     return rows
 
 
@@ -119,11 +124,8 @@ def evaluate_run(run_dir: Path, reward_names: list[str] | None = None, per_promp
     prompt set of its suite, one shard per reward (scores/<reward>.jsonl), and save a
     fixed-seed image grid of the seen set per checkpoint (grids/q<queries>.png).
     Returns the rewards scored now (empty if nothing was missing)."""
-    from tqdm.auto import tqdm
-
-    from bench.backbone import build_backbone
     from bench.prompts import resolve_prompt_set
-    from bench.runner import backbone_location, load_reward
+    from bench.runner import load_reward
     from bench.spec import RunSpec
 
     t_start = time.perf_counter()
@@ -134,32 +136,13 @@ def evaluate_run(run_dir: Path, reward_names: list[str] | None = None, per_promp
     if not missing:
         return []
     sets = {name: resolve_prompt_set(name)[1] for name in suite_prompt_sets(spec.suite)}
-    ckpts = [json.loads(line) for line in (run_dir / "checkpoints.jsonl").read_text().splitlines() if line]
     rewards = {r: load_reward(r, spec.suite, device) for r in missing}
-    bb = build_backbone(backbone_location(spec), spec.num_steps, spec.guidance_scale, spec.eta, device=device)
-    bb.add_lora(spec.lora_rank)
-    rows: dict[str, list[dict]] = {r: [] for r in missing}
-    total = len(ckpts) * sum(len(p) for p in sets.values()) * per_prompt
-    with tqdm(total=total, desc=f"eval {spec.method}", unit="img", leave=False, disable=not progress) as bar:
-        for ck in ckpts:
-            bb.load_lora(run_dir / ck["path"])
-            for set_name, prompts in sets.items():
-                images, keys = sample_fixed(bb, set_name, prompts, per_prompt, eval_seed)
-                bar.update(len(keys))
-                ps = [p for p, _ in keys]
-                if set_name == next(iter(sets)):
-                    save_grid(images, run_dir / "grids" / f"q{ck['reward_queries']:08d}.png")
-                for rname, reward in rewards.items():
-                    values = reward.score(images, ps)
-                    rows[rname] += [dict(run_id=spec.run_name, reward_queries=ck["reward_queries"], reward=rname,
-                                         prompt_set=set_name, prompt=p, sample_index=i, eval_seed=eval_seed,
-                                         value=float(v)) for (p, i), v in zip(keys, values.tolist())]
-    for rname, rs in rows.items():
-        atomic_write_jsonl(run_dir / "scores" / f"{rname}.jsonl", rs)
-    from bench.io import atomic_write_json
-
+    rows = evaluate_checkpoints(run_dir, rewards, sets, per_prompt, eval_seed, device, progress, shard=None,
+                                grid_set=next(iter(sets)))
+    for rname in missing:
+        atomic_write_jsonl(run_dir / "scores" / f"{rname}.jsonl", [r for r in rows if r["reward"] == rname])
     timing = run_dir / "eval_timing.json"  # for `bench perf --db`: evaluation seconds, added up over calls
     old = json.loads(timing.read_text()) if timing.is_file() else {"seconds": 0.0, "images": 0}
     atomic_write_json(timing, {"seconds": old["seconds"] + time.perf_counter() - t_start,
-                               "images": old["images"] + total})
+                               "images": old["images"] + len(rows) // len(missing)})
     return missing

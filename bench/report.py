@@ -288,7 +288,7 @@ def write_report(db_path: Path, report_dir: Path, out_dir: Path | None = None) -
     if grid_dir.exists():
         shutil.rmtree(grid_dir)
     grid_html = []
-    for method, run_id, q, path in grids:
+    for method, _run, q, path in grids:
         grid_dir.mkdir(parents=True, exist_ok=True)
         name = f"{method}_q{q:08d}.png"
         shutil.copyfile(path, grid_dir / name)

@@ -153,6 +153,12 @@ class TrainContext:
                     disable=not (self.progress and self.accelerator.is_main_process))
 
 
+def make_adamw(params, hp: dict, lr_key: str = "lr") -> torch.optim.AdamW:
+    """AdamW from a method's hyperparameters (lr, adam_beta1/2, adam_eps, weight_decay)."""
+    return torch.optim.AdamW(params, lr=hp[lr_key], betas=(hp["adam_beta1"], hp["adam_beta2"]),
+                             weight_decay=hp["weight_decay"], eps=hp["adam_eps"])
+
+
 def optimizer_step(ctx, optimizer, params, max_grad_norm: float, accumulation: int, pending: int) -> None:
     """End an accumulation: rescale a short one (`pending` < `accumulation`
     micro-steps) to a full one, average gradients over processes, clip the

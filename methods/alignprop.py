@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from bench.runner import optimizer_step
+from bench.runner import make_adamw, optimizer_step
 from bench.sampling import ddim_step
 
 
@@ -47,8 +47,7 @@ class AlignProp:
         hp = ctx.hp
         self.hp = hp
         self.params = ctx.backbone.trainable_parameters()
-        self.optimizer = torch.optim.AdamW(self.params, lr=hp["lr"], betas=(hp["adam_beta1"], hp["adam_beta2"]),
-                                           weight_decay=hp["weight_decay"], eps=hp["adam_eps"])
+        self.optimizer = make_adamw(self.params, hp)
         spec = ctx.spec
         n_full = spec.samples_per_epoch // ctx.world_size
         micro_full = math.ceil(n_full / spec.train_batch_size)

@@ -26,7 +26,7 @@ import math
 import numpy as np
 import torch
 
-from bench.runner import optimizer_step
+from bench.runner import make_adamw, optimizer_step
 from bench.stat_tracker import PerPromptStatTracker, batch_normalize
 
 
@@ -48,10 +48,7 @@ class DDPO:
         hp = ctx.hp
         self.hp = hp
         self.params = ctx.backbone.trainable_parameters()
-        self.optimizer = torch.optim.AdamW(
-            self.params, lr=hp["lr"], betas=(hp["adam_beta1"], hp["adam_beta2"]),
-            weight_decay=hp["weight_decay"], eps=hp["adam_eps"],
-        )
+        self.optimizer = make_adamw(self.params, hp)
         self.tracker = PerPromptStatTracker(hp["stat_buffer_size"], hp["stat_min_count"])
         spec = ctx.spec
         T = spec.num_steps

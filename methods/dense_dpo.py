@@ -45,7 +45,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bench.runner import optimizer_step
+from bench.runner import make_adamw, optimizer_step
 from bench.sampling import Trajectory
 
 
@@ -78,8 +78,7 @@ class DenseDPO:
         self.ctx = ctx
         hp = self.hp = ctx.hp
         self.params = ctx.backbone.trainable_parameters()
-        self.optimizer = torch.optim.AdamW(self.params, lr=hp["lr"], betas=(hp["adam_beta1"], hp["adam_beta2"]),
-                                           weight_decay=hp["weight_decay"], eps=hp["adam_eps"])
+        self.optimizer = make_adamw(self.params, hp)
         T = ctx.spec.num_steps
         self.gamma = scaled_gamma(hp["gamma"], T)
         self.p_steps = step_distribution(T, self.gamma)

@@ -53,7 +53,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from bench.runner import optimizer_step
+from bench.runner import make_adamw, optimizer_step
 from bench.sampling import Trajectory
 
 
@@ -90,8 +90,7 @@ class PRDP:
         self.ctx = ctx
         hp = self.hp = ctx.hp
         self.params = ctx.backbone.trainable_parameters()
-        self.optimizer = torch.optim.AdamW(self.params, lr=hp["lr"], betas=(hp["adam_beta1"], hp["adam_beta2"]),
-                                           weight_decay=hp["weight_decay"], eps=hp["adam_eps"])
+        self.optimizer = make_adamw(self.params, hp)
         self.gradient_updates = 0
 
     def group_sizes(self, n: int) -> list[int]:

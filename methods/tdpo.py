@@ -69,7 +69,7 @@ import torch
 from torch import nn
 
 from bench import neurons
-from bench.runner import optimizer_step
+from bench.runner import make_adamw, optimizer_step
 from bench.sampling import Trajectory
 from bench.stat_tracker import PerPromptStatTracker, batch_normalize
 from methods.ddpo import ppo_clipped_loss
@@ -184,15 +184,14 @@ class TDPO:
         hp = self.hp = ctx.hp
         spec, bb = ctx.spec, ctx.backbone
         self.params = bb.trainable_parameters()
-        adam = dict(betas=(hp["adam_beta1"], hp["adam_beta2"]), weight_decay=hp["weight_decay"], eps=hp["adam_eps"])
-        self.optimizer = torch.optim.AdamW(self.params, lr=hp["lr"], **adam)
+        self.optimizer = make_adamw(self.params, hp)
         self.encoder = self._critic_encoder()
         size = bb.unet.config.sample_size * bb.pipe.vae_scale_factor
         dim = self.encoder(torch.full((1, 3, size, size), 0.5, device=ctx.device)).shape[-1]
         # Same seed on every process: the critic starts identical everywhere.
         self.critic = TemporalCritic(int(dim), generator=torch.Generator().manual_seed(spec.seed)).to(ctx.device)
         self.critic_params = list(self.critic.parameters())
-        self.critic_optimizer = torch.optim.AdamW(self.critic_params, lr=hp["critic_lr"], **adam)
+        self.critic_optimizer = make_adamw(self.critic_params, hp, lr_key="critic_lr")
         self.tracker = PerPromptStatTracker(hp["stat_buffer_size"], hp["stat_min_count"])
         self.kl_ctl = KLController(hp["init_kl_coef"], hp["kl_target"], hp["kl_horizon"])
         T = spec.num_steps
