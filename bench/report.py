@@ -198,6 +198,20 @@ def make_figures(con, folder: Path) -> list[str]:
             axes[0][-1].legend(fontsize=7, loc="best")
             pngs.append(_save(fig, folder, f"{kind}_{train_reward}_{pset}")[0])
             plt.close(fig)
+        # sample efficiency on fixed evaluation seeds: the in-domain score against reward queries
+        fig, ax = plt.subplots(figsize=(5.5, 3.8))
+        for m in methods:
+            runs = [c for c in group if c.method == m]
+            if runs:
+                qs, y = _mean_curve(runs, train_reward)
+                ax.plot(qs, y, marker="o", ms=3, lw=1.4, color=colors[m], label=m)
+        ax.set_xlabel("reward queries")
+        ax.set_ylabel(f"{train_reward} (fixed-seed evaluation)")
+        ax.set_title(f"sample efficiency — {pset}", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        pngs.append(_save(fig, folder, f"eval_reward_vs_queries_{train_reward}_{pset}")[0])
+        plt.close(fig)
     rows = con.execute("""
         SELECT r.method, r.reward, t.reward_queries, t.epoch, t.metric, avg(t.value)
         FROM train_metrics t JOIN runs r USING (run_id)
