@@ -9,14 +9,14 @@ The same code serves real SD v1.4 and the tiny suites: everything goes through
 from __future__ import annotations
 
 import json
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
 
 from bench.errors import BenchError
 from bench.io import atomic_write_bytes
-from bench.sampling import Trajectory, ddim_step_with_logprob
+from bench.sampling import Trajectory, ddim_step_with_logprob, gaussian_noise
 
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 
@@ -165,12 +165,10 @@ class Backbone:
     def initial_latents(self, n: int, generator: torch.Generator | None) -> torch.Tensor:
         c = self.unet.config.in_channels
         s = self.unet.config.sample_size
-        # Noise is drawn on the CPU so that a seed gives the same images on any device.
-        if isinstance(generator, (list, tuple)):  # one generator per sample (fixed evaluation seeds)
-            noise = torch.stack([torch.randn((c, s, s), generator=g, dtype=torch.float32) for g in generator])
-        else:
-            noise = torch.randn((n, c, s, s), generator=generator, dtype=torch.float32)
-        return noise.to(self.device) * self.scheduler.init_noise_sigma
+        # Noise is drawn on the CPU so that a seed gives the same images on any device;
+        # a list of generators gives each sample its own (fixed evaluation seeds).
+        return gaussian_noise((n, c, s, s), generator, torch.device("cpu")).to(self.device) \
+            * self.scheduler.init_noise_sigma
 
     @torch.no_grad()
     def sample(self, prompts: list[str], generator: torch.Generator | None = None,
@@ -197,6 +195,27 @@ class Backbone:
                 log_probs=torch.stack(lps, 1), timesteps=self.timesteps.clone(), images=self.decode(x),
             ))
         return Trajectory.cat(parts)
+
+    @contextmanager
+    def pretrained(self):
+        """Inside the block the UNet is the pretrained policy (LoRA adapters disabled): the
+        reference of KL penalties and log-ratios."""
+        self.unet.disable_adapters()
+        try:
+            yield
+        finally:
+            self.unet.enable_adapters()
+
+    @torch.no_grad()
+    def step_log_probs(self, traj: Trajectory, batch_size: int) -> torch.Tensor:
+        """(B, T) log-probs of every stored step under the current weights, `batch_size` samples per call."""
+        n, T = traj.latents.shape[:2]
+        cols = []
+        for j in range(T):
+            cols.append(torch.cat([self.log_prob(traj.index(range(s, min(s + batch_size, n))),
+                                                 torch.full((min(batch_size, n - s),), j))
+                                   for s in range(0, n, batch_size)]))
+        return torch.stack(cols, 1)
 
     def log_prob(self, traj: Trajectory, step_index: torch.Tensor) -> torch.Tensor:
         """Log-prob of the stored step `step_index[i]` of sample i under the current

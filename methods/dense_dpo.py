@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from contextlib import nullcontext
 
 import numpy as np
 import torch
@@ -94,13 +95,8 @@ class DenseDPO:
     def pair_log_probs(self, traj: Trajectory, steps: torch.Tensor, reference: bool = False) -> torch.Tensor:
         """(P, M) log-probs of the stored steps `steps[i, m]` of trajectory i."""
         bb = self.ctx.backbone
-        if reference:
-            bb.unet.disable_adapters()
-        try:
+        with bb.pretrained() if reference else nullcontext():
             cols = [bb.log_prob(traj, steps[:, m]) for m in range(steps.shape[1])]
-        finally:
-            if reference:
-                bb.unet.enable_adapters()
         return torch.stack(cols, 1)
 
     def train_epoch(self, n: int, epoch: int) -> dict:

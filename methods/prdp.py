@@ -50,6 +50,8 @@ Choices the sources leave open (there is no public PRDP code):
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import numpy as np
 import torch
 
@@ -97,22 +99,11 @@ class PRDP:
         B = self.hp["images_per_prompt"]
         return [B] * (n // B) + ([n % B] if n % B else [])
 
-    @torch.no_grad()
     def step_log_probs(self, traj: Trajectory, reference: bool = False) -> torch.Tensor:
         """(m, T) log-probs of every stored step, under the current or the pretrained (LoRA off) policy."""
-        bb, bs, T = self.ctx.backbone, self.ctx.spec.train_batch_size, self.ctx.spec.num_steps
-        if reference:
-            bb.unet.disable_adapters()
-        try:
-            cols = []
-            for j in range(T):
-                cols.append(torch.cat([bb.log_prob(traj.index(range(s, min(s + bs, len(traj)))),
-                                                   torch.full((min(bs, len(traj) - s),), j))
-                                       for s in range(0, len(traj), bs)]))
-            return torch.stack(cols, 1)
-        finally:
-            if reference:
-                bb.unet.enable_adapters()
+        bb = self.ctx.backbone
+        with bb.pretrained() if reference else nullcontext():
+            return bb.step_log_probs(traj, self.ctx.spec.train_batch_size)
 
     def train_epoch(self, n: int, epoch: int) -> dict:
         ctx, hp = self.ctx, self.hp

@@ -233,12 +233,9 @@ class TDPO:
     @torch.no_grad()
     def reference_log_probs(self, traj: Trajectory) -> torch.Tensor:
         """(B, T) log-probs of the sampled steps under the pretrained policy (LoRA disabled)."""
-        bb, T = self.ctx.backbone, self.ctx.spec.num_steps
-        bb.unet.disable_adapters()
-        try:
-            return torch.stack([bb.log_prob(traj, torch.full((len(traj),), j)) for j in range(T)], 1)
-        finally:
-            bb.unet.enable_adapters()
+        bb = self.ctx.backbone
+        with bb.pretrained():
+            return bb.step_log_probs(traj, batch_size=len(traj))
 
     def _step(self, pending: int) -> None:
         ctx, hp = self.ctx, self.hp
