@@ -113,3 +113,32 @@ def load_curves(con) -> list[Curve]:
         curves.append(Curve(run_id, g["method"], g["seed"], g["train_reward"], pset, qs,
                             {r: [g["pts"][q][r] for q in qs] for r in sorted(rewards)}))
     return curves
+
+
+def paired_changes(con, run_id: str, reward: str, prompt_set: str) -> list[float]:
+    """Per evaluation image, the score at the run's last scored checkpoint minus the
+    score of the same prompt and evaluation seed at query 0 (the pretrained model).
+    Pairing on the fixed evaluation seed removes the prompt- and noise-level spread, so
+    a small but consistent rise is visible where two unpaired means would overlap."""
+    rows = con.execute("""
+        WITH s AS (SELECT * FROM scores WHERE run_id = ? AND reward = ? AND prompt_set = ?)
+        SELECT b.value - a.value
+        FROM s a JOIN s b USING (prompt, sample_index, eval_seed)
+        WHERE a.reward_queries = 0 AND b.reward_queries = (SELECT max(reward_queries) FROM s)
+              AND b.reward_queries > 0
+        ORDER BY prompt, sample_index, eval_seed
+    """, [run_id, reward, prompt_set]).fetchall()
+    return [r[0] for r in rows]
+
+
+def change_verdict(mean: float | None, ci: float | None, higher_is_better: bool = True) -> str:
+    """'improves' / 'worsens' when the 95% CI of the change excludes 0 (judged in the
+    reward's own direction), 'flat' when it does not, '-' when there is no CI."""
+    if mean is None or ci is None:
+        return "-"
+    better = mean if higher_is_better else -mean
+    if better - ci > 0:
+        return "improves"
+    if better + ci < 0:
+        return "worsens"
+    return "flat"

@@ -235,18 +235,21 @@ def cmd_run(args) -> int:
 def _report(db: Path, report_dir: Path, out: Path) -> None:
     from bench.report import write_report
 
-    from bench.report import boards_markdown, build_boards
+    from bench.report import boards_markdown, build_boards, verdict_lines
     from bench.store import connect
 
     index = write_report(db, report_dir, out)
     con = connect(db, read_only=True)
     try:
-        table = boards_markdown(build_boards(con), compact=True).rstrip()
+        boards = build_boards(con)
     finally:
         con.close()
+    table = boards_markdown(boards, compact=True).rstrip()
     print()
     print(table or "(no evaluation scores)")
     print(f"(full tables, with AUCs and every prompt set: {report_dir / 'leaderboard.md'})")
+    for line in verdict_lines(boards):
+        print(line)
     print(f"\nbench: report at {index}")
 
 

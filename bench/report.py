@@ -15,7 +15,8 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.analysis import Curve, interpolate_at, load_curves, matched_level, mean_ci, normalised_auc
+from bench.analysis import (Curve, change_verdict, interpolate_at, load_curves, matched_level, mean_ci,
+                            normalised_auc, paired_changes)
 
 GOLD = ("gold-aesthetic", "gold-fidelity")
 
@@ -46,6 +47,9 @@ class Board:
     columns: list[str] = field(default_factory=list)
     rows: list[tuple[str, int, list[Cell]]] = field(default_factory=list)
     """(method, number of seeds, one Cell per column)."""
+    verdicts: dict[str, str] = field(default_factory=dict)
+    """method -> 'improves' / 'flat' / 'worsens': the change of the in-domain score from query 0 to the
+    final checkpoint, judged by its 95% CI (see `change_cell`)."""
 
 
 def _agg(values: list[float | None]) -> Cell:
@@ -53,6 +57,19 @@ def _agg(values: list[float | None]) -> Cell:
     if len(vals) < len(values) or not vals:
         return Cell(None)
     return Cell(*mean_ci(vals))
+
+
+def change_cell(con, runs: list[Curve], reward: str) -> Cell:
+    """The paired fixed-seed change of `reward` from query 0 to the final checkpoint.
+    One seed: mean and 95% CI over the evaluation images (the seed's own noise only);
+    two or more: mean and CI over the seeds' mean changes (run-to-run noise, as every
+    other column)."""
+    per_run = [paired_changes(con, c.run_id, reward, c.prompt_set) for c in runs]
+    if not all(per_run):
+        return Cell(None)
+    if len(per_run) == 1:
+        return Cell(*mean_ci(per_run[0])) if len(per_run[0]) > 1 else Cell(per_run[0][0])
+    return Cell(*mean_ci([sum(d) / len(d) for d in per_run]))
 
 
 def build_boards(con) -> list[Board]:
@@ -64,14 +81,16 @@ def build_boards(con) -> list[Board]:
         xs = {c.run_id: [sign * v for v in c.scores[train_reward]] for c in group}
         level = matched_level(list(xs.values()))
         others = sorted(set.intersection(*(set(c.scores) for c in group)) - {train_reward})
-        cols = [f"{train_reward} final", "queries to level"]
+        cols = [f"{train_reward} final", f"{train_reward} change", "queries to level"]
         cols += [f"{r} @ level" for r in others] + [f"{r} AUC" for r in others]
         gold = [g for g in GOLD if g in others]
         cols += [f"{g} peak" for g in gold] + [f"{g} drop after peak" for g in gold]
         board = Board(train_reward, pset, sign * level, cols)
         for method in sorted({c.method for c in group}):
             runs = sorted((c for c in group if c.method == method), key=lambda c: c.seed)
-            cells = [_agg([sign * xs[c.run_id][-1] for c in runs]),
+            change = change_cell(con, runs, train_reward)
+            board.verdicts[method] = change_verdict(change.mean, change.ci, sign > 0)
+            cells = [_agg([sign * xs[c.run_id][-1] for c in runs]), change,
                      _agg([interpolate_at(xs[c.run_id], [float(q) for q in c.queries], level) for c in runs])]
             for key in ("level", "auc"):
                 for r in others:
@@ -109,25 +128,41 @@ def boards_markdown(boards: list[Board], compact: bool = False) -> str:
             continue
         keep = [i for i, col in enumerate(b.columns) if not (compact and col.endswith(" AUC"))]
         out.append(f"### trained on {b.train_reward}, prompts {b.prompt_set} (matched level {b.level:.3f})\n")
-        header = ["method", "seeds"] + [b.columns[i] for i in keep]
+        header = ["method", "seeds", "verdict"] + [b.columns[i] for i in keep]
         out.append("| " + " | ".join(header) + " |")
         out.append("|" + "---|" * len(header))
         for method, n, cells in b.rows:
             texts = [cells[i].text(0) if b.columns[i] == "queries to level" else cells[i].text() for i in keep]
-            out.append("| " + " | ".join([method, str(n)] + texts) + " |")
+            out.append("| " + " | ".join([method, str(n), b.verdicts.get(method, "-")] + texts) + " |")
         out.append("")
     return "\n".join(out)
+
+
+def verdict_lines(boards: list[Board]) -> list[str]:
+    """One line per training reward: which methods improved it on the seen prompts."""
+    lines = []
+    roles = _roles()
+    for b in boards:
+        if roles.get(b.prompt_set) not in ("seen", None):
+            continue
+        by = {}
+        for method, _, _ in b.rows:
+            by.setdefault(b.verdicts.get(method, "-"), []).append(method)
+        parts = [f"{v}: {', '.join(sorted(by[v]))}" for v in ("improves", "flat", "worsens", "-") if v in by]
+        lines.append(f"{b.train_reward} on {b.prompt_set}, final checkpoint vs query 0 (paired fixed seeds, "
+                     f"95% CI): " + "; ".join(parts))
+    return lines
 
 
 def boards_csv(boards: list[Board]) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["train_reward", "prompt_set", "matched_level", "method", "seeds", "column", "mean", "ci95"])
+    w.writerow(["train_reward", "prompt_set", "matched_level", "method", "seeds", "verdict", "column", "mean", "ci95"])
     for b in boards:
         for method, n, cells in b.rows:
             for col, c in zip(b.columns, cells):
-                w.writerow([b.train_reward, b.prompt_set, f"{b.level:.6g}", method, n, col,
-                            "" if c.mean is None else f"{c.mean:.6g}", "" if c.ci is None else f"{c.ci:.6g}"])
+                w.writerow([b.train_reward, b.prompt_set, f"{b.level:.6g}", method, n, b.verdicts.get(method, "-"),
+                            col, "" if c.mean is None else f"{c.mean:.6g}", "" if c.ci is None else f"{c.ci:.6g}"])
     return buf.getvalue()
 
 
@@ -136,11 +171,12 @@ def boards_html(boards: list[Board]) -> str:
     for b in boards:
         parts.append(f"<h3>trained on {html.escape(b.train_reward)}, prompts {html.escape(b.prompt_set)} "
                      f"<small>(matched level {b.level:.3f})</small></h3>")
-        head = "".join(f"<th>{html.escape(h)}</th>" for h in ["method", "seeds"] + b.columns)
+        head = "".join(f"<th>{html.escape(h)}</th>" for h in ["method", "seeds", "verdict"] + b.columns)
         parts.append(f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>')
         for method, n, cells in b.rows:
             texts = [c.text(0) if col == "queries to level" else c.text() for c, col in zip(cells, b.columns)]
-            parts.append("<tr>" + "".join(f"<td>{html.escape(t)}</td>" for t in [method, str(n)] + texts) + "</tr>")
+            row = [method, str(n), b.verdicts.get(method, "-")] + texts
+            parts.append("<tr>" + "".join(f"<td>{html.escape(t)}</td>" for t in row) + "</tr>")
         parts.append("</tbody></table></div>")
     return "\n".join(parts)
 
@@ -314,8 +350,11 @@ def write_report(db_path: Path, report_dir: Path, out_dir: Path | None = None) -
         "<h1>Reward overoptimization report</h1>",
         f"<p>{len(runs)} run(s): " + html.escape(", ".join(sorted({r[1] for r in runs}))) + ". Built from "
         f"<code>{html.escape(str(db_path))}</code>. Scores are means over fixed-seed evaluation images; "
-        "± is the 95% confidence interval over seeds (shown only with two or more seeds).</p>",
-        "<h2>Leaderboard</h2>", board_html or "<p>No evaluation scores yet: run <code>python -m bench eval</code>.</p>",
+        "± is the 95% confidence interval over seeds (shown only with two or more seeds), except in the "
+        "<i>change</i> column: with one seed, its interval is over the paired evaluation images. The verdict says "
+        "whether that interval of the in-domain change from query 0 to the final checkpoint excludes zero.</p>",
+        "<h2>Leaderboard</h2>", *[f"<p>{html.escape(line)}</p>" for line in verdict_lines(boards)],
+        board_html or "<p>No evaluation scores yet: run <code>python -m bench eval</code>.</p>",
         "<h2>Figures</h2>",
         *[f'<figure><img src="figures/{html.escape(p)}" alt="{html.escape(p)}"></figure>' for p in pngs],
         "<h2>Samples at the matched level</h2>",

@@ -61,7 +61,7 @@ def test_leaderboard_on_a_synthetic_database(tmp_path):
     con.close()
     assert board.level == 3 and board.train_reward == "aesthetic" and board.prompt_set == "toy-seen"
     cols = board.columns
-    assert cols == ["aesthetic final", "queries to level", "gold-aesthetic @ level", "pickscore @ level",
+    assert cols == ["aesthetic final", "aesthetic change", "queries to level", "gold-aesthetic @ level", "pickscore @ level",
                     "gold-aesthetic AUC", "pickscore AUC", "gold-aesthetic peak", "gold-aesthetic drop after peak"]
     rows = {m: (n, dict(zip(cols, cells))) for m, n, cells in board.rows}
     assert [m for m, _, _ in board.rows] == ["B", "A"]  # sorted by pickscore at the level, higher first
@@ -70,6 +70,10 @@ def test_leaderboard_on_a_synthetic_database(tmp_path):
     assert a["aesthetic final"].mean == pytest.approx(4.5)
     assert a["aesthetic final"].ci == pytest.approx(12.706 * 0.70710678 / 2 ** 0.5)
     assert a["queries to level"].mean == pytest.approx((10 + 15) / 2)
+    # two seeds: the change is averaged over seeds (4 and 3), its CI over seeds too -> not clear
+    assert a["aesthetic change"].mean == pytest.approx(3.5)
+    assert a["aesthetic change"].ci == pytest.approx(12.706 * 0.70710678 / 2 ** 0.5)
+    assert board.verdicts == {"A": "flat", "B": "improves"}
     assert a["pickscore @ level"].mean == pytest.approx((8 + 7) / 2)
     assert a["pickscore AUC"].mean == pytest.approx((9 + 8.75) / 2)
     assert a["gold-aesthetic peak"].mean == pytest.approx((7 + 6.5) / 2)
@@ -77,8 +81,38 @@ def test_leaderboard_on_a_synthetic_database(tmp_path):
     _, b = rows["B"]
     assert b["pickscore @ level"].mean == pytest.approx(9) and b["pickscore @ level"].ci is None
     assert b["queries to level"].mean == pytest.approx(20)
+    # one seed: the CI is over the two paired images, whose change is 2 for both
+    assert (b["aesthetic change"].mean, b["aesthetic change"].ci) == (pytest.approx(2.0), pytest.approx(0.0))
     assert b["pickscore AUC"].mean == pytest.approx((10 + 9.5) / 2)
     assert b["gold-aesthetic drop after peak"].mean == pytest.approx(0.3)
+
+
+def test_paired_change_pairs_images_by_prompt_and_seed(tmp_path):
+    """A small consistent rise on images whose scores spread widely: paired, it is clear;
+    the unpaired difference of means would have a CI far wider than the rise."""
+    from bench.analysis import change_verdict, paired_changes
+    from bench.store import connect
+
+    con = connect(tmp_path / "p.duckdb")
+    start = {("p0", 0): 1.0, ("p0", 1): 5.0, ("p1", 0): 2.0, ("p1", 1): 8.0}
+    final = {("p0", 0): 1.3, ("p0", 1): 5.2, ("p1", 0): 2.4, ("p1", 1): 8.1}
+    # inserted final-first and in reverse key order, so pairing cannot rely on row order
+    for q, values in ((20, dict(reversed(final.items()))), (10, {k: 0.0 for k in start}), (0, start)):
+        for (prompt, i), v in values.items():
+            con.execute("INSERT INTO scores VALUES ('R', ?, 'aesthetic', 'toy-seen', ?, ?, ?, ?)",
+                        [q, prompt, i, 100 + i, v])
+    con.execute("INSERT INTO scores VALUES ('R', 20, 'aesthetic', 'toy-unseen', 'p0', 0, 100, 99.0)")
+    diffs = paired_changes(con, "R", "aesthetic", "toy-seen")
+    assert diffs == pytest.approx([0.3, 0.2, 0.4, 0.1])  # ordered by prompt, sample
+    m, h = mean_ci(diffs)  # mean 0.25, sd sqrt(0.05 / 3), t(3) = 3.182
+    assert m == pytest.approx(0.25) and h == pytest.approx(3.182 * (0.05 / 3) ** 0.5 / 2)
+    assert change_verdict(m, h) == "improves"
+    assert paired_changes(con, "R", "aesthetic", "toy-unseen") == []  # no query-0 partner
+    con.close()
+    assert change_verdict(-0.3, 0.1) == "worsens"
+    assert change_verdict(-0.3, 0.1, higher_is_better=False) == "improves"
+    assert change_verdict(0.05, 0.1) == "flat"
+    assert change_verdict(1.0, None) == "-"
 
 
 def test_report_files_are_byte_identical_when_rebuilt(tmp_path):
@@ -90,7 +124,7 @@ def test_report_files_are_byte_identical_when_rebuilt(tmp_path):
     for name in ("leaderboard.md", "leaderboard.csv", "leaderboard.html", "index.html"):
         assert (tmp_path / "r1" / name).read_bytes() == (tmp_path / "r2" / name).read_bytes(), name
     md = (tmp_path / "r1" / "leaderboard.md").read_text()
-    assert "| B | 1 | 3.000 | 20 |" in md
+    assert "| B | 1 | improves | 3.000 | 2.000 ± 0.000 | 20 |" in md
     figs = json.loads((tmp_path / "r1" / "report.json").read_text())["figures"]
     assert "cross_reward_aesthetic_toy-seen.png" in figs and "gold_vs_proxy_aesthetic_toy-seen.png" in figs
     assert all((tmp_path / "r1" / "figures" / f).stat().st_size > 1000 for f in figs)
@@ -144,7 +178,8 @@ def test_run_evaluates_every_checkpoint_then_eval_adds_a_reward_and_reproduces(t
     # the run command evaluates what is missing for finished runs, then reports
     r = run_cli("run", "--methods", "ddpo-2,alignprop", "--reward", "aesthetic", *common)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "report at" in r.stdout and "| method | seeds | aesthetic final" in r.stdout
+    assert "report at" in r.stdout and "| method | seeds | verdict | aesthetic final | aesthetic change" in r.stdout
+    assert "aesthetic on toy-seen, final checkpoint vs query 0 (paired fixed seeds, 95% CI): " in r.stdout
     con = duckdb.connect(str(tmp_path / "bench.duckdb"), read_only=True)
     counts = con.execute("""select reward, prompt_set, count(distinct run_id), count(distinct reward_queries), count(*)
                             from scores group by 1, 2 order by 1, 2""").fetchall()
