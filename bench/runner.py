@@ -86,6 +86,11 @@ class TrainContext:
         """Training prompts drawn uniformly with replacement (as DDPO does)."""
         return [self.prompts[i] for i in self.rng.integers(0, len(self.prompts), size=n)]
 
+    def sample_prompt_groups(self, sizes: list[int]) -> list[str]:
+        """One uniformly drawn prompt per group, repeated `sizes[g]` times (group-wise
+        methods such as PRDP and dense DPO compare images of the same prompt)."""
+        return [p for p, k in zip(self.sample_prompts(len(sizes)), sizes) for _ in range(k)]
+
     def gather(self, prompts: list[str], rewards: torch.Tensor) -> tuple[list[str], np.ndarray]:
         """All processes' prompts and rewards, in rank order."""
         local = (list(prompts), rewards.detach().float().cpu().numpy().tolist())

@@ -103,8 +103,7 @@ class DenseDPO:
         ctx, hp = self.ctx, self.hp
         R = hp["rollouts_per_prompt"]
         sizes = [R] * (n // R) + ([n % R] if n % R else [])
-        group_prompts = ctx.sample_prompts(len(sizes))
-        prompts = [p for p, k in zip(group_prompts, sizes) for _ in range(k)]
+        prompts = ctx.sample_prompt_groups(sizes)
         traj, rewards = ctx.sample_and_score(prompts)
         _, all_rewards = ctx.gather(traj.prompts, rewards)
 

@@ -108,8 +108,7 @@ class PRDP:
     def train_epoch(self, n: int, epoch: int) -> dict:
         ctx, hp = self.ctx, self.hp
         sizes = self.group_sizes(n)
-        group_prompts = ctx.sample_prompts(len(sizes))
-        prompts = [p for p, k in zip(group_prompts, sizes) for _ in range(k)]
+        prompts = ctx.sample_prompt_groups(sizes)
         groups = np.repeat(np.arange(len(sizes)), sizes)
         traj, rewards = ctx.sample_and_score(prompts)
         _, all_rewards = ctx.gather(traj.prompts, rewards)
