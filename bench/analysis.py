@@ -9,7 +9,11 @@ evaluation seeds).
 Definitions (all on the "better is up" scale: a reward whose higher_is_better
 is False is negated before and after):
 - matched level L: the highest in-domain level that EVERY compared run reaches,
-  i.e. min over runs of max over checkpoints of x (never below x at query 0);
+  i.e. min over runs of max over checkpoints of x (never below x at query 0).
+  The leaderboard compares the runs of the methods whose in-domain score improves
+  (paired change, 95% CI above zero; all methods when none does): a method that
+  does not learn would pin the level at the pretrained model. The other methods
+  are shown where they reach L, and as missing where they never do;
 - y at level L: linear interpolation on the segment where the path FIRST
   reaches x >= L;
 - AUC: the area under the path from query 0 to that first crossing,

@@ -43,13 +43,15 @@ class Board:
     train_reward: str
     prompt_set: str
     level: float
-    """The matched in-domain level (every run reaches it)."""
+    """The matched in-domain level: every run of the `level_methods` reaches it."""
     columns: list[str] = field(default_factory=list)
     rows: list[tuple[str, int, list[Cell]]] = field(default_factory=list)
     """(method, number of seeds, one Cell per column)."""
     verdicts: dict[str, str] = field(default_factory=dict)
     """method -> 'improves' / 'flat' / 'worsens': the change of the in-domain score from query 0 to the
     final checkpoint, judged by its 95% CI (see `change_cell`)."""
+    level_methods: list[str] = field(default_factory=list)
+    """The methods whose runs set the level: those that improve (all, when none does)."""
 
 
 def _agg(values: list[float | None]) -> Cell:
@@ -79,18 +81,24 @@ def build_boards(con) -> list[Board]:
         group = [c for c in curves if c.train_reward == train_reward and c.prompt_set == pset]
         sign = 1.0 if higher_is_better(train_reward) else -1.0
         xs = {c.run_id: [sign * v for v in c.scores[train_reward]] for c in group}
-        level = matched_level(list(xs.values()))
+        methods = sorted({c.method for c in group})
+        changes = {m: change_cell(con, [c for c in group if c.method == m], train_reward) for m in methods}
+        verdicts = {m: change_verdict(changes[m].mean, changes[m].ci, sign > 0) for m in methods}
+        # A method that does not improve its training reward can only "reach" the start, and
+        # would pin every comparison at the pretrained model; so the level is matched over
+        # the improving methods (all methods when none improves), and the others show "-"
+        # wherever they never reach it.
+        improving = [m for m in methods if verdicts[m] == "improves"] or methods
+        level = matched_level([xs[c.run_id] for c in group if c.method in improving])
         others = sorted(set.intersection(*(set(c.scores) for c in group)) - {train_reward})
         cols = [f"{train_reward} final", f"{train_reward} change", "queries to level"]
         cols += [f"{r} @ level" for r in others] + [f"{r} AUC" for r in others]
         gold = [g for g in GOLD if g in others]
         cols += [f"{g} peak" for g in gold] + [f"{g} drop after peak" for g in gold]
-        board = Board(train_reward, pset, sign * level, cols)
-        for method in sorted({c.method for c in group}):
+        board = Board(train_reward, pset, sign * level, cols, verdicts=verdicts, level_methods=improving)
+        for method in methods:
             runs = sorted((c for c in group if c.method == method), key=lambda c: c.seed)
-            change = change_cell(con, runs, train_reward)
-            board.verdicts[method] = change_verdict(change.mean, change.ci, sign > 0)
-            cells = [_agg([sign * xs[c.run_id][-1] for c in runs]), change,
+            cells = [_agg([sign * xs[c.run_id][-1] for c in runs]), changes[method],
                      _agg([interpolate_at(xs[c.run_id], [float(q) for q in c.queries], level) for c in runs])]
             for key in ("level", "auc"):
                 for r in others:
@@ -127,7 +135,7 @@ def boards_markdown(boards: list[Board], compact: bool = False) -> str:
         if compact and roles.get(b.prompt_set) not in ("seen", None):
             continue
         keep = [i for i, col in enumerate(b.columns) if not (compact and col.endswith(" AUC"))]
-        out.append(f"### trained on {b.train_reward}, prompts {b.prompt_set} (matched level {b.level:.3f})\n")
+        out.append(f"### trained on {b.train_reward}, prompts {b.prompt_set} ({_level_text(b)})\n")
         header = ["method", "seeds", "verdict"] + [b.columns[i] for i in keep]
         out.append("| " + " | ".join(header) + " |")
         out.append("|" + "---|" * len(header))
@@ -136,6 +144,13 @@ def boards_markdown(boards: list[Board], compact: bool = False) -> str:
             out.append("| " + " | ".join([method, str(n), b.verdicts.get(method, "-")] + texts) + " |")
         out.append("")
     return "\n".join(out)
+
+
+def _level_text(b: Board) -> str:
+    left_out = sorted(m for m, _, _ in b.rows if m not in b.level_methods)
+    if not left_out:
+        return f"matched level {b.level:.3f}"
+    return f"matched level {b.level:.3f}, over the improving methods; not improving: {', '.join(left_out)}"
 
 
 def verdict_lines(boards: list[Board]) -> list[str]:
@@ -170,7 +185,7 @@ def boards_html(boards: list[Board]) -> str:
     parts = []
     for b in boards:
         parts.append(f"<h3>trained on {html.escape(b.train_reward)}, prompts {html.escape(b.prompt_set)} "
-                     f"<small>(matched level {b.level:.3f})</small></h3>")
+                     f"<small>({html.escape(_level_text(b))})</small></h3>")
         head = "".join(f"<th>{html.escape(h)}</th>" for h in ["method", "seeds", "verdict"] + b.columns)
         parts.append(f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>')
         for method, n, cells in b.rows:

@@ -87,6 +87,37 @@ def test_leaderboard_on_a_synthetic_database(tmp_path):
     assert b["gold-aesthetic drop after peak"].mean == pytest.approx(0.3)
 
 
+def test_a_method_that_does_not_improve_does_not_pin_the_matched_level(tmp_path):
+    from bench.report import boards_markdown, build_boards
+    from bench.store import connect
+
+    make_db(tmp_path / "b.duckdb")
+    con = connect(tmp_path / "b.duckdb")
+    con.execute("INSERT INTO runs (run_id, config_hash, method, reward, backbone, suite, seed, budget, status) "
+                "VALUES ('C_s0', 'h', 'C', 'aesthetic', 'toy', 'toy', 0, 20, 'finished')")
+    for q, x in zip((0, 10, 20), (1.0, 0.9, 1.0)):  # C never learns: its paired change is exactly 0
+        for reward, v in (("aesthetic", x), ("pickscore", 10.0), ("gold-aesthetic", 5.0)):
+            for i, d in enumerate((-0.5, 0.5)):
+                con.execute("INSERT INTO scores VALUES ('C_s0', ?, ?, 'toy-seen', 'a red circle', ?, 1, ?)",
+                            [q, reward, i, v + d])
+    (board,) = build_boards(con)
+    con.close()
+    # over all runs the level would be C's start, 1.0; over the improving method (B) it is 3
+    assert board.verdicts == {"A": "flat", "B": "improves", "C": "flat"}
+    assert board.level_methods == ["B"] and board.level == 3
+    rows = {m: dict(zip(board.columns, cells)) for m, _, cells in board.rows}
+    assert rows["C"]["queries to level"].mean is None and rows["C"]["pickscore @ level"].mean is None
+    assert rows["A"]["pickscore @ level"].mean == pytest.approx(7.5)  # A still reaches 3 in both seeds
+    assert [m for m, _, _ in board.rows][-1] == "C"  # a missing value sorts last
+    assert "matched level 3.000, over the improving methods; not improving: A, C" in boards_markdown([board])
+    # when no method improves, every method sets the level (C pins it at the start)
+    con = connect(tmp_path / "b.duckdb")
+    con.execute("DELETE FROM scores WHERE run_id = 'B_s0'")
+    (board,) = build_boards(con)
+    con.close()
+    assert board.level_methods == ["A", "C"] and board.level == 1.0
+
+
 def test_paired_change_pairs_images_by_prompt_and_seed(tmp_path):
     """A small consistent rise on images whose scores spread widely: paired, it is clear;
     the unpaired difference of means would have a CI far wider than the rise."""
