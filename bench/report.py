@@ -52,6 +52,8 @@ class Board:
     final checkpoint, judged by its 95% CI (see `change_cell`)."""
     level_methods: list[str] = field(default_factory=list)
     """The methods whose runs set the level: those that improve (all, when none does)."""
+    level_judged_on: str = ""
+    """The prompt set whose verdicts chose `level_methods` (the seen set when there is one)."""
 
 
 def _agg(values: list[float | None]) -> Cell:
@@ -76,29 +78,38 @@ def change_cell(con, runs: list[Curve], reward: str) -> Cell:
 
 def build_boards(con) -> list[Board]:
     curves = load_curves(con)
+    keys = sorted({(c.train_reward, c.prompt_set) for c in curves})
+    groups = {k: [c for c in curves if (c.train_reward, c.prompt_set) == k] for k in keys}
+    changes, verdicts = {}, {}
+    for (train_reward, pset), group in groups.items():
+        sign = 1.0 if higher_is_better(train_reward) else -1.0
+        for m in sorted({c.method for c in group}):
+            changes[train_reward, pset, m] = cell = change_cell(con, [c for c in group if c.method == m], train_reward)
+            verdicts[train_reward, pset, m] = change_verdict(cell.mean, cell.ci, sign > 0)
+    roles = _roles()
     boards = []
-    for train_reward, pset in sorted({(c.train_reward, c.prompt_set) for c in curves}):
-        group = [c for c in curves if c.train_reward == train_reward and c.prompt_set == pset]
+    for (train_reward, pset), group in groups.items():
         sign = 1.0 if higher_is_better(train_reward) else -1.0
         xs = {c.run_id: [sign * v for v in c.scores[train_reward]] for c in group}
         methods = sorted({c.method for c in group})
-        changes = {m: change_cell(con, [c for c in group if c.method == m], train_reward) for m in methods}
-        verdicts = {m: change_verdict(changes[m].mean, changes[m].ci, sign > 0) for m in methods}
         # A method that does not improve its training reward can only "reach" the start, and
         # would pin every comparison at the pretrained model; so the level is matched over
-        # the improving methods (all methods when none improves), and the others show "-"
-        # wherever they never reach it.
-        improving = [m for m in methods if verdicts[m] == "improves"] or methods
+        # the methods that improve it (judged on the seen prompts, the largest set and the
+        # one trained on; all methods when none improves). The others show "-" where they
+        # never reach the level.
+        judge = next((p for t, p in keys if t == train_reward and roles.get(p) == "seen"), pset)
+        improving = [m for m in methods if verdicts.get((train_reward, judge, m)) == "improves"] or methods
         level = matched_level([xs[c.run_id] for c in group if c.method in improving])
         others = sorted(set.intersection(*(set(c.scores) for c in group)) - {train_reward})
         cols = [f"{train_reward} final", f"{train_reward} change", "queries to level"]
         cols += [f"{r} @ level" for r in others] + [f"{r} AUC" for r in others]
         gold = [g for g in GOLD if g in others]
         cols += [f"{g} peak" for g in gold] + [f"{g} drop after peak" for g in gold]
-        board = Board(train_reward, pset, sign * level, cols, verdicts=verdicts, level_methods=improving)
+        board = Board(train_reward, pset, sign * level, cols, verdicts={m: verdicts[train_reward, pset, m] for m in methods},
+                      level_methods=improving, level_judged_on=judge)
         for method in methods:
             runs = sorted((c for c in group if c.method == method), key=lambda c: c.seed)
-            cells = [_agg([sign * xs[c.run_id][-1] for c in runs]), changes[method],
+            cells = [_agg([sign * xs[c.run_id][-1] for c in runs]), changes[train_reward, pset, method],
                      _agg([interpolate_at(xs[c.run_id], [float(q) for q in c.queries], level) for c in runs])]
             for key in ("level", "auc"):
                 for r in others:
@@ -150,7 +161,8 @@ def _level_text(b: Board) -> str:
     left_out = sorted(m for m, _, _ in b.rows if m not in b.level_methods)
     if not left_out:
         return f"matched level {b.level:.3f}"
-    return f"matched level {b.level:.3f}, over the improving methods; not improving: {', '.join(left_out)}"
+    return (f"matched level {b.level:.3f}, over the methods that improve on {b.level_judged_on}; "
+            f"not improving: {', '.join(left_out)}")
 
 
 def verdict_lines(boards: list[Board]) -> list[str]:

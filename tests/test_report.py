@@ -109,7 +109,7 @@ def test_a_method_that_does_not_improve_does_not_pin_the_matched_level(tmp_path)
     assert rows["C"]["queries to level"].mean is None and rows["C"]["pickscore @ level"].mean is None
     assert rows["A"]["pickscore @ level"].mean == pytest.approx(7.5)  # A still reaches 3 in both seeds
     assert [m for m, _, _ in board.rows][-1] == "C"  # a missing value sorts last
-    assert "matched level 3.000, over the improving methods; not improving: A, C" in boards_markdown([board])
+    assert "matched level 3.000, over the methods that improve on toy-seen; not improving: A, C" in boards_markdown([board])
     # when no method improves, every method sets the level (C pins it at the start)
     con = connect(tmp_path / "b.duckdb")
     con.execute("DELETE FROM scores WHERE run_id = 'B_s0'")
