@@ -233,17 +233,15 @@ def cmd_run(args) -> int:
 
 
 def _report(db: Path, report_dir: Path, out: Path) -> None:
-    from bench.report import write_report
-
-    from bench.report import boards_markdown, build_boards, verdict_lines
+    from bench.report import boards_markdown, build_boards, verdict_lines, write_report
     from bench.store import connect
 
-    index = write_report(db, report_dir, out)
     con = connect(db, read_only=True)
     try:
         boards = build_boards(con)
     finally:
         con.close()
+    index = write_report(db, report_dir, out, boards=boards)
     table = boards_markdown(boards, compact=True).rstrip()
     print()
     print(table or "(no evaluation scores)")

@@ -341,15 +341,17 @@ def _roles() -> dict[str, str]:
     return {e.name: e.meta.get("role", "") for e in prompt_sets.entries()}
 
 
-def write_report(db_path: Path, report_dir: Path, out_dir: Path | None = None) -> Path:
-    """Leaderboard files, figures and index.html under report_dir; returns the HTML path."""
+def write_report(db_path: Path, report_dir: Path, out_dir: Path | None = None,
+                 boards: list[Board] | None = None) -> Path:
+    """Leaderboard files, figures and index.html under report_dir; returns the HTML path.
+    `boards` (from `build_boards` on the same database) saves building them again."""
     from bench.store import connect
 
     report_dir = Path(report_dir)
     out_dir = Path(out_dir) if out_dir else Path(db_path).parent
     con = connect(db_path, read_only=True)
     try:
-        boards = build_boards(con)
+        boards = build_boards(con) if boards is None else boards
         fig_dir = report_dir / "figures"
         if fig_dir.exists():
             shutil.rmtree(fig_dir)
