@@ -95,7 +95,8 @@ def test_prdp_recomputes_sampling_log_probs_and_two_pass_gradient_is_exact(backb
         p.grad = None
     method._backprop_steps(traj, table.grad)
     for g, p in zip(direct, params):
-        torch.testing.assert_close(p.grad, g, rtol=1e-4, atol=1e-7)
+        # float32 sums in other orders and batch shapes: agree to 1e-4 of the tensor's own scale
+        torch.testing.assert_close(p.grad, g, rtol=1e-4, atol=1e-4 * float(g.abs().max()))
     assert sum(float(g.abs().sum()) for g in direct) > 0
 
 
