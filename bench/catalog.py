@@ -19,12 +19,16 @@ prompt_sets = Registry("prompt set")
 backbones = Registry("backbone")
 
 # --------------------------------------------------------------------------- methods
-# Hyperparameters are the method's defaults; `--set key=value` overrides them.
-# A value written "kT" means k times the backbone's number of denoising steps T,
-# so presets scale with T (Table 1 of the TDPO paper is stated at T=50).
+# `hparams` are the method's source-scale values (its paper or reference code, at SD
+# scale); `--set key=value` overrides them at that scale. `source` states the
+# source's epoch: samples, steps T, optimizer updates and the update's shape. The
+# scale rule (bench/scale.py) maps both to a run's scale, the same way for every
+# method; `bench list methods --effective` prints the result.
+
+_SD = dict(samples_per_epoch=256, num_steps=50)  # the DDPO/TDPO reference epoch: 8 GPUs x 32 samples, T=50
 
 _DDPO_COMMON = dict(
-    clip_range=1e-4,          # PPO ratio clip (Table 1)
+    clip_range=1e-4,          # PPO ratio clip (Table 1), on the mean-over-dims log-prob
     adv_clip_max=5.0,         # advantages clamped to +-5 (DDPO reference)
     max_grad_norm=1.0,
     weight_decay=1e-4,
@@ -40,20 +44,27 @@ _DDPO_COMMON = dict(
 methods.register(
     "ddpo-2", "methods.ddpo:DDPO",
     "DDPO (PPO on the denoising MDP), 2 gradient updates per epoch, lr 3e-4 (TDPO paper Table 1)",
-    hparams=dict(_DDPO_COMMON, lr=3e-4, updates_per_epoch="2"),
+    kind="ppo", log_ratio_bounds=("clip_range",),
+    # accumulation 16 x T: each update is 128 samples x all 50 steps
+    source=dict(_SD, updates_per_epoch=2, update_steps=50),
+    hparams=dict(_DDPO_COMMON, lr=3e-4),
 )
 methods.register(
     "ddpo-100", "methods.ddpo:DDPO",
     "DDPO with 2T gradient updates per epoch (100 at T=50), lr 1e-4 (TDPO paper Table 1)",
-    hparams=dict(_DDPO_COMMON, lr=1e-4, updates_per_epoch="2T"),
+    kind="ppo", log_ratio_bounds=("clip_range",),
+    # train batch 8, accumulation 16, minibatch outer: each update is 8 samples x 16 consecutive steps
+    source=dict(_SD, updates_per_epoch=100, update_steps=16),
+    hparams=dict(_DDPO_COMMON, lr=1e-4),
 )
 
 methods.register(
     "alignprop", "methods.alignprop:AlignProp",
     "AlignProp: backprop of a differentiable reward through the last K ~ U{1..T} sampling steps (LoRA, checkpointing)",
-    needs_differentiable_reward=True,
+    needs_differentiable_reward=True, kind="alignprop",
+    source=dict(_SD, updates_per_epoch=2),  # 256 samples per epoch, 128 per update
     hparams=dict(lr=1e-3, weight_decay=1e-4, max_grad_norm=1.0, adam_beta1=0.9, adam_beta2=0.999, adam_eps=1e-8,
-                 loss_coeff=0.01, reward_target=10.0, updates_per_epoch=2, k_min=1, k_max="1T",
+                 loss_coeff=0.01, loss_form="abs", reward_target="auto", k_min=1, k_group=8,
                  gradient_checkpointing=True),
 )
 
@@ -64,7 +75,6 @@ _TDPO_COMMON = dict(
     clip_range=1e-4,          # PPO ratio clip; no advantage clipping
     clip_range_critic=0.2,    # value clipping around the sampling-time residual
     cf_coef=1.0,              # critic loss weight
-    updates_per_epoch="2T",   # 100 optimizer steps per epoch at T=50
     num_inner_epochs=1,
     gamma=1.0,                # returns: every step gets the normalised final reward
     temporal_reward_norm=True,
@@ -80,19 +90,23 @@ _TDPO_COMMON = dict(
     dormancy_batch=8,         # samples whose activations classify neurons
     kl_penalty_coef=0.0, kl_penalty="clip", init_kl_coef=0.2, kl_target=0.0, kl_horizon=2000,
 )
+# train batch 8, accumulation 16, timestep outer: each update is 128 samples x 1 step; 100 epochs, resets every 10
+_TDPO_SOURCE = dict(_SD, updates_per_epoch=100, update_steps=1, epochs=100, reset_every=10)
 
 
 def _tdpo(name: str, help: str, **overrides) -> None:
-    methods.register(name, "methods.tdpo:TDPO", help, family="tdpo", hparams=dict(_TDPO_COMMON, **overrides))
+    methods.register(name, "methods.tdpo:TDPO", help, family="tdpo", kind="ppo", log_ratio_bounds=("clip_range",),
+                     source=_TDPO_SOURCE, hparams=dict(_TDPO_COMMON, **overrides))
 
 
 _tdpo("tdpo", "TDPO: per-timestep PPO on temporal rewards from a temporal critic, 2T updates per epoch")
 _tdpo("tdpo-r", "TDPO-R: TDPO plus a periodic reset of the critic's ACTIVE neurons", critic_reset="active")
-_tdpo("tdpo-kl", "TDPO with a per-step KL penalty to the pretrained policy in the returns", kl_penalty_coef=1.0)
+_tdpo("tdpo-kl", "TDPO with a per-step KL penalty to the pretrained policy in the returns (coefficient by the "
+      "scale rule)", kl_penalty_coef="auto")
 _tdpo("tdpo-reset-all", "TDPO with a periodic reset of ALL critic neurons", critic_reset="all")
 _tdpo("tdpo-reset-dormant", "TDPO with a periodic reset of the critic's DORMANT neurons", critic_reset="dormant")
-_tdpo("tdpo-r-leaky", "TDPO-R with activation scores measured through LeakyReLU (paper Appendix B)",
-      critic_reset="active", activation="leaky_relu")
+_tdpo("tdpo-r-leaky", "TDPO-R with activation scores measured through LeakyReLU, threshold 0.1 (paper Appendix B)",
+      critic_reset="active", activation="leaky_relu", dormant_threshold=0.1)
 _tdpo("tdpo-policy-reset-dormant", "TDPO with a periodic reset of the policy's dormant LoRA neurons (threshold 0.1)",
       policy_reset="dormant", policy_dormant_threshold=0.1)
 _tdpo("tdpo-policy-reset-active", "TDPO with a periodic reset of the policy's active LoRA neurons",
@@ -101,55 +115,65 @@ _tdpo("tdpo-policy-reset-active", "TDPO with a periodic reset of the policy's ac
 methods.register(
     "prdp", "methods.prdp:PRDP",
     "PRDP: regress same-prompt reward differences / beta onto trajectory log-ratio differences, per-step proximal clip",
+    kind="prdp", log_ratio_bounds=("clip_range",),
+    # small-scale setting (PRDP Table 4): N=32 prompts x B=16 images, K=10 updates per epoch
+    source=dict(samples_per_epoch=512, num_steps=50, updates_per_epoch=10),
     hparams=dict(lr=3e-4, weight_decay=1e-4, adam_beta1=0.9, adam_beta2=0.999, adam_eps=1e-8, max_grad_norm=1.0,
-                 beta=3e-5, clip_range=1e-6,   # small-scale setting (PRDP Table 4)
-                 images_per_prompt=8, updates_per_epoch=10),
+                 beta="auto", clip_range=1e-6, images_per_prompt=16,
+                 update_data="groups"),  # groups: each update a disjoint share of the prompt groups; whole: PPO-style
 )
 methods.register(
     "dense-dpo", "methods.dense_dpo:DenseDPO",
     "temporally discounted dense-reward DPO: Bradley-Terry on gamma^k-sampled, clamped per-step log-ratios",
+    kind="dense", log_ratio_bounds=("delta",), per_step_discounts=("gamma",),
+    # multi-prompt mode of the reference: 2,000 prompts x 12 rollouts per collection, 4,000 updates of 32 pairs
+    source=dict(samples_per_epoch=24_000, num_steps=50, updates_per_epoch=4000, pairs_per_step=32),
     hparams=dict(lr=2e-5, weight_decay=1.5e-3, adam_beta1=0.9, adam_beta2=0.999, adam_eps=1e-8, max_grad_norm=0.05,
-                 gamma=0.9,            # stated at T=50, rescaled to gamma^(50/T)
-                 beta_tilde=12.5, delta=5e-4, steps_per_pair=1,  # multi-prompt mode of the reference
-                 rollouts_per_prompt=8, kept_per_prompt=5, pairs_per_step=8, updates_per_prompt=2),
+                 gamma=0.9, beta_tilde=12.5, delta=5e-4, steps_per_pair=1,
+                 rollouts_per_prompt=12, kept_per_prompt=5),
 )
 
 # --------------------------------------------------------------------------- rewards
 rewards.register(
     "jpeg-compressibility", "metrics.jpeg:JpegCompressibility",
     "minus the JPEG size in kB (quality 95), DDPO's compressibility reward; no weights",
-    higher_is_better=True, differentiable=False,
+    higher_is_better=True, differentiable=False, scale="-kB: about -1.0 for a 32x32 toy image, -5 to -30 at 512 px",
 )
 rewards.register(
     "jpeg-incompressibility", "metrics.jpeg:JpegIncompressibility",
     "the JPEG size in kB (quality 95), DDPO's incompressibility reward; no weights",
-    higher_is_better=True, differentiable=False,
+    higher_is_better=True, differentiable=False, scale="kB, the mirror of jpeg-compressibility",
     in_eval_matrix=False,     # minus jpeg-compressibility: scoring both would only mirror a column
 )
 rewards.register(
     "aesthetic", "metrics.aesthetic:load_aesthetic",
     "LAION aesthetic predictor: CLIP image features, L2-normalised, into the LAION MLP head",
     higher_is_better=True, differentiable=True, suites=("sd", "toy", "tiny-random"),
+    scale="LAION 1-10 scale: SD v1.4 about 5.5, toy about 7", max_score=10.0,  # AlignProp's |r - 10|
 )
 rewards.register(
     "pickscore", "metrics.clip_score:load_pickscore",
     "PickScore-style CLIP text-image preference score (toy: a tiny CLIP tuned on one rater pool)",
     higher_is_better=True, differentiable=True, suites=("sd", "toy"),
+    scale="official: logit_scale.exp() x cosine, about 20-22 for SD images (papers often report /100)",
+    max_score=100.0,  # logit_scale.exp() x the largest cosine
 )
 rewards.register(
     "hpsv2", "metrics.clip_score:load_hpsv2",
     "HPSv2-style CLIP text-image preference score (toy: a tiny CLIP tuned on another rater pool)",
     higher_is_better=True, differentiable=True, suites=("toy",),
+    scale="official: cosine of normalised image and text features, about 0.25-0.30 for SD images", max_score=1.0,
 )
 rewards.register(
     "gold-aesthetic", "metrics.gold:GoldAesthetic",
     "toy ground truth: aesthetics from pixels, peaked in saturation (evaluation only)",
     higher_is_better=True, differentiable=False, suites=("toy",), eval_only=True,
+    scale="0-10, peaks at moderate saturation",
 )
 rewards.register(
     "gold-fidelity", "metrics.gold:GoldFidelity",
     "toy ground truth: probability the image shows what the prompt says (evaluation only)",
-    higher_is_better=True, differentiable=False, suites=("toy",), eval_only=True,
+    higher_is_better=True, differentiable=False, suites=("toy",), eval_only=True, scale="probability, 0-1",
 )
 
 # --------------------------------------------------------------------------- prompt sets
@@ -181,26 +205,32 @@ prompt_sets.register(
 
 # --------------------------------------------------------------------------- backbones
 # `defaults` is the scale of a run on this backbone: what a run uses unless the
-# command line says otherwise.
+# command line says otherwise. `latent_dims` (channels x height x width of the UNet's
+# latents) and `update_multiplier` (m of the scale rule) feed bench/scale.py;
+# `train_batch_size` is the most sample-steps one UNet call takes (a memory bound:
+# the shape of an update is the scale rule's).
 backbones.register(
     "toy", "bench.toy.suite:pipeline_dir",
     "the embedded toy suite: a tiny StableDiffusionPipeline trained on rendered 32x32 scenes (committed weights)",
     suite="toy",
     defaults=dict(num_steps=20, guidance_scale=5.0, eta=1.0, budget=640, samples_per_epoch=32,
-                  train_batch_size=16, sample_batch_size=32, train_prompts="toy-seen"),
+                  train_batch_size=256, sample_batch_size=32, train_prompts="toy-seen",
+                  latent_dims=4 * 8 * 8, update_multiplier=8.0),
 )
 backbones.register(
     "tiny-random", "bench.tiny:tiny_random_pipeline_dir",
     "PLACEHOLDER: a tiny StableDiffusionPipeline with RANDOM weights (32x32 images), built offline",
     suite="tiny-random",
     defaults=dict(num_steps=20, guidance_scale=5.0, eta=1.0, budget=320, samples_per_epoch=32,
-                  train_batch_size=16, sample_batch_size=32, train_prompts="simple-animals"),
+                  train_batch_size=64, sample_batch_size=32, train_prompts="simple-animals",
+                  latent_dims=4 * 8 * 8, update_multiplier=8.0),
 )
 backbones.register(
     "sd-v1-4", "", "Stable Diffusion v1.4 from a local folder or the local Hugging Face cache",
     suite="sd", hf_id="CompVis/stable-diffusion-v1-4",
     defaults=dict(num_steps=50, guidance_scale=5.0, eta=1.0, budget=25600, samples_per_epoch=256,
-                  train_batch_size=8, sample_batch_size=8, train_prompts="simple-animals"),
+                  train_batch_size=8, sample_batch_size=8, train_prompts="simple-animals",
+                  latent_dims=4 * 64 * 64, update_multiplier=1.0),
 )
 
 DEFAULT_BACKBONE = "toy"

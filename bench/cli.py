@@ -45,7 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--num-steps", type=int, default=None, help="denoising steps T")
     r.add_argument("--guidance-scale", type=float, default=None)
     r.add_argument("--samples-per-epoch", type=int, default=None)
-    r.add_argument("--train-batch-size", type=int, default=None)
+    r.add_argument("--train-batch-size", type=int, default=None,
+                   help="most sample-steps per UNet call in training, a memory bound (default: the backbone's)")
+    r.add_argument("--update-multiplier", type=float, default=None,
+                   help="m of the scale rule: every method makes m times its source's updates per reward query "
+                        "(default: the backbone's; 1 at SD scale)")
     r.add_argument("--num-checkpoints", type=int, default=10, help="checkpoint marks after step 0 (default 10)")
     r.add_argument("--lora-rank", type=int, default=4)
     r.add_argument("--mixed-precision", default="auto", choices=("auto", "no", "fp16", "bf16"))
@@ -83,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     ls = sub.add_parser("list", help="list registered names (instant)")
     ls.add_argument("kind", nargs="?", choices=KINDS)
+    ls.add_argument("--effective", action="store_true",
+                    help="with 'methods': each method's effective quantities under the scale rule, at the toy "
+                         "and SD defaults")
 
     ing = sub.add_parser("ingest", help="ingest run shards into the database (safe to repeat)")
     ing.add_argument("--out", default="results")
@@ -95,9 +102,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # ------------------------------------------------------------------------------ list
-def cmd_list(kind: str | None) -> int:
+def cmd_list(kind: str | None, effective: bool = False) -> int:
     from bench import catalog
 
+    if effective:
+        if kind not in (None, "methods"):
+            raise BenchError("--effective lists methods: use `bench list methods --effective`")
+        print_effective()
+        return 0
     registries = {"methods": catalog.methods, "rewards": catalog.rewards,
                   "prompts": catalog.prompt_sets, "backbones": catalog.backbones}
     for k in [kind] if kind else KINDS:
@@ -110,14 +122,54 @@ def cmd_list(kind: str | None) -> int:
                         f"{', differentiable' if e.meta['differentiable'] else ''}" \
                         f"{', evaluation only' if e.meta.get('eval_only') else ''}" \
                         f"{'; suites: ' + ','.join(e.meta['suites']) if e.meta.get('suites') else ''}]"
+                if e.meta.get("scale"):
+                    extra += f"\n  {'':<{width}}scale: {e.meta['scale']}"
             print(f"  {e.name:<{width}}{e.summary}{extra}")
     return 0
 
 
+def effective_table(backbone: str) -> tuple[str, list[tuple]]:
+    """The scale rule's effective quantities of every method at a backbone's defaults."""
+    from bench import catalog
+    from bench.prompts import resolve_prompt_set
+    from bench.scale import Scale, effective_rows
+
+    d = catalog.backbones.get(backbone).meta["defaults"]
+    scale = Scale(num_steps=d["num_steps"], samples_per_epoch=d["samples_per_epoch"], latent_dims=d["latent_dims"],
+                  budget=d["budget"], multiplier=d["update_multiplier"])
+    num_prompts = len(resolve_prompt_set(d["train_prompts"])[1])
+    title = (f"{backbone}: S={scale.samples_per_epoch} samples/epoch, T={scale.num_steps}, D={scale.latent_dims}, "
+             f"budget {scale.budget} ({scale.epochs} epochs), m={scale.multiplier:g}, {num_prompts} prompts")
+    rows = []
+    for r in effective_rows(scale, num_prompts):
+        rows.append((r["method"], f"{r['effective_updates_per_query']:.3g}", f"{r['multiple_of_source']:.2f}x",
+                     r["update"], str(r["reset_every"]),
+                     "-" if r["stat_tracker"] is None else f"{100 * r['stat_tracker']:.0f}%", r["clip"]))
+    return title, rows
+
+
+EFFECTIVE_HEADER = ("method", "updates/query", "x source", "one update", "reset every (epochs)",
+                    "stat tracker active", "clip ranges")
+
+
+def print_effective() -> None:
+    from bench.perf import print_table
+
+    for bb in ("toy", "sd-v1-4"):
+        title, rows = effective_table(bb)
+        print(title)
+        print_table(rows, header=EFFECTIVE_HEADER)
+        print()
+    print("updates/query: optimizer updates per reward query (effective, after whole-number floors); x source: "
+          "that as a multiple of the method's source setting. Rule: bench/scale.py.")
+
+
 # ------------------------------------------------------------------------------ run
 def _positive(name: str, value):
-    if value is not None and value <= 0:
-        raise BenchError(f"{name} must be positive, got {value}")
+    import math
+
+    if value is not None and not (math.isfinite(value) and value > 0):  # NaN compares false: refuse it too
+        raise BenchError(f"{name} must be a positive finite number, got {value}")
     return value
 
 
@@ -139,7 +191,7 @@ def build_specs(args) -> list:
     budget = parse_budget(args.budget) if args.budget is not None else d["budget"]
     seeds = parse_seeds(args.seeds)
     for flag in ("num_steps", "guidance_scale", "samples_per_epoch", "train_batch_size", "num_checkpoints",
-                 "lora_rank", "eval_per_prompt"):
+                 "lora_rank", "eval_per_prompt", "update_multiplier"):
         _positive("--" + flag.replace("_", "-"), getattr(args, flag))
     overrides = parse_overrides(args.overrides)
     known = {k for m in method_names for k in catalog.methods.get(m).meta.get("hparams", {})}
@@ -159,19 +211,26 @@ def build_specs(args) -> list:
     from metrics.weights import preflight
     preflight(args.reward, info.suite)
 
+    from bench.scale import Scale
+
     num_steps = args.num_steps or d["num_steps"]
+    samples_per_epoch = args.samples_per_epoch or d["samples_per_epoch"]
+    multiplier = args.update_multiplier if args.update_multiplier is not None else d["update_multiplier"]
+    scale = Scale(num_steps=num_steps, samples_per_epoch=samples_per_epoch, latent_dims=d["latent_dims"],
+                  budget=budget, multiplier=multiplier)
     specs = []
     for m in method_names:
-        hparams = resolve_hparams(m, overrides, num_steps)
+        hparams = resolve_hparams(m, overrides, scale)
         for seed in seeds:
             specs.append(RunSpec(
                 method=m, reward=args.reward, backbone=args.backbone or catalog.DEFAULT_BACKBONE, suite=info.suite,
                 seed=seed, budget=budget, num_checkpoints=args.num_checkpoints, num_steps=num_steps,
                 guidance_scale=args.guidance_scale or d["guidance_scale"], eta=d["eta"],
-                samples_per_epoch=args.samples_per_epoch or d["samples_per_epoch"],
+                samples_per_epoch=samples_per_epoch,
                 train_batch_size=args.train_batch_size or d["train_batch_size"],
                 sample_batch_size=d["sample_batch_size"], train_prompts=train_prompts,
-                lora_rank=args.lora_rank, mixed_precision=args.mixed_precision, hparams=hparams,
+                lora_rank=args.lora_rank, mixed_precision=args.mixed_precision, update_multiplier=multiplier,
+                latent_dims=d["latent_dims"], hparams=hparams,
             ))
     return specs
 
@@ -354,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "list":
-            return cmd_list(args.kind)
+            return cmd_list(args.kind, args.effective)
         if args.command == "run":
             return cmd_run(args)
         if args.command == "perf":

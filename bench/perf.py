@@ -39,14 +39,16 @@ def run_perf(backbone_name: str, num_steps: int, batch: int, reward_name: str, r
     from bench.backbone import build_backbone
     from bench.catalog import rewards as reward_registry
     from bench.runner import backbone_location, load_reward
+    from bench.scale import Scale
     from bench.spec import RunSpec, resolve_backbone, resolve_hparams
     from methods.alignprop import AlignProp
 
     info = resolve_backbone(backbone_name)
+    scale = Scale(num_steps=num_steps, samples_per_epoch=batch, latent_dims=info.defaults["latent_dims"], budget=batch)
     spec = RunSpec(method="alignprop", reward=reward_name, backbone=backbone_name, suite=info.suite, seed=0,
                    budget=1, num_checkpoints=1, num_steps=num_steps, guidance_scale=5.0, eta=1.0,
                    samples_per_epoch=batch, train_batch_size=batch, sample_batch_size=batch,
-                   train_prompts=info.defaults["train_prompts"], hparams=resolve_hparams("alignprop", {}, num_steps))
+                   train_prompts=info.defaults["train_prompts"], hparams=resolve_hparams("alignprop", {}, scale))
     device = "cuda" if torch.cuda.is_available() else "cpu"
     bb = build_backbone(backbone_location(spec), num_steps, 5.0, 1.0, device=device)
     bb.add_lora(4)
@@ -71,7 +73,8 @@ def run_perf(backbone_name: str, num_steps: int, batch: int, reward_name: str, r
     if reward_registry.get(reward_name).meta["differentiable"]:
         for ckpt in (False, True):
             ctx = types.SimpleNamespace(hp={**spec.hp, "gradient_checkpointing": ckpt}, backbone=bb, world_size=1,
-                                        rng=np.random.default_rng(0), spec=spec)
+                                        rng=np.random.default_rng(0), spec=spec,
+                                        reward=types.SimpleNamespace(name=reward_name))
             ap = AlignProp(ctx)
 
             def step():

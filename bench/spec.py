@@ -50,8 +50,13 @@ class RunSpec:
     """Rank of the LoRA adapters on to_q, to_k, to_v and to_out.0 of every UNet attention."""
     mixed_precision: str = "auto"
     """'auto' (fp16 on GPU, fp32 on CPU), 'no', 'fp16' or 'bf16'."""
+    update_multiplier: float = 1.0
+    """m of the scale rule: every method makes m times its source's optimizer updates per reward query."""
+    latent_dims: int = 4 * 64 * 64
+    """Latent channels x height x width of the backbone (the scale rule's D)."""
     hparams: tuple[tuple[str, Any], ...] = field(default_factory=tuple)
-    """The method's hyperparameters after preset and overrides, with 'kT' values resolved."""
+    """The method's hyperparameters at this run's scale: preset and overrides at the source scale, mapped by
+    the scale rule (bench/scale.py)."""
 
     # ------------------------------------------------------------------ identity
     def to_dict(self) -> dict[str, Any]:
@@ -126,11 +131,20 @@ def _coerce(value: str, like: Any) -> Any:
         if value.lower() in ("0", "false", "no", "off"):
             return False
         raise ValueError(value)
-    if isinstance(like, int):
+    if isinstance(like, int) and not isinstance(like, bool):
         return int(value)
     if isinstance(like, float):
         return float(value)
+    if isinstance(like, str) and like == "auto":  # "auto", a number, or (critic_encoder) a name
+        try:
+            return float(value)
+        except ValueError:
+            return value
     return value
+
+
+NUMERIC_OR_AUTO = ("beta", "kl_penalty_coef", "reset_every", "reward_target")
+"""Hyperparameters whose preset is 'auto' (set by the scale rule) and that take a number otherwise."""
 
 
 def parse_overrides(items: list[str]) -> dict[str, str]:
@@ -143,28 +157,37 @@ def parse_overrides(items: list[str]) -> dict[str, str]:
     return out
 
 
-def resolve_hparams(method: str, overrides: dict[str, str], num_steps: int) -> tuple[tuple[str, Any], ...]:
-    """Preset defaults + overrides, with 'kT' values resolved against T."""
-    from bench.catalog import methods
+def scale_for(spec: "RunSpec"):
+    """The scale rule's target for a spec."""
+    from bench.scale import Scale
 
-    hp = dict(methods.get(method).meta.get("hparams", {}))
+    return Scale(num_steps=spec.num_steps, samples_per_epoch=spec.samples_per_epoch, latent_dims=spec.latent_dims,
+                 budget=spec.budget, multiplier=spec.update_multiplier)
+
+
+def resolve_hparams(method: str, overrides: dict[str, str], scale) -> tuple[tuple[str, Any], ...]:
+    """Preset defaults + overrides (both at the source scale), mapped to `scale` (a
+    bench.scale.Scale) by the scale rule."""
+    import math
+
+    from bench.catalog import methods
+    from bench.scale import effective_hparams
+
+    entry = methods.get(method)
+    hp = dict(entry.meta.get("hparams", {}))
     for key, raw in overrides.items():
         if key not in hp:
             continue  # checked against the union of all selected methods by the caller
         try:
-            hp[key] = raw if isinstance(hp[key], str) else _coerce(raw, hp[key])
+            value = _coerce(raw, hp[key])
         except ValueError:
             raise BenchError(f"--set {key}={raw}: expected a {type(hp[key]).__name__}") from None
-    for key, value in hp.items():
-        if isinstance(value, str) and value.endswith("T"):
-            k = value[:-1] or "1"
-            try:
-                hp[key] = int(float(k) * num_steps)
-            except ValueError:
-                raise BenchError(f"hyperparameter {key}={value!r}: expected a number or 'kT'") from None
-        elif isinstance(value, str) and value.replace(".", "", 1).isdigit():
-            hp[key] = int(value) if value.isdigit() else float(value)
-    return tuple(sorted(hp.items()))
+        if isinstance(value, float) and not math.isfinite(value):
+            raise BenchError(f"--set {key}={raw}: must be a finite number")
+        if key in NUMERIC_OR_AUTO and isinstance(value, str) and value != "auto":
+            raise BenchError(f"--set {key}={raw}: expected a number or 'auto'")
+        hp[key] = value
+    return tuple(sorted(effective_hparams(entry, hp, scale).items()))
 
 
 # ---------------------------------------------------------------------- backbones
@@ -211,11 +234,27 @@ def resolve_backbone(name: str) -> BackboneInfo:
     raise did_you_mean("backbone", name, backbones.names())
 
 
+def latent_dims_of(folder: Path) -> int | None:
+    """Channels x height x width of a pipeline folder's UNet latents, from its config (no torch)."""
+    f = Path(folder) / "unet" / "config.json"
+    try:
+        cfg = json.loads(f.read_text())
+        size = cfg["sample_size"]
+        h, w = (size, size) if isinstance(size, int) else tuple(size)
+        return int(cfg["in_channels"]) * int(h) * int(w)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def resolve_backbone_location(location: str, suite: str | None, defaults: dict, shown: str) -> BackboneInfo:
     path = Path(location).expanduser()
     if path.exists():
         if not (path / "model_index.json").is_file():
             raise BenchError(f"backbone folder {path} has no model_index.json: it is not a diffusers pipeline folder")
+        defaults = dict(defaults)
+        dims = latent_dims_of(path)
+        if dims:
+            defaults["latent_dims"] = dims
         suite_file = path / "bench_suite.json"
         if suite_file.is_file():  # a folder that declares its own suite and scale (e.g. the toy suite)
             meta = json.loads(suite_file.read_text())
@@ -230,4 +269,6 @@ def resolve_backbone_location(location: str, suite: str | None, defaults: dict, 
             f"Hugging Face cache {hf_cache_dir()}; copy a downloaded snapshot there (or set HF_HUB_CACHE) "
             f"or pass --backbone /path/to/pipeline_folder"
         )
-    return BackboneInfo(shown, suite or "sd", dict(defaults), location=str(cached))
+    defaults = dict(defaults)
+    defaults["latent_dims"] = latent_dims_of(cached) or defaults.get("latent_dims")
+    return BackboneInfo(shown, suite or "sd", defaults, location=str(cached))

@@ -8,26 +8,28 @@ Per epoch:
 4. `num_inner_epochs` passes: shuffle samples, permute the T timesteps
    independently per sample; loop minibatch OUTER, timestep INNER; at each
    (minibatch, timestep) recompute the log-prob under the current LoRA (with CFG),
-   ratio = exp(logp - logp_old), loss = mean(max(-A*ratio, -A*clip(ratio, 1-eps, 1+eps))),
-   backward; every `accumulation` micro-steps average gradients, clip norm to
+   ratio = exp(logp - logp_old), loss = mean(max(-A*ratio, -A*clip(ratio, 1-eps, 1+eps)));
+   every `update_steps` micro-steps average gradients, clip norm to
    max_grad_norm, AdamW step.
 
-`accumulation` is chosen so an epoch of `samples_per_epoch` images makes
-`updates_per_epoch` optimizer steps: 2 for DDPO-2 (accumulation 16*T in the
-paper's 8-GPU setting) and 2T for DDPO-100 (accumulation 16). It is fixed from the
-full epoch size, so an epoch cut short at a checkpoint mark makes fewer updates.
-A final partial accumulation is stepped with its gradient rescaled to a full one.
+The update's shape comes from the scale rule (bench/scale.py): `update_samples`
+samples (the minibatch, over all processes) x `update_steps` consecutive
+micro-steps. At SD scale that is the reference's 128 x 50 for DDPO-2
+(accumulation 16*T) and 8 x 16 for DDPO-100 (accumulation 16). Micro-steps of
+one update are evaluated in fused UNet calls (bench/updates.py): the same
+gradient, fewer calls. An update's loss is the mean over its (sample, step) rows,
+so an epoch cut short at a checkpoint mark ends with a smaller update of the same
+scale.
 """
 
 from __future__ import annotations
-
-import math
 
 import numpy as np
 import torch
 
 from bench.runner import make_adamw, optimizer_step
 from bench.stat_tracker import PerPromptStatTracker, batch_normalize
+from bench.updates import epoch_permutations, windows
 
 
 def ppo_clipped_loss(log_prob, old_log_prob, advantages, clip_range: float, adv_clip_max: float):
@@ -42,6 +44,17 @@ def ppo_clipped_loss(log_prob, old_log_prob, advantages, clip_range: float, adv_
     return loss, approx_kl.detach(), clipfrac.detach()
 
 
+def local_update_samples(ctx, hp) -> int:
+    """Samples per update on this process: the rule's `update_samples` split over processes."""
+    b, world = int(hp["update_samples"]), ctx.world_size
+    if b % world:
+        from bench.errors import BenchError
+
+        raise BenchError(f"{ctx.spec.method}: an update of {b} samples cannot be split over {world} processes; "
+                         f"choose samples per epoch or --update-multiplier so that it divides")
+    return b // world
+
+
 class DDPO:
     def __init__(self, ctx):
         self.ctx = ctx
@@ -50,11 +63,8 @@ class DDPO:
         self.params = ctx.backbone.trainable_parameters()
         self.optimizer = make_adamw(self.params, hp)
         self.tracker = PerPromptStatTracker(hp["stat_buffer_size"], hp["stat_min_count"])
-        spec = ctx.spec
-        T = spec.num_steps
-        n_full = spec.samples_per_epoch // ctx.world_size
-        micro_full = math.ceil(n_full / spec.train_batch_size) * T * hp["num_inner_epochs"]
-        self.accumulation = max(1, round(micro_full / hp["updates_per_epoch"]))
+        self.batch = local_update_samples(ctx, hp)
+        self.accumulation = int(hp["update_steps"])
         self.gradient_updates = 0
 
     def advantages(self, prompts, rewards) -> np.ndarray:
@@ -62,41 +72,45 @@ class DDPO:
             return self.tracker.update(prompts, rewards)
         return batch_normalize(rewards)
 
+    def update_windows(self, n: int) -> list:
+        """This epoch's updates (one inner epoch), drawing the references' shuffles from ctx.rng."""
+        perm, t_perm = epoch_permutations(self.ctx.rng, n, self.ctx.spec.num_steps)
+        return windows(perm, t_perm, self.batch, self.accumulation, "minibatch")
+
+    def window_loss(self, traj, window, adv) -> dict:
+        """Backpropagate one update's PPO loss (mean over its rows), in fused calls. Returns its statistics."""
+        bb, hp = self.ctx.backbone, self.hp
+        rows = len(window)
+        out = {"loss": 0.0, "approx_kl": 0.0, "clipfrac": 0.0}
+        for idx, steps in window.chunks(self.ctx.spec.train_batch_size):
+            sub = traj.index(idx)
+            log_prob = bb.log_prob(sub, steps)
+            old = sub.log_probs[torch.arange(len(sub)), steps.to(sub.log_probs.device)]
+            loss, kl, cf = ppo_clipped_loss(log_prob, old, adv[idx.to(adv.device)], hp["clip_range"],
+                                            hp["adv_clip_max"])
+            w = len(idx) / rows
+            (loss * w).backward()
+            for k, v in zip(out, (loss, kl, cf)):
+                out[k] += float(v.detach()) * w
+        return out
+
     def train_epoch(self, n: int, epoch: int) -> dict:
-        ctx, hp, bb = self.ctx, self.hp, self.ctx.backbone
-        spec = ctx.spec
+        ctx, hp = self.ctx, self.hp
         prompts = ctx.sample_prompts(n)
         traj, rewards = ctx.sample_and_score(prompts)
         all_prompts, all_rewards = ctx.gather(traj.prompts, rewards)
         adv = torch.as_tensor(self.advantages(all_prompts, all_rewards)[ctx.local_slice(n)], dtype=torch.float32,
                               device=ctx.device)
 
-        T, bs = spec.num_steps, spec.train_batch_size
         stats = {"loss": [], "approx_kl": [], "clipfrac": []}
-        micro = 0
-        total_micro = math.ceil(n / bs) * T * hp["num_inner_epochs"]
         self.optimizer.zero_grad(set_to_none=True)
-        with ctx.bar(total_micro, "training") as bar:
-            for _ in range(hp["num_inner_epochs"]):
-                perm = torch.as_tensor(ctx.rng.permutation(n))
-                t_perm = torch.as_tensor(np.stack([ctx.rng.permutation(T) for _ in range(n)]))
-                for start in range(0, n, bs):
-                    idx = perm[start:start + bs]
-                    sub = traj.index(idx)
-                    for j in range(T):
-                        steps = t_perm[start:start + bs, j]
-                        log_prob = bb.log_prob(sub, steps)
-                        old = sub.log_probs[torch.arange(len(sub)), steps.to(sub.log_probs.device)]
-                        loss, kl, cf = ppo_clipped_loss(log_prob, old, adv[idx.to(adv.device)],
-                                                        hp["clip_range"], hp["adv_clip_max"])
-                        (loss / self.accumulation).backward()
-                        stats["loss"].append(loss.item())
-                        stats["approx_kl"].append(kl.item())
-                        stats["clipfrac"].append(cf.item())
-                        micro += 1
-                        if micro % self.accumulation == 0 or micro == total_micro:
-                            self._step(pending=micro % self.accumulation or self.accumulation)
-                        bar.update(1)
+        plan = [w for _ in range(hp["num_inner_epochs"]) for w in self.update_windows(n)]
+        with ctx.bar(len(plan), "training") as bar:
+            for window in plan:
+                for k, v in self.window_loss(traj, window, adv).items():
+                    stats[k].append(v)
+                self._step()
+                bar.update(1)
         r = rewards.float()
         return {
             "reward_mean": float(np.mean(all_rewards)), "reward_std": float(np.std(all_rewards)),
@@ -105,6 +119,6 @@ class DDPO:
             "clipfrac": float(np.mean(stats["clipfrac"])), "local_reward_mean": float(r.mean()),
         }
 
-    def _step(self, pending: int) -> None:
-        optimizer_step(self.ctx, self.optimizer, self.params, self.hp["max_grad_norm"], self.accumulation, pending)
+    def _step(self) -> None:
+        optimizer_step(self.ctx, self.optimizer, self.params, self.hp["max_grad_norm"], 1, 1)
         self.gradient_updates += 1

@@ -4,12 +4,14 @@ reference Shentao-YANG/Dense_Reward_T2I), online multi-prompt mode.
 Each epoch is one collection round:
 1. draw prompts and sample `rollouts_per_prompt` images each with the current
    policy; score each image once (n reward queries); sort each prompt's
-   rollouts by reward and keep the positions floor(linspace(0, g-1, 5)) of the
-   sorted list ([0, 2, 5, 8, 11] for the reference's 12 rollouts);
+   rollouts by reward in ASCENDING order (as the reference) and keep the
+   positions floor(linspace(0, g-1, 5)) of the sorted list ([0, 2, 5, 8, 11]
+   of the reference's 12: ranks 0, 2, 5, 8, 11 counted from the worst);
 2. the groups go to a FIFO replay buffer of prompt groups whose capacity is the
    number of prompts per collection, so a round trains on its own collection,
    off-policy within the round and without importance weights (as the reference);
-3. `updates_per_epoch` updates; each draws `pairs_per_step` groups from the
+3. updates (the scale rule's updates per query times the epoch's queries); each
+   draws `pairs_per_step` groups from the
    buffer and one random pair of each group's C(5, 2); the better-rewarded
    trajectory is the winner (ties ordered at random). For each pair, M step
    indices k ~ Categorical(gamma^k / sum_j gamma^j), k = 0 the NOISIEST step,
@@ -21,19 +23,18 @@ Each epoch is one collection round:
    and stored embeddings as pi_theta. AdamW, gradient-norm clip.
 
 Defaults are the reference's multi-prompt mode (gamma 0.9, beta_tilde 12.5,
-delta 5e-4, M 1, lr 2e-5, weight decay 1.5e-3, clip 0.05, 32 pairs per
-step), scaled. Choices the sources leave open, recorded here:
+delta 5e-4, M 1, 12 rollouts per prompt with 5 kept, lr 2e-5, weight decay
+1.5e-3, clip 0.05, 32 pairs per update, 4,000 updates per 2,000 collected
+prompts), mapped by the scale rule (bench/scale.py): updates per query are m
+times the reference's (4,000 / 24,000), every kept group is used for the
+reference's 64 pair draws on average, so an update holds 32/m pairs (4 on the
+toy, m = 8; 32 at SD scale, m = 1); delta scales with sqrt(D0/D); gamma keeps its
+horizon, gamma^(50/T). Choices the sources leave open, recorded here:
 - log-prob scale: per-step Gaussian log-density AVERAGED over latent dims
   (the reference's convention, on which delta is stated);
-- gamma is given at the reference's T=50 and rescaled to T as gamma^(50/T), so
-  that the weight ratio of the last to the first step stays the same;
-- rollouts per prompt 8 (reference 12): an epoch of 32 images then holds 4
-  prompts; `pairs_per_step` 8 and `updates_per_epoch` 2 per prompt collected
-  (the reference: 4,000 updates per 2,000 prompts), i.e. the reference's 64
-  pair uses per collected prompt would be 32 here -- stated as a choice, not
-  derived;
 - CFG scale and LoRA rank are the run's (common to every method), not the
-  reference's 7.5 and rank 32.
+  reference's 7.5 and rank 32;
+- with several processes each draws its own `pairs_per_step` pairs per update.
 """
 
 from __future__ import annotations
@@ -61,8 +62,11 @@ def kept_positions(g: int, keep: int = 5) -> np.ndarray:
     return np.unique(np.floor(np.linspace(0, g - 1, min(keep, g))).astype(int))
 
 
-def scaled_gamma(gamma_at_50: float, T: int) -> float:
-    return float(gamma_at_50 ** (50 / T))
+def keep_sorted(rewards: np.ndarray, keep: int, rng: np.random.Generator) -> np.ndarray:
+    """Indices of the kept rollouts of one prompt: sorted by reward ASCENDING (ties in random
+    order), then the positions floor(linspace(0, g-1, keep)) of that list, as the reference."""
+    order = np.lexsort((rng.random(len(rewards)), rewards))
+    return order[kept_positions(len(rewards), keep)]
 
 
 def dpo_logits(log_prob: torch.Tensor, init_log_prob: torch.Tensor, beta_tilde: float, delta: float) -> torch.Tensor:
@@ -81,7 +85,7 @@ class DenseDPO:
         self.params = ctx.backbone.trainable_parameters()
         self.optimizer = make_adamw(self.params, hp)
         T = ctx.spec.num_steps
-        self.gamma = scaled_gamma(hp["gamma"], T)
+        self.gamma = hp["gamma"]  # already gamma^(50/T): the scale rule keeps the discount's horizon
         self.p_steps = step_distribution(T, self.gamma)
         capacity = math.ceil(ctx.spec.samples_per_epoch // ctx.world_size / hp["rollouts_per_prompt"])
         self.buffer: deque = deque(maxlen=max(1, capacity))
@@ -113,13 +117,10 @@ class DenseDPO:
             start += g
             if g < 2:
                 continue
-            # sort by reward (ties in random order), best first, and keep the reference's positions
-            r = rewards[members].numpy()
-            order = np.lexsort((ctx.rng.random(g), -r))
-            kept = members[order[kept_positions(g, hp["kept_per_prompt"])]]
+            kept = members[keep_sorted(rewards[members].numpy(), hp["kept_per_prompt"], ctx.rng)]
             self.buffer.append((traj.index(kept), rewards[kept].clone()))
 
-        updates = max(1, round(hp["updates_per_prompt"] * len(sizes)))
+        updates = max(1, int(np.floor(hp["updates_per_query"] * n * ctx.world_size + 0.5)))
         stats = {"loss": [], "accuracy": [], "logit_gap": []}
         with ctx.bar(updates, "training") as bar:
             for _ in range(updates):

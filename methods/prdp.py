@@ -14,8 +14,11 @@ Per epoch (online):
 2. per-step log-ratios under theta_old, r_hat_old[i, t] = log pi_old - log pi_ref,
    from the sampling-time log-probs and one pass of the frozen pretrained UNet
    (LoRA disabled) over the same stored steps, with the same CFG;
-3. K updates; each takes a disjoint share of the epoch's prompt groups and all
-   their pairs (a, b) with r_a > r_b (ties dropped):
+3. K updates (the scale rule's updates per epoch); with `update_data=groups`
+   (default) each takes a disjoint share of the epoch's prompt groups, with
+   `update_data=whole` each takes every group (PPO-style: the proximal clip then
+   bounds drift on the very pairs being fit). Each update uses all pairs (a, b)
+   of its groups with r_a > r_b (ties dropped):
        r_hat(i)      = mean_t r_hat[i, t]
        r_hat_clip(i) = mean_t clamp(r_hat[i, t], r_hat_old[i, t] - eps, r_hat_old[i, t] + eps)
        loss = mean_pairs max((dr_hat - dr/beta)^2, (dr_hat_clip - dr/beta)^2)
@@ -30,20 +33,25 @@ the exact gradient with one UNet graph alive at a time.
 
 Choices the sources leave open (there is no public PRDP code):
 - log-prob scale: each per-step log-prob is the Gaussian density AVERAGED over
-  latent dimensions (the DDPO convention of this harness, on which the paper's
-  eps = 1e-6 / 1e-4 read as ratio clips), and the trajectory log-ratio is the
-  MEAN over the T steps (the paper's JAX listing averages over T, absorbing T
-  into beta). On this scale the small-scale beta = 3e-5 puts the regression
-  target (dr / beta, ~1e4 for aesthetic gaps of ~0.5) far beyond what the
-  proximal clip lets an update reach, so the KL term is effectively inactive
-  and the clip plus gradient clipping set the step size;
-- the N x B samples of an epoch are split over the K updates by whole prompt
-  groups (each update sees all pairs of its groups); the paper does not say
-  how an epoch is batched. With fewer groups than K, there are fewer updates;
-- B = 8 images per prompt (the paper's small scale uses 16; an epoch of 32
-  images then covers only 2 prompts); K = 10 updates per epoch, at most one per
-  prompt group; a final group cut short by a checkpoint mark is scored (it
-  spends its queries) and paired like any other;
+  latent dimensions (the DDPO convention of this harness), and the trajectory
+  log-ratio is the MEAN over the T steps (the paper's JAX listing averages over
+  T, absorbing T into beta);
+- beta: the paper's 3e-5 belongs to a log-prob convention it does not state. On
+  this one it puts the target (dr / beta, ~1e4 for aesthetic gaps of ~0.5) far
+  beyond what the per-step clip lets the ratios reach, so what ran was a
+  clipped ascent on reward differences, not the regression. `beta=auto` sets it
+  by the scale rule on the training reward's own scale: beta = sigma_w /
+  (E * eps), sigma_w the within-prompt standard deviation of the first epoch's
+  rewards (pooled over its groups), E the run's epochs and eps the per-step
+  clip, so that a one-sigma pair's target is the most the proximal clip lets a
+  trajectory's log-ratio move over the run. It is fixed after the first epoch
+  and logged (`beta`), with the mean log-ratio gap of the pairs, the mean
+  target and their quotient (`ratio_gap`, `target_gap`, `gap_to_target`);
+- B = 16 images per prompt (the small scale of Table 4; a per-prompt count, kept
+  by the scale rule); updates per epoch from the scale rule, at most one per
+  prompt group with `update_data=groups` (each update needs whole groups); a
+  final group cut short by a checkpoint mark is scored (it spends its queries)
+  and paired like any other;
 - LoRA (rank from the run spec) instead of the full UNet, so lr is the LoRA
   rate of DDPO-2 (3e-4) rather than the full-UNet 1e-5.
 """
@@ -87,12 +95,24 @@ def prdp_loss(ratio: torch.Tensor, old_ratio: torch.Tensor, rewards: torch.Tenso
     return torch.mean(torch.maximum(unclipped, clipped)), torch.mean((clipped > unclipped).float()).detach()
 
 
+def within_prompt_std(groups: np.ndarray, rewards: np.ndarray) -> tuple[float, int]:
+    """(sum of squared deviations from each group's mean, degrees counted), pooled over groups of 2+."""
+    ss, count = 0.0, 0
+    for g in np.unique(groups):
+        r = rewards[groups == g]
+        if len(r) >= 2:
+            ss += float(((r - r.mean()) ** 2).sum())
+            count += len(r)
+    return ss, count
+
+
 class PRDP:
     def __init__(self, ctx):
         self.ctx = ctx
         hp = self.hp = ctx.hp
         self.params = ctx.backbone.trainable_parameters()
         self.optimizer = make_adamw(self.params, hp)
+        self.beta = None if hp["beta"] == "auto" else float(hp["beta"])
         self.gradient_updates = 0
 
     def group_sizes(self, n: int) -> list[int]:
@@ -105,6 +125,31 @@ class PRDP:
         with bb.pretrained() if reference else nullcontext():
             return bb.step_log_probs(traj, self.ctx.spec.train_batch_size)
 
+    def set_beta(self, groups: np.ndarray, rewards: np.ndarray) -> float:
+        """beta = sigma_within / (E * eps), from this (the first) epoch's rewards over all processes."""
+        ss, count = within_prompt_std(groups, rewards)
+        tot = self.ctx.gather_array(np.array([[ss, count]], dtype=np.float64)).sum(0)
+        sigma = float(np.sqrt(tot[0] / tot[1])) if tot[1] else 0.0
+        if not sigma > 0:
+            raise ValueError("PRDP beta=auto: the first epoch's rewards show no within-prompt spread; "
+                             "set beta=<number>")
+        return sigma / (self.hp["beta_horizon_epochs"] * self.hp["clip_range"])
+
+    def plan(self, groups_in_epoch: list[int], n: int) -> list[list[int]]:
+        """The groups of each update this epoch."""
+        hp = self.hp
+        share = n / (self.ctx.spec.samples_per_epoch / self.ctx.world_size)  # an epoch cut short: fewer updates
+        U = hp["updates_per_epoch"] * share
+        order = [groups_in_epoch[i] for i in self.ctx.rng.permutation(len(groups_in_epoch))]
+        if not order:
+            return []
+        if hp["update_data"] == "whole":
+            return [order] * max(1, int(np.floor(U + 0.5)))
+        if hp["update_data"] != "groups":
+            raise ValueError(f"unknown update_data {hp['update_data']!r}: use groups or whole")
+        k = min(len(order), max(1, int(np.floor(U + 0.5))))  # at most one update per group
+        return [list(part) for part in np.array_split(order, k)]
+
     def train_epoch(self, n: int, epoch: int) -> dict:
         ctx, hp = self.ctx, self.hp
         sizes = self.group_sizes(n)
@@ -112,16 +157,15 @@ class PRDP:
         groups = np.repeat(np.arange(len(sizes)), sizes)
         traj, rewards = ctx.sample_and_score(prompts)
         _, all_rewards = ctx.gather(traj.prompts, rewards)
+        if self.beta is None:
+            self.beta = self.set_beta(groups, rewards.numpy())
         old_ratio = traj.log_probs.float() - self.step_log_probs(traj, reference=True)
 
-        pairable = [g for g, k in enumerate(sizes) if k >= 2]
-        order = [pairable[i] for i in ctx.rng.permutation(len(pairable))]
-        K = min(hp["updates_per_epoch"], len(order))
-        stats = {"loss": [], "clipfrac": [], "pairs": [], "ratio_gap": []}
+        plan = self.plan([g for g, k in enumerate(sizes) if k >= 2], n)
+        stats = {k: [] for k in ("loss", "clipfrac", "pairs", "ratio_gap", "target_gap")}
         # every process must step the same number of times: all have the same group sizes
-        with ctx.bar(K, "training") as bar:
-            for k in range(K):
-                chosen = order[k::K]
+        with ctx.bar(len(plan), "training") as bar:
+            for k, chosen in enumerate(plan):
                 idx = np.flatnonzero(np.isin(groups, chosen))
                 a, b = prompt_pairs(groups[idx], rewards[idx].numpy())
                 sub = traj.index(idx)
@@ -132,31 +176,33 @@ class PRDP:
                 r_dev = rewards[idx].to(table.device)
                 if len(a):
                     loss, clipfrac = prdp_loss(table, ratio_old, r_dev, torch.as_tensor(a), torch.as_tensor(b),
-                                               hp["beta"], hp["clip_range"])
+                                               self.beta, hp["clip_range"])
                     loss.backward()
                     self._backprop_steps(sub, table.grad)
                     stats["loss"].append(loss.item())
                     stats["clipfrac"].append(clipfrac.item())
                     stats["ratio_gap"].append(float((ratio.mean(1)[a] - ratio.mean(1)[b]).mean()))
+                    stats["target_gap"].append(float(((r_dev[a] - r_dev[b]) / self.beta).mean()))
                 stats["pairs"].append(len(a))
                 optimizer_step(ctx, self.optimizer, self.params, hp["max_grad_norm"], 1, 1)
                 self.gradient_updates += 1
                 bar.update(1)
+        out = {k: float(np.mean(v)) if v else None for k, v in stats.items()}
+        out["gap_to_target"] = out["ratio_gap"] / out["target_gap"] if out["target_gap"] else None
         return {
             "reward_mean": float(np.mean(all_rewards)), "reward_std": float(np.std(all_rewards)),
             "reward_min": float(np.min(all_rewards)), "reward_max": float(np.max(all_rewards)),
-            "local_reward_mean": float(rewards.mean()),
-            **{k: float(np.mean(v)) if v else None for k, v in stats.items()},
+            "local_reward_mean": float(rewards.mean()), "beta": self.beta, **out,
         }
 
     def _backprop_steps(self, traj: Trajectory, grad: torch.Tensor) -> None:
-        """Accumulate sum_{i,t} grad[i, t] * d log pi_theta[i, t] / d theta, one UNet graph at a time."""
-        bb, bs, T = self.ctx.backbone, self.ctx.spec.train_batch_size, self.ctx.spec.num_steps
-        for j in range(T):
-            for s in range(0, len(traj), bs):
-                rows = list(range(s, min(s + bs, len(traj))))
-                g = grad[rows, j]
-                if not torch.any(g != 0):
-                    continue
-                lp = bb.log_prob(traj.index(rows), torch.full((len(rows),), j))
-                (g.to(lp.device) * lp).sum().backward()
+        """Accumulate sum_{i,t} grad[i, t] * d log pi_theta[i, t] / d theta, in fused calls of
+        at most `train_batch_size` (sample, step) rows."""
+        bb, T = self.ctx.backbone, self.ctx.spec.num_steps
+        rows = [(i, j) for j in range(T) for i in range(len(traj)) if grad[i, j] != 0]
+        bs = self.ctx.spec.train_batch_size
+        for s in range(0, len(rows), bs):
+            part = torch.as_tensor(rows[s:s + bs], dtype=torch.long)
+            i, j = part[:, 0], part[:, 1]
+            lp = bb.log_prob(traj.index(i), j)
+            (grad[i, j].to(lp.device) * lp).sum().backward()

@@ -18,14 +18,25 @@ Per epoch (reference loop order):
    INNER. Each micro-step: PPO-clipped policy loss on the temporal reward
    (clip 1e-4) + clipped value loss 0.5*mean(max((V-G)^2, (V_clip-G)^2)),
    V_clip = clamp(V, V_old +- 0.2), G = the step's return, critic dropout on;
-   one backward of pg + cf_coef*cf. Accumulation makes 2T optimizer steps per
-   epoch (100 at T=50); LoRA and critic are clipped separately (1.0) and
-   stepped by two AdamW optimizers (lr 1e-4 both);
+   one backward of pg + cf_coef*cf. An update accumulates `update_steps`
+   micro-steps of `update_samples` samples (the scale rule; at SD scale the
+   reference's 16 x 8 = 128 samples at one step, 2T = 100 updates per epoch);
+   LoRA and critic are clipped separately (1.0) and stepped by two AdamW
+   optimizers (lr 1e-4 both). Logged with the reference's definitions:
+   approx_kl = mean((ratio - 1) - log ratio), clipfrac = the fraction of rows
+   whose clipped loss is the larger;
 6. neuron states: critic activations on the embeddings of `dormancy_batch`
    shuffled samples at a random step each (eval mode), LoRA activations on one
    guided UNet call at those samples' states; dormant fractions and overlaps
-   are logged every epoch; every `reset_every` epochs (after training) the
-   configured neurons are reset with a generator reseeded from the run seed.
+   are logged every epoch; every `reset_every` epochs the configured neurons
+   are selected after training (as the reference) and reset with a generator
+   reseeded from the run seed. The reset is APPLIED at the start of the next
+   epoch, before its sampling: training sees exactly the reference's sequence,
+   but the checkpoint saved at the end of an epoch holds the trained weights,
+   not freshly reset ones (with `reset_every` equal to the checkpoint interval,
+   every evaluated policy of the policy-reset variants would otherwise be a
+   just-reset one). A reset due after the last epoch has no later epoch and is
+   not applied.
 
 Where the reference and the paper differ we follow the code:
 - the critic has NO activation functions (a purely linear MLP); the ReLU of the
@@ -43,8 +54,13 @@ Choices the sources leave open, recorded here:
   elements, so its overlap is always 100%): |prev ∩ cur| / min(|prev|, |cur|);
 - `tdpo-r-leaky` measures activation scores with LeakyReLU(0.01) instead of
   ReLU (the reference's commented-out alternative; paper Appendix B, Fig. 10).
-  At threshold 0 that makes every neuron with any nonzero output active, so
-  it resets (nearly) all critic neurons: measured 1232 of 1232 on the toy suite;
+  At threshold 0 that marks every neuron with any nonzero output active: it
+  reset 1232 of 1232 critic neurons on the toy suite and gave results identical
+  to `tdpo-reset-all`. The paper gives no threshold for it; its Appendix B
+  raises the threshold to 0.1 in the one other case where threshold 0 is
+  degenerate (policy dormant neurons), so the leaky variant uses 0.1: a neuron
+  whose outputs are mostly negative scores about the leaky slope (0.01) times
+  its magnitude and counts as dormant;
 - the policy's LoRA neurons are the rank dimensions of each LoRA down projection
   (as in the reference's unwired policy recycler); a reset redraws A's rows
   ~ N(0, 1/r) and zeroes B's columns. Dormancy of LoRA neurons averages over
@@ -52,8 +68,17 @@ Choices the sources leave open, recorded here:
 - the KL reference policy is the pretrained UNet (adapters disabled); the
   per-step penalty type `clip` = max(log p_theta - log p_ref, 0) (log-probs are
   means over latent dims) times a controller value (fixed 0.2, or adaptive when
-  `kl_target` > 0) times `kl_penalty_coef` (default 1.0 in `tdpo-kl`: the
-  reference ships 0 and leaves the value to the user);
+  `kl_target` > 0) times `kl_penalty_coef`. The reference ships 0 and the paper
+  gives none; `tdpo-kl` sets it by the scale rule (bench/scale.py): the total
+  penalty of a trajectory is 0.1 (a tenth of a normalised return) when every
+  step's log-ratio equals one clip range, coef = 0.1 / (0.2 * T * clip) (62.5 at
+  the toy's T=10, clip 8e-4; 100 at SD's T=50, clip 1e-4). `kl_penalty_ratio`
+  logs the mean |total penalty| over the mean |return| per epoch;
+- the critic reset redraws weights with std 1/(D+1), D the critic's input
+  width, matching the critic's own initialisation. The reference's recycler
+  uses 1/769 for every reward but HPSv2, so with PickScore (D = 1024) it
+  redraws with 1/769 while the critic was initialised with 1/1025; we keep
+  the critic's own spread (the same for aesthetic, where D = 768);
 - a reward without an image encoder (JPEG) falls back to the suite's aesthetic
   CLIP encoder; `critic_encoder=NAME` swaps in another reward's encoder (the
   paper's Appendix E mismatch experiment).
@@ -72,7 +97,8 @@ from bench import neurons
 from bench.runner import make_adamw, optimizer_step
 from bench.sampling import Trajectory
 from bench.stat_tracker import PerPromptStatTracker, batch_normalize
-from methods.ddpo import ppo_clipped_loss
+from bench.updates import epoch_permutations, windows
+from methods.ddpo import local_update_samples
 
 
 class TemporalCritic(nn.Module):
@@ -145,6 +171,21 @@ def temporal_rewards(norm_rewards: np.ndarray, residuals: np.ndarray, step_penal
     return returns, temporal
 
 
+def tdpo_policy_loss(log_prob: torch.Tensor, old_log_prob: torch.Tensor, advantages: torch.Tensor,
+                     clip_range: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The TDPO reference's clipped surrogate (no advantage clipping) and its diagnostics:
+    approx_kl = mean((ratio - 1) - log ratio) (the k3 estimator), clipfrac = the fraction
+    of rows whose clipped loss is the larger (where the clip takes over)."""
+    log_ratio = log_prob - old_log_prob
+    ratio = torch.exp(log_ratio)
+    unclipped = -advantages * ratio
+    clipped = -advantages * torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)
+    loss = torch.mean(torch.maximum(unclipped, clipped))
+    approx_kl = torch.mean((ratio - 1) - log_ratio)
+    clipfrac = torch.mean((clipped > unclipped).float())
+    return loss, approx_kl.detach(), clipfrac.detach()
+
+
 def clipped_value_loss(value: torch.Tensor, old_value: torch.Tensor, target: torch.Tensor,
                        clip_range: float) -> tuple[torch.Tensor, torch.Tensor]:
     """0.5 * mean(max((V-G)^2, (clamp(V, V_old +- c) - G)^2)) and the clip fraction."""
@@ -170,10 +211,11 @@ class KLController:
 
 
 def reset_period(reset_every, budget: int, samples_per_epoch: int) -> int:
-    """`auto`: the reference's 10 of 100 epochs, scaled to this run's epoch count."""
+    """Epochs between resets. The scale rule resolves `auto` to the reference's 10 of 100
+    epochs, scaled to the run's epoch count; resolved here too for direct callers."""
     if reset_every == "auto":
         epochs = math.ceil(budget / samples_per_epoch)
-        return max(1, round(epochs / 10))
+        return max(1, math.floor(epochs / 10 + 0.5))
     return max(1, int(reset_every))
 
 
@@ -194,13 +236,13 @@ class TDPO:
         self.critic_optimizer = make_adamw(self.critic_params, hp, lr_key="critic_lr")
         self.tracker = PerPromptStatTracker(hp["stat_buffer_size"], hp["stat_min_count"])
         self.kl_ctl = KLController(hp["init_kl_coef"], hp["kl_target"], hp["kl_horizon"])
-        T = spec.num_steps
-        n_full = spec.samples_per_epoch // ctx.world_size
-        micro_full = math.ceil(n_full / spec.train_batch_size) * T * hp["num_inner_epochs"]
-        self.accumulation = max(1, round(micro_full / hp["updates_per_epoch"]))
+        self.batch = local_update_samples(ctx, hp)
+        self.accumulation = int(hp["update_steps"])
         self.period = reset_period(hp["reset_every"], spec.budget, spec.samples_per_epoch)
         self.lora = neurons.lora_layers(bb.unet)
         self.prev_masks: dict[str, dict] = {}
+        self.pending_reset: dict | None = None
+        """Neurons selected for reset after the last epoch's training, applied before the next epoch."""
         self.gradient_updates = 0
         self.epochs_done = 0
 
@@ -237,16 +279,52 @@ class TDPO:
         with bb.pretrained():
             return bb.step_log_probs(traj, batch_size=len(traj))
 
-    def _step(self, pending: int) -> None:
+    def _step(self) -> None:
         ctx, hp = self.ctx, self.hp
-        optimizer_step(ctx, self.optimizer, self.params, hp["max_grad_norm"], self.accumulation, pending)
-        optimizer_step(ctx, self.critic_optimizer, self.critic_params, hp["max_grad_norm"], self.accumulation, pending)
+        optimizer_step(ctx, self.optimizer, self.params, hp["max_grad_norm"], 1, 1)
+        optimizer_step(ctx, self.critic_optimizer, self.critic_params, hp["max_grad_norm"], 1, 1)
         self.gradient_updates += 1
+
+    def window_loss(self, traj, window, embeds, residuals, returns_t, temporal_t) -> dict:
+        """Backpropagate one update's loss pg + cf_coef * cf (means over its rows), in fused calls."""
+        bb, hp, dev = self.ctx.backbone, self.hp, self.ctx.device
+        rows = len(window)
+        out = dict.fromkeys(("pg_loss", "cf_loss", "approx_kl", "clipfrac", "cf_clipfrac"), 0.0)
+        for idx, steps in window.chunks(self.ctx.spec.train_batch_size):
+            sub = traj.index(idx)
+            log_prob = bb.log_prob(sub, steps)
+            dev_idx, dev_steps = idx.to(dev), steps.to(dev)
+            old = traj.log_probs[idx.to(traj.log_probs.device), steps.to(traj.log_probs.device)]
+            pg, kl, clipfrac = tdpo_policy_loss(log_prob, old, temporal_t[dev_idx, dev_steps], hp["clip_range"])
+            value = self.critic(embeds[dev_idx, dev_steps])
+            cf, vfrac = clipped_value_loss(value, residuals[dev_idx, dev_steps], returns_t[dev_idx, dev_steps],
+                                           hp["clip_range_critic"])
+            w = len(idx) / rows
+            ((pg + hp["cf_coef"] * cf) * w).backward()
+            for k, v in zip(out, (pg, cf, kl, clipfrac, vfrac)):
+                out[k] += float(v.detach()) * w
+        return out
+
+    def apply_pending_reset(self) -> dict:
+        """Reset the neurons selected after the previous epoch's training (see the module docstring)."""
+        out = {"critic_neurons_reset": 0.0, "policy_neurons_reset": 0.0}
+        if self.pending_reset is None:
+            return out
+        ctx, hp = self.ctx, self.hp
+        gen = torch.Generator().manual_seed(ctx.spec.seed)  # the reference reseeds for every reset
+        critic, policy = self.pending_reset["critic"], self.pending_reset["policy"]
+        if critic is not None:
+            out["critic_neurons_reset"] = float(neurons.reset_linear_neurons(
+                self.critic.linears(), critic, self.critic.init_std, self.critic_optimizer, gen))
+        if policy is not None:
+            out["policy_neurons_reset"] = float(neurons.reset_lora_neurons(self.lora, policy, self.optimizer, gen))
+        self.pending_reset = None
+        return out
 
     # ------------------------------------------------------------------ epoch
     def train_epoch(self, n: int, epoch: int) -> dict:
-        ctx, hp, bb, spec = self.ctx, self.hp, self.ctx.backbone, self.ctx.spec
-        T, bs = spec.num_steps, spec.train_batch_size
+        ctx, hp, spec = self.ctx, self.hp, self.ctx.spec
+        resets = self.apply_pending_reset()
         prompts = ctx.sample_prompts(n)
         traj, rewards = ctx.sample_and_score(prompts)
 
@@ -259,7 +337,7 @@ class TDPO:
         norm = self.tracker.update(all_prompts, all_rewards) if hp["per_prompt_stat_tracking"] \
             else batch_normalize(all_rewards)
         all_residuals = ctx.gather_array(residuals.cpu().numpy())
-        metrics: dict[str, float] = {}
+        metrics: dict[str, float] = dict(resets)
         penalty = None
         if hp["kl_penalty_coef"] > 0:
             ref = self.reference_log_probs(traj)
@@ -268,39 +346,26 @@ class TDPO:
             metrics["kl_ctl"] = self.kl_ctl.value
             penalty = -hp["kl_penalty_coef"] * self.kl_ctl.value * kl_penalty(lp, rlp, hp["kl_penalty"])
         returns, temporal = temporal_rewards(norm, all_residuals, penalty, hp["gamma"], hp["temporal_reward_norm"])
+        if penalty is not None:  # how much of a return the penalty is: |sum of penalties| / |final reward|
+            metrics["kl_penalty_ratio"] = float(np.abs(penalty.sum(1)).mean() / (np.abs(norm).mean() + 1e-12))
         local = ctx.local_slice(n)
         returns_t = torch.as_tensor(returns[local], dtype=torch.float32, device=ctx.device)
         temporal_t = torch.as_tensor(temporal[local], dtype=torch.float32, device=ctx.device)
 
         stats = {k: [] for k in ("pg_loss", "cf_loss", "approx_kl", "clipfrac", "cf_clipfrac")}
-        micro, total_micro = 0, math.ceil(n / bs) * T * hp["num_inner_epochs"]
         self.optimizer.zero_grad(set_to_none=True)
         self.critic_optimizer.zero_grad(set_to_none=True)
         self.critic.train()
-        with ctx.bar(total_micro, "training") as bar:
-            for _ in range(hp["num_inner_epochs"]):
-                perm = torch.as_tensor(ctx.rng.permutation(n))
-                t_perm = torch.as_tensor(np.stack([ctx.rng.permutation(T) for _ in range(n)]))
-                for j in range(T):  # timestep OUTER
-                    for start in range(0, n, bs):  # minibatch INNER
-                        idx = perm[start:start + bs]
-                        steps = t_perm[start:start + bs, j]
-                        sub = traj.index(idx)
-                        log_prob = bb.log_prob(sub, steps)
-                        dev_idx, dev_steps = idx.to(ctx.device), steps.to(ctx.device)
-                        old = traj.log_probs[idx.to(traj.log_probs.device), steps.to(traj.log_probs.device)]
-                        pg, kl, clipfrac = ppo_clipped_loss(log_prob, old, temporal_t[dev_idx, dev_steps],
-                                                           hp["clip_range"], math.inf)
-                        value = self.critic(embeds[dev_idx, dev_steps])
-                        cf, vfrac = clipped_value_loss(value, residuals[dev_idx, dev_steps],
-                                                       returns_t[dev_idx, dev_steps], hp["clip_range_critic"])
-                        ((pg + hp["cf_coef"] * cf) / self.accumulation).backward()
-                        for k, v in zip(stats, (pg, cf, kl, clipfrac, vfrac)):
-                            stats[k].append(float(v.detach()))
-                        micro += 1
-                        if micro % self.accumulation == 0 or micro == total_micro:
-                            self._step(pending=micro % self.accumulation or self.accumulation)
-                        bar.update(1)
+        plan = []
+        for _ in range(hp["num_inner_epochs"]):
+            perm, t_perm = epoch_permutations(ctx.rng, n, spec.num_steps)
+            plan += windows(perm, t_perm, self.batch, self.accumulation, "timestep")  # timestep OUTER
+        with ctx.bar(len(plan), "training") as bar:
+            for window in plan:
+                for k, v in self.window_loss(traj, window, embeds, residuals, returns_t, temporal_t).items():
+                    stats[k].append(v)
+                self._step()
+                bar.update(1)
         self.critic.eval()
         if hp["kl_penalty_coef"] > 0:
             self.kl_ctl.update(metrics["mean_kl"], len(all_rewards))
@@ -336,20 +401,16 @@ class TDPO:
             "critic_dormant_overlap": neurons.dormant_overlap(self.prev_masks.get("critic"), critic_masks),
             "policy_dormant_fraction": neurons.dormant_fraction(policy_masks),
             "policy_dormant_overlap": neurons.dormant_overlap(self.prev_masks.get("policy"), policy_masks),
-            "critic_neurons_reset": 0.0, "policy_neurons_reset": 0.0,
         }
         self.prev_masks = {"critic": critic_masks, "policy": policy_masks}
-        if (self.epochs_done + 1) % self.period == 0:
-            gen = torch.Generator().manual_seed(ctx.spec.seed)  # the reference reseeds for every reset
-            which = hp["critic_reset"]
-            if which != "none":
-                masks = [self._select(critic_masks[name], which) for name in self.critic.hidden()]
-                out["critic_neurons_reset"] = float(neurons.reset_linear_neurons(
-                    self.critic.linears(), masks, self.critic.init_std, self.critic_optimizer, gen))
-            which = hp["policy_reset"]
-            if which != "none":
-                masks = {name: self._select(m, which) for name, m in policy_masks.items()}
-                out["policy_neurons_reset"] = float(neurons.reset_lora_neurons(self.lora, masks, self.optimizer, gen))
+        if (self.epochs_done + 1) % self.period == 0 and (hp["critic_reset"] != "none" or hp["policy_reset"] != "none"):
+            # selected now, on this epoch's data (the reference's timing); applied before the next epoch
+            self.pending_reset = {
+                "critic": None if hp["critic_reset"] == "none" else
+                [self._select(critic_masks[name], hp["critic_reset"]) for name in self.critic.hidden()],
+                "policy": None if hp["policy_reset"] == "none" else
+                {name: self._select(m, hp["policy_reset"]) for name, m in policy_masks.items()},
+            }
         return out
 
     @staticmethod

@@ -1,6 +1,8 @@
-"""CLIP-similarity preference rewards in the style of PickScore and HPSv2:
-score = logit_scale.exp() * cos(image_features, text_features), with
-transformers' CLIPModel, as PickScore's reference scoring does.
+"""CLIP-similarity preference rewards in the style of PickScore and HPSv2, each with
+its official score formula (transformers' CLIPModel):
+- PickScore: logit_scale.exp() * cos(image_features, text_features) (about 20-22
+  for SD images; papers sometimes divide by 100);
+- HPSv2: cos(image_features, text_features), no logit scale (about 0.25-0.30).
 
 - toy suite: two tiny CLIPs fine-tuned from the toy base CLIP on pairwise
   preferences of two different hidden rater pools (bench/toy/build.py,
@@ -29,8 +31,9 @@ class ClipPreferenceReward(Reward):
     higher_is_better = True
     differentiable = True
 
-    def __init__(self, name: str, clip_model, tokenizer, device="cpu"):
+    def __init__(self, name: str, clip_model, tokenizer, device="cpu", logit_scale: bool = True):
         self.name = name
+        self.use_logit_scale = logit_scale
         self.device = torch.device(device)
         self.clip = clip_model.to(self.device).eval().requires_grad_(False)
         self.tokenizer = tokenizer
@@ -55,7 +58,8 @@ class ClipPreferenceReward(Reward):
         return self._features(self.clip.get_image_features(pixel_values=pixel_values.to(self.device)))
 
     def _score(self, img_feats: torch.Tensor, prompts: list[str]) -> torch.Tensor:
-        return self.clip.logit_scale.exp() * (img_feats * self.text_features(prompts)).sum(dim=-1)
+        cos = (img_feats * self.text_features(prompts)).sum(dim=-1)
+        return self.clip.logit_scale.exp() * cos if self.use_logit_scale else cos
 
     @torch.no_grad()
     def score(self, images, prompts):
@@ -73,12 +77,12 @@ class ClipPreferenceReward(Reward):
         return encode
 
 
-def _load(name: str, folder, tokenizer_folder, device) -> ClipPreferenceReward:
+def _load(name: str, folder, tokenizer_folder, device, logit_scale: bool = True) -> ClipPreferenceReward:
     from transformers import AutoTokenizer, CLIPModel
 
     clip = CLIPModel.from_pretrained(str(folder), local_files_only=True, dtype=torch.float32)
     tok = AutoTokenizer.from_pretrained(str(tokenizer_folder), local_files_only=True)
-    return ClipPreferenceReward(name, clip, tok, device)
+    return ClipPreferenceReward(name, clip, tok, device, logit_scale=logit_scale)
 
 
 def load_pickscore(suite: str = "sd", device="cpu", **_) -> ClipPreferenceReward:
@@ -101,5 +105,5 @@ def load_hpsv2(suite: str = "sd", device="cpu", **_) -> ClipPreferenceReward:
     if suite == "toy":
         from bench.toy.suite import asset
 
-        return _load("hpsv2", asset("hpsv2"), asset("hpsv2"), device)
+        return _load("hpsv2", asset("hpsv2"), asset("hpsv2"), device, logit_scale=False)
     raise BenchError(f"the hpsv2 reward has no weights for suite {suite!r}")

@@ -12,7 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 from bench.runner import make_accelerator, train_run  # noqa: E402
-from bench.spec import RunSpec, resolve_hparams  # noqa: E402
+from tests.helpers import make_spec  # noqa: E402
 from methods.ddpo import DDPO  # noqa: E402
 
 out = Path(sys.argv[1])
@@ -29,10 +29,8 @@ DDPO.advantages = recording_advantages
 local_rewards = []
 
 accelerator = make_accelerator("no")
-spec = RunSpec(method="ddpo-100", reward="jpeg-compressibility", backbone="tiny-random", suite="tiny-random", seed=0,
-               budget=32, num_checkpoints=2, num_steps=3, guidance_scale=5.0, eta=1.0, samples_per_epoch=16,
-               train_batch_size=4, sample_batch_size=8, train_prompts="simple-animals",
-               hparams=resolve_hparams("ddpo-100", {"lr": "1e-2"}, 3))
+spec = make_spec("ddpo-100", reward="jpeg-compressibility", num_steps=3, samples_per_epoch=16, budget=32,
+                 num_checkpoints=2, train_batch_size=4, overrides={"lr": "1e-2"}, multiplier=4.0)
 
 from bench import runner  # noqa: E402
 

@@ -40,3 +40,20 @@ def register_counting_reward():
                          higher_is_better=True, differentiable=True)
     CountingReward.calls.clear()
     return CountingReward
+
+
+def make_spec(method: str, reward: str = "test-counting", *, num_steps: int, samples_per_epoch: int, budget: int,
+              train_batch_size: int = 64, sample_batch_size: int = 8, num_checkpoints: int = 1,
+              multiplier: float = 8.0, latent_dims: int = 256, seed: int = 0, backbone: str = "tiny-random",
+              suite: str = "tiny-random", train_prompts: str = "simple-animals", overrides: dict | None = None):
+    """A RunSpec with the scale rule applied (the tiny-random backbone's latents are 4x8x8)."""
+    from bench.scale import Scale
+    from bench.spec import RunSpec, resolve_hparams
+
+    scale = Scale(num_steps=num_steps, samples_per_epoch=samples_per_epoch, latent_dims=latent_dims, budget=budget,
+                  multiplier=multiplier)
+    return RunSpec(method=method, reward=reward, backbone=backbone, suite=suite, seed=seed, budget=budget,
+                   num_checkpoints=num_checkpoints, num_steps=num_steps, guidance_scale=5.0, eta=1.0,
+                   samples_per_epoch=samples_per_epoch, train_batch_size=train_batch_size,
+                   sample_batch_size=sample_batch_size, train_prompts=train_prompts, update_multiplier=multiplier,
+                   latent_dims=latent_dims, hparams=resolve_hparams(method, overrides or {}, scale))

@@ -6,18 +6,19 @@ import numpy as np
 import pytest
 import torch
 
-from bench.spec import resolve_hparams
+from tests.helpers import make_spec
 
 
-def make_alignprop(backbone, k_min=1, k_max=None, checkpointing=True, lr=1e-3):
+def make_alignprop(backbone, k_min=1, checkpointing=True, lr=1e-3, k_group=8, reward_name="aesthetic"):
     from methods.alignprop import AlignProp
 
     T = len(backbone.timesteps)
-    hp = dict(resolve_hparams("alignprop", {}, T))
-    hp.update(gradient_checkpointing=checkpointing, k_min=k_min, k_max=k_max or T, lr=lr)
+    hp = dict(make_spec("alignprop", num_steps=T, samples_per_epoch=8, budget=8).hp)
+    hp.update(gradient_checkpointing=checkpointing, k_min=k_min, lr=lr, k_group=k_group)
     ctx = types.SimpleNamespace(
         hp=hp, backbone=backbone, world_size=1, rng=np.random.default_rng(0),
         spec=types.SimpleNamespace(num_steps=T, samples_per_epoch=8, train_batch_size=4),
+        reward=types.SimpleNamespace(name=reward_name),
     )
     return AlignProp(ctx)
 
@@ -61,22 +62,62 @@ def test_checkpointing_gives_the_same_gradients(backbone):
     assert torch.allclose(grads[0], grads[1], rtol=1e-4, atol=1e-7) and grads[0].abs().sum() > 0
 
 
-def test_k_is_drawn_once_per_batch_uniformly(backbone):
-    ap = make_alignprop(backbone)
+def test_k_is_drawn_once_per_group_uniformly(backbone):
+    ap = make_alignprop(backbone, k_group=4)
     T = len(backbone.timesteps)
-    draws = [ap.draw_k() for _ in range(5000)]
+    k = ap.draw_k(10)  # groups of 4, 4 and 2 chains
+    assert len(set(k[:4].tolist())) == len(set(k[4:8].tolist())) == len(set(k[8:].tolist())) == 1
+    draws = np.concatenate([ap.draw_k(4)[:1].numpy() for _ in range(5000)])
     counts = np.bincount(draws, minlength=T + 1)
     assert counts[0] == 0 and set(np.nonzero(counts)[0]) == set(range(1, T + 1))
     assert np.allclose(counts[1:] / len(draws), 1 / T, atol=0.03)
-    ap1 = make_alignprop(backbone, k_min=T, k_max=T)
-    assert {ap1.draw_k() for _ in range(20)} == {T}
+    ap1 = make_alignprop(backbone, k_min=T)
+    assert set(ap1.draw_k(20).tolist()) == {T}
 
 
-def test_loss_is_the_reference_aesthetic_loss(backbone):
+def test_loss_is_alignprops_absolute_loss(backbone):
     ap = make_alignprop(backbone)
-    # A0: |r - 10| summed over the batch / batch size * 0.01
-    r = torch.tensor([6.0, 7.0, 8.5])
-    assert ap.loss(r).item() == pytest.approx(0.01 * (4 + 3 + 1.5) / 3)
+    assert ap.target == 10.0  # the aesthetic reward's registered max_score
+    # A0/A1: |r - 10| averaged over the batch * 0.01; above the target it pulls back down
+    r = torch.tensor([6.0, 7.0, 8.5, 10.5], requires_grad=True)
+    loss = ap.loss(r)
+    assert loss.item() == pytest.approx(0.01 * (4 + 3 + 1.5 + 0.5) / 4)
+    loss.backward()
+    torch.testing.assert_close(r.grad, torch.tensor([-1.0, -1.0, -1.0, 1.0]) * 0.01 / 4)
+    # TRL's linear form keeps pushing up past the target
+    from methods.alignprop import alignprop_loss
+    r2 = r.detach().clone().requires_grad_(True)
+    alignprop_loss(r2, 0.01, 10.0, "linear").backward()
+    torch.testing.assert_close(r2.grad, torch.full((4,), -0.01 / 4))
+    # a reward without a max_score falls back to the linear form
+    assert make_alignprop(backbone, reward_name="test-counting-unregistered").form == "linear"
+
+
+def test_fused_chains_have_the_gradient_of_separate_groups(backbone):
+    """Two K-groups sampled in one batched chain (per-chain K) give the gradient of sampling
+    each group on its own (per-chain generators make the noise independent of the batch)."""
+    ap = make_alignprop(backbone)
+    params = backbone.trainable_parameters()
+    with torch.no_grad():
+        for p in params:  # move LoRA off zero so every step's call matters
+            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(7)) * 0.05)
+    prompts = ["cat", "dog", "fish", "cow"]
+    k = torch.tensor([1, 1, 3, 3])
+
+    def gens():
+        return [torch.Generator().manual_seed(100 + i) for i in range(4)]
+
+    def loss_of(images):
+        return images.pow(2).mean(dim=(1, 2, 3))
+    fused = torch.autograd.grad(loss_of(ap.sample_with_grad(prompts, k, generator=gens())).mean(), params)
+    g = gens()
+    part1 = loss_of(ap.sample_with_grad(prompts[:2], k[:2], generator=g[:2])).mean() / 2
+    part2 = loss_of(ap.sample_with_grad(prompts[2:], k[2:], generator=g[2:])).mean() / 2
+    separate = torch.autograd.grad(part1 + part2, params)
+    scale = max(float(a.abs().max()) for a in separate)
+    assert scale > 0
+    for a, b in zip(fused, separate):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * scale)
 
 
 def test_differentiable_preprocessing_matches_the_scoring_path():

@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 
 from bench.budget import BudgetExceeded, CountedReward, RewardBudget
-from bench.spec import RunSpec, resolve_hparams
-from tests.helpers import CountingReward, register_counting_reward
+from bench.spec import RunSpec
+from tests.helpers import CountingReward, make_spec, register_counting_reward
 
 
 def test_epochs_end_on_marks():
@@ -49,10 +49,7 @@ def test_every_method_spends_exactly_the_budget(tmp_path, tiny_dir):
     marks_by_method = {}
     for method in methods.names():
         CountingReward.calls.clear()
-        spec = RunSpec(method=method, reward="test-counting", backbone="tiny-random", suite="tiny-random", seed=0,
-                       budget=40, num_checkpoints=4, num_steps=3, guidance_scale=5.0, eta=1.0,
-                       samples_per_epoch=16, train_batch_size=8, sample_batch_size=8, train_prompts="simple-animals",
-                       hparams=resolve_hparams(method, {}, 3))
+        spec = make_spec(method, num_steps=3, samples_per_epoch=16, budget=40, num_checkpoints=4)
         train_run(spec, tmp_path, progress=False)
         assert sum(CountingReward.calls) == 40, method
         run_dir = tmp_path / "runs" / spec.run_name

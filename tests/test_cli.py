@@ -37,7 +37,7 @@ def run_light(*args):
     (["run", "--train-prompts", "simple-animls"], "unknown prompt set 'simple-animls'"),
     (["run", "--reward", "gold-aesthetic"], "'gold-aesthetic' is a gold reward, for evaluation only"),
     (["run", "--reward", "hpsv2", "--backbone", "tiny-random"], "reward 'hpsv2' is not available on suite 'tiny-random'"),
-    (["run", "--eval-per-prompt", "0"], "--eval-per-prompt must be positive"),
+    (["run", "--eval-per-prompt", "0"], "--eval-per-prompt must be a positive finite number"),
     (["eval", "--rewards", "aesthtic"], "unknown reward 'aesthtic'. Did you mean 'aesthetic'"),
     (["eval", "--per-prompt", "0"], "--per-prompt must be positive"),
     (["report", "--db", "/no/such.duckdb"], "no results database at /no/such.duckdb"),

@@ -9,7 +9,6 @@ import torch
 
 from bench.catalog import methods
 from bench.sampling import Trajectory
-from bench.spec import RunSpec, resolve_hparams
 from bench.stat_tracker import PerPromptStatTracker, batch_normalize
 from methods.ddpo import DDPO, ppo_clipped_loss
 
@@ -58,34 +57,38 @@ def test_ppo_clipped_loss_hand_computed():
 
 # ------------------------------------------------------------------ update schedule
 class FakeBackbone:
-    """A backbone whose log-prob is a cheap differentiable function of one parameter."""
+    """A backbone whose log-prob is a cheap differentiable function of one parameter.
+    Sample i's latents hold the value i, so every call shows which (sample, step) rows it got."""
 
     def __init__(self, T):
         self.num_steps = T
         self.w = torch.nn.Parameter(torch.zeros(1))
         self.device = torch.device("cpu")
         self.log_prob_calls = []
+        self.sampled = 0
 
     def trainable_parameters(self):
         return [self.w]
 
     def sample(self, prompts, generator=None, batch_size=16):
         n, T = len(prompts), self.num_steps
+        ids = torch.arange(self.sampled, self.sampled + n, dtype=torch.float32).view(n, 1, 1).expand(n, T, 1).clone()
+        self.sampled += n
         return Trajectory(prompts=list(prompts), prompt_embeds=torch.zeros(n, 2, 4),
-                          negative_prompt_embeds=torch.zeros(n, 2, 4), latents=torch.zeros(n, T, 1),
+                          negative_prompt_embeds=torch.zeros(n, 2, 4), latents=ids,
                           next_latents=torch.zeros(n, T, 1), log_probs=torch.zeros(n, T),
                           timesteps=torch.arange(T), images=torch.rand(n, 3, 4, 4, generator=generator))
 
     def log_prob(self, traj, steps):
-        self.log_prob_calls.append(steps.clone())
+        self.log_prob_calls.append((traj.latents[:, 0, 0].long().clone(), steps.clone()))
         return traj.log_probs[torch.arange(len(traj)), steps] + self.w * (1 + steps.float())
 
 
-def make_ddpo(method, T, samples_per_epoch, train_batch_size):
-    spec = RunSpec(method=method, reward="r", backbone="b", suite="s", seed=0, budget=10, num_checkpoints=1,
-                   num_steps=T, guidance_scale=5.0, eta=1.0, samples_per_epoch=samples_per_epoch,
-                   train_batch_size=train_batch_size, sample_batch_size=8, train_prompts="p",
-                   hparams=resolve_hparams(method, {}, T))
+def make_ddpo(method, T, samples_per_epoch, train_batch_size=256, multiplier=8.0):
+    from tests.helpers import make_spec
+
+    spec = make_spec(method, num_steps=T, samples_per_epoch=samples_per_epoch, budget=10,
+                     train_batch_size=train_batch_size, multiplier=multiplier)
     bb = FakeBackbone(T)
     counter = SimpleNamespace(queries=0)
 
@@ -108,36 +111,68 @@ def make_ddpo(method, T, samples_per_epoch, train_batch_size):
     return DDPO(ctx), bb, counter
 
 
-@pytest.mark.parametrize("method,T,expected", [("ddpo-2", 50, 2), ("ddpo-100", 50, 100), ("ddpo-100", 20, 40),
-                                               ("ddpo-2", 20, 2)])
-def test_optimizer_steps_per_epoch(method, T, expected):
-    ddpo, bb, counter = make_ddpo(method, T, samples_per_epoch=32, train_batch_size=8)
-    steps = []
-    ddpo.optimizer.register_step_post_hook(lambda *a: steps.append(1))
-    metrics = ddpo.train_epoch(32, 0)
-    assert len(steps) == expected == ddpo.gradient_updates
-    assert counter.queries == 32  # each image scored exactly once
+def _updates(ddpo, bb, n):
+    """Train one epoch; return the rows (sample, step) of each optimizer update."""
+    per_update, rows = [], []
+    ddpo.optimizer.register_step_post_hook(lambda *a: (per_update.append(rows[:]), rows.clear()))
+    real = bb.log_prob
+
+    def spy(traj, steps):
+        rows.extend(zip(traj.latents[:, 0, 0].long().tolist(), steps.tolist()))
+        return real(traj, steps)
+    bb.log_prob = spy
+    metrics = ddpo.train_epoch(n, 0)
+    return per_update, metrics
+
+
+# Table 1 at SD scale (S=256, T=50, m=1), and the scale rule's shapes at the toy's S=32, m=8:
+# updates per epoch U = m * U0 * S / 256; an update spans round(tau0 * T / 50) steps, the rest samples.
+@pytest.mark.parametrize("method,T,S,m,samples,steps,updates", [
+    ("ddpo-2", 50, 256, 1.0, 128, 50, 2),        # accumulation 16 x T: 128 samples x all 50 steps
+    ("ddpo-100", 50, 256, 1.0, 8, 16, 100),      # accumulation 16: 8 samples x 16 consecutive steps
+    ("ddpo-2", 10, 32, 8.0, 16, 10, 2),
+    ("ddpo-100", 10, 32, 8.0, 1, 3, 107),        # 320 sample-steps in updates of 1 x 3 (the last one 1 x 2)
+    ("ddpo-100", 20, 32, 8.0, 1, 6, 107),
+])
+def test_update_shapes_follow_the_scale_rule(method, T, S, m, samples, steps, updates):
+    ddpo, bb, counter = make_ddpo(method, T, samples_per_epoch=S, multiplier=m)
+    assert (ddpo.batch, ddpo.accumulation) == (samples, steps)
+    per_update, metrics = _updates(ddpo, bb, S)
+    assert len(per_update) == updates == ddpo.gradient_updates
+    assert counter.queries == S  # each image scored exactly once
     # every (sample, timestep) pair is trained on exactly once per inner epoch
-    assert len(bb.log_prob_calls) == (32 // 8) * T
-    calls = bb.log_prob_calls  # minibatch outer, timestep inner
-    per_sample = torch.cat([torch.stack(calls[m * T:(m + 1) * T], 1) for m in range(32 // 8)])  # (32, T)
-    assert all(sorted(row.tolist()) == list(range(T)) for row in per_sample)
+    every = sorted(r for u in per_update for r in u)
+    assert every == [(i, j) for i in range(S) for j in range(T)]
+    # an update is `samples` samples x `steps` consecutive micro-steps (minibatch outer, timestep inner)
+    full = [u for u in per_update if len(u) == samples * steps]
+    assert len(full) >= updates - 1
+    if steps == T:  # DDPO-2: each update holds whole trajectories
+        assert all(len({i for i, _ in u}) == samples for u in full)
+    if samples == 1:  # DDPO-100 on the toy: one sample's consecutive (permuted) steps, crossing into the next
+        assert sum(len({i for i, _ in u}) == 1 for u in per_update) >= updates - S
     assert set(metrics) >= {"reward_mean", "loss", "approx_kl", "clipfrac"}
 
 
+def test_fused_calls_cover_an_update_in_as_few_calls_as_memory_allows():
+    ddpo, bb, _ = make_ddpo("ddpo-2", 10, samples_per_epoch=32, train_batch_size=64)
+    ddpo.train_epoch(32, 0)
+    # 2 updates of 160 rows, at most 64 rows per call: 3 calls each
+    assert [len(c[0]) for c in bb.log_prob_calls] == [64, 64, 32] * 2
+
+
 def test_timesteps_permuted_per_sample():
-    ddpo, bb, _ = make_ddpo("ddpo-2", 10, samples_per_epoch=8, train_batch_size=8)
+    ddpo, bb, _ = make_ddpo("ddpo-2", 10, samples_per_epoch=8)
     ddpo.train_epoch(8, 0)
-    first_micro = bb.log_prob_calls[0]
-    assert len(set(first_micro.tolist())) > 1, "one minibatch should mix timesteps"
+    ids, steps = bb.log_prob_calls[0]
+    first_rows = steps[:8]  # the first micro-step: every sample of the minibatch at its first permuted step
+    assert len(set(first_rows.tolist())) > 1, "one minibatch should mix timesteps"
 
 
-def test_short_epoch_rescales_last_accumulation():
-    # an epoch cut at a checkpoint mark (12 of 32 samples) makes proportionally fewer updates
-    ddpo, bb, _ = make_ddpo("ddpo-2", 10, samples_per_epoch=32, train_batch_size=8)
-    assert ddpo.accumulation == (32 // 8) * 10 // 2
-    ddpo.train_epoch(12, 0)
-    assert ddpo.gradient_updates == math.ceil(math.ceil(12 / 8) * 10 / ddpo.accumulation)
+def test_short_epoch_makes_proportionally_fewer_updates():
+    # an epoch cut at a checkpoint mark (12 of 32 samples): 12 x 10 sample-steps in updates of 16 x 10
+    ddpo, bb, _ = make_ddpo("ddpo-2", 10, samples_per_epoch=32)
+    per_update, _ = _updates(ddpo, bb, 12)
+    assert [len(u) for u in per_update] == [120]
 
 
 def test_presets_follow_table_1():
@@ -145,8 +180,6 @@ def test_presets_follow_table_1():
     assert (hp2["lr"], hp100["lr"]) == (3e-4, 1e-4)
     for hp in (hp2, hp100):
         assert (hp["clip_range"], hp["adv_clip_max"], hp["max_grad_norm"], hp["weight_decay"]) == (1e-4, 5.0, 1.0, 1e-4)
-    assert dict(resolve_hparams("ddpo-100", {}, 50))["updates_per_epoch"] == 100
-    assert dict(resolve_hparams("ddpo-2", {}, 50))["updates_per_epoch"] == 2
 
 
 def test_update_moves_log_probs_towards_the_advantage(backbone):

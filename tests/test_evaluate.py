@@ -2,15 +2,13 @@
 
 import json
 
-from bench.spec import RunSpec, resolve_hparams
-from tests.helpers import CountingReward, register_counting_reward
+from bench.spec import RunSpec
+from tests.helpers import CountingReward, make_spec, register_counting_reward
 
 
 def tiny_spec(method, seed):
-    return RunSpec(method=method, reward="test-counting", backbone="tiny-random", suite="tiny-random", seed=seed,
-                   budget=16, num_checkpoints=2, num_steps=2, guidance_scale=5.0, eta=1.0, samples_per_epoch=8,
-                   train_batch_size=4, sample_batch_size=8, train_prompts="simple-animals",
-                   hparams=resolve_hparams(method, {"lr": 0.05}, 2))
+    return make_spec(method, num_steps=2, samples_per_epoch=8, budget=16, num_checkpoints=2, seed=seed,
+                     overrides={"lr": "0.05"})
 
 
 def test_spec_round_trips_through_its_config_json():

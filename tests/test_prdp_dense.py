@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from methods.dense_dpo import DenseDPO, bt_loss, dpo_logits, kept_positions, scaled_gamma, step_distribution
+from methods.dense_dpo import DenseDPO, bt_loss, dpo_logits, keep_sorted, kept_positions, step_distribution
 from methods.prdp import PRDP, prdp_loss, prompt_pairs
 from tests.conftest import run_cli
 
@@ -52,12 +52,10 @@ def test_prdp_clipped_unclipped_max_hand_computed():
 
 
 def _ctx(backbone, method, num_steps=3, **hp):
-    from bench.spec import RunSpec, resolve_hparams
+    from tests.helpers import make_spec
 
-    spec = RunSpec(method=method, reward="r", backbone="tiny-random", suite="tiny-random", seed=0, budget=8,
-                   num_checkpoints=1, num_steps=num_steps, guidance_scale=5.0, eta=1.0, samples_per_epoch=8,
-                   train_batch_size=2, sample_batch_size=4, train_prompts="simple-animals",
-                   hparams=resolve_hparams(method, hp, num_steps))
+    spec = make_spec(method, reward="r", num_steps=num_steps, samples_per_epoch=8, budget=8, train_batch_size=2,
+                     sample_batch_size=4, overrides={k: str(v) for k, v in hp.items()})
     return type("Ctx", (), dict(spec=spec, hp=spec.hp, backbone=backbone, device=backbone.device, world_size=1,
                                 rng=np.random.default_rng(0)))()
 
@@ -111,8 +109,23 @@ def test_step_sampling_puts_weight_gamma_k_on_k():
     expected = 0.7 ** np.arange(6) / np.sum(0.7 ** np.arange(6))
     np.testing.assert_allclose(freq, expected, atol=0.005)
     assert freq[0] > freq[-1] * 5  # k = 0, the noisiest step, weighs most
-    assert scaled_gamma(0.9, 50) == pytest.approx(0.9) and scaled_gamma(0.9, 25) == pytest.approx(0.81)
     assert kept_positions(12).tolist() == [0, 2, 5, 8, 11] and kept_positions(3).tolist() == [0, 1, 2]
+    # the scale rule keeps the discount's horizon: gamma^(50/T)
+    from tests.helpers import make_spec
+    for T, gamma in ((50, 0.9), (25, 0.81), (10, 0.9 ** 5)):
+        hp = make_spec("dense-dpo", num_steps=T, samples_per_epoch=24, budget=24).hp
+        assert hp["gamma"] == pytest.approx(gamma)
+
+
+def test_kept_rollouts_are_ranked_ascending_as_the_reference():
+    rng = np.random.default_rng(0)
+    rewards = rng.permutation(12).astype(float)  # rewards 0..11 in random order: value = rank from the worst
+    kept = keep_sorted(rewards, 5, rng)
+    # ascending sort, positions [0, 2, 5, 8, 11]: the worst, ranks 2, 5, 8 and the best
+    assert sorted(rewards[kept].tolist()) == [0.0, 2.0, 5.0, 8.0, 11.0]
+    assert rewards[kept].tolist() == [0.0, 2.0, 5.0, 8.0, 11.0]  # in that order
+    # a best-first sort would have kept ranks 11, 9, 6, 3, 0: the middle three differ
+    assert set(rewards[kept]) != {11.0, 9.0, 6.0, 3.0, 0.0}
 
 
 def test_bradley_terry_loss_hand_built_pair():
@@ -164,6 +177,7 @@ def test_prdp_and_dense_dpo_end_to_end_on_toy(tmp_path):
     pairs = con.execute("""select min(t.value) from train_metrics t join runs r using (run_id)
                            where r.method = 'prdp' and t.metric = 'pairs'""").fetchone()[0]
     con.close()
-    # 2 epochs of 16: PRDP 2 groups of 8 -> 2 updates each; dense-DPO 2 prompts x 2 updates per prompt
-    assert rows == [("dense-dpo", 32, 8, 3), ("prdp", 32, 4, 3)]
-    assert pairs >= 27  # all C(8, 2) = 28 same-prompt pairs, minus ties
+    # 2 epochs of 16 at m = 8 (the toy's): PRDP one group of 16 per epoch -> 1 update each (the one-group
+    # floor of 2.5); dense-DPO 8 * 4000/24000 updates per query -> round(21.3) = 21 per epoch
+    assert rows == [("dense-dpo", 32, 42, 3), ("prdp", 32, 2, 3)]
+    assert pairs >= 110  # all C(16, 2) = 120 same-prompt pairs, minus ties

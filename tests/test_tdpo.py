@@ -189,17 +189,16 @@ def test_lora_neuron_reset(backbone):
 
 
 # ------------------------------------------------------------------ the adapter on the tiny backbone
-def _spec(method, num_steps, budget, samples_per_epoch, train_batch_size, **hp):
-    from bench.spec import RunSpec, resolve_hparams
+def _spec(method, num_steps, budget, samples_per_epoch, train_batch_size, multiplier=8.0, **hp):
+    from tests.helpers import make_spec
 
-    return RunSpec(method=method, reward="test-counting", backbone="tiny-random", suite="tiny-random", seed=0,
-                   budget=budget, num_checkpoints=1, num_steps=num_steps, guidance_scale=5.0, eta=1.0,
-                   samples_per_epoch=samples_per_epoch, train_batch_size=train_batch_size, sample_batch_size=4,
-                   train_prompts="simple-animals", hparams=resolve_hparams(method, hp, num_steps))
+    return make_spec(method, num_steps=num_steps, samples_per_epoch=samples_per_epoch, budget=budget,
+                     train_batch_size=train_batch_size, sample_batch_size=4, multiplier=multiplier,
+                     overrides={k: str(v) for k, v in hp.items()})
 
 
 def test_exactly_100_optimizer_steps_per_epoch_at_T50(tmp_path, monkeypatch):
-    """4 samples, train batch 1, T=50: 200 micro-steps accumulate 2 each -> 100 steps of each optimizer."""
+    """4 samples, T=50, the reference's updates per query: 200 sample-steps in updates of 2 -> 100 steps of each optimizer."""
     from bench.runner import train_run
 
     register_counting_reward()
@@ -211,7 +210,8 @@ def test_exactly_100_optimizer_steps_per_epoch_at_T50(tmp_path, monkeypatch):
         return real_step(self, *a, **k)
 
     monkeypatch.setattr(torch.optim.AdamW, "step", counting_step)
-    spec = _spec("tdpo", num_steps=50, budget=4, samples_per_epoch=4, train_batch_size=1)
+    # S = 4 is 1/64 of the reference epoch: m = 64 keeps its 100 updates per epoch (2 samples x 1 step each)
+    spec = _spec("tdpo", num_steps=50, budget=4, samples_per_epoch=4, train_batch_size=1, multiplier=64.0)
     train_run(spec, tmp_path, progress=False)
     sizes = sorted(set(calls))
     assert len(sizes) == 2  # two optimizers: LoRA and critic (10 parameter tensors)
@@ -285,13 +285,14 @@ def test_every_tdpo_variant_end_to_end_on_toy(tmp_path):
         for e in (1, 2):
             assert 0.0 <= got[(m, e, "critic_dormant_fraction")] <= 1.0
             assert 0.0 <= got[(m, e, "policy_dormant_fraction")] <= 1.0
-        # 2 epochs -> the scaled period is 1: a reset after every epoch, by variant
-        reset_c = got[(m, 1, "critic_neurons_reset")]
-        reset_p = got[(m, 1, "policy_neurons_reset")]
+        # 2 epochs -> the scaled period is 1: neurons selected after epoch 1, reset before epoch 2
+        assert got[(m, 1, "critic_neurons_reset")] == got[(m, 1, "policy_neurons_reset")] == 0
+        reset_c = got[(m, 2, "critic_neurons_reset")]
+        reset_p = got[(m, 2, "policy_neurons_reset")]
         if m == "tdpo-reset-all":
             assert reset_c == 1232 and reset_p == 0
-        elif m == "tdpo-r-leaky":  # |leaky_relu(x)| > 0 unless x == 0: at threshold 0 (nearly) every neuron is active
-            assert reset_c > got[("tdpo-r", 1, "critic_neurons_reset")] and reset_p == 0
+        elif m == "tdpo-r-leaky":  # threshold 0.1: mostly-negative neurons are dormant, unlike at threshold 0
+            assert 0 < reset_c < 1232 and reset_p == 0
         elif m in ("tdpo-r", "tdpo-reset-dormant"):
             assert 0 < reset_c < 1232 and reset_p == 0
         elif m.startswith("tdpo-policy-reset"):
@@ -299,7 +300,7 @@ def test_every_tdpo_variant_end_to_end_on_toy(tmp_path):
         else:
             assert reset_c == 0 and reset_p == 0
     # the critic's active and dormant neurons partition it: the two reset variants reset complementary sets
-    assert got[("tdpo-r", 1, "critic_neurons_reset")] + got[("tdpo-reset-dormant", 1, "critic_neurons_reset")] == 1232
+    assert got[("tdpo-r", 2, "critic_neurons_reset")] + got[("tdpo-reset-dormant", 2, "critic_neurons_reset")] == 1232
     # overlap needs an earlier epoch: none after epoch 1, a fraction after epoch 2
     assert ("tdpo", 1, "critic_dormant_overlap") not in got
     assert 0.0 <= got[("tdpo", 2, "critic_dormant_overlap")] <= 1.0
