@@ -182,6 +182,41 @@ def test_presets_follow_table_1():
         assert (hp["clip_range"], hp["adv_clip_max"], hp["max_grad_norm"], hp["weight_decay"]) == (1e-4, 5.0, 1.0, 1e-4)
 
 
+def test_fused_update_has_the_unfused_gradient(backbone):
+    """A DDPO-2 update on the real tiny UNet: every row in one fused call gives the gradient of the
+    references' loop, one call per (minibatch, step) micro-step, each mean divided by the accumulation."""
+    from bench.updates import Window
+
+    params = backbone.trainable_parameters()
+    with torch.no_grad():
+        for p in params:
+            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(3)) * 0.05)
+    T = backbone.num_steps
+    traj = backbone.sample(["cat", "dog", "cat", "fish"], generator=torch.Generator().manual_seed(0), batch_size=4)
+    adv = torch.tensor([1.0, -0.5, 2.0, -1.5])
+    t_perm = torch.stack([torch.randperm(T, generator=torch.Generator().manual_seed(i)) for i in range(4)])
+    # the reference: minibatch of 4, T micro-steps accumulated
+    for p in params:
+        p.grad = None
+    for j in range(T):
+        lp = backbone.log_prob(traj, t_perm[:, j])
+        loss, _, _ = ppo_clipped_loss(lp, traj.log_probs[torch.arange(4), t_perm[:, j]], adv, 1e-4, 5.0)
+        (loss / T).backward()
+    unfused = [p.grad.clone() for p in params]
+    # fused: one window of 4 x T rows
+    window = Window(torch.arange(4).repeat(T), t_perm.t().reshape(-1))  # row (i, t_perm[i, j]) for j, then i
+    for max_rows in (4 * T, 7):  # one call, and calls that cut across micro-steps
+        for p in params:
+            p.grad = None
+        holder = SimpleNamespace(ctx=SimpleNamespace(backbone=backbone, spec=SimpleNamespace(train_batch_size=max_rows)),
+                                 hp={"clip_range": 1e-4, "adv_clip_max": 5.0})
+        DDPO.window_loss(holder, traj, window, adv)
+        scale = max(float(g.abs().max()) for g in unfused)
+        assert scale > 0
+        for a, b in zip(params, unfused):
+            torch.testing.assert_close(a.grad, b, rtol=1e-5, atol=1e-5 * scale)
+
+
 def test_update_moves_log_probs_towards_the_advantage(backbone):
     """One DDPO-style gradient step on the real tiny UNet raises sum_i A_i * log p(traj_i)."""
     torch.manual_seed(0)

@@ -98,6 +98,59 @@ def test_prdp_recomputes_sampling_log_probs_and_two_pass_gradient_is_exact(backb
     assert sum(float(g.abs().sum()) for g in direct) > 0
 
 
+def test_prdp_beta_is_set_on_the_rewards_own_scale():
+    """beta = sigma_within / (E * eps): by hand on two groups."""
+    from methods.prdp import PRDP, within_prompt_std
+
+    groups = np.array([0, 0, 1, 1])
+    rewards = np.array([1.0, 3.0, 5.0, 5.5])
+    ss, count = within_prompt_std(groups, rewards)
+    # group 0: mean 2, deviations +-1 -> 2; group 1: mean 5.25, deviations +-0.25 -> 0.125
+    assert (ss, count) == (pytest.approx(2.125), 4)
+    method = PRDP.__new__(PRDP)
+    method.hp = {"beta_horizon_epochs": 20, "clip_range": 8e-6}
+    method.ctx = type("C", (), {"gather_array": staticmethod(lambda a: np.asarray(a))})()
+    beta = method.set_beta(groups, rewards)
+    assert beta == pytest.approx(math.sqrt(2.125 / 4) / (20 * 8e-6))
+    # a target one within-prompt sigma wide is E * eps: what the proximal clip allows over the run
+    assert math.sqrt(2.125 / 4) / beta == pytest.approx(20 * 8e-6)
+
+
+def test_prdp_update_plans():
+    from methods.prdp import PRDP
+
+    method = PRDP.__new__(PRDP)
+    spec = type("S", (), {"samples_per_epoch": 64})()
+    method.ctx = type("C", (), {"spec": spec, "world_size": 1, "rng": np.random.default_rng(0)})()
+    method.hp = {"updates_per_epoch": 2.6, "update_data": "groups"}
+    plan = method.plan([0, 1, 2, 3], 64)
+    assert len(plan) == 3 and sorted(g for p in plan for g in p) == [0, 1, 2, 3]  # disjoint, round(2.6) updates
+    method.hp = {"updates_per_epoch": 8.0, "update_data": "groups"}
+    assert len(method.plan([0, 1, 2, 3], 64)) == 4  # at most one update per group
+    method.hp = {"updates_per_epoch": 8.0, "update_data": "whole"}
+    whole = method.plan([0, 1, 2, 3], 64)
+    assert len(whole) == 8 and all(sorted(p) == [0, 1, 2, 3] for p in whole)  # PPO-style: every update sees all
+    assert len(method.plan([0, 1], 32)) == 4  # an epoch cut to half makes half the updates
+
+
+def test_prdp_logs_beta_and_the_gap_to_target(tmp_path):
+    import json
+
+    from bench.runner import train_run
+    from tests.helpers import make_spec, register_counting_reward
+
+    register_counting_reward()
+    spec = make_spec("prdp", num_steps=3, samples_per_epoch=16, budget=32, overrides={"lr": "1e-2"})
+    train_run(spec, tmp_path, progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "runs" / spec.run_name / "metrics.jsonl").read_text().splitlines()]
+    got = {(r["epoch"], r["metric"]): r["value"] for r in rows}
+    assert got[(1, "beta")] == got[(2, "beta")] > 0  # set on the first epoch, then fixed
+    assert got[(1, "target_gap")] > 0
+    assert got[(1, "ratio_gap")] == pytest.approx(0.0, abs=1e-7)  # epoch 1: theta_old is the pretrained policy
+    assert got[(2, "ratio_gap")] != 0
+    assert got[(2, "gap_to_target")] == pytest.approx(got[(2, "ratio_gap")] / got[(2, "target_gap")])
+
+
 # ------------------------------------------------------------------ dense-reward DPO
 def test_step_sampling_puts_weight_gamma_k_on_k():
     method = DenseDPO.__new__(DenseDPO)

@@ -67,6 +67,25 @@ def test_policy_loss_hand_computed():
     assert big.item() == pytest.approx(-50.0)
 
 
+def test_tdpo_logs_the_reference_approx_kl_and_clipfrac():
+    from methods.tdpo import tdpo_policy_loss
+
+    logp = torch.log(torch.tensor([1.5, 0.5, 1.05]))
+    adv = torch.tensor([2.0, -1.0, 1.0])
+    loss, kl, clipfrac = tdpo_policy_loss(logp, torch.zeros(3), adv, clip_range=0.1)
+    # losses: max(-3, -2.2) = -2.2; max(0.5, 0.9) = 0.9; max(-1.05, -1.05) = -1.05 (inside the clip)
+    assert loss.item() == pytest.approx((-2.2 + 0.9 - 1.05) / 3)
+    # approx_kl = mean((r - 1) - log r): the reference's k3 estimator, not DDPO's 0.5 * mean(log r ^ 2)
+    expected = sum((r - 1) - math.log(r) for r in (1.5, 0.5, 1.05)) / 3
+    assert kl.item() == pytest.approx(expected, rel=1e-5)
+    assert kl.item() != pytest.approx(0.5 * sum(math.log(r) ** 2 for r in (1.5, 0.5, 1.05)) / 3, rel=1e-3)
+    # clipfrac: rows whose clipped loss is the larger (the first two), not |ratio - 1| > eps (which counts 2 too
+    # here, but would count a row with A = 0 or the unclipped side binding)
+    assert clipfrac.item() == pytest.approx(2 / 3)
+    _, _, cf = tdpo_policy_loss(torch.log(torch.tensor([1.5])), torch.zeros(1), torch.tensor([-1.0]), 0.1)
+    assert cf.item() == 0.0  # ratio outside the clip range, but the unclipped loss is the larger one
+
+
 def test_value_loss_hand_computed():
     value, old, target = torch.tensor([1.0, 0.0]), torch.tensor([0.5, 0.1]), torch.tensor([2.0, 0.05])
     loss, frac = clipped_value_loss(value, old, target, clip_range=0.2)
@@ -304,6 +323,48 @@ def test_every_tdpo_variant_end_to_end_on_toy(tmp_path):
     # overlap needs an earlier epoch: none after epoch 1, a fraction after epoch 2
     assert ("tdpo", 1, "critic_dormant_overlap") not in got
     assert 0.0 <= got[("tdpo", 2, "critic_dormant_overlap")] <= 1.0
+
+
+def test_checkpoints_hold_the_trained_policy_not_a_fresh_reset(tmp_path):
+    """With a reset every epoch, the checkpoint after epoch 1 is the trained LoRA: resetting the active
+    policy neurons zeroes their B columns, which a checkpoint taken after the reset would show."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from bench.runner import train_run
+
+    register_counting_reward()
+    spec = _spec("tdpo-policy-reset-active", num_steps=3, budget=16, samples_per_epoch=8, train_batch_size=8,
+                 reset_every=1, lr=1e-2)
+    spec = type(spec)(**{**spec.__dict__, "num_checkpoints": 2})
+    train_run(spec, tmp_path, progress=False)
+    run_dir = tmp_path / "runs" / spec.run_name
+    ckpts = [json.loads(line) for line in (run_dir / "checkpoints.jsonl").read_text().splitlines()]
+    assert [c["reward_queries"] for c in ckpts] == [0, 8, 16]
+    state = load_file(str(run_dir / ckpts[1]["path"]))
+    ups = [v for k, v in state.items() if "lora_B" in k]
+    nonzero_cols = sum(int((u.abs().sum(0) > 0).sum()) for u in ups)
+    total_cols = sum(u.shape[1] for u in ups)
+    assert nonzero_cols == total_cols  # every rank dimension trained, none zeroed by a reset
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    resets = {m["epoch"]: m["value"] for m in metrics if m["metric"] == "policy_neurons_reset"}
+    assert resets[1] == 0 and resets[2] > 0.5 * total_cols  # selected after epoch 1, applied before epoch 2
+
+
+def test_kl_variant_logs_its_penalty_to_return_ratio(tmp_path):
+    import json
+
+    from bench.runner import train_run
+
+    register_counting_reward()
+    spec = _spec("tdpo-kl", num_steps=3, budget=16, samples_per_epoch=8, train_batch_size=8, lr=1e-2)
+    assert spec.hp["kl_penalty_coef"] == pytest.approx(0.1 / (0.2 * 3 * spec.hp["clip_range"]))
+    train_run(spec, tmp_path, progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "runs" / spec.run_name / "metrics.jsonl").read_text().splitlines()]
+    got = {(r["epoch"], r["metric"]): r["value"] for r in rows}
+    assert got[(1, "kl_penalty_ratio")] == pytest.approx(0.0, abs=1e-6)  # epoch 1 samples the pretrained policy
+    assert got[(2, "kl_penalty_ratio")] > 0 and got[(2, "mean_kl")] != 0
 
 
 def test_mismatched_critic_encoder_option(backbone):

@@ -205,3 +205,23 @@ def test_clip_similarity_rewards_have_a_matching_differentiable_path(toy_rewards
         assert (d.detach().cpu() - r.score(x, prompts)).abs().max().item() < 1e-3, name
         d.sum().backward()
         assert xi.grad.abs().sum() > 0, name
+
+
+def test_preference_rewards_use_their_official_formulas():
+    """HPSv2 is the cosine of normalised features (no logit scale); PickScore is logit_scale.exp() x cosine."""
+    import torch
+
+    from bench.runner import load_reward
+
+    images = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    prompts = ["a red circle", "a blue square", "a red circle", "two green stars"]
+    hps, pick = load_reward("hpsv2", "toy", "cpu"), load_reward("pickscore", "toy", "cpu")
+    h = hps.score(images, prompts)
+    assert h.abs().max() <= 1.0 + 1e-6
+    cos = (hps.image_encoder()(images) * hps.text_features(prompts)).sum(-1)
+    torch.testing.assert_close(h, cos.float().cpu(), rtol=0, atol=1e-6)
+    p = pick.score(images, prompts)
+    cos_p = (pick.image_encoder()(images) * pick.text_features(prompts)).sum(-1)
+    torch.testing.assert_close(p, (pick.clip.logit_scale.exp() * cos_p).float().cpu(), rtol=1e-6, atol=1e-5)
+    assert pick.clip.logit_scale.exp() > 10  # so the two scales differ by more than an order of magnitude
+

@@ -1,0 +1,99 @@
+"""The scale rule (bench/scale.py) on hand-computed cases, and the fidelity fixes it carries."""
+
+import math
+
+import pytest
+
+from bench.catalog import methods
+from bench.scale import SOURCE_LATENT_DIMS, Scale, effective_hparams, ppo_shape, stat_tracker_activity
+
+TOY = Scale(num_steps=10, samples_per_epoch=32, latent_dims=256, budget=640, multiplier=8.0)
+SD = Scale(num_steps=50, samples_per_epoch=256, latent_dims=SOURCE_LATENT_DIMS, budget=25_600, multiplier=1.0)
+
+
+def eff(method, scale, **over):
+    entry = methods.get(method)
+    return effective_hparams(entry, {**entry.meta["hparams"], **over}, scale)
+
+
+def test_sd_scale_is_the_source_setting():
+    """At the source's own scale the rule is the identity: Table 1 of the TDPO paper."""
+    assert ppo_shape(methods.get("ddpo-2").meta["source"], SD) == (128, 50, 2.0)
+    assert ppo_shape(methods.get("ddpo-100").meta["source"], SD) == (8, 16, 100.0)
+    assert ppo_shape(methods.get("tdpo").meta["source"], SD) == (128, 1, 100.0)
+    for m in ("ddpo-2", "tdpo-r", "prdp"):
+        assert eff(m, SD)["clip_range"] == methods.get(m).meta["hparams"]["clip_range"]
+    assert eff("dense-dpo", SD)["pairs_per_step"] == 32 and eff("dense-dpo", SD)["delta"] == 5e-4
+    assert eff("tdpo-r", SD)["reset_every"] == 10  # every 10 of 100 epochs
+    assert eff("alignprop", SD)["update_samples"] == 128
+
+
+def test_toy_shapes_by_hand():
+    # updates per epoch U = m * U0 * S / S0 = 8 * U0 * 32 / 256 = U0
+    # ddpo-2: U = 2, tau = round(50 * 10/50) = 10, b = round(32 * 10 / (2 * 10)) = 16
+    assert ppo_shape(methods.get("ddpo-2").meta["source"], TOY) == (16, 10, 2.0)
+    # ddpo-100: U = 100, tau = round(16 * 10/50) = round(3.2) = 3, b = round(320 / 300) = 1
+    assert ppo_shape(methods.get("ddpo-100").meta["source"], TOY) == (1, 3, 100.0)
+    # tdpo: U = 100, tau = max(1, round(0.2)) = 1, b = round(320 / 100) = 3
+    assert ppo_shape(methods.get("tdpo").meta["source"], TOY) == (3, 1, 100.0)
+    # updates per query are m times the source's for every method
+    for m in ("ddpo-2", "ddpo-100", "tdpo", "alignprop", "prdp", "dense-dpo"):
+        src = methods.get(m).meta["source"]
+        assert eff(m, TOY)["updates_per_query"] == pytest.approx(8 * src["updates_per_epoch"] / src["samples_per_epoch"])
+    # alignprop: U = 8 * 2 * 32/256 = 2 updates of 16 chains
+    assert eff("alignprop", TOY)["update_samples"] == 16
+
+
+def test_bounds_scale_with_one_over_sqrt_latent_dims():
+    # sqrt(16384 / 256) = 8
+    assert eff("ddpo-100", TOY)["clip_range"] == pytest.approx(8e-4)
+    assert eff("prdp", TOY)["clip_range"] == pytest.approx(8e-6)
+    assert eff("dense-dpo", TOY)["delta"] == pytest.approx(4e-3)
+    half = Scale(num_steps=10, samples_per_epoch=32, latent_dims=4 * 32 * 32, budget=640, multiplier=8.0)
+    assert eff("tdpo", half)["clip_range"] == pytest.approx(2e-4)  # sqrt(16384 / 4096) = 2
+
+
+def test_pairs_discounts_periods_and_coefficients():
+    # dense DPO: 4000 * 32 / 24000 = 5.33 pair uses per query, 8 * 4000/24000 = 1.33 updates per query -> 4 pairs
+    assert eff("dense-dpo", TOY)["pairs_per_step"] == 4
+    assert eff("dense-dpo", TOY)["gamma"] == pytest.approx(0.9 ** 5)
+    # 640 / 32 = 20 epochs: every 10th of the run -> every 2 epochs
+    assert eff("tdpo-r", TOY)["reset_every"] == 2
+    # tdpo-kl: 0.1 / (0.2 * T * clip): 0.1 / (0.2 * 10 * 8e-4) = 62.5 on the toy, 0.1 / (0.2 * 50 * 1e-4) = 100 on SD
+    assert eff("tdpo-kl", TOY)["kl_penalty_coef"] == pytest.approx(62.5)
+    assert eff("tdpo-kl", SD)["kl_penalty_coef"] == pytest.approx(100.0)
+    assert eff("tdpo", TOY)["kl_penalty_coef"] == 0.0
+    # PRDP: updates per epoch 8 * 10 * 32 / 512 = 5, beta over the run's 20 epochs
+    assert eff("prdp", TOY)["updates_per_epoch"] == pytest.approx(5.0)
+    assert eff("prdp", TOY)["beta_horizon_epochs"] == 20
+    # a numeric override at the source scale goes through the same rule
+    assert eff("ddpo-2", TOY, clip_range=2e-4)["clip_range"] == pytest.approx(1.6e-3)
+
+
+def test_stat_tracker_activity_by_hand():
+    # one prompt, 4 samples per epoch, min count 6: the buffer holds 4, then 8 -> first epoch falls back, second not
+    s = Scale(num_steps=10, samples_per_epoch=4, budget=8)
+    assert stat_tracker_activity(1, s, min_count=6, buffer_size=32) == 0.5
+    # a buffer smaller than min_count never activates
+    assert stat_tracker_activity(1, s, min_count=6, buffer_size=5) == 0.0
+
+
+def test_effective_table_lists_every_method():
+    from bench.cli import effective_table
+
+    title, rows = effective_table("toy")
+    assert {r[0] for r in rows} == set(methods.names())
+    by = {r[0]: r for r in rows}
+    assert by["ddpo-100"][3] == "1 samples x 3 steps" and by["tdpo"][3] == "3 samples x 1 steps"
+    assert by["ddpo-2"][2] == "8.00x"
+    assert "m=8" in title
+
+
+def test_list_methods_effective_cli():
+    from tests.conftest import run_cli
+
+    r = run_cli("list", "methods", "--effective")
+    assert r.returncode == 0, r.stderr
+    assert "updates/query" in r.stdout and "sd-v1-4:" in r.stdout and "toy:" in r.stdout
+    assert "kl coef 62.5" in r.stdout or "kl coef" in r.stdout
+    assert math.isfinite(float(r.stdout.split("ddpo-100")[1].split()[0]))
