@@ -56,6 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a method hyperparameter, e.g. --set lr=1e-4 (repeatable)")
     r.add_argument("--force", action="store_true", help="re-run runs that already finished")
+    r.add_argument("--workers", type=int, default=None,
+                   help="runs trained side by side in local worker processes (default: one per CPU core; "
+                        "1 on a GPU)")
+    r.add_argument("--threads", type=int, default=None,
+                   help="torch threads per run (default: the cores divided by the workers); results depend "
+                        "on it only through float rounding")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
     r.add_argument("--eval-per-prompt", type=int, default=1,
                    help="fixed-seed evaluation images per prompt and checkpoint (default 1)")
@@ -191,7 +197,7 @@ def build_specs(args) -> list:
     budget = parse_budget(args.budget) if args.budget is not None else d["budget"]
     seeds = parse_seeds(args.seeds)
     for flag in ("num_steps", "guidance_scale", "samples_per_epoch", "train_batch_size", "num_checkpoints",
-                 "lora_rank", "eval_per_prompt", "update_multiplier"):
+                 "lora_rank", "eval_per_prompt", "update_multiplier", "workers", "threads"):
         _positive("--" + flag.replace("_", "-"), getattr(args, flag))
     overrides = parse_overrides(args.overrides)
     known = {k for m in method_names for k in catalog.methods.get(m).meta.get("hparams", {})}
@@ -239,56 +245,59 @@ def cmd_run(args) -> int:
     specs = build_specs(args)
     out = Path(args.out)
     db = Path(args.db) if args.db else out / "bench.duckdb"
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if distributed and args.workers not in (None, 1):
+        raise BenchError("--workers runs independent runs side by side; under accelerate launch / torchrun "
+                         "(one data-parallel run) leave it at 1")
     _quiet_libraries()
-    from bench.runner import is_finished, make_accelerator, train_run
+    import torch
+
+    from bench.grid import Estimator, GridOptions, available_cores, default_workers, run_grid
+
+    cuda = torch.cuda.is_available()
+    workers = 1 if distributed else (args.workers or min(default_workers(cuda), len(specs)))
+    threads = args.threads or max(1, available_cores() // workers)
+    opts = GridOptions(out=out, db=db, evaluate=not args.no_eval, eval_per_prompt=args.eval_per_prompt,
+                       force=args.force, progress=not args.no_progress, workers=workers, threads=threads)
+    accelerator = None
+    if workers == 1:
+        from bench.runner import make_accelerator
+
+        accelerator = make_accelerator(specs[0].mixed_precision)
+    main = accelerator is None or accelerator.is_main_process
+    say = print if main else (lambda *a, **k: None)
+    where = f"{accelerator.num_processes} process(es) on {accelerator.device}" if accelerator else \
+        f"{workers} worker processes"
+    say(f"bench: {len(specs)} run(s) on suite {specs[0].suite!r}, budget {specs[0].budget} reward queries, "
+        f"reward {specs[0].reward!r}, {where}")
+    torch.set_num_threads(threads)
+    estimator = Estimator(out, threads, workers) if main else None
+    t_grid = time.perf_counter()
+    outcomes = run_grid(specs, opts, accelerator, estimator, say)
+    if not main:
+        return 0
     from bench.store import ingest
 
-    accelerator = make_accelerator(specs[0].mixed_precision)
-    main = accelerator.is_main_process
-    say = print if main else (lambda *a, **k: None)
-    say(f"bench: {len(specs)} run(s) on suite {specs[0].suite!r}, budget {specs[0].budget} reward queries, "
-        f"reward {specs[0].reward!r}, {accelerator.num_processes} process(es) on {accelerator.device}")
-    if specs[0].suite == "tiny-random":
-        say("bench: NOTE the default backbone 'tiny-random' has RANDOM weights (placeholder until the toy suite lands)")
+    ingest(db, out)
+    print_summary(db, [s.run_name for s in specs])
+    failed = [o for o in outcomes if o.status == "failed"]
+    for o in failed:
+        print(f"bench: FAILED {o.run_id}: {o.error}", file=sys.stderr)
+    report_s = None
     if not args.no_eval:
-        from bench.evaluate import evaluate_run
-        from bench.runner import run_dir_for
+        report_dir = Path(args.report_dir) if args.report_dir else (
+            Path("reports") if args.out == "results" else out / "report")
+        t0 = time.perf_counter()
+        _report(db, report_dir, out)
+        report_s = time.perf_counter() - t0
+        from bench.perf import PHASE_HEADER, phase_rows, print_table
 
-    def evaluate(spec) -> None:  # as it goes: right after each run (also a skipped run missing a reward)
-        if main and not args.no_eval:
-            scored = evaluate_run(run_dir_for(spec, out), per_prompt=args.eval_per_prompt,
-                                  device=accelerator.device, progress=not args.no_progress)
-            if scored:
-                say(f"eval   {spec.run_name}: {', '.join(scored)}")
-                ingest(db, out)
+        print("\nseconds per phase, summed over runs (also: python -m bench perf --db DB):")
+        print_table(phase_rows(db, out, [s.run_name for s in specs], report_s=report_s), header=PHASE_HEADER)
+    from bench.grid import fmt_seconds
 
-    done = []
-    for spec in specs:
-        if is_finished(spec, out) and not args.force:
-            say(f"skip   {spec.run_name} (finished already; --force re-runs it)")
-        else:
-            say(f"train  {spec.run_name}")
-            train_run(spec, out, progress=not args.no_progress, accelerator=accelerator)
-            if main:
-                ingest(db, out)
-        done.append(spec)
-        evaluate(spec)
-    if main:
-        ingest(db, out)
-        print_summary(db, [s.run_name for s in done])
-        report_s = None
-        if not args.no_eval:
-            report_dir = Path(args.report_dir) if args.report_dir else (
-                Path("reports") if args.out == "results" else out / "report")
-            t0 = time.perf_counter()
-            _report(db, report_dir, out)
-            report_s = time.perf_counter() - t0
-            from bench.perf import PHASE_HEADER, phase_rows, print_table
-
-            print("\nseconds per phase (also: python -m bench perf --db DB):")
-            print_table(phase_rows(db, out, [s.run_name for s in done], report_s=report_s), header=PHASE_HEADER)
-        print(f"bench: results in {db}")
-    return 0
+    print(f"bench: grid wall time {fmt_seconds(time.perf_counter() - t_grid)}; results in {db}")
+    return 1 if failed else 0
 
 
 def _report(db: Path, report_dir: Path, out: Path) -> None:

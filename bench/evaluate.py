@@ -37,13 +37,36 @@ def sample_fixed(backbone, prompt_set: str, prompts: list[str], per_prompt: int,
     return traj.images, keys
 
 
+def query0_key(spec, prompt_sets: dict[str, list[str]], per_prompt: int, eval_seed: int) -> str:
+    """What the pretrained model's evaluation depends on. LoRA starts with B = 0, which adds
+    exactly zero, so query 0 is the same model for every method, seed and LoRA rank."""
+    from bench.runner import backbone_location
+
+    blob = json.dumps({"backbone": str(backbone_location(spec)), "num_steps": spec.num_steps,
+                       "guidance_scale": spec.guidance_scale, "eta": spec.eta, "eval_seed": eval_seed,
+                       "per_prompt": per_prompt, "prompt_sets": prompt_sets}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _score_rows(run_id: str, queries: int, rewards: dict, set_name: str, images, keys, eval_seed: int) -> list[dict]:
+    ps = [p for p, _ in keys]
+    rows = []
+    for rname, reward in rewards.items():
+        values = reward.score(images, ps)
+        rows += [dict(run_id=run_id, reward_queries=queries, reward=rname, prompt_set=set_name, prompt=p,
+                      sample_index=i, eval_seed=eval_seed, value=float(v)) for (p, i), v in zip(keys, values.tolist())]
+    return rows
+
+
 def evaluate_checkpoints(run_dir: Path, rewards: dict, prompt_sets: dict[str, list[str]], per_prompt: int = 2,
                          eval_seed: int = DEFAULT_EVAL_SEED, device="cpu", progress: bool = True,
                          shard: str | None = "eval", queries: set[int] | None = None,
-                         grid_set: str | None = None) -> list[dict]:
+                         grid_set: str | None = None, on_progress=None, shared_dir: Path | None = None) -> list[dict]:
     """Score every checkpoint of a run (or those at the reward-query counts in
     `queries`) with every reward on every prompt set. Rows go to scores/<shard>.jsonl
-    unless `shard` is None; the images of `grid_set` are saved as a grid per checkpoint."""
+    unless `shard` is None; the images of `grid_set` are saved as a grid per checkpoint.
+    With `shared_dir`, the pretrained model (query 0) is scored once per query0_key there and
+    reused by every run (its rows carry this run's id)."""
     from tqdm.auto import tqdm
 
     from bench.backbone import build_backbone
@@ -55,26 +78,68 @@ def evaluate_checkpoints(run_dir: Path, rewards: dict, prompt_sets: dict[str, li
     ckpts = [json.loads(line) for line in (run_dir / "checkpoints.jsonl").read_text().splitlines() if line]
     if queries is not None:
         ckpts = [c for c in ckpts if c["reward_queries"] in queries]
-    bb = build_backbone(backbone_location(spec), spec.num_steps, spec.guidance_scale, spec.eta, device=device)
-    bb.add_lora(spec.lora_rank)
+    cache = None
+    if shared_dir is not None and any(c["reward_queries"] == 0 for c in ckpts):
+        cache = Path(shared_dir) / f"q0-{query0_key(spec, prompt_sets, per_prompt, eval_seed)}"
+    bb = None
     rows: list[dict] = []
     total = len(ckpts) * sum(len(p) for p in prompt_sets.values()) * per_prompt
     with tqdm(total=total, desc=f"eval {spec.method}", unit="img", leave=False, disable=not progress) as bar:
         for ck in ckpts:
+            q = ck["reward_queries"]
+            n_images = sum(len(p) for p in prompt_sets.values()) * per_prompt
+            if q == 0 and cache is not None:
+                rows += shared_query0_rows(cache, spec, rewards, prompt_sets, per_prompt, eval_seed, device,
+                                           run_dir / "grids" / f"q{q:08d}.png" if grid_set else None, grid_set)
+                bar.update(n_images)
+                if on_progress is not None:
+                    on_progress(n_images)
+                continue
+            if bb is None:
+                bb = build_backbone(backbone_location(spec), spec.num_steps, spec.guidance_scale, spec.eta,
+                                    device=device)
+                bb.add_lora(spec.lora_rank)
             bb.load_lora(run_dir / ck["path"])
             for set_name, prompts in prompt_sets.items():
                 images, keys = sample_fixed(bb, set_name, prompts, per_prompt, eval_seed)
                 bar.update(len(keys))
+                if on_progress is not None:
+                    on_progress(len(keys))
                 if set_name == grid_set:
-                    save_grid(images, run_dir / "grids" / f"q{ck['reward_queries']:08d}.png")
-                ps = [p for p, _ in keys]
-                for rname, reward in rewards.items():
-                    values = reward.score(images, ps)
-                    rows += [dict(run_id=spec.run_name, reward_queries=ck["reward_queries"], reward=rname,
-                                  prompt_set=set_name, prompt=p, sample_index=i, eval_seed=eval_seed,
-                                  value=float(v)) for (p, i), v in zip(keys, values.tolist())]
+                    save_grid(images, run_dir / "grids" / f"q{q:08d}.png")
+                rows += _score_rows(spec.run_name, q, rewards, set_name, images, keys, eval_seed)
     if shard is not None:
         atomic_write_jsonl(run_dir / "scores" / f"{shard}.jsonl", rows)
+    return rows
+
+
+def shared_query0_rows(cache: Path, spec, rewards: dict, prompt_sets: dict[str, list[str]], per_prompt: int,
+                       eval_seed: int, device, grid_path: Path | None, grid_set: str | None) -> list[dict]:
+    """The pretrained model's rows for this run, from the shared cache (scored now for any reward
+    it lacks). Cache files are written atomically; two processes filling it write the same bytes."""
+    from bench.backbone import build_backbone
+    from bench.runner import backbone_location
+
+    missing = [r for r in rewards if not (cache / f"{r}.jsonl").is_file()]
+    if missing or (grid_path is not None and not (cache / "grid.png").is_file()):
+        bb = build_backbone(backbone_location(spec), spec.num_steps, spec.guidance_scale, spec.eta, device=device)
+        fresh: list[dict] = []
+        for set_name, prompts in prompt_sets.items():
+            images, keys = sample_fixed(bb, set_name, prompts, per_prompt, eval_seed)
+            if set_name == grid_set:
+                save_grid(images, cache / "grid.png")
+            fresh += _score_rows("", 0, {r: rewards[r] for r in missing}, set_name, images, keys, eval_seed)
+        for r in missing:
+            atomic_write_jsonl(cache / f"{r}.jsonl", [row for row in fresh if row["reward"] == r])
+    rows = []
+    for r in rewards:
+        for line in (cache / f"{r}.jsonl").read_text().splitlines():
+            if line:
+                rows.append({**json.loads(line), "run_id": spec.run_name})
+    if grid_path is not None:
+        from bench.io import atomic_write_bytes
+
+        atomic_write_bytes(grid_path, (cache / "grid.png").read_bytes())
     return rows
 
 
@@ -119,10 +184,12 @@ def save_grid(images: torch.Tensor, path: Path, cols: int = 4, scale: int = 4) -
 
 def evaluate_run(run_dir: Path, reward_names: list[str] | None = None, per_prompt: int = 1,
                  eval_seed: int = DEFAULT_EVAL_SEED, device="cpu", progress: bool = True,
-                 force: bool = False) -> list[str]:
+                 force: bool = False, on_progress=None, shared: bool = True) -> list[str]:
     """Score every checkpoint of a finished run with every suite reward it lacks, on every
     prompt set of its suite, one shard per reward (scores/<reward>.jsonl), and save a
     fixed-seed image grid of the seen set per checkpoint (grids/q<queries>.png).
+    The pretrained model (query 0) is scored once per setting in OUT/shared/ and reused
+    (`shared=False` scores it in the run, as any other checkpoint).
     Returns the rewards scored now (empty if nothing was missing)."""
     from bench.prompts import resolve_prompt_set
     from bench.runner import load_reward
@@ -138,7 +205,8 @@ def evaluate_run(run_dir: Path, reward_names: list[str] | None = None, per_promp
     sets = {name: resolve_prompt_set(name)[1] for name in suite_prompt_sets(spec.suite)}
     rewards = {r: load_reward(r, spec.suite, device) for r in missing}
     rows = evaluate_checkpoints(run_dir, rewards, sets, per_prompt, eval_seed, device, progress, shard=None,
-                                grid_set=next(iter(sets)))
+                                grid_set=next(iter(sets)), on_progress=on_progress,
+                                shared_dir=run_dir.parent.parent / "shared" if shared else None)
     for rname in missing:
         atomic_write_jsonl(run_dir / "scores" / f"{rname}.jsonl", [r for r in rows if r["reward"] == rname])
     timing = run_dir / "eval_timing.json"  # for `bench perf --db`: evaluation seconds, added up over calls

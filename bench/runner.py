@@ -220,8 +220,9 @@ def is_finished(spec: RunSpec, out_dir: Path) -> bool:
     return f.is_file() and json.loads(f.read_text()).get("status") == "finished"
 
 
-def train_run(spec: RunSpec, out_dir: Path, progress: bool = True, accelerator=None) -> dict:
-    """Train one run to its budget. Returns the final `runs` row."""
+def train_run(spec: RunSpec, out_dir: Path, progress: bool = True, accelerator=None, on_progress=None) -> dict:
+    """Train one run to its budget. Returns the final `runs` row. `on_progress(n)` is called with
+    the reward queries of each finished epoch (the grid's overall progress bar)."""
     from accelerate.utils import set_seed
 
     from bench.backbone import build_backbone
@@ -243,7 +244,7 @@ def train_run(spec: RunSpec, out_dir: Path, progress: bool = True, accelerator=N
         backbone=spec.backbone, suite=spec.suite, seed=spec.seed, budget=spec.budget, config=spec.to_dict(),
         package_versions=package_versions(), git_commit=git_commit(),
         started_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), finished_at=None,
-        status="running", wall_time_s=None, world_size=world,
+        status="running", wall_time_s=None, world_size=world, threads=torch.get_num_threads(),
     )
     if main:
         for stale in ("metrics.jsonl", "checkpoints.jsonl", "eval_timing.json"):  # an earlier attempt starts over
@@ -284,7 +285,7 @@ def train_run(spec: RunSpec, out_dir: Path, progress: bool = True, accelerator=N
     from tqdm.auto import tqdm
 
     bar = tqdm(total=spec.budget, desc=f"{spec.method} s{spec.seed}", unit="query", dynamic_ncols=True,
-               disable=not (progress and main))
+               disable=not (progress and main), leave=False)
     epoch = 0
     while not budget.exhausted:
         n = budget.epoch_size(spec.samples_per_epoch)
@@ -310,6 +311,8 @@ def train_run(spec: RunSpec, out_dir: Path, progress: bool = True, accelerator=N
         if main:
             atomic_write_jsonl(run_dir / "metrics.jsonl", metric_rows)
         bar.update(n)
+        if on_progress is not None and main:
+            on_progress(n)
         bar.set_postfix(reward=f"{metrics.get('reward_mean', float('nan')):.3g}")
         if budget.at_mark():
             checkpoint(epoch)

@@ -1,0 +1,412 @@
+"""One orchestration of a grid of runs: train, evaluate, ingest, report; serial in
+this process, or spread over local worker processes (`--workers N`).
+
+- The plan (which runs train, which are finished, an estimate of each one's
+  seconds) is printed before anything starts, with the total wall time expected.
+- One overall progress bar counts estimated seconds of work done, across runs and
+  workers, so its ETA covers the whole grid.
+- Results do not depend on the executor: each run seeds its own generators, and
+  every run uses `threads` torch threads whichever process runs it (the thread
+  count can change float rounding, so it is fixed per grid, not per executor).
+- One writer: only this process opens the database. Workers write run folders;
+  finished runs are ingested as they complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def default_workers(device_is_cuda: bool) -> int:
+    """One run per core on a CPU machine (a tiny model's small calls scale better over processes
+    than over threads); one on a GPU (the runs share it)."""
+    return 1 if device_is_cuda else max(1, available_cores())
+
+
+@dataclass
+class GridOptions:
+    out: Path
+    db: Path
+    evaluate: bool = True
+    eval_per_prompt: int = 1
+    force: bool = False
+    progress: bool = True
+    workers: int = 1
+    threads: int = 0
+    """torch threads per run; 0: the cores divided by the workers."""
+
+
+@dataclass
+class Planned:
+    spec: object
+    action: str
+    """'train' (and evaluate), 'evaluate' (finished, some scores missing) or 'skip'."""
+    train_s: float = 0.0
+    eval_s: float = 0.0
+
+
+@dataclass
+class Outcome:
+    run_id: str
+    status: str
+    """'finished', 'skipped' or 'failed'."""
+    error: str | None = None
+    scored: list = field(default_factory=list)
+    seconds: float = 0.0
+
+
+# ------------------------------------------------------------------------------ plan and estimates
+def plan_grid(specs, opts: GridOptions, estimator=None) -> list[Planned]:
+    from bench.evaluate import suite_rewards
+    from bench.runner import is_finished, run_dir_for
+
+    plans = []
+    for spec in specs:
+        done = is_finished(spec, opts.out) and not opts.force
+        scores = run_dir_for(spec, opts.out) / "scores"
+        missing_eval = opts.evaluate and any(not (scores / f"{r}.jsonl").is_file() for r in suite_rewards(spec.suite))
+        action = "train" if not done else ("evaluate" if missing_eval else "skip")
+        p = Planned(spec, action)
+        if estimator is not None and action != "skip":
+            p.train_s = estimator.train_seconds(spec) if action == "train" else 0.0
+            p.eval_s = estimator.eval_seconds(spec, opts.eval_per_prompt) if opts.evaluate else 0.0
+        plans.append(p)
+    return plans
+
+
+def wall_estimate(plans: list[Planned], workers: int) -> float:
+    """Longest-first list scheduling of the runs' estimates over the workers."""
+    loads = [0.0] * max(1, workers)
+    for p in sorted(plans, key=lambda p: -(p.train_s + p.eval_s)):
+        i = loads.index(min(loads))
+        loads[i] += p.train_s + p.eval_s
+    return max(loads)
+
+
+def fmt_seconds(s: float) -> str:
+    s = int(round(s))
+    return f"{s // 60} min {s % 60:02d} s" if s >= 60 else f"{s} s"
+
+
+def print_plan(plans: list[Planned], opts: GridOptions, threads: int, say=print) -> None:
+    todo = [p for p in plans if p.action != "skip"]
+    say(f"bench: plan: {len(plans)} run(s), {sum(p.action == 'train' for p in plans)} to train, "
+        f"{sum(p.action == 'evaluate' for p in plans)} to evaluate only, {sum(p.action == 'skip' for p in plans)} "
+        f"finished; {opts.workers} worker(s) x {threads} thread(s)")
+    for p in plans:
+        est = f"~{fmt_seconds(p.train_s + p.eval_s)}" if p.action != "skip" else "finished (--force re-runs)"
+        say(f"  {p.action:<8} {p.spec.run_name:<58} {est}")
+    if todo:
+        say(f"bench: estimated wall time {fmt_seconds(wall_estimate(todo, opts.workers))} "
+            f"(training {fmt_seconds(sum(p.train_s for p in todo))}, evaluation "
+            f"{fmt_seconds(sum(p.eval_s for p in todo))} of work)")
+
+
+# ------------------------------------------------------------------------------ executing one run
+def execute(spec, opts: GridOptions, accelerator=None, on_progress=None, action: str = "train") -> Outcome:
+    """Train (unless only evaluating) and evaluate one run. Used in this process and in workers."""
+    from bench.runner import run_dir_for, train_run
+
+    t0 = time.time()
+    if action == "train":
+        train_run(spec, opts.out, progress=opts.progress and opts.workers == 1, accelerator=accelerator,
+                  on_progress=None if on_progress is None else (lambda n: on_progress("train", n)))
+    scored = []
+    main = accelerator is None or accelerator.is_main_process
+    if opts.evaluate and main:
+        from bench.evaluate import evaluate_run
+
+        device = accelerator.device if accelerator is not None else "cpu"
+        scored = evaluate_run(run_dir_for(spec, opts.out), per_prompt=opts.eval_per_prompt, device=device,
+                              progress=opts.progress and opts.workers == 1,
+                              on_progress=None if on_progress is None else (lambda n: on_progress("eval", n)))
+    return Outcome(spec.run_name, "finished", scored=scored, seconds=time.time() - t0)
+
+
+def _worker_init(threads: int, env: dict) -> None:
+    os.environ.update(env)
+    import torch
+
+    torch.set_num_threads(threads)
+    from bench.cli import _quiet_libraries
+
+    _quiet_libraries()
+
+
+def _worker_run(spec_dict: dict, opts: GridOptions, action: str, queue) -> Outcome:
+    from bench.runner import make_accelerator
+    from bench.spec import RunSpec
+
+    spec = RunSpec.from_dict(spec_dict)
+    try:
+        accelerator = make_accelerator(spec.mixed_precision)
+        return execute(spec, opts, accelerator, lambda kind, n: queue.put((spec.run_name, kind, n)), action)
+    except Exception as e:  # reported by the driver; the other runs go on
+        return Outcome(spec.run_name, "failed", error=f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+
+
+# ------------------------------------------------------------------------------ the grid
+class OverallBar:
+    """One bar over the whole grid, in estimated seconds of work."""
+
+    def __init__(self, plans: list[Planned], opts: GridOptions):
+        from tqdm.auto import tqdm
+
+        self.weights = {}
+        for p in plans:
+            if p.action == "skip":
+                continue
+            images = _eval_images(p.spec, opts.eval_per_prompt) if opts.evaluate else 0
+            self.weights[p.spec.run_name] = {
+                "train": p.train_s / p.spec.budget if p.action == "train" else 0.0,
+                "eval": p.eval_s / images if images else 0.0}
+        total = sum(p.train_s + p.eval_s for p in plans if p.action != "skip")
+        self.bar = tqdm(total=round(total, 1), desc="grid", unit="s", dynamic_ncols=True, position=0,
+                        disable=not opts.progress or total <= 0,
+                        bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} est. s [{elapsed}<{remaining}]")
+
+    def advance(self, run_id: str, kind: str, n: int) -> None:
+        w = self.weights.get(run_id, {}).get(kind, 0.0)
+        self.bar.update(w * n)
+
+    def finish_run(self, run_id: str) -> None:
+        self.weights.pop(run_id, None)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _eval_images(spec, per_prompt: int) -> int:
+    from bench.evaluate import suite_prompt_sets
+    from bench.prompts import resolve_prompt_set
+
+    n = sum(len(resolve_prompt_set(s)[1]) for s in suite_prompt_sets(spec.suite)) * per_prompt
+    return n * len(spec.checkpoint_marks())
+
+
+def run_grid(specs, opts: GridOptions, accelerator=None, estimator=None, say=print) -> list[Outcome]:
+    """Plan, print the plan, run every run (serially or over workers), ingest as runs finish."""
+    import torch
+
+    from bench.store import ingest
+
+    main = accelerator is None or accelerator.is_main_process
+    threads = opts.threads or max(1, available_cores() // max(1, opts.workers))
+    torch.set_num_threads(threads)
+    plans = plan_grid(specs, opts, estimator)
+    if main:
+        print_plan(plans, opts, threads, say)
+    outcomes: list[Outcome] = []
+    todo = [p for p in plans if p.action != "skip"]
+    for p in plans:
+        if p.action == "skip":
+            outcomes.append(Outcome(p.spec.run_name, "skipped"))
+    if not todo:
+        return outcomes
+    bar = OverallBar(plans, opts) if main else None
+
+    def report(o: Outcome) -> None:
+        if not main:
+            return
+        if o.status == "failed":
+            bar.bar.write(f"FAILED {o.run_id}: {o.error}")
+        else:
+            bar.bar.write(f"done   {o.run_id} ({fmt_seconds(o.seconds)})"
+                          + (f"; scored {', '.join(o.scored)}" if o.scored else ""))
+        bar.finish_run(o.run_id)
+        ingest(opts.db, opts.out)
+
+    try:
+        if opts.workers <= 1:
+            for p in todo:
+                advance = (lambda kind, n, r=p.spec.run_name: bar.advance(r, kind, n)) if main else None
+                o = execute(p.spec, opts, accelerator, advance, p.action)
+                outcomes.append(o)
+                report(o)
+        else:
+            outcomes += _run_workers(todo, opts, threads, bar, report)
+    finally:
+        if bar is not None:
+            bar.close()
+    return outcomes
+
+
+def _run_workers(todo: list[Planned], opts: GridOptions, threads: int, bar: OverallBar, report) -> list[Outcome]:
+    import multiprocessing as mp
+    import queue as queue_mod
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    ctx = mp.get_context("spawn")
+    manager = ctx.Manager()
+    q = manager.Queue()
+    env = {k: v for k, v in os.environ.items() if k.startswith(("HF_", "TRANSFORMERS_", "DIFFUSERS_", "BENCH_"))}
+    env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), TOKENIZERS_PARALLELISM="false")
+    outcomes = []
+    with ProcessPoolExecutor(max_workers=opts.workers, mp_context=ctx, initializer=_worker_init,
+                             initargs=(threads, env)) as pool:
+        pending = {pool.submit(_worker_run, p.spec.to_dict(), opts, p.action, q): p for p in todo}
+        while pending:
+            done, _ = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+            while True:
+                try:
+                    run_id, kind, n = q.get_nowait()
+                except queue_mod.Empty:
+                    break
+                bar.advance(run_id, kind, n)
+            for fut in done:
+                p = pending.pop(fut)
+                try:
+                    o = fut.result()
+                except Exception as e:  # the worker process itself died
+                    o = Outcome(p.spec.run_name, "failed", error=f"worker died: {type(e).__name__}: {e}")
+                outcomes.append(o)
+                report(o)
+    manager.shutdown()
+    return outcomes
+
+
+# ------------------------------------------------------------------------------ estimates
+class Estimator:
+    """Seconds a run will take: from timings stored in earlier run folders of the same setting
+    (same method, backbone, T, samples per epoch, multiplier, threads) when there are any, else
+    from a cost model calibrated on this machine (a few UNet calls, about two seconds)."""
+
+    def __init__(self, out: Path, threads: int, workers: int):
+        self.out, self.threads, self.workers = Path(out), threads, workers
+        self._costs: dict = {}
+        self._stored = self._read_stored()
+
+    # stored timings ---------------------------------------------------------
+    def _key(self, spec) -> tuple:
+        return (spec.method, spec.backbone, spec.num_steps, spec.samples_per_epoch, spec.update_multiplier,
+                spec.train_batch_size, self.threads)
+
+    def _read_stored(self) -> dict:
+        from bench.spec import RunSpec
+
+        stored: dict = {}
+        for f in sorted((self.out / "runs").glob("*/run.json")):
+            try:
+                run = json.loads(f.read_text())
+                if run.get("status") != "finished" or run.get("threads") != self.threads:
+                    continue
+                spec = RunSpec.from_dict(run["config"])
+                per_query = float(run["wall_time_s"]) / spec.budget
+                ev = json.loads((f.parent / "eval_timing.json").read_text()) \
+                    if (f.parent / "eval_timing.json").is_file() else None
+                per_image = ev["seconds"] / ev["images"] if ev and ev.get("images") else None
+                stored.setdefault(self._key(spec), []).append((per_query, per_image))
+            except (OSError, ValueError, KeyError, TypeError):
+                continue  # a run folder that cannot be read does not block the estimate
+        return stored
+
+    def _stored_value(self, spec, index: int) -> float | None:
+        vals = [v[index] for v in self._stored.get(self._key(spec), []) if v[index] is not None]
+        return sorted(vals)[len(vals) // 2] if vals else None
+
+    # the cost model ---------------------------------------------------------
+    def _calibrate(self, spec) -> dict:
+        key = (spec.backbone, spec.num_steps)
+        if key in self._costs:
+            return self._costs[key]
+        import torch
+
+        from bench.backbone import build_backbone
+        from bench.runner import backbone_location
+
+        bb = build_backbone(backbone_location(spec), spec.num_steps, spec.guidance_scale, spec.eta)
+        bb.add_lora(spec.lora_rank)
+        traj = bb.sample(["a"] * 32, generator=torch.Generator().manual_seed(0), batch_size=32)
+
+        def timed(rows: int, grad: bool) -> float:
+            sub = traj.index(list(range(rows)))
+            steps = torch.zeros(rows, dtype=torch.long)
+
+            def call():
+                if grad:
+                    bb.log_prob(sub, steps).sum().backward()
+                else:
+                    with torch.no_grad():
+                        bb.log_prob(sub, steps)
+            call()
+            t0 = time.perf_counter()
+            for _ in range(3):
+                call()
+            return (time.perf_counter() - t0) / 3
+
+        f1, f32 = timed(1, False), timed(32, False)
+        b1, b32 = timed(1, True), timed(32, True)
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            bb.decode(traj.latents[:, 0])
+        decode = (time.perf_counter() - t0) / 32
+        # cores shared by workers: a worker's thread count slows each call by about cores / (workers*threads) ≤ 1
+        cost = {"fwd": (f1, (f32 - f1) / 31), "fb": (b1, (b32 - b1) / 31), "decode": decode}
+        self._costs[key] = cost
+        return cost
+
+    def _model_train(self, spec) -> float:
+        import math
+
+        c = self._calibrate(spec)
+        hp, T, S = spec.hp, spec.num_steps, spec.samples_per_epoch
+        tb = spec.train_batch_size
+
+        def fwd(rows):
+            return c["fwd"][0] + c["fwd"][1] * rows
+
+        def fb(rows):
+            return c["fb"][0] + c["fb"][1] * rows
+        sb = spec.sample_batch_size
+        sampling = math.ceil(S / sb) * T * fwd(min(sb, S))
+        from bench.catalog import methods
+
+        kind = methods.get(spec.method).meta["kind"]
+        if kind == "ppo":
+            b, tau = hp["update_samples"], hp["update_steps"]
+            windows = math.ceil(S * T / (b * tau))
+            rows = b * tau
+            train = windows * math.ceil(rows / tb) * fb(min(rows, tb))
+            if spec.method.startswith("tdpo"):
+                train += S * T * 2 * c["decode"]  # decode + encoder per state
+                if hp.get("kl_penalty_coef"):
+                    train += T * fwd(S)
+        elif kind == "alignprop":
+            b = hp["update_samples"]
+            k_mean = (T + 1) / 2
+            train = math.ceil(S / b) * (T * fwd(b) + k_mean * (fwd(b) + fb(b))) - sampling
+        elif kind == "prdp":
+            groups = max(1, S // hp["images_per_prompt"])
+            updates = min(groups, max(1, round(hp["updates_per_epoch"])))
+            train = T * fwd(S) + (updates - 1) * T * fwd(S / updates) + math.ceil(S * T / tb) * fb(min(tb, S * T))
+        else:  # dense
+            updates = max(1, round(hp["updates_per_query"] * S))
+            P = hp["pairs_per_step"] * hp["steps_per_pair"]
+            train = updates * 2 * (fwd(P) + fb(P))
+        per_epoch = sampling + max(0.0, train)
+        return per_epoch * spec.budget / S
+
+    def train_seconds(self, spec) -> float:
+        stored = self._stored_value(spec, 0)
+        return stored * spec.budget if stored is not None else self._model_train(spec)
+
+    def eval_seconds(self, spec, per_prompt: int) -> float:
+        images = _eval_images(spec, per_prompt)
+        stored = self._stored_value(spec, 1)
+        if stored is not None:
+            return stored * images
+        c = self._calibrate(spec)
+        per_image = spec.num_steps * (c["fwd"][0] / 32 + c["fwd"][1]) + c["decode"] * 8  # sampling + 6 rewards
+        return per_image * images
+

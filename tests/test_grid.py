@@ -1,0 +1,102 @@
+"""The grid: worker processes give the serial results; the shared query-0 evaluation equals a per-run one;
+the plan and its estimate."""
+
+import json
+import shutil
+
+import duckdb
+import pytest
+
+from tests.conftest import run_cli
+
+TIMING = ("epoch_time_s",)
+
+
+def _rows(db):
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        ckpt = con.execute("select run_id, reward_queries, mark_index, epoch, sampled_images, gradient_updates, path "
+                           "from checkpoints order by all").fetchall()
+        metrics = con.execute("select run_id, epoch, reward_queries, metric, value from train_metrics "
+                              "where metric not like 'time_%' and metric not in ('epoch_time_s') order by all").fetchall()
+        scores = con.execute("select * from scores order by all").fetchall()
+    finally:
+        con.close()
+    return ckpt, metrics, scores
+
+
+def test_workers_give_the_serial_results(tmp_path):
+    common = ["run", "--methods", "ddpo-100,tdpo-r", "--reward", "aesthetic", "--budget", "16", "--num-steps", "2",
+              "--samples-per-epoch", "8", "--num-checkpoints", "2", "--threads", "1", "--no-progress"]
+    serial = run_cli(*common, "--workers", "1", "--out", str(tmp_path / "serial"))
+    assert serial.returncode == 0, serial.stderr[-2000:]
+    parallel = run_cli(*common, "--workers", "2", "--out", str(tmp_path / "parallel"))
+    assert parallel.returncode == 0, parallel.stderr[-2000:]
+    assert "2 worker(s) x 1 thread(s)" in parallel.stdout
+    a, b = _rows(tmp_path / "serial" / "bench.duckdb"), _rows(tmp_path / "parallel" / "bench.duckdb")
+    assert a[0] and a[1] and a[2]
+    assert a == b  # checkpoints, training metrics and every evaluation score, bit for bit
+    import torch
+    from safetensors import safe_open
+
+    def load(path):  # tensors and metadata (safetensors orders its header's metadata keys arbitrarily)
+        with safe_open(str(path), framework="pt") as f:
+            return f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    for run in (tmp_path / "serial" / "runs").iterdir():
+        for f in (run / "checkpoints").iterdir():
+            meta_a, ta = load(f)
+            meta_b, tb = load(tmp_path / "parallel" / "runs" / run.name / "checkpoints" / f.name)
+            assert meta_a == meta_b and ta.keys() == tb.keys()
+            assert all(torch.equal(ta[k], tb[k]) for k in ta)
+
+
+def test_shared_query0_evaluation_equals_a_per_run_one(tmp_path):
+    from bench.evaluate import evaluate_run
+    from bench.runner import run_dir_for, train_run
+    from tests.helpers import make_spec, register_counting_reward
+
+    register_counting_reward()
+    specs = [make_spec(m, num_steps=2, samples_per_epoch=8, budget=8, seed=s, overrides={"lr": "0.05"},
+                       backbone="toy", suite="toy", train_prompts="toy-seen")
+             for m, s in (("ddpo-2", 0), ("prdp", 1))]
+    for spec in specs:
+        train_run(spec, tmp_path, progress=False)
+    own = {}
+    for spec in specs:  # scored in the run, as any other checkpoint
+        d = run_dir_for(spec, tmp_path)
+        evaluate_run(d, ["aesthetic"], progress=False, shared=False)
+        own[spec.run_name] = (d / "scores" / "aesthetic.jsonl").read_text(), (d / "grids" / "q00000000.png").read_bytes()
+        shutil.rmtree(d / "scores")
+        shutil.rmtree(d / "grids")
+    for spec in specs:  # the first fills OUT/shared, the second reuses it
+        evaluate_run(run_dir_for(spec, tmp_path), ["aesthetic"], progress=False, shared=True)
+    caches = list((tmp_path / "shared").glob("q0-*"))
+    assert len(caches) == 1  # one key: same backbone, T, guidance, eta, seeds and prompt sets
+    for spec in specs:
+        d = run_dir_for(spec, tmp_path)
+        rows = [json.loads(x) for x in (d / "scores" / "aesthetic.jsonl").read_text().splitlines()]
+        want = [json.loads(x) for x in own[spec.run_name][0].splitlines()]
+        assert rows == want  # query 0 from the cache (with this run's id) and the trained checkpoint alike
+        assert {r["run_id"] for r in rows} == {spec.run_name}
+        assert (d / "grids" / "q00000000.png").read_bytes() == own[spec.run_name][1]
+
+
+def test_plan_lists_runs_with_estimates_and_skips_finished(tmp_path):
+    args = ["run", "--methods", "dense-dpo", "--reward", "aesthetic", "--budget", "8", "--num-steps", "2",
+            "--samples-per-epoch", "8", "--num-checkpoints", "1", "--out", str(tmp_path), "--no-progress",
+            "--no-eval", "--workers", "1"]
+    first = run_cli(*args)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert "bench: plan: 1 run(s), 1 to train" in first.stdout and "estimated wall time" in first.stdout
+    line = next(x for x in first.stdout.splitlines() if x.strip().startswith("train "))
+    assert "~" in line and "dense-dpo_aesthetic_toy_s0_" in line
+    again = run_cli(*args)
+    assert "0 to train" in again.stdout and "skip " in again.stdout
+
+
+@pytest.mark.parametrize("loads,workers,expected", [([5, 3, 2], 1, 10), ([5, 3, 2], 2, 5), ([4, 4, 4, 4], 2, 8)])
+def test_wall_estimate_schedules_longest_first(loads, workers, expected):
+    from bench.grid import Planned, wall_estimate
+
+    plans = [Planned(None, "train", train_s=x) for x in loads]
+    assert wall_estimate(plans, workers) == expected
