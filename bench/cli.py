@@ -87,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     pf.add_argument("--batch", type=int, default=8)
     pf.add_argument("--reward", default="aesthetic")
     pf.add_argument("--repeat", type=int, default=2)
+    pf.add_argument("--levers", action="store_true",
+                    help="also measure each lever of the fast toy default against the old path (a ratio table)")
     pf.add_argument("--db", default=None,
                     help="instead of micro-benchmarks, the seconds per phase (sampling, critic encoding, training, "
                          "scoring, evaluation, report) of the runs stored in this database")
@@ -414,6 +416,11 @@ def cmd_perf(args) -> int:
     num_steps = args.num_steps or info.defaults["num_steps"]
     print(f"bench perf: backbone {info.name} (suite {info.suite}), T={num_steps}, batch {args.batch}")
     print_table(run_perf(args.backbone or catalog.DEFAULT_BACKBONE, num_steps, args.batch, args.reward, args.repeat))
+    if args.levers:
+        from bench.perf import LEVER_HEADER, run_levers
+
+        print("\nlevers of the fast toy default, each against the old path on this machine:")
+        print_table(run_levers(args.repeat), header=LEVER_HEADER)
     return 0
 
 

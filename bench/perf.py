@@ -145,3 +145,159 @@ def phase_rows(db_path, out_dir, run_ids: list[str] | None = None, report_s: flo
 
 
 PHASE_HEADER = ("method", *PHASES, "evaluation", "seconds")
+
+
+# ------------------------------------------------------------------------------ levers (issue: the 10-minute default)
+LEVER_HEADER = ("lever", "today's path", "lever", "seconds today", "seconds lever", "speed-up", "kept")
+
+
+def _committed_unet_config() -> dict:
+    """The committed toy UNet's architecture (its config.json), to build random-weight copies."""
+    import json
+
+    from bench.toy.suite import pipeline_dir
+
+    return json.loads((pipeline_dir() / "unet" / "config.json").read_text())
+
+
+def _unet_call_seconds(unet, rows: int, grad: bool, repeat: int, dtype=None) -> float:
+    """One guided UNet call (CFG doubles the rows) at the toy's latent size, per call."""
+    g = torch.Generator().manual_seed(0)
+    cfg = unet.config
+    x = torch.randn(2 * rows, cfg.in_channels, cfg.sample_size, cfg.sample_size, generator=g)
+    t = torch.full((2 * rows,), 500)
+    c = torch.randn(2 * rows, 16, cfg.cross_attention_dim, generator=g)
+    unet.requires_grad_(grad)
+
+    def call():
+        ctx = torch.autocast("cpu", dtype=dtype) if dtype is not None else _null()
+        with ctx:
+            if grad:
+                unet(x, t, encoder_hidden_states=c).sample.float().sum().backward()
+            else:
+                with torch.no_grad():
+                    unet(x, t, encoder_hidden_states=c)
+    return _timed(call, repeat)
+
+
+@contextmanager
+def _null():
+    yield
+
+
+def _worker_throughput(threads: int, rows: int, calls: int, conn) -> None:
+    torch.set_num_threads(threads)
+    from diffusers import UNet2DConditionModel
+
+    unet = UNet2DConditionModel(**{k: v for k, v in _committed_unet_config().items() if not k.startswith("_")})
+    _unet_call_seconds(unet, rows, True, 1)
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        _unet_call_seconds(unet, rows, True, 1)
+    conn.send(time.perf_counter() - t0)
+
+
+def _processes_seconds(procs: int, threads: int, rows: int, calls: int) -> float:
+    """Wall seconds for `procs` processes, `threads` threads each, to make `calls` small fwd+bwd
+    calls each (model building included, the same in both arms), per call of the whole machine."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    pipes, ps = [], []
+    t0 = time.perf_counter()
+    for _ in range(procs):
+        a, b = ctx.Pipe()
+        p = ctx.Process(target=_worker_throughput, args=(threads, rows, calls, b))
+        p.start()
+        pipes.append(a)
+        ps.append(p)
+    for a in pipes:
+        a.recv()
+    for p in ps:
+        p.join()
+    return (time.perf_counter() - t0) / (procs * calls)
+
+
+def run_levers(repeat: int = 3) -> list[tuple]:
+    """Each candidate lever of the fast default, measured side by side with today's path on this
+    machine, as a speed-up ratio. Kept or not, and why, is stated in the last column."""
+    from diffusers import UNet2DConditionModel
+
+    from bench.backbone import build_backbone
+    from bench.toy.suite import pipeline_dir
+
+    rows = []
+    cfg = {k: v for k, v in _committed_unet_config().items() if not k.startswith("_")}
+    unet = UNet2DConditionModel(**cfg).eval()
+
+    # T: sampling cost is linear in the steps
+    bb = build_backbone(str(pipeline_dir()), 20, 5.0, 1.0)
+    g = torch.Generator().manual_seed(0)
+    prompts = ["a red circle"] * 32
+    t20 = _timed(lambda: bb.sample(prompts, generator=g, batch_size=32), repeat)
+    bb10 = build_backbone(str(pipeline_dir()), 10, 5.0, 1.0)
+    t10 = _timed(lambda: bb10.sample(prompts, generator=g, batch_size=32), repeat)
+    rows.append(("denoising steps (32 images)", "T=20", "T=10", t20, t10,
+                 "yes: fidelity > 0.5 for 63.5% of seen-prompt samples at T=10 (bar: 60%)"))
+
+    # a smaller UNet
+    small = UNet2DConditionModel(**{**cfg, "block_out_channels": (32, 64),
+                                    "down_block_types": ("CrossAttnDownBlock2D",) * 2,
+                                    "up_block_types": ("CrossAttnUpBlock2D",) * 2}).eval()
+    base = _unet_call_seconds(unet, 32, True, repeat)
+    rows.append(("UNet size (fwd+bwd, 32 rows)", "(64, 96, 128), 4.7M", "(32, 64), 1.1M", base,
+                 _unet_call_seconds(small, 32, True, repeat),
+                 "no: retrained, it matched 27% of seen prompts (bar: 60%): squares drawn as blobs"))
+
+    # bf16 autocast
+    f32 = _unet_call_seconds(unet, 32, False, repeat)
+    rows.append(("bf16 autocast, forward (32 rows)", "fp32", "bf16", f32,
+                 _unet_call_seconds(unet, 32, False, repeat, torch.bfloat16),
+                 "no: log-probs differ from fp32 by ~1e-3, above the clip; sampling and training must match"))
+    rows.append(("bf16 autocast, fwd+bwd (32 rows)", "fp32", "bf16", base,
+                 _unet_call_seconds(unet, 32, True, repeat, torch.bfloat16), "no: see above"))
+
+    # inference batch for evaluation
+    ev = [("a red circle", i) for i in range(64)]
+    gens = lambda: [torch.Generator().manual_seed(i) for i in range(len(ev))]  # noqa: E731
+    b32 = _timed(lambda: bb10.sample([p for p, _ in ev], generator=gens(), batch_size=32), repeat)
+    b64 = _timed(lambda: bb10.sample([p for p, _ in ev], generator=gens(), batch_size=64), repeat)
+    rows.append(("evaluation batch (64 images, T=10)", "32", "64", b32, b64,
+                 "yes, if faster here (images do not depend on the batch)"))
+
+    # fused update windows
+    bb10.add_lora(4)
+    traj = bb10.sample(["a red circle"] * 16, generator=g, batch_size=16)
+
+    def ddpo2(fused: bool):
+        T = 10
+        if fused:
+            idx = torch.arange(16).repeat(T)
+            bb10.log_prob(traj.index(idx), torch.arange(T).repeat_interleave(16)).sum().backward()
+        else:
+            for j in range(T):
+                bb10.log_prob(traj, torch.full((16,), j)).sum().backward()
+    rows.append(("DDPO-2 update, 16 samples x 10 steps", "10 calls of 16", "1 fused call of 160",
+                 _timed(lambda: ddpo2(False), repeat), _timed(lambda: ddpo2(True), repeat),
+                 "yes: the same gradient to 1e-5 (tested)"))
+
+    def ddpo100(fused: bool):
+        one = traj.index([0])
+        if fused:
+            bb10.log_prob(traj.index([0, 0, 0]), torch.tensor([0, 1, 2])).sum().backward()
+        else:
+            for j in range(3):
+                bb10.log_prob(one, torch.tensor([j])).sum().backward()
+    rows.append(("DDPO-100 update, 1 sample x 3 steps", "3 calls of 1", "1 fused call of 3",
+                 _timed(lambda: ddpo100(False), repeat), _timed(lambda: ddpo100(True), repeat),
+                 "yes: the same gradient (tested)"))
+
+    # processes vs threads for the small per-timestep updates (3 rows)
+    from bench.grid import available_cores
+
+    cores = available_cores()
+    one = _processes_seconds(1, cores, 3, 20)
+    many = _processes_seconds(cores, 1, 3, 20)
+    rows.append((f"small fwd+bwd calls (3 rows), {cores} cores", f"1 process x {cores} threads",
+                 f"{cores} processes x 1 thread", one, many, "yes: --workers (default one per core)"))
+    return [(a, b, c, f"{x:.4f}", f"{y:.4f}", f"{x / y:.2f}x", k) for a, b, c, x, y, k in rows]
