@@ -45,6 +45,26 @@ def mean_ci(values: list[float]) -> tuple[float, float | None]:
     return m, t * sd / math.sqrt(n)
 
 
+def t975(df: float) -> float:
+    """Two-sided 97.5% quantile of Student's t (df rounded down; normal beyond the table)."""
+    k = int(math.floor(df))
+    return _T975[max(k, 1) - 1] if k <= len(_T975) else 1.96
+
+
+def welch_ci(a: list[float], b: list[float]) -> tuple[float, float]:
+    """mean(a) - mean(b) and the half-width of its 95% CI (Welch: unequal variances,
+    Welch-Satterthwaite degrees of freedom). Both need 2+ values."""
+    na, nb = len(a), len(b)
+    ma, mb = sum(a) / na, sum(b) / nb
+    va = sum((x - ma) ** 2 for x in a) / (na - 1)
+    vb = sum((x - mb) ** 2 for x in b) / (nb - 1)
+    se2 = va / na + vb / nb
+    if se2 == 0:
+        return ma - mb, 0.0
+    df = se2 ** 2 / ((va / na) ** 2 / (na - 1) + (vb / nb) ** 2 / (nb - 1))
+    return ma - mb, t975(df) * math.sqrt(se2)
+
+
 def first_crossing(xs: list[float], level: float) -> tuple[int, float] | None:
     """(segment index i, fraction f) such that the path point xs[i] + f*(xs[i+1]-xs[i]) is
     the first to reach `level`; (0, 0.0) if xs[0] already does; None if never."""

@@ -16,7 +16,7 @@ import torch
 
 from bench.errors import BenchError
 from bench.io import atomic_write_bytes
-from bench.sampling import Trajectory, ddim_step_with_logprob, gaussian_noise
+from bench.sampling import Trajectory, ddim_mean_std, ddim_step_with_logprob, gaussian_noise, step_kl
 
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 
@@ -71,6 +71,9 @@ class Backbone:
         self.scheduler.set_timesteps(num_steps, device=self.device)
         self.timesteps = self.scheduler.timesteps.clone()
         self._lora_rank: int | None = None
+        from bench.compute import ComputeCounts
+
+        self.counts = ComputeCounts()
 
     # ------------------------------------------------------------------ LoRA
     def add_lora(self, rank: int = 4, targets=LORA_TARGETS) -> list[torch.nn.Parameter]:
@@ -93,21 +96,46 @@ class Backbone:
 
         return {k: v.detach().float().cpu().contiguous() for k, v in get_peft_model_state_dict(self.unet).items()}
 
-    def save_lora(self, path: str | Path) -> None:
-        """Save only the LoRA weights, atomically. (Saving the whole pipeline with a
-        peft adapter attached writes keys that `from_pretrained` silently re-initialises.)"""
+    def save_lora(self, path: str | Path) -> str:
+        """Save only the LoRA weights, atomically; returns the file's SHA-256 (recorded with the
+        checkpoint and verified before it is scored). (Saving the whole pipeline with a peft
+        adapter attached writes keys that `from_pretrained` silently re-initialises.)"""
+        import hashlib
+
         from safetensors.torch import save
 
-        meta = {"format": "bench-lora", "rank": str(self._lora_rank), "targets": json.dumps(list(LORA_TARGETS))}
-        atomic_write_bytes(Path(path), save(self.lora_state_dict(), metadata=meta))
+        # one metadata key: safetensors keeps metadata in a hash map whose order varies between saves,
+        # and the checksum must not
+        meta = {"bench": json.dumps({"format": "bench-lora", "rank": self._lora_rank, "targets": list(LORA_TARGETS)},
+                                    sort_keys=True)}
+        blob = save(self.lora_state_dict(), metadata=meta)
+        atomic_write_bytes(Path(path), blob)
+        return hashlib.sha256(blob).hexdigest()
 
-    def load_lora(self, path: str | Path) -> None:
+    def load_lora(self, path: str | Path, sha256: str | None = None) -> None:
         from peft.utils import set_peft_model_state_dict
         from safetensors import safe_open
         from safetensors.torch import load_file
 
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
+        if sha256 is not None:
+            import hashlib
+
+            try:
+                digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+            except OSError as e:
+                raise BenchError(f"cannot read checkpoint {path}: {e.strerror}") from None
+            if digest != sha256:
+                raise BenchError(f"checkpoint {path} does not match its recorded checksum (corrupt or replaced)")
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+        except Exception as e:  # safetensors raises its own error types for a damaged header
+            raise BenchError(f"cannot read checkpoint {path}: {str(e).splitlines()[0]}") from None
+        if "bench" in meta:
+            try:
+                meta = json.loads(meta["bench"])
+            except ValueError:
+                meta = {}
         if meta.get("format") != "bench-lora":
             raise BenchError(f"{path} is not a bench LoRA checkpoint")
         rank = int(meta["rank"])
@@ -146,18 +174,20 @@ class Backbone:
                 torch.cat([t, t]),
                 encoder_hidden_states=torch.cat([uncond, cond]),
             ).sample
-        eps_uncond, eps_cond = out.float().chunk(2)
+        eps_uncond, eps_cond = self.counts.unet_output(out).float().chunk(2)
         return eps_uncond + self.guidance_scale * (eps_cond - eps_uncond)
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Latents -> images in [0, 1], float32, (B, 3, H, W)."""
+        self.counts.vae_decodes += latents.shape[0]
         with self.autocast():
             x = self.vae.decode(latents.to(self.weight_dtype) / self.vae.config.scaling_factor).sample
         return (x.float() / 2 + 0.5).clamp(0, 1)
 
     def decode_with_grad(self, latents: torch.Tensor) -> torch.Tensor:
         """`decode` with the graph kept (AlignProp backpropagates through the VAE)."""
+        self.counts.vae_decodes += latents.shape[0]
         with self.autocast():
             x = self.vae.decode(latents.to(self.weight_dtype) / self.vae.config.scaling_factor).sample
         return (x.float() / 2 + 0.5).clamp(0, 1)
@@ -172,9 +202,12 @@ class Backbone:
 
     @torch.no_grad()
     def sample(self, prompts: list[str], generator: torch.Generator | None = None,
-               batch_size: int = 16, latents: torch.Tensor | None = None) -> Trajectory:
+               batch_size: int = 16, latents: torch.Tensor | None = None,
+               kl_to_pretrained: bool = False) -> Trajectory:
         """Sample trajectories with DDIM(eta) + CFG and record each step's log-prob.
-        `generator` is one generator for the whole call, or a list with one per prompt."""
+        `generator` is one generator for the whole call, or a list with one per prompt.
+        With `kl_to_pretrained`, each step also runs the UNet with LoRA disabled and the
+        trajectory records the summed closed-form step KL to the pretrained policy."""
         parts = []
         for start in range(0, len(prompts), batch_size):
             chunk = prompts[start:start + batch_size]
@@ -182,8 +215,15 @@ class Backbone:
             x = self.initial_latents(len(chunk), gen) if latents is None else latents[start:start + len(chunk)]
             cond, uncond = self.encode_prompts(chunk)
             xs, nexts, lps = [], [], []
+            kl = torch.zeros(len(chunk), device=self.device) if kl_to_pretrained else None
             for t in self.timesteps:
                 eps = self.predict_noise(x, t, cond, uncond)
+                if kl_to_pretrained:
+                    with self.pretrained():
+                        eps_ref = self.predict_noise(x, t, cond, uncond)
+                    mean, std = ddim_mean_std(self.scheduler, eps, t, x, self.eta)
+                    ref_mean, _ = ddim_mean_std(self.scheduler, eps_ref, t, x, self.eta)
+                    kl += step_kl(mean, ref_mean, std)
                 x_next, lp = ddim_step_with_logprob(self.scheduler, eps, t, x, eta=self.eta, generator=gen)
                 xs.append(x)
                 nexts.append(x_next)
@@ -193,6 +233,7 @@ class Backbone:
                 prompts=list(chunk), prompt_embeds=cond, negative_prompt_embeds=uncond,
                 latents=torch.stack(xs, 1), next_latents=torch.stack(nexts, 1),
                 log_probs=torch.stack(lps, 1), timesteps=self.timesteps.clone(), images=self.decode(x),
+                kl_to_pretrained=kl,
             ))
         return Trajectory.cat(parts)
 

@@ -52,6 +52,8 @@ class CountedReward:
         self.differentiable = reward.differentiable
         self.queries = 0
         self.allowance = 0
+        self.counts = None
+        """A bench.compute.ComputeCounts to add reward forwards to (the runner shares the backbone's)."""
 
     def allow(self, n: int) -> None:
         self.allowance += n
@@ -62,14 +64,26 @@ class CountedReward:
                 f"the method asked for {self.queries + n} reward queries but only {self.allowance} were granted"
             )
         self.queries += n
+        if self.counts is not None:
+            self.counts.reward_forwards += n
 
     def score(self, images, prompts):
+        from bench.errors import check_finite
+
+        check_finite("images to score", images)
         self._charge(len(images))
-        return self.reward.score(images, prompts)
+        out = self.reward.score(images, prompts)
+        check_finite(f"rewards from {self.name}", out)
+        return out
 
     def score_differentiable(self, images, prompts):
+        from bench.errors import check_finite
+
+        check_finite("images to score", images)
         self._charge(len(images))
-        return self.reward.score_differentiable(images, prompts)
+        out = self.reward.score_differentiable(images, prompts)
+        check_finite(f"rewards from {self.name}", out)
+        return out
 
     __call__ = score
 

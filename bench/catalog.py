@@ -17,6 +17,7 @@ methods = Registry("method")
 rewards = Registry("reward")
 prompt_sets = Registry("prompt set")
 backbones = Registry("backbone")
+studies = Registry("study")
 
 # --------------------------------------------------------------------------- methods
 # `hparams` are the method's source-scale values (its paper or reference code, at SD
@@ -215,7 +216,7 @@ backbones.register(
     suite="toy",
     defaults=dict(num_steps=10, guidance_scale=5.0, eta=1.0, budget=640, samples_per_epoch=32,
                   train_batch_size=256, sample_batch_size=32, train_prompts="toy-seen",
-                  latent_dims=4 * 8 * 8, update_multiplier=8.0),
+                  latent_dims=4 * 8 * 8, update_multiplier=8.0, eval_per_prompt=2),
 )
 backbones.register(
     "tiny-random", "bench.tiny:tiny_random_pipeline_dir",
@@ -230,8 +231,20 @@ backbones.register(
     suite="sd", hf_id="CompVis/stable-diffusion-v1-4",
     defaults=dict(num_steps=50, guidance_scale=5.0, eta=1.0, budget=25600, samples_per_epoch=256,
                   train_batch_size=8, sample_batch_size=8, train_prompts="simple-animals",
-                  latent_dims=4 * 64 * 64, update_multiplier=1.0),
+                  latent_dims=4 * 64 * 64, update_multiplier=1.0, eval_per_prompt=2),
 )
 
 DEFAULT_BACKBONE = "toy"
 SD_DEFAULTS = backbones.get("sd-v1-4").meta["defaults"]
+
+# --------------------------------------------------------------------------- studies
+# `bench run --study NAME` runs a preset grid; explicit flags override its settings.
+studies.register(
+    "overoptimization", "",
+    "the TDPO paper's question on the toy: DDPO-100, TDPO, TDPO-R and AlignProp, 3 seeds, to the budget where gold "
+    "aesthetics peaks and falls for the DDPO family; the report compares TDPO-R with TDPO and DDPO-100 at the "
+    "matched level with CIs over seeds",
+    methods=("ddpo-100", "tdpo", "tdpo-r", "alignprop"), seeds=(0, 1, 2), reward="aesthetic", backbone="toy",
+    budget=2560, num_checkpoints=8, eval_per_prompt=2,
+)
+

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import time
 from pathlib import Path
 
-from bench.errors import BenchError
+from bench.errors import BenchError, RunFailed
 
-KINDS = ("methods", "rewards", "prompts", "backbones")
+KINDS = ("methods", "rewards", "prompts", "backbones", "studies")
 
 
 def _quiet_libraries() -> None:
@@ -28,43 +29,71 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=".*torchvision.*")
 
 
+class _Parser(argparse.ArgumentParser):
+    """Bad flags: one line and exit code 2 (argparse's default prints the usage too)."""
+
+    def error(self, message):
+        print(f"error: {message} (see `{self.prog} --help`)", file=sys.stderr)
+        sys.exit(2)
+
+
+def whole(text: str) -> int:
+    """An ASCII whole number (argparse's int takes '٣' and other Unicode digits)."""
+    t = text.strip().replace("_", "")
+    if not re.fullmatch(r"[+-]?[0-9]+", t):
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}")
+    return int(t)
+
+
+def number(text: str) -> float:
+    """An ASCII finite decimal number (no nan, inf or Unicode digits)."""
+    t = text.strip()
+    if not re.fullmatch(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?", t):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return float(t)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    p = _Parser(prog="python -m bench", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
 
     r = sub.add_parser("run", help="train methods to a common reward-query budget and store the results")
-    r.add_argument("--methods", default="all", help="comma-separated method names, or 'all' (default)")
-    r.add_argument("--reward", default="aesthetic", help="training reward (default: aesthetic)")
+    r.add_argument("--study", default=None,
+                   help="a preset grid (see `bench list studies`), e.g. overoptimization; explicit flags override it")
+    r.add_argument("--methods", default=None, help="comma-separated method names, or 'all' (default)")
+    r.add_argument("--reward", default=None, help="training reward (default: aesthetic)")
     r.add_argument("--backbone", default=None, help="registered name, pipeline folder, or cached HF model id "
                                                    "(default: toy, the embedded toy suite)")
     r.add_argument("--budget", default=None, help="reward queries per run (default: the backbone's)")
-    r.add_argument("--seeds", default="0", help="comma-separated seeds, one run each (default: 0)")
+    r.add_argument("--seeds", default=None, help="comma-separated seeds, one run each (default: 0)")
     r.add_argument("--out", default="results", help="output folder (default: results)")
     r.add_argument("--db", default=None, help="DuckDB file (default: OUT/bench.duckdb)")
     r.add_argument("--train-prompts", default=None, help="prompt set name or prompt file")
-    r.add_argument("--num-steps", type=int, default=None, help="denoising steps T")
-    r.add_argument("--guidance-scale", type=float, default=None)
-    r.add_argument("--samples-per-epoch", type=int, default=None)
-    r.add_argument("--train-batch-size", type=int, default=None,
+    r.add_argument("--num-steps", type=whole, default=None, help="denoising steps T")
+    r.add_argument("--guidance-scale", type=number, default=None)
+    r.add_argument("--samples-per-epoch", type=whole, default=None)
+    r.add_argument("--train-batch-size", type=whole, default=None,
                    help="most sample-steps per UNet call in training, a memory bound (default: the backbone's)")
-    r.add_argument("--update-multiplier", type=float, default=None,
+    r.add_argument("--update-multiplier", type=number, default=None,
                    help="m of the scale rule: every method makes m times its source's updates per reward query "
                         "(default: the backbone's; 1 at SD scale)")
-    r.add_argument("--num-checkpoints", type=int, default=10, help="checkpoint marks after step 0 (default 10)")
-    r.add_argument("--lora-rank", type=int, default=4)
+    r.add_argument("--num-checkpoints", type=whole, default=None, help="checkpoint marks after step 0 (default 10)")
+    r.add_argument("--lora-rank", type=whole, default=4)
     r.add_argument("--mixed-precision", default="auto", choices=("auto", "no", "fp16", "bf16"))
     r.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a method hyperparameter, e.g. --set lr=1e-4 (repeatable)")
     r.add_argument("--force", action="store_true", help="re-run runs that already finished")
-    r.add_argument("--workers", type=int, default=None,
+    r.add_argument("--restart", action="store_true",
+                   help="start interrupted runs over instead of resuming them from their last checkpoint")
+    r.add_argument("--workers", type=whole, default=None,
                    help="runs trained side by side in local worker processes (default: one per CPU core; "
                         "1 on a GPU)")
-    r.add_argument("--threads", type=int, default=None,
+    r.add_argument("--threads", type=whole, default=None,
                    help="torch threads per run (default: the cores divided by the workers); results depend "
                         "on it only through float rounding")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
-    r.add_argument("--eval-per-prompt", type=int, default=1,
-                   help="fixed-seed evaluation images per prompt and checkpoint (default 1)")
+    r.add_argument("--eval-per-prompt", type=whole, default=None,
+                   help="fixed-seed evaluation images per prompt and checkpoint (default: the backbone's)")
     r.add_argument("--no-eval", action="store_true", help="train only: no evaluation matrix and no report")
     r.add_argument("--report-dir", default=None,
                    help="report folder (default: reports/ for --out results, else OUT/report)")
@@ -73,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", default="results")
     ev.add_argument("--db", default=None)
     ev.add_argument("--rewards", default="all", help="comma-separated reward names, or 'all' of the run's suite")
-    ev.add_argument("--per-prompt", type=int, default=1, help="images per prompt and checkpoint (default 1)")
+    ev.add_argument("--per-prompt", type=whole, default=1, help="images per prompt and checkpoint (default 1)")
     ev.add_argument("--force", action="store_true", help="re-score rewards that were scored already")
     ev.add_argument("--no-progress", action="store_true")
 
@@ -83,10 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     pf = sub.add_parser("perf", help="speed and memory of the main code paths (a table)")
     pf.add_argument("--backbone", default=None, help="default: the suite default (toy)")
-    pf.add_argument("--num-steps", type=int, default=None)
-    pf.add_argument("--batch", type=int, default=8)
+    pf.add_argument("--num-steps", type=whole, default=None)
+    pf.add_argument("--batch", type=whole, default=8)
     pf.add_argument("--reward", default="aesthetic")
-    pf.add_argument("--repeat", type=int, default=2)
+    pf.add_argument("--repeat", type=whole, default=2)
     pf.add_argument("--levers", action="store_true",
                     help="also measure each lever of the fast toy default against the old path (a ratio table)")
     pf.add_argument("--db", default=None,
@@ -119,7 +148,7 @@ def cmd_list(kind: str | None, effective: bool = False) -> int:
         print_effective()
         return 0
     registries = {"methods": catalog.methods, "rewards": catalog.rewards,
-                  "prompts": catalog.prompt_sets, "backbones": catalog.backbones}
+                  "prompts": catalog.prompt_sets, "backbones": catalog.backbones, "studies": catalog.studies}
     for k in [kind] if kind else KINDS:
         print(f"{k}:")
         width = max(len(e.name) for e in registries[k].entries()) + 2
@@ -140,28 +169,17 @@ def effective_table(backbone: str) -> tuple[str, list[tuple]]:
     """The scale rule's effective quantities of every method at a backbone's defaults."""
     from bench import catalog
     from bench.prompts import resolve_prompt_set
-    from bench.scale import Scale, effective_rows
+    from bench.scale import Scale, effective_table_rows
 
     d = catalog.backbones.get(backbone).meta["defaults"]
     scale = Scale(num_steps=d["num_steps"], samples_per_epoch=d["samples_per_epoch"], latent_dims=d["latent_dims"],
                   budget=d["budget"], multiplier=d["update_multiplier"])
-    num_prompts = len(resolve_prompt_set(d["train_prompts"])[1])
-    title = (f"{backbone}: S={scale.samples_per_epoch} samples/epoch, T={scale.num_steps}, D={scale.latent_dims}, "
-             f"budget {scale.budget} ({scale.epochs} epochs), m={scale.multiplier:g}, {num_prompts} prompts")
-    rows = []
-    for r in effective_rows(scale, num_prompts):
-        rows.append((r["method"], f"{r['effective_updates_per_query']:.3g}", f"{r['multiple_of_source']:.2f}x",
-                     r["update"], str(r["reset_every"]),
-                     "-" if r["stat_tracker"] is None else f"{100 * r['stat_tracker']:.0f}%", r["clip"]))
-    return title, rows
-
-
-EFFECTIVE_HEADER = ("method", "updates/query", "x source", "one update", "reset every (epochs)",
-                    "stat tracker active", "clip ranges")
+    return effective_table_rows(scale, len(resolve_prompt_set(d["train_prompts"])[1]), backbone)
 
 
 def print_effective() -> None:
     from bench.perf import print_table
+    from bench.scale import EFFECTIVE_HEADER
 
     for bb in ("toy", "sd-v1-4"):
         title, rows = effective_table(bb)
@@ -181,6 +199,31 @@ def _positive(name: str, value):
     return value
 
 
+def check_out_dir(out: Path) -> None:
+    """--out must be a folder we can write (or create)."""
+    if out.exists() and not out.is_dir():
+        raise BenchError(f"--out {out} is a file, not a folder")
+    parent = out if out.exists() else next((p for p in out.parents if p.exists()), Path("."))
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise BenchError(f"--out {out}: cannot write in {parent} (permission denied)")
+
+
+def apply_study(args) -> None:
+    """Fill the run flags a study presets (and the plain defaults), leaving explicit ones alone."""
+    from bench import catalog
+
+    preset = {}
+    if args.study is not None:
+        study = catalog.studies.get(args.study).meta
+        preset = dict(methods=",".join(study["methods"]), seeds=",".join(map(str, study["seeds"])),
+                      reward=study["reward"], backbone=study["backbone"], budget=str(study["budget"]),
+                      num_checkpoints=study["num_checkpoints"], eval_per_prompt=study["eval_per_prompt"])
+    defaults = dict(methods="all", seeds="0", reward="aesthetic", num_checkpoints=10)
+    for key in ("methods", "seeds", "reward", "backbone", "budget", "num_checkpoints", "eval_per_prompt"):
+        if getattr(args, key, None) is None:
+            setattr(args, key, preset.get(key, defaults.get(key)))
+
+
 def build_specs(args) -> list:
     """Validate every input and build the grid of RunSpecs, without torch."""
     from bench import catalog
@@ -189,7 +232,11 @@ def build_specs(args) -> list:
     from bench.spec import RunSpec, parse_budget, parse_methods, parse_overrides, parse_seeds, \
         resolve_backbone, resolve_hparams
 
+    apply_study(args)
     method_names = parse_methods(args.methods)
+    dupes = sorted({m for m in method_names if method_names.count(m) > 1})
+    if dupes:
+        raise BenchError(f"--methods names {', '.join(dupes)} twice")
     reward_entry = catalog.rewards.get(args.reward)
     if reward_entry.meta.get("eval_only"):
         raise BenchError(f"{args.reward!r} is a gold reward, for evaluation only; train on a proxy such as "
@@ -197,10 +244,21 @@ def build_specs(args) -> list:
     info = resolve_backbone(args.backbone or catalog.DEFAULT_BACKBONE)
     d = info.defaults
     budget = parse_budget(args.budget) if args.budget is not None else d["budget"]
+    if args.eval_per_prompt is None:
+        args.eval_per_prompt = d.get("eval_per_prompt", 1)
     seeds = parse_seeds(args.seeds)
     for flag in ("num_steps", "guidance_scale", "samples_per_epoch", "train_batch_size", "num_checkpoints",
                  "lora_rank", "eval_per_prompt", "update_multiplier", "workers", "threads"):
         _positive("--" + flag.replace("_", "-"), getattr(args, flag))
+    for flag, most in (("num_steps", 1000), ("lora_rank", 1024), ("eval_per_prompt", 64), ("workers", 256),
+                       ("threads", 1024)):
+        if getattr(args, flag) is not None and getattr(args, flag) > most:
+            raise BenchError(f"--{flag.replace('_', '-')} {getattr(args, flag)} is too large (at most {most}"
+                             + (": the scheduler has 1000 training timesteps)" if flag == "num_steps" else ")"))
+    if args.num_checkpoints > budget:
+        raise BenchError(f"--num-checkpoints {args.num_checkpoints} exceeds the budget of {budget} reward queries: "
+                         f"checkpoints sit at distinct query counts")
+    check_out_dir(Path(args.out))
     overrides = parse_overrides(args.overrides)
     known = {k for m in method_names for k in catalog.methods.get(m).meta.get("hparams", {})}
     for key in overrides:
@@ -260,7 +318,8 @@ def cmd_run(args) -> int:
     workers = 1 if distributed else (args.workers or min(default_workers(cuda), len(specs)))
     threads = args.threads or max(1, available_cores() // workers)
     opts = GridOptions(out=out, db=db, evaluate=not args.no_eval, eval_per_prompt=args.eval_per_prompt,
-                       force=args.force, progress=not args.no_progress, workers=workers, threads=threads)
+                       force=args.force, progress=not args.no_progress, workers=workers, threads=threads,
+                       restart=args.restart)
     accelerator = None
     if workers == 1:
         from bench.runner import make_accelerator
@@ -455,6 +514,9 @@ def main(argv: list[str] | None = None) -> int:
     except BenchError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except RunFailed as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted; finished runs and written shards are kept", file=sys.stderr)
         return 130

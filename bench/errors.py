@@ -13,3 +13,34 @@ def did_you_mean(kind: str, name: str, available) -> BenchError:
     close = difflib.get_close_matches(name, available, n=3, cutoff=0.5)
     hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
     return BenchError(f"unknown {kind} {name!r}.{hint} Available: {', '.join(available)}")
+
+
+class RunFailed(Exception):
+    """A run stopped by a failure of its own (not bad input): reported in one line, the run marked
+    failed, the other runs of the grid go on. The CLI exits 1."""
+
+
+class NonFinite(RunFailed):
+    """A non-finite number in training: the run stops at the first one."""
+
+
+def check_finite(name: str, value) -> None:
+    """Raise NonFinite naming `name` (and how many values) if `value` holds NaN or infinity."""
+    import math
+
+    import numpy as np
+
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise NonFinite(f"non-finite {name} ({value})")
+        return
+    if hasattr(value, "detach"):  # a torch tensor
+        import torch
+
+        bad = int((~torch.isfinite(value.detach())).sum())
+        total = value.numel()
+    else:
+        arr = np.asarray(value, dtype=np.float64)
+        bad, total = int((~np.isfinite(arr)).sum()), arr.size
+    if bad:
+        raise NonFinite(f"non-finite {name} ({bad} of {total} values)")

@@ -26,14 +26,30 @@ def noise_seed(eval_seed: int, prompt_set: str, prompt: str, sample_index: int) 
     return int.from_bytes(hashlib.sha256(key).digest()[:8], "little") & ((1 << 63) - 1)
 
 
+KL_METRIC = "kl-to-pretrained"
+"""Scores of this name hold, per evaluation image, the summed closed-form step KL of its trajectory
+to the pretrained policy (0 at query 0); lower is closer to the pretrained model."""
+DIVERSITY = "diversity"
+"""The eval_metrics shard of set-level diversity (mean pairwise cosine distance among images of a prompt,
+and on the toy the entropy of the gold model's predicted attributes)."""
+EVAL_BATCH = 64
+
+
 @torch.no_grad()
-def sample_fixed(backbone, prompt_set: str, prompts: list[str], per_prompt: int, eval_seed: int,
-                 batch_size: int = 32):
-    """Images for every (prompt, sample_index), each from its own seeded generator
-    (batched: a per-sample generator makes an image independent of its batch)."""
+def sample_fixed_traj(backbone, prompt_set: str, prompts: list[str], per_prompt: int, eval_seed: int,
+                      batch_size: int = EVAL_BATCH, kl: bool = False):
+    """The trajectories for every (prompt, sample_index), each from its own seeded generator
+    (batched: a per-sample generator makes an image independent of its batch), and the keys."""
     keys = [(p, i) for p in prompts for i in range(per_prompt)]
     gens = [torch.Generator().manual_seed(noise_seed(eval_seed, prompt_set, p, i)) for p, i in keys]
-    traj = backbone.sample([p for p, _ in keys], generator=gens, batch_size=batch_size)
+    traj = backbone.sample([p for p, _ in keys], generator=gens, batch_size=batch_size, kl_to_pretrained=kl)
+    return traj, keys
+
+
+def sample_fixed(backbone, prompt_set: str, prompts: list[str], per_prompt: int, eval_seed: int,
+                 batch_size: int = EVAL_BATCH):
+    """Images for every (prompt, sample_index) from fixed seeds, and their keys."""
+    traj, keys = sample_fixed_traj(backbone, prompt_set, prompts, per_prompt, eval_seed, batch_size)
     return traj.images, keys
 
 
@@ -48,25 +64,31 @@ def query0_key(spec, prompt_sets: dict[str, list[str]], per_prompt: int, eval_se
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _score_rows(run_id: str, queries: int, rewards: dict, set_name: str, images, keys, eval_seed: int) -> list[dict]:
+def _score_rows(run_id: str, queries: int, rewards: dict, set_name: str, images, keys, eval_seed: int,
+                kl=None) -> list[dict]:
     ps = [p for p, _ in keys]
     rows = []
-    for rname, reward in rewards.items():
-        values = reward.score(images, ps)
+    values_by = {rname: reward.score(images, ps).tolist() for rname, reward in rewards.items()}
+    if kl is not None:
+        values_by[KL_METRIC] = kl.tolist()
+    for rname, values in values_by.items():
         rows += [dict(run_id=run_id, reward_queries=queries, reward=rname, prompt_set=set_name, prompt=p,
-                      sample_index=i, eval_seed=eval_seed, value=float(v)) for (p, i), v in zip(keys, values.tolist())]
+                      sample_index=i, eval_seed=eval_seed, value=float(v)) for (p, i), v in zip(keys, values)]
     return rows
 
 
 def evaluate_checkpoints(run_dir: Path, rewards: dict, prompt_sets: dict[str, list[str]], per_prompt: int = 2,
                          eval_seed: int = DEFAULT_EVAL_SEED, device="cpu", progress: bool = True,
                          shard: str | None = "eval", queries: set[int] | None = None,
-                         grid_set: str | None = None, on_progress=None, shared_dir: Path | None = None) -> list[dict]:
+                         grid_set: str | None = None, on_progress=None, shared_dir: Path | None = None,
+                         kl: bool = False, set_metrics=None, set_rows: list | None = None) -> list[dict]:
     """Score every checkpoint of a run (or those at the reward-query counts in
     `queries`) with every reward on every prompt set. Rows go to scores/<shard>.jsonl
     unless `shard` is None; the images of `grid_set` are saved as a grid per checkpoint.
     With `shared_dir`, the pretrained model (query 0) is scored once per query0_key there and
-    reused by every run (its rows carry this run's id)."""
+    reused by every run (its rows carry this run's id). With `kl`, each image also gets its
+    trajectory's KL to the pretrained policy (KL_METRIC rows; exactly 0 at query 0). With
+    `set_metrics(images, keys) -> {metric: value}`, set-level rows are appended to `set_rows`."""
     from tqdm.auto import tqdm
 
     from bench.backbone import build_backbone
@@ -90,7 +112,8 @@ def evaluate_checkpoints(run_dir: Path, rewards: dict, prompt_sets: dict[str, li
             n_images = sum(len(p) for p in prompt_sets.values()) * per_prompt
             if q == 0 and cache is not None:
                 rows += shared_query0_rows(cache, spec, rewards, prompt_sets, per_prompt, eval_seed, device,
-                                           run_dir / "grids" / f"q{q:08d}.png" if grid_set else None, grid_set)
+                                           run_dir / "grids" / f"q{q:08d}.png" if grid_set else None, grid_set,
+                                           kl, set_metrics, set_rows)
                 bar.update(n_images)
                 if on_progress is not None:
                     on_progress(n_images)
@@ -99,43 +122,69 @@ def evaluate_checkpoints(run_dir: Path, rewards: dict, prompt_sets: dict[str, li
                 bb = build_backbone(backbone_location(spec), spec.num_steps, spec.guidance_scale, spec.eta,
                                     device=device)
                 bb.add_lora(spec.lora_rank)
-            bb.load_lora(run_dir / ck["path"])
+            bb.load_lora(run_dir / ck["path"], sha256=ck.get("sha256"))
             for set_name, prompts in prompt_sets.items():
-                images, keys = sample_fixed(bb, set_name, prompts, per_prompt, eval_seed)
+                traj, keys = sample_fixed_traj(bb, set_name, prompts, per_prompt, eval_seed, kl=kl and q > 0)
+                images = traj.images
                 bar.update(len(keys))
                 if on_progress is not None:
                     on_progress(len(keys))
                 if set_name == grid_set:
                     save_grid(images, run_dir / "grids" / f"q{q:08d}.png")
-                rows += _score_rows(spec.run_name, q, rewards, set_name, images, keys, eval_seed)
+                step_kl = traj.kl_to_pretrained if q > 0 else torch.zeros(len(keys))
+                rows += _score_rows(spec.run_name, q, rewards, set_name, images, keys, eval_seed,
+                                    kl=step_kl if kl else None)
+                if set_metrics is not None and set_rows is not None:
+                    set_rows += _set_rows(spec.run_name, q, set_name, set_metrics(images, keys))
     if shard is not None:
         atomic_write_jsonl(run_dir / "scores" / f"{shard}.jsonl", rows)
     return rows
 
 
+def _set_rows(run_id: str, queries: int, set_name: str, metrics: dict) -> list[dict]:
+    return [dict(run_id=run_id, reward_queries=queries, prompt_set=set_name, metric=k, value=float(v))
+            for k, v in metrics.items() if v is not None]
+
+
 def shared_query0_rows(cache: Path, spec, rewards: dict, prompt_sets: dict[str, list[str]], per_prompt: int,
-                       eval_seed: int, device, grid_path: Path | None, grid_set: str | None) -> list[dict]:
+                       eval_seed: int, device, grid_path: Path | None, grid_set: str | None, kl: bool = False,
+                       set_metrics=None, set_rows: list | None = None) -> list[dict]:
     """The pretrained model's rows for this run, from the shared cache (scored now for any reward
     it lacks). Cache files are written atomically; two processes filling it write the same bytes."""
     from bench.backbone import build_backbone
     from bench.runner import backbone_location
 
     missing = [r for r in rewards if not (cache / f"{r}.jsonl").is_file()]
-    if missing or (grid_path is not None and not (cache / "grid.png").is_file()):
+    want_sets = set_metrics is not None and set_rows is not None
+    if missing or (grid_path is not None and not (cache / "grid.png").is_file()) or \
+            (want_sets and not (cache / f"{DIVERSITY}.jsonl").is_file()):
         bb = build_backbone(backbone_location(spec), spec.num_steps, spec.guidance_scale, spec.eta, device=device)
         fresh: list[dict] = []
+        fresh_sets: list[dict] = []
         for set_name, prompts in prompt_sets.items():
             images, keys = sample_fixed(bb, set_name, prompts, per_prompt, eval_seed)
             if set_name == grid_set:
                 save_grid(images, cache / "grid.png")
             fresh += _score_rows("", 0, {r: rewards[r] for r in missing}, set_name, images, keys, eval_seed)
+            if want_sets:
+                fresh_sets += _set_rows("", 0, set_name, set_metrics(images, keys))
         for r in missing:
             atomic_write_jsonl(cache / f"{r}.jsonl", [row for row in fresh if row["reward"] == r])
+        if want_sets:
+            atomic_write_jsonl(cache / f"{DIVERSITY}.jsonl", fresh_sets)
     rows = []
     for r in rewards:
         for line in (cache / f"{r}.jsonl").read_text().splitlines():
             if line:
                 rows.append({**json.loads(line), "run_id": spec.run_name})
+    if kl:  # the pretrained model is at KL 0 from itself, exactly
+        rows += [dict(run_id=spec.run_name, reward_queries=0, reward=KL_METRIC, prompt_set=set_name, prompt=p,
+                      sample_index=i, eval_seed=eval_seed, value=0.0)
+                 for set_name, prompts in prompt_sets.items() for p in prompts for i in range(per_prompt)]
+    if want_sets:
+        for line in (cache / f"{DIVERSITY}.jsonl").read_text().splitlines():
+            if line:
+                set_rows.append({**json.loads(line), "run_id": spec.run_name})
     if grid_path is not None:
         from bench.io import atomic_write_bytes
 
@@ -184,13 +233,16 @@ def save_grid(images: torch.Tensor, path: Path, cols: int = 4, scale: int = 4) -
 
 def evaluate_run(run_dir: Path, reward_names: list[str] | None = None, per_prompt: int = 1,
                  eval_seed: int = DEFAULT_EVAL_SEED, device="cpu", progress: bool = True,
-                 force: bool = False, on_progress=None, shared: bool = True) -> list[str]:
+                 force: bool = False, on_progress=None, shared: bool = True, extras: bool = True) -> list[str]:
     """Score every checkpoint of a finished run with every suite reward it lacks, on every
     prompt set of its suite, one shard per reward (scores/<reward>.jsonl), and save a
     fixed-seed image grid of the seen set per checkpoint (grids/q<queries>.png).
+    With `extras` (unless named rewards are asked for), also each image's KL to the pretrained
+    policy (scores/kl-to-pretrained.jsonl) and, with 2+ images per prompt, the set-level
+    diversity (eval_metrics/diversity.jsonl).
     The pretrained model (query 0) is scored once per setting in OUT/shared/ and reused
     (`shared=False` scores it in the run, as any other checkpoint).
-    Returns the rewards scored now (empty if nothing was missing)."""
+    Returns what was scored now (empty if nothing was missing)."""
     from bench.prompts import resolve_prompt_set
     from bench.runner import load_reward
     from bench.spec import RunSpec
@@ -198,19 +250,37 @@ def evaluate_run(run_dir: Path, reward_names: list[str] | None = None, per_promp
     t_start = time.perf_counter()
     run_dir = Path(run_dir)
     spec = RunSpec.from_dict(json.loads((run_dir / "run.json").read_text())["config"])
+    extras = extras and reward_names is None
     names = reward_names or suite_rewards(spec.suite)
     missing = [r for r in names if force or not (run_dir / "scores" / f"{r}.jsonl").is_file()]
-    if not missing:
+    kl = extras and (force or not (run_dir / "scores" / f"{KL_METRIC}.jsonl").is_file())
+    diversity = extras and per_prompt >= 2 and (force or not (run_dir / "eval_metrics" / f"{DIVERSITY}.jsonl").is_file())
+    if not (missing or kl or diversity):
         return []
     sets = {name: resolve_prompt_set(name)[1] for name in suite_prompt_sets(spec.suite)}
     rewards = {r: load_reward(r, spec.suite, device) for r in missing}
+    set_rows: list[dict] = []
+    set_fn = None
+    if diversity:
+        from metrics.diversity import set_metrics_fn
+
+        set_fn = set_metrics_fn(spec.suite, device)
     rows = evaluate_checkpoints(run_dir, rewards, sets, per_prompt, eval_seed, device, progress, shard=None,
                                 grid_set=next(iter(sets)), on_progress=on_progress,
-                                shared_dir=run_dir.parent.parent / "shared" if shared else None)
+                                shared_dir=run_dir.parent.parent / "shared" if shared else None,
+                                kl=kl, set_metrics=set_fn, set_rows=set_rows)
+    done = list(missing)
     for rname in missing:
         atomic_write_jsonl(run_dir / "scores" / f"{rname}.jsonl", [r for r in rows if r["reward"] == rname])
+    if kl:
+        atomic_write_jsonl(run_dir / "scores" / f"{KL_METRIC}.jsonl", [r for r in rows if r["reward"] == KL_METRIC])
+        done.append(KL_METRIC)
+    if diversity:
+        atomic_write_jsonl(run_dir / "eval_metrics" / f"{DIVERSITY}.jsonl", set_rows)
+        done.append(DIVERSITY)
     timing = run_dir / "eval_timing.json"  # for `bench perf --db`: evaluation seconds, added up over calls
     old = json.loads(timing.read_text()) if timing.is_file() else {"seconds": 0.0, "images": 0}
+    images = len([r for r in rows if r["reward"] == (missing[0] if missing else KL_METRIC)])
     atomic_write_json(timing, {"seconds": old["seconds"] + time.perf_counter() - t_start,
-                               "images": old["images"] + len(rows) // len(missing)})
-    return missing
+                               "images": old["images"] + images})
+    return done

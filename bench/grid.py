@@ -20,6 +20,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench.errors import RunFailed
+
 
 def available_cores() -> int:
     try:
@@ -45,13 +47,17 @@ class GridOptions:
     workers: int = 1
     threads: int = 0
     """torch threads per run; 0: the cores divided by the workers."""
+    restart: bool = False
+    """Start interrupted runs over instead of resuming them from their last checkpoint."""
 
 
 @dataclass
 class Planned:
     spec: object
     action: str
-    """'train' (and evaluate), 'evaluate' (finished, some scores missing) or 'skip'."""
+    """'train' (and evaluate), 'resume' (an interrupted run, from its last checkpoint), 'evaluate' (finished,
+    some scores missing) or 'skip'."""
+    resume_from: int | None = None
     train_s: float = 0.0
     eval_s: float = 0.0
 
@@ -77,12 +83,30 @@ def plan_grid(specs, opts: GridOptions, estimator=None) -> list[Planned]:
         scores = run_dir_for(spec, opts.out) / "scores"
         missing_eval = opts.evaluate and any(not (scores / f"{r}.jsonl").is_file() for r in suite_rewards(spec.suite))
         action = "train" if not done else ("evaluate" if missing_eval else "skip")
-        p = Planned(spec, action)
+        resume_from = None
+        if action == "train" and not opts.restart and not opts.force:
+            resume_from = _snapshot_queries(run_dir_for(spec, opts.out))
+            if resume_from is not None:
+                action = "resume"
+        p = Planned(spec, action, resume_from=resume_from)
         if estimator is not None and action != "skip":
-            p.train_s = estimator.train_seconds(spec) if action == "train" else 0.0
+            left = 1.0 - (resume_from or 0) / spec.budget
+            p.train_s = estimator.train_seconds(spec) * left if action in ("train", "resume") else 0.0
             p.eval_s = estimator.eval_seconds(spec, opts.eval_per_prompt) if opts.evaluate else 0.0
         plans.append(p)
     return plans
+
+
+def _snapshot_queries(run_dir: Path) -> int | None:
+    """The reward queries of a run's resume snapshot (None without one); reads only its JSON."""
+    from bench.state import state_folder
+
+    try:
+        meta = json.loads((state_folder(run_dir) / "state.json").read_text())
+        state = meta["state"]["__dict__"]
+        return next(v for k, v in state if k == "budget_used")
+    except (OSError, ValueError, KeyError, TypeError, StopIteration):
+        return None
 
 
 def wall_estimate(plans: list[Planned], workers: int) -> float:
@@ -102,10 +126,13 @@ def fmt_seconds(s: float) -> str:
 def print_plan(plans: list[Planned], opts: GridOptions, threads: int, say=print) -> None:
     todo = [p for p in plans if p.action != "skip"]
     say(f"bench: plan: {len(plans)} run(s), {sum(p.action == 'train' for p in plans)} to train, "
+        f"{sum(p.action == 'resume' for p in plans)} to resume, "
         f"{sum(p.action == 'evaluate' for p in plans)} to evaluate only, {sum(p.action == 'skip' for p in plans)} "
         f"finished; {opts.workers} worker(s) x {threads} thread(s)")
     for p in plans:
         est = f"~{fmt_seconds(p.train_s + p.eval_s)}" if p.action != "skip" else "finished (--force re-runs)"
+        if p.action == "resume":
+            est += f" (from its checkpoint at {p.resume_from} queries; --restart starts over)"
         say(f"  {p.action:<8} {p.spec.run_name:<58} {est}")
     if todo:
         say(f"bench: estimated wall time {fmt_seconds(wall_estimate(todo, opts.workers))} "
@@ -119,9 +146,10 @@ def execute(spec, opts: GridOptions, accelerator=None, on_progress=None, action:
     from bench.runner import run_dir_for, train_run
 
     t0 = time.time()
-    if action == "train":
+    if action in ("train", "resume"):
         train_run(spec, opts.out, progress=opts.progress and opts.workers == 1, accelerator=accelerator,
-                  on_progress=None if on_progress is None else (lambda n: on_progress("train", n)))
+                  on_progress=None if on_progress is None else (lambda n: on_progress("train", n)),
+                  restart=opts.restart or opts.force)
     scored = []
     main = accelerator is None or accelerator.is_main_process
     if opts.evaluate and main:
@@ -168,8 +196,9 @@ class OverallBar:
             if p.action == "skip":
                 continue
             images = _eval_images(p.spec, opts.eval_per_prompt) if opts.evaluate else 0
+            left = p.spec.budget - (p.resume_from or 0)
             self.weights[p.spec.run_name] = {
-                "train": p.train_s / p.spec.budget if p.action == "train" else 0.0,
+                "train": p.train_s / left if p.action in ("train", "resume") and left else 0.0,
                 "eval": p.eval_s / images if images else 0.0}
         total = sum(p.train_s + p.eval_s for p in plans if p.action != "skip")
         self.bar = tqdm(total=round(total, 1), desc="grid", unit="s", dynamic_ncols=True, position=0,
@@ -231,7 +260,10 @@ def run_grid(specs, opts: GridOptions, accelerator=None, estimator=None, say=pri
         if opts.workers <= 1:
             for p in todo:
                 advance = (lambda kind, n, r=p.spec.run_name: bar.advance(r, kind, n)) if main else None
-                o = execute(p.spec, opts, accelerator, advance, p.action)
+                try:
+                    o = execute(p.spec, opts, accelerator, advance, p.action)
+                except RunFailed as e:  # reported; the other runs go on
+                    o = Outcome(p.spec.run_name, "failed", error=str(e))
                 outcomes.append(o)
                 report(o)
         else:

@@ -11,8 +11,13 @@ from pathlib import Path
 from bench.errors import BenchError
 
 
+MAX_PROMPT_CHARS = 1000
+
+
 def read_prompt_file(path: str | Path) -> list[str]:
     path = Path(path)
+    if path.is_dir():
+        raise BenchError(f"prompt file {path} is a folder")
     if not path.is_file():
         raise BenchError(f"prompt file not found: {path}")
     try:
@@ -26,6 +31,11 @@ def read_prompt_file(path: str | Path) -> list[str]:
         prompt = raw.strip()
         if not prompt or prompt.startswith("#"):
             continue
+        bad = next((c for c in prompt if ord(c) < 32 and c != "\t" or ord(c) == 127), None)
+        if bad is not None:
+            raise BenchError(f"{path}:{lineno}: control character {bad!r} in a prompt (is this a text file?)")
+        if len(prompt) > MAX_PROMPT_CHARS:
+            raise BenchError(f"{path}:{lineno}: prompt of {len(prompt)} characters (at most {MAX_PROMPT_CHARS})")
         if prompt in first_seen:
             raise BenchError(f"{path}:{lineno}: duplicate prompt {prompt!r} (first on line {first_seen[prompt]})")
         first_seen[prompt] = lineno

@@ -19,11 +19,14 @@ from bench.analysis import (Curve, change_verdict, interpolate_at, load_curves, 
                             normalised_auc, paired_changes)
 
 GOLD = ("gold-aesthetic", "gold-fidelity")
+KL = "kl-to-pretrained"  # bench.evaluate.KL_METRIC: not a reward, the x-axis of the overoptimization view
 
 
 def higher_is_better(reward: str) -> bool:
     from bench.catalog import rewards
 
+    if reward == KL:
+        return False
     return rewards.get(reward).meta.get("higher_is_better", True) if reward in rewards else True
 
 
@@ -31,6 +34,8 @@ def higher_is_better(reward: str) -> bool:
 class Cell:
     mean: float | None
     ci: float | None = None
+    values: tuple = ()
+    """The per-seed values behind the mean (for comparisons between methods)."""
 
     def text(self, digits: int = 3) -> str:
         if self.mean is None:
@@ -60,7 +65,7 @@ def _agg(values: list[float | None]) -> Cell:
     vals = [v for v in values if v is not None]
     if len(vals) < len(values) or not vals:
         return Cell(None)
-    return Cell(*mean_ci(vals))
+    return Cell(*mean_ci(vals), values=tuple(vals))
 
 
 def change_cell(con, runs: list[Curve], reward: str) -> Cell:
@@ -100,8 +105,10 @@ def build_boards(con) -> list[Board]:
         judge = next((p for t, p in keys if t == train_reward and roles.get(p) == "seen"), pset)
         improving = [m for m in methods if verdicts.get((train_reward, judge, m)) == "improves"] or methods
         level = matched_level([xs[c.run_id] for c in group if c.method in improving])
-        others = sorted(set.intersection(*(set(c.scores) for c in group)) - {train_reward})
+        present = set.intersection(*(set(c.scores) for c in group))
+        others = sorted(present - {train_reward, KL})
         cols = [f"{train_reward} final", f"{train_reward} change", "queries to level"]
+        cols += [f"{KL} @ level"] if KL in present else []
         cols += [f"{r} @ level" for r in others] + [f"{r} AUC" for r in others]
         gold = [g for g in GOLD if g in others]
         cols += [f"{g} peak" for g in gold] + [f"{g} drop after peak" for g in gold]
@@ -111,6 +118,8 @@ def build_boards(con) -> list[Board]:
             runs = sorted((c for c in group if c.method == method), key=lambda c: c.seed)
             cells = [_agg([sign * xs[c.run_id][-1] for c in runs]), changes[train_reward, pset, method],
                      _agg([interpolate_at(xs[c.run_id], [float(q) for q in c.queries], level) for c in runs])]
+            if KL in present:
+                cells.append(_agg([interpolate_at(xs[c.run_id], c.scores[KL], level) for c in runs]))
             for key in ("level", "auc"):
                 for r in others:
                     s = 1.0 if higher_is_better(r) else -1.0
@@ -235,12 +244,11 @@ def make_figures(con, folder: Path) -> list[str]:
     curves = load_curves(con)
     pngs = []
     methods = sorted({c.method for c in curves})
-    order = list(range(0, 20, 2)) + list(range(1, 20, 2))  # distinct hues first, their light shades after
-    colors = {m: plt.get_cmap("tab20")(order[i % 20]) for i, m in enumerate(methods)}
+    colors = method_colors(methods)
     for train_reward, pset in sorted({(c.train_reward, c.prompt_set) for c in curves}):
         group = [c for c in curves if c.train_reward == train_reward and c.prompt_set == pset]
         for kind, chosen in (("cross_reward", [r for r in sorted(set.intersection(*(set(c.scores) for c in group)))
-                                               if r != train_reward and r not in GOLD]),
+                                               if r != train_reward and r not in GOLD and r != KL]),
                              ("gold_vs_proxy", [g for g in GOLD if all(g in c.scores for c in group)])):
             if not chosen:
                 continue
@@ -311,6 +319,243 @@ def make_figures(con, folder: Path) -> list[str]:
     return pngs
 
 
+# ------------------------------------------------------------------------------ the paper's question
+QUESTION = ("tdpo-r", ("tdpo", "ddpo-100"))
+"""TDPO paper's question: at a matched in-domain level, does TDPO-R keep out-of-domain and gold scores
+better than TDPO and DDPO-100?"""
+
+
+def question_rows(boards: list[Board]) -> list[tuple]:
+    """For every board holding TDPO-R and a comparison method with 2+ seeds each: per out-of-domain
+    or gold column at the matched level, TDPO-R minus the other method, with a Welch 95% CI over seeds
+    and what it says (better / worse / no difference at 95%, in the reward's own direction)."""
+    from bench.analysis import welch_ci
+
+    focus, others = QUESTION
+    out = []
+    for b in boards:
+        rows = {m: cells for m, _, cells in b.rows}
+        if focus not in rows:
+            continue
+        for other in others:
+            if other not in rows:
+                continue
+            for i, col in enumerate(b.columns):
+                if not col.endswith(" @ level") or col.startswith(KL):
+                    continue
+                a, c = rows[focus][i].values, rows[other][i].values
+                if len(a) < 2 or len(c) < 2:
+                    continue
+                diff, ci = welch_ci(list(a), list(c))
+                better = diff if higher_is_better(col[:-len(" @ level")]) else -diff
+                says = "TDPO-R better" if better - ci > 0 else ("TDPO-R worse" if better + ci < 0 else "no difference")
+                out.append((b.train_reward, b.prompt_set, col[:-len(" @ level")], f"{focus} - {other}",
+                            f"{diff:+.4f} ± {ci:.4f}", f"{len(a)} vs {len(c)}", says))
+    return out
+
+
+QUESTION_HEADER = ("trained on", "prompts", "score at the matched level", "difference", "mean ± 95% CI (Welch)",
+                   "seeds", "at 95%")
+
+
+# ------------------------------------------------------------------------------ overoptimization, diversity, compute, diagnostics
+def method_colors(methods: list[str]) -> dict:
+    import matplotlib.pyplot as plt
+
+    order = list(range(0, 20, 2)) + list(range(1, 20, 2))  # distinct hues first, their light shades after
+    return {m: plt.get_cmap("tab20")(order[i % 20]) for i, m in enumerate(sorted(methods))}
+
+
+def _panel_grid(plt, n: int, cols: int = 3):
+    """n panels, `cols` per row; returns (figure, the n axes in order), the spare axes hidden."""
+    cols = max(1, min(cols, n))
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(4.0 * cols, 3.3 * rows), squeeze=False)
+    flat = list(axes.flat)
+    for ax in flat[n:]:
+        ax.axis("off")
+    fig.tight_layout(h_pad=2.5)
+    return fig, flat[:n]
+
+
+def _legend(fig, axes, n: int) -> None:
+    """One legend for the figure: every method that appears in any panel."""
+    seen = {}
+    for ax in axes[:n]:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            seen.setdefault(lab, h)
+    if seen:
+        fig.legend(list(seen.values()), list(seen), fontsize=7, loc="upper center", ncol=min(6, len(seen)),
+                   bbox_to_anchor=(0.5, 1.0 + 0.06 / max(1, (n + 2) // 3)), frameon=False)
+
+
+def kl_figures(curves: list[Curve], folder: Path) -> list[str]:
+    """Gao et al. (2022)'s view: every reward (in-domain, gold, out-of-domain) against the KL of the
+    policy to the pretrained model, one line per method (means over seeds per checkpoint)."""
+    import matplotlib.pyplot as plt
+
+    pngs = []
+    colors = method_colors(sorted({c.method for c in curves}))
+    for train_reward, pset in sorted({(c.train_reward, c.prompt_set) for c in curves}):
+        group = [c for c in curves if c.train_reward == train_reward and c.prompt_set == pset and KL in c.scores]
+        if not group:
+            continue
+        present = set.intersection(*(set(c.scores) for c in group)) - {KL}
+        panels = [train_reward] + [g for g in GOLD if g in present] + sorted(present - {train_reward, *GOLD})
+        fig, axes = _panel_grid(plt, len(panels))
+        for ax, r in zip(axes, panels):
+            for m in sorted({c.method for c in group}):
+                runs = [c for c in group if c.method == m]
+                _, x = _mean_curve(runs, KL)
+                _, y = _mean_curve(runs, r)
+                ax.plot(x, y, marker="o", ms=3, lw=1.4, color=colors[m], label=m)
+            ax.set_xlabel("KL to pretrained (summed over steps)", fontsize=8)
+            ax.set_ylabel(r)
+            ax.set_title(f"{r} vs KL — {pset}", fontsize=9)
+            ax.grid(alpha=0.3)
+        _legend(fig, axes, len(panels))
+        pngs.append(_save(fig, folder, f"reward_vs_kl_{train_reward}_{pset}")[0])
+        plt.close(fig)
+    return pngs
+
+
+def diversity_figures(con, folder: Path) -> list[str]:
+    """Set-level diversity against reward queries, one panel per metric, per training reward and set."""
+    import matplotlib.pyplot as plt
+
+    rows = con.execute("""SELECT r.reward, e.prompt_set, e.metric, r.method, e.reward_queries, avg(e.value)
+                          FROM eval_metrics e JOIN runs r USING (run_id) GROUP BY ALL ORDER BY ALL""").fetchall()
+    pngs = []
+    colors = method_colors(sorted({r[3] for r in rows}))
+    for train_reward, pset in sorted({(r[0], r[1]) for r in rows}):
+        sub = [r for r in rows if (r[0], r[1]) == (train_reward, pset)]
+        metrics = sorted({r[2] for r in sub})
+        fig, axes = plt.subplots(1, len(metrics), figsize=(3.8 * len(metrics), 3.3), squeeze=False)
+        for ax, metric in zip(axes[0], metrics):
+            for m in sorted({r[3] for r in sub}):
+                pts = [(q, v) for _, _, k, mm, q, v in sub if k == metric and mm == m]
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3, lw=1.3, color=colors[m], label=m)
+            ax.set_xlabel("reward queries")
+            ax.set_ylabel(metric)
+            ax.set_title(f"{metric} — {pset}", fontsize=9)
+            ax.grid(alpha=0.3)
+        axes[0][-1].legend(fontsize=7)
+        pngs.append(_save(fig, folder, f"diversity_{train_reward}_{pset}")[0])
+        plt.close(fig)
+    return pngs
+
+
+COMPUTE_HEADER = ("method", "runs", "reward queries", "UNet forward rows", "UNet backward rows", "VAE decodes",
+                  "reward forwards", "encoder forwards (outside queries)", "gradient updates")
+
+
+def compute_rows(con) -> list[tuple]:
+    """Per training reward and method: what the final checkpoint had spent, mean over seeds."""
+    rows = con.execute("""
+        WITH last AS (SELECT c.* FROM checkpoints c
+                      JOIN (SELECT run_id, max(reward_queries) AS q FROM checkpoints GROUP BY 1) m
+                      ON c.run_id = m.run_id AND c.reward_queries = m.q)
+        SELECT r.reward, r.method, count(*), avg(l.reward_queries), avg(l.unet_forward), avg(l.unet_backward),
+               avg(l.vae_decodes), avg(l.reward_forwards), avg(l.encoder_forwards), avg(l.gradient_updates)
+        FROM last l JOIN runs r USING (run_id) GROUP BY 1, 2 ORDER BY 1, 2""").fetchall()
+
+    def fmt(v):
+        return "-" if v is None else f"{v:,.0f}"
+    return [(f"{m} ({rw})", str(n), *(fmt(v) for v in vals)) for rw, m, n, *vals in rows]
+
+
+DIAGNOSTICS = ("ratio_at_old_maxdev", "clipfrac", "approx_kl", "clamp_fraction", "gap_to_target", "cf_loss",
+               "critic_explained_variance", "kl_penalty_ratio")
+"""Per-epoch sanity metrics (see the report's Diagnostics section)."""
+RATIO_TOLERANCE = 1e-4
+"""The ratio at the old parameters must be 1: sampling-time and training-time log-probs come from the
+same precision path. A deviation beyond this (the smallest PPO clip at SD scale) flags the run."""
+
+
+def diagnostics(con, folder: Path) -> tuple[list[str], list[tuple]]:
+    """A figure of every per-epoch sanity metric against reward queries, and a table of each run's
+    last-epoch values with a flag where something is off."""
+    import matplotlib.pyplot as plt
+
+    rows = con.execute(f"""
+        SELECT r.run_id, r.method, t.reward_queries, t.metric, t.value FROM train_metrics t JOIN runs r USING (run_id)
+        WHERE t.metric IN ({', '.join('?' * len(DIAGNOSTICS))}) ORDER BY 1, 3""", list(DIAGNOSTICS)).fetchall()
+    if not rows:
+        return [], []
+    metrics = [m for m in DIAGNOSTICS if any(r[3] == m for r in rows)]
+    methods = sorted({r[1] for r in rows})
+    colors = method_colors(methods)
+    fig, axes = _panel_grid(plt, len(metrics), cols=4)
+    for ax, metric in zip(axes, metrics):
+        for m in methods:
+            for run in sorted({r[0] for r in rows if r[1] == m}):
+                pts = [(q, v) for rid, _, q, k, v in rows if rid == run and k == metric]
+                if pts:
+                    ax.plot([p[0] for p in pts], [p[1] for p in pts], lw=1.1, color=colors[m],
+                            label=m if run == min(r[0] for r in rows if r[1] == m) else None)
+        if metric == "ratio_at_old_maxdev":
+            ax.axhline(RATIO_TOLERANCE, color="red", lw=0.8, ls="--")
+            ax.set_yscale("symlog", linthresh=1e-7)
+        ax.set_title(metric, fontsize=9)
+        ax.set_xlabel("reward queries", fontsize=8)
+        ax.grid(alpha=0.3)
+    _legend(fig, axes, len(metrics))
+    pngs = [_save(fig, folder, "diagnostics")[0]]
+    plt.close(fig)
+    table = []
+    for run in sorted({r[0] for r in rows}):
+        mine = [r for r in rows if r[0] == run]
+        last = {k: v for _, _, _, k, v in mine}  # ordered by queries: the last value wins
+        worst_ratio = max((v for _, _, _, k, v in mine if k == "ratio_at_old_maxdev"), default=None)
+        flags = []
+        if worst_ratio is not None and worst_ratio > RATIO_TOLERANCE:
+            flags.append(f"ratio at old parameters off by {worst_ratio:.1e}")
+        if last.get("clipfrac") is not None and last["clipfrac"] > 0.9:
+            flags.append("nearly every step clipped")
+        if last.get("critic_explained_variance") is not None and last["critic_explained_variance"] < -1:
+            flags.append("critic worse than a constant")
+        table.append((run, mine[0][1], *[("-" if last.get(m) is None else f"{last[m]:.3g}") for m in metrics],
+                      "; ".join(flags) or "ok"))
+    return pngs, [("run", "method", *metrics, "check")] + table
+
+
+def effective_tables(con) -> list[tuple[str, list[tuple]]]:
+    """The scale rule's effective quantities at every scale the stored runs used."""
+    from bench.prompts import resolve_prompt_set
+    from bench.scale import Scale, effective_table_rows
+    from bench.spec import RunSpec
+
+    scales = {}
+    for (config,) in con.execute("SELECT config FROM runs ORDER BY run_id").fetchall():
+        try:
+            spec = RunSpec.from_dict(json.loads(config))
+            prompts = len(resolve_prompt_set(spec.train_prompts)[1])
+        except Exception:  # a run of an older version, or a prompt file gone: skip it here
+            continue
+        scale = Scale(num_steps=spec.num_steps, samples_per_epoch=spec.samples_per_epoch,
+                      latent_dims=spec.latent_dims, budget=spec.budget, multiplier=spec.update_multiplier)
+        scales[(scale, prompts, spec.backbone)] = None
+    return [effective_table_rows(sc, n, bb) for sc, n, bb in scales]
+
+
+def _table_html(header, rows) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in r) + "</tr>" for r in rows)
+    return f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
+
+
+def _table_md(header, rows) -> str:
+    lines = ["| " + " | ".join(map(str, header)) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(map(str, r)) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+ALIGNPROP_NOTE = ("AlignProp backpropagates through the reward: one of its reward queries returns the gradient of "
+                  "the reward with respect to the image, not only a scalar. At an equal budget of reward queries it "
+                  "therefore receives more information per query than the black-box methods (DDPO, TDPO, PRDP, "
+                  "dense DPO); its sample efficiency is not comparable one for one.")
+
+
 # ------------------------------------------------------------------------------ the report
 def matched_grids(con, out_dir: Path, boards: list[Board]) -> list[tuple[str, str, int, str]]:
     """Per seen-set board and method: (method, run_id, queries, grid path) of the checkpoint of
@@ -345,6 +590,7 @@ def write_report(db_path: Path, report_dir: Path, out_dir: Path | None = None,
                  boards: list[Board] | None = None) -> Path:
     """Leaderboard files, figures and index.html under report_dir; returns the HTML path.
     `boards` (from `build_boards` on the same database) saves building them again."""
+    from bench.scale import EFFECTIVE_HEADER
     from bench.store import connect
 
     report_dir = Path(report_dir)
@@ -356,12 +602,25 @@ def write_report(db_path: Path, report_dir: Path, out_dir: Path | None = None,
         if fig_dir.exists():
             shutil.rmtree(fig_dir)
         pngs = make_figures(con, fig_dir)
+        curves = load_curves(con)
+        kl_pngs = kl_figures(curves, fig_dir)
+        div_pngs = diversity_figures(con, fig_dir)
+        compute = compute_rows(con)
+        question = question_rows(boards)
+        diag_pngs, diag_table = diagnostics(con, fig_dir)
+        effective = effective_tables(con)
         grids = matched_grids(con, out_dir, boards)
         runs = con.execute("SELECT run_id, method, reward, suite, seed, budget, status FROM runs ORDER BY run_id").fetchall()
     finally:
         con.close()
     report_dir.mkdir(parents=True, exist_ok=True)
-    (report_dir / "leaderboard.md").write_text(boards_markdown(boards))
+    md = boards_markdown(boards)
+    if question:
+        md = ("### the paper's question: TDPO-R against TDPO and DDPO-100 at the matched level\n\n"
+              + _table_md(QUESTION_HEADER, question) + "\n" + md)
+    if compute:
+        md += "\n### compute at the final checkpoint (mean over seeds)\n\n" + _table_md(COMPUTE_HEADER, compute)
+    (report_dir / "leaderboard.md").write_text(md)
     (report_dir / "leaderboard.csv").write_text(boards_csv(boards))
     grid_dir = report_dir / "grids"
     if grid_dir.exists():
@@ -382,10 +641,43 @@ def write_report(db_path: Path, report_dir: Path, out_dir: Path | None = None,
         "± is the 95% confidence interval over seeds (shown only with two or more seeds), except in the "
         "<i>change</i> column: with one seed, its interval is over the paired evaluation images. The verdict says "
         "whether that interval of the in-domain change from query 0 to the final checkpoint excludes zero.</p>",
+        *(["<h2>The paper's question</h2>",
+            "<p>At the matched in-domain level, does TDPO-R keep out-of-domain and gold scores better than TDPO "
+            "and DDPO-100? Differences of means over seeds, with Welch 95% confidence intervals.</p>",
+            _table_html(QUESTION_HEADER, question)] if question else []),
         "<h2>Leaderboard</h2>", *[f"<p>{html.escape(line)}</p>" for line in verdict_lines(boards)],
         board_html or "<p>No evaluation scores yet: run <code>python -m bench eval</code>.</p>",
         "<h2>Figures</h2>",
         *[f'<figure><img src="figures/{html.escape(p)}" alt="{html.escape(p)}"></figure>' for p in pngs],
+        "<h2>Overoptimization against KL to the pretrained model</h2>",
+        "<p>Each reward against the KL of the fine-tuned policy to the pretrained one, summed over the denoising "
+        "steps of each evaluation trajectory (closed form: the two DDIM steps share sigma), as Gao et al. (2022) "
+        "plot reward-model overoptimization. Gold rewards that fall while the proxy rises are overoptimization.</p>",
+        *([f'<figure><img src="figures/{html.escape(p)}" alt="{html.escape(p)}"></figure>' for p in kl_pngs]
+          or ["<p>No KL scores.</p>"]),
+        "<h2>Diversity</h2>",
+        "<p>Mean pairwise cosine distance of image embeddings among images of the same prompt; on the toy also the "
+        "entropy (nats) of the gold model's predicted colour, position cell and size bin per prompt. Needs two or "
+        "more evaluation images per prompt (<code>--eval-per-prompt</code>).</p>",
+        *([f'<figure><img src="figures/{html.escape(p)}" alt="{html.escape(p)}"></figure>' for p in div_pngs]
+          or ["<p>No diversity measured (one evaluation image per prompt).</p>"]),
+        "<h2>Compute</h2>",
+        "<p>What each method had spent at its final checkpoint besides reward queries (rows: classifier-free "
+        "guidance counts two per latent; gradient checkpointing's recomputation counts as a forward). The TDPO "
+        "critic's encoder forwards are passes of the reward's image encoder the budget does not count.</p>",
+        f"<p>{html.escape(ALIGNPROP_NOTE)}</p>",
+        _table_html(COMPUTE_HEADER, compute) if compute else "<p>No checkpoints.</p>",
+        "<h2>Diagnostics</h2>",
+        "<p>Per epoch: the ratio of training-time to sampling-time probabilities at the old parameters (must be 1; "
+        f"the red line is {RATIO_TOLERANCE:g}), the fraction of clipped steps, the KL estimate, dense DPO's clamp "
+        "fraction, PRDP's log-ratio gap over its regression target, the critic's loss and explained variance, and "
+        "TDPO-KL's penalty-to-return ratio. The table shows each run's last epoch.</p>",
+        *[f'<figure><img src="figures/{html.escape(p)}" alt="{html.escape(p)}"></figure>' for p in diag_pngs],
+        _table_html(diag_table[0], diag_table[1:]) if diag_table else "<p>No training metrics.</p>",
+        "<h2>The scale rule at the runs' scale</h2>",
+        "<p>Every method's source setting mapped to the run's scale by one rule (<code>bench/scale.py</code>; "
+        "<code>python -m bench list methods --effective</code>).</p>",
+        *[f"<h3>{html.escape(title)}</h3>" + _table_html(EFFECTIVE_HEADER, rows) for title, rows in effective],
         "<h2>Samples at the matched level</h2>",
         '<div class="grids">' + "".join(grid_html) + "</div>" if grid_html else "<p>No image grids.</p>",
         "<h2>Runs</h2><table><thead><tr><th>run</th><th>method</th><th>reward</th><th>suite</th><th>seed</th>"

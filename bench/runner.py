@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -30,8 +31,8 @@ import numpy as np
 import torch
 
 from bench.budget import CountedReward, RewardBudget
-from bench.errors import BenchError
-from bench.io import atomic_write_json, atomic_write_jsonl
+from bench.errors import BenchError, RunFailed, check_finite
+from bench.io import atomic_write_bytes, atomic_write_json, atomic_write_jsonl
 from bench.spec import RunSpec
 
 
@@ -49,6 +50,8 @@ class TrainContext:
     progress: bool = True
     timings: dict = None
     """Seconds per phase in the current epoch ('sampling', 'scoring', ...), read and reset by the runner."""
+    epoch: int = 0
+    """The epoch being trained (1-based; set by the runner)."""
 
     def __post_init__(self):
         self.timings = {}
@@ -135,6 +138,7 @@ class TrainContext:
         """Sample one trajectory per prompt with the current policy, then score each
         final image once with the training reward (len(prompts) reward queries).
         Returns (Trajectory, rewards as a float32 CPU tensor)."""
+        crash_point(self.epoch, "mid")
         from bench.sampling import Trajectory
 
         n, bs = len(prompts), self.spec.sample_batch_size
@@ -144,6 +148,7 @@ class TrainContext:
                 parts.append(self.backbone.sample(prompts[s:s + bs], generator=self.generator, batch_size=bs))
                 bar.update(len(parts[-1]))
         traj = Trajectory.cat(parts)
+        check_finite("sampled latents", traj.next_latents[:, -1])
         with self.bar(n, "scoring") as bar, self.timed("scoring"):
             chunks = []
             for s in range(0, n, bs):
@@ -156,6 +161,17 @@ class TrainContext:
 
         return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True,
                     disable=not (self.progress and self.accelerator.is_main_process))
+
+
+def crash_point(epoch: int, phase: str) -> None:
+    """Tests kill a run here: BENCH_CRASH_AT=EPOCH:PHASE ('mid': after an epoch's sampling, 'end':
+    after its metrics are written, 'ckpt': after its checkpoint is written but before the state)."""
+    if os.environ.get("BENCH_CRASH_AT") == f"{epoch}:{phase}":
+        _die()
+
+
+def _die() -> None:
+    os._exit(137)  # as a kill -9 would: no cleanup, no flushing
 
 
 def make_adamw(params, hp: dict, lr_key: str = "lr") -> torch.optim.AdamW:
@@ -173,9 +189,12 @@ def optimizer_step(ctx, optimizer, params, max_grad_norm: float, accumulation: i
             if p.grad is not None:
                 p.grad.mul_(accumulation / pending)
     ctx.sync_gradients(params)
-    torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+    norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+    check_finite("gradient norm", float(norm))
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
+    for p in params:
+        check_finite("weights after the update", p)
 
 
 def make_accelerator(mixed_precision: str):
@@ -220,15 +239,22 @@ def is_finished(spec: RunSpec, out_dir: Path) -> bool:
     return f.is_file() and json.loads(f.read_text()).get("status") == "finished"
 
 
-def train_run(spec: RunSpec, out_dir: Path, progress: bool = True, accelerator=None, on_progress=None) -> dict:
+def train_run(spec: RunSpec, out_dir: Path, progress: bool = True, accelerator=None, on_progress=None,
+              restart: bool = False) -> dict:
     """Train one run to its budget. Returns the final `runs` row. `on_progress(n)` is called with
-    the reward queries of each finished epoch (the grid's overall progress bar)."""
+    the reward queries of each finished epoch (the grid's overall progress bar).
+
+    A run that stopped (a crash, a kill) resumes from the training state saved with its last
+    checkpoint: LoRA, optimizer states, every generator, the stat tracker, the critic, replay
+    buffers, the budget counters and the metric rows, so that it ends bit for bit where an
+    uninterrupted run would. `restart` discards that state and starts over."""
     from accelerate.utils import set_seed
 
     from bench.backbone import build_backbone
     from bench.catalog import methods
     from bench.prompts import resolve_prompt_set
     from bench.provenance import git_commit, package_versions
+    from bench.state import load_state, save_state, state_folder
 
     accelerator = accelerator or make_accelerator(spec.mixed_precision)
     world, rank = accelerator.num_processes, accelerator.process_index
@@ -238,19 +264,23 @@ def train_run(spec: RunSpec, out_dir: Path, progress: bool = True, accelerator=N
                          f"checkpoint mark {marks} must be multiples of {world}")
     run_dir = run_dir_for(spec, out_dir)
     main = accelerator.is_main_process
-    t_start = time.time()
+    state = None if restart else load_state(state_folder(run_dir, rank))
+    previous = _read_json(run_dir / "run.json") if state is not None else None
+    t_start = time.time() - (state["elapsed"] if state else 0.0)
     run_row = dict(
         run_id=spec.run_name, config_hash=spec.config_hash, method=spec.method, reward=spec.reward,
         backbone=spec.backbone, suite=spec.suite, seed=spec.seed, budget=spec.budget, config=spec.to_dict(),
         package_versions=package_versions(), git_commit=git_commit(),
-        started_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), finished_at=None,
-        status="running", wall_time_s=None, world_size=world, threads=torch.get_num_threads(),
+        started_at=(previous or {}).get("started_at") or dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        finished_at=None, status="running", wall_time_s=None, world_size=world, threads=torch.get_num_threads(),
+        resumed_from=state["budget_used"] if state else None,
     )
     if main:
-        for stale in ("metrics.jsonl", "checkpoints.jsonl", "eval_timing.json"):  # an earlier attempt starts over
-            (run_dir / stale).unlink(missing_ok=True)
-        for stale in ("scores", "grids"):  # its evaluation belongs to the old checkpoints
-            shutil.rmtree(run_dir / stale, ignore_errors=True)
+        if state is None:  # a fresh start: an earlier attempt's files are superseded
+            for stale in ("metrics.jsonl", "checkpoints.jsonl", "eval_timing.json"):
+                (run_dir / stale).unlink(missing_ok=True)
+            for stale in ("scores", "grids", "eval_metrics", "state", "checkpoints"):
+                shutil.rmtree(run_dir / stale, ignore_errors=True)
         atomic_write_json(run_dir / "run.json", run_row)
 
     device = accelerator.device
@@ -259,6 +289,7 @@ def train_run(spec: RunSpec, out_dir: Path, progress: bool = True, accelerator=N
     set_seed(spec.seed)  # identical LoRA initialisation on every process
     backbone.add_lora(spec.lora_rank)
     reward = CountedReward(load_reward(spec.reward, spec.suite, device))
+    reward.counts = backbone.counts
     _, prompts = resolve_prompt_set(spec.train_prompts)
     ctx = TrainContext(
         spec=spec, backbone=backbone, reward=reward, prompts=prompts, accelerator=accelerator,
@@ -271,55 +302,130 @@ def train_run(spec: RunSpec, out_dir: Path, progress: bool = True, accelerator=N
     ckpt_rows: list[dict] = []
     metric_rows: list[dict] = []
     sampled = 0
+    epoch = 0
+    if state is not None:
+        epoch, sampled = state["epoch"], state["sampled"]
+        budget.used = state["budget_used"]
+        reward.queries, reward.allowance = state["queries"], state["allowance"]
+        for k, v in state["counts"].items():
+            setattr(backbone.counts, k, v)
+        _load_lora_state(backbone, state["lora"])
+        method.load_training_state(state["method"])
+        ctx.generator.set_state(state["generator"])
+        ctx.rng.bit_generator.state = state["rng"]
+        torch.set_rng_state(state["torch_rng"])
+        # rows written after the snapshot belong to the epochs that will run again
+        ckpt_rows = [r for r in _read_jsonl(run_dir / "checkpoints.jsonl") if r["reward_queries"] <= budget.used]
+        metric_rows = [r for r in _read_jsonl(run_dir / "metrics.jsonl") if r["epoch"] <= epoch]
+
+    def snapshot() -> None:
+        save_state(state_folder(run_dir, rank), {
+            "epoch": epoch, "sampled": sampled, "budget_used": budget.used, "queries": reward.queries,
+            "allowance": reward.allowance, "counts": backbone.counts.as_dict(), "elapsed": time.time() - t_start,
+            "lora": backbone.lora_state_dict(), "method": method.training_state(),
+            "generator": ctx.generator.get_state(), "rng": ctx.rng.bit_generator.state,
+            "torch_rng": torch.get_rng_state(),
+        })
 
     def checkpoint(epoch: int) -> None:
         rel = f"checkpoints/q{budget.used:08d}.safetensors"
         if main:
-            backbone.save_lora(run_dir / rel)
+            digest = backbone.save_lora(run_dir / rel)
             ckpt_rows.append(dict(run_id=spec.run_name, reward_queries=budget.used, mark_index=marks.index(budget.used),
                                   epoch=epoch, sampled_images=sampled, gradient_updates=method.gradient_updates,
-                                  wall_time_s=round(time.time() - t_start, 3), path=rel))
+                                  wall_time_s=round(time.time() - t_start, 3), path=rel, sha256=digest,
+                                  **backbone.counts.as_dict()))
             atomic_write_jsonl(run_dir / "checkpoints.jsonl", ckpt_rows)
 
-    checkpoint(epoch=0)  # the pretrained model (LoRA up-projections are zero)
+    if state is None:
+        checkpoint(epoch=0)  # the pretrained model (LoRA up-projections are zero)
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=spec.budget, desc=f"{spec.method} s{spec.seed}", unit="query", dynamic_ncols=True,
-               disable=not (progress and main), leave=False)
-    epoch = 0
-    while not budget.exhausted:
-        n = budget.epoch_size(spec.samples_per_epoch)
-        n_local = n // world
-        reward.allow(n_local)
-        before = reward.queries
-        ctx.timings.clear()
-        t0 = time.time()
-        metrics = method.train_epoch(n_local, epoch)
-        spent = reward.queries - before
-        if spent != n_local:
-            raise RuntimeError(f"{spec.method} spent {spent} reward queries in epoch {epoch}, expected {n_local}")
-        budget.charge(n)
-        sampled += n
-        epoch += 1
-        epoch_time = time.time() - t0
-        phases = {f"time_{k}_s": v for k, v in ctx.timings.items()}
-        phases["time_training_s"] = max(0.0, epoch_time - sum(phases.values()))  # everything else in the epoch
-        ctx.timings.clear()
-        metrics = {**metrics, **phases, "epoch_time_s": epoch_time, "gradient_updates": method.gradient_updates}
-        metric_rows += [dict(run_id=spec.run_name, epoch=epoch, reward_queries=budget.used, metric=k, value=float(v))
-                        for k, v in metrics.items() if v is not None]
+    bar = tqdm(total=spec.budget, initial=budget.used, desc=f"{spec.method} s{spec.seed}", unit="query",
+               dynamic_ncols=True, disable=not (progress and main), leave=False)
+    try:
+        while not budget.exhausted:
+            n = budget.epoch_size(spec.samples_per_epoch)
+            n_local = n // world
+            reward.allow(n_local)
+            before = reward.queries
+            ctx.timings.clear()
+            ctx.epoch = epoch + 1
+            t0 = time.time()
+            metrics = method.train_epoch(n_local, epoch)
+            spent = reward.queries - before
+            if spent != n_local:
+                raise RuntimeError(f"{spec.method} spent {spent} reward queries in epoch {epoch}, expected {n_local}")
+            budget.charge(n)
+            sampled += n
+            epoch += 1
+            epoch_time = time.time() - t0
+            phases = {f"time_{k}_s": v for k, v in ctx.timings.items()}
+            phases["time_training_s"] = max(0.0, epoch_time - sum(phases.values()))  # everything else in the epoch
+            ctx.timings.clear()
+            metrics = {**metrics, **phases, "epoch_time_s": epoch_time, "gradient_updates": method.gradient_updates}
+            for k, v in metrics.items():
+                if v is not None:
+                    check_finite(f"training metric {k}", float(v))
+            metric_rows += [dict(run_id=spec.run_name, epoch=epoch, reward_queries=budget.used, metric=k,
+                                 value=float(v)) for k, v in metrics.items() if v is not None]
+            if main:
+                atomic_write_jsonl(run_dir / "metrics.jsonl", metric_rows)
+            crash_point(epoch, "end")
+            bar.update(n)
+            if on_progress is not None and main:
+                on_progress(n)
+            bar.set_postfix(reward=f"{metrics.get('reward_mean', float('nan')):.3g}")
+            if budget.at_mark():
+                checkpoint(epoch)
+                crash_point(epoch, "ckpt")
+                if not budget.exhausted:
+                    snapshot()
+    except Exception as e:  # mark the run failed (a kill never gets here, and stays 'running')
+        reason = f"epoch {epoch + 1}: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+        if not isinstance(e, (RunFailed, BenchError)):  # unexpected: keep the traceback for whoever debugs it
+            import traceback
+
+            log = run_dir / "error.log"
+            if main:
+                atomic_write_bytes(log, traceback.format_exc().encode())
+            reason = f"{reason} ({type(e).__name__}; traceback in {log})"
+        run_row.update(status="failed", error=reason, wall_time_s=round(time.time() - t_start, 3))
         if main:
-            atomic_write_jsonl(run_dir / "metrics.jsonl", metric_rows)
-        bar.update(n)
-        if on_progress is not None and main:
-            on_progress(n)
-        bar.set_postfix(reward=f"{metrics.get('reward_mean', float('nan')):.3g}")
-        if budget.at_mark():
-            checkpoint(epoch)
+            atomic_write_json(run_dir / "run.json", run_row)
+        bar.close()
+        raise RunFailed(f"run {spec.run_name}, {reason}") from None
     bar.close()
     accelerator.wait_for_everyone()
     run_row.update(status="finished", finished_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                    wall_time_s=round(time.time() - t_start, 3))
     if main:
         atomic_write_json(run_dir / "run.json", run_row)  # written last: marks the run finished
+        shutil.rmtree(run_dir / "state", ignore_errors=True)  # a finished run needs no resume state
     return run_row
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    """Rows of a JSONL file; a half-written last line (a crash mid-write) is dropped."""
+    if not Path(path).is_file():
+        return []
+    rows = []
+    for line in Path(path).read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            break
+    return rows
+
+
+def _load_lora_state(backbone, lora: dict) -> None:
+    from peft.utils import set_peft_model_state_dict
+
+    set_peft_model_state_dict(backbone.unet, lora)

@@ -104,6 +104,14 @@ def ddim_step_with_logprob(
     return prev_sample.to(sample.dtype), log_prob
 
 
+def step_kl(mean: torch.Tensor, ref_mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """Closed-form KL(N(mean, std^2) || N(ref_mean, std^2)) of one DDIM step, per sample: the
+    two policies share sigma_t, so per latent dimension it is (mean - ref_mean)^2 / (2 std^2);
+    AVERAGED over latent dimensions, as the step log-prob is."""
+    kl = (mean.float() - ref_mean.float()) ** 2 / (2 * std.float() ** 2)
+    return kl.mean(dim=tuple(range(1, kl.ndim)))
+
+
 def ddim_step(scheduler, model_output, timestep, sample, eta: float = 1.0,
               generator: torch.Generator | None = None) -> torch.Tensor:
     """A differentiable DDIM step (reparameterised: mean + std * noise), for
@@ -132,6 +140,8 @@ class Trajectory:
     log_probs: torch.Tensor               # (B, T)
     timesteps: torch.Tensor               # (T,)
     images: torch.Tensor                  # (B, 3, H, W) in [0, 1]
+    kl_to_pretrained: torch.Tensor | None = None
+    """(B,) sum over steps of the per-step KL to the pretrained policy (evaluation only)."""
 
     def __len__(self) -> int:
         return self.latents.shape[0]
@@ -144,7 +154,7 @@ class Trajectory:
             v = getattr(self, f.name)
             if f.name == "prompts":
                 out[f.name] = [v[i] for i in idx.tolist()]
-            elif f.name == "timesteps":
+            elif f.name == "timesteps" or v is None:
                 out[f.name] = v
             else:
                 out[f.name] = v[idx.to(v.device)]
@@ -157,8 +167,8 @@ class Trajectory:
             vals = [getattr(p, f.name) for p in parts]
             if f.name == "prompts":
                 out[f.name] = [x for v in vals for x in v]
-            elif f.name == "timesteps":
-                out[f.name] = vals[0]
+            elif f.name == "timesteps" or any(v is None for v in vals):
+                out[f.name] = vals[0] if f.name == "timesteps" else None
             else:
                 out[f.name] = torch.cat(vals)
         return Trajectory(**out)

@@ -193,3 +193,19 @@ def effective_rows(scale: Scale, num_prompts: int) -> list[dict[str, Any]]:
             row["clip"] += f"; kl coef {hp['kl_penalty_coef']:.3g}"
         rows.append(row)
     return rows
+
+
+EFFECTIVE_HEADER = ("method", "updates/query", "x source", "one update", "reset every (epochs)",
+                    "stat tracker active", "clip ranges")
+
+
+def effective_table_rows(scale: Scale, num_prompts: int, name: str) -> tuple[str, list[tuple]]:
+    """(title, rows under EFFECTIVE_HEADER) of the rule's effective quantities at `scale`."""
+    title = (f"{name}: S={scale.samples_per_epoch} samples/epoch, T={scale.num_steps}, D={scale.latent_dims}, "
+             f"budget {scale.budget} ({scale.epochs} epochs), m={scale.multiplier:g}, {num_prompts} prompts")
+    rows = []
+    for r in effective_rows(scale, num_prompts):
+        rows.append((r["method"], f"{r['effective_updates_per_query']:.3g}", f"{r['multiple_of_source']:.2f}x",
+                     r["update"], str(r["reset_every"]),
+                     "-" if r["stat_tracker"] is None else f"{100 * r['stat_tracker']:.0f}%", r["clip"]))
+    return title, rows

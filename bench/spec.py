@@ -132,8 +132,12 @@ def _coerce(value: str, like: Any) -> Any:
             return False
         raise ValueError(value)
     if isinstance(like, int) and not isinstance(like, bool):
+        if not value.lstrip("+-").isascii() or not value.lstrip("+-").isdigit():
+            raise ValueError(value)  # refuses '1e3', '٣' (non-ASCII digits) and '1.5'
         return int(value)
     if isinstance(like, float):
+        if not value.isascii():
+            raise ValueError(value)
         return float(value)
     if isinstance(like, str) and like == "auto":  # "auto", a number, or (critic_encoder) a name
         try:
@@ -145,6 +149,55 @@ def _coerce(value: str, like: Any) -> Any:
 
 NUMERIC_OR_AUTO = ("beta", "kl_penalty_coef", "reset_every", "reward_target")
 """Hyperparameters whose preset is 'auto' (set by the scale rule) and that take a number otherwise."""
+
+_POS = ("> 0", lambda v: v > 0)
+_NONNEG = (">= 0", lambda v: v >= 0)
+_AT_LEAST_1 = (">= 1", lambda v: v >= 1)
+_AT_LEAST_2 = (">= 2", lambda v: v >= 2)
+_UNIT = ("in [0, 1)", lambda v: 0 <= v < 1)
+HPARAM_RANGES = {
+    **dict.fromkeys(("lr", "critic_lr"), ("in (0, 10]", lambda v: 0 < v <= 10)),
+    **dict.fromkeys(("clip_range", "max_grad_norm", "adam_eps", "adv_clip_max", "delta",
+                     "beta_tilde", "loss_coeff", "beta", "kl_horizon"), _POS),
+    **dict.fromkeys(("weight_decay", "clip_range_critic", "cf_coef", "kl_penalty_coef", "init_kl_coef", "kl_target",
+                     "dormant_threshold", "policy_dormant_threshold"), _NONNEG),
+    **dict.fromkeys(("stat_buffer_size", "stat_min_count", "num_inner_epochs", "encode_batch_size", "dormancy_batch",
+                     "reset_every", "k_min", "k_group", "steps_per_pair"), _AT_LEAST_1),
+    **dict.fromkeys(("images_per_prompt", "rollouts_per_prompt", "kept_per_prompt"), _AT_LEAST_2),
+    "adam_beta1": _UNIT, "adam_beta2": _UNIT,
+    "gamma": ("in (0, 1]", lambda v: 0 < v <= 1),
+}
+HPARAM_CHOICES = {
+    "critic_reset": ("none", "active", "dormant", "all"), "policy_reset": ("none", "active", "dormant", "all"),
+    "activation": ("relu", "leaky_relu"), "kl_penalty": ("kl", "abs", "square", "clip", "approx"),
+    "loss_form": ("abs", "linear"), "update_data": ("groups", "whole"),
+}
+INTEGER_HPARAMS = ("stat_buffer_size", "stat_min_count", "num_inner_epochs", "encode_batch_size", "dormancy_batch",
+                   "k_min", "k_group", "steps_per_pair", "images_per_prompt", "rollouts_per_prompt", "kept_per_prompt",
+                   "reset_every", "kl_horizon")
+
+
+def validate_hparams(method: str, hp: dict[str, Any]) -> None:
+    """Refuse out-of-range or unknown-choice values (a one-line BenchError), before torch."""
+    from bench.catalog import rewards
+
+    for key, value in hp.items():
+        if isinstance(value, bool):
+            continue
+        if key in HPARAM_CHOICES and value not in HPARAM_CHOICES[key]:
+            raise did_you_mean(f"value of {key} for {method}", str(value), HPARAM_CHOICES[key])
+        if key == "critic_encoder" and value != "auto" and value not in rewards:
+            raise did_you_mean(f"critic_encoder (a reward name) for {method}", str(value), rewards.names())
+        if isinstance(value, (int, float)):
+            if key in HPARAM_RANGES:
+                text, ok = HPARAM_RANGES[key]
+                if not ok(value):
+                    raise BenchError(f"hyperparameter {key}={value} of {method} must be {text}")
+            if key in INTEGER_HPARAMS and float(value) != int(value):
+                raise BenchError(f"hyperparameter {key}={value} of {method} must be a whole number")
+    if hp.get("kept_per_prompt", 0) > hp.get("rollouts_per_prompt", 1 << 30):
+        raise BenchError(f"{method}: kept_per_prompt ({hp['kept_per_prompt']}) exceeds rollouts_per_prompt "
+                         f"({hp['rollouts_per_prompt']})")
 
 
 def parse_overrides(items: list[str]) -> dict[str, str]:
@@ -187,6 +240,7 @@ def resolve_hparams(method: str, overrides: dict[str, str], scale) -> tuple[tupl
         if key in NUMERIC_OR_AUTO and isinstance(value, str) and value != "auto":
             raise BenchError(f"--set {key}={raw}: expected a number or 'auto'")
         hp[key] = value
+    validate_hparams(method, hp)
     return tuple(sorted(effective_hparams(entry, hp, scale).items()))
 
 

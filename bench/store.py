@@ -12,7 +12,8 @@ Run folder layout (out/runs/<run_name>/):
     metrics.jsonl        `train_metrics` rows
     checkpoints.jsonl    `checkpoints` rows
     checkpoints/q00000256.safetensors   LoRA weights at 256 reward queries
-    scores/*.jsonl       `scores` rows (evaluation)
+    scores/*.jsonl       `scores` rows (evaluation; kl-to-pretrained.jsonl holds each image's KL)
+    eval_metrics/*.jsonl `eval_metrics` rows (set-level evaluation metrics: diversity)
 """
 
 from __future__ import annotations
@@ -43,6 +44,10 @@ SCHEMA = {
         gradient_updates BIGINT,         -- optimizer steps so far
         wall_time_s DOUBLE,              -- seconds since the run started
         path VARCHAR,                    -- LoRA safetensors, relative to the run folder
+        unet_forward BIGINT, unet_backward BIGINT,   -- UNet rows so far (CFG: 2 per latent); bench/compute.py
+        vae_decodes BIGINT, reward_forwards BIGINT,  -- latents decoded; images through the training reward
+        encoder_forwards BIGINT,                     -- images through a reward encoder outside queries (TDPO critic)
+        sha256 VARCHAR,                              -- of the LoRA file, verified before it is scored
         PRIMARY KEY (run_id, reward_queries)
     """,
     # Per-epoch training metrics, long format.
@@ -56,15 +61,22 @@ SCHEMA = {
         sample_index INTEGER, eval_seed BIGINT, value DOUBLE,
         PRIMARY KEY (run_id, reward_queries, reward, prompt_set, prompt, sample_index)
     """,
+    # Set-level evaluation metrics per checkpoint and prompt set (diversity), long format.
+    "eval_metrics": """
+        run_id VARCHAR, reward_queries BIGINT, prompt_set VARCHAR, metric VARCHAR, value DOUBLE,
+        PRIMARY KEY (run_id, reward_queries, prompt_set, metric)
+    """,
 }
 
 COLUMNS = {
     "runs": ["run_id", "config_hash", "method", "reward", "backbone", "suite", "seed", "budget", "config",
              "package_versions", "git_commit", "started_at", "finished_at", "status", "wall_time_s", "world_size"],
     "checkpoints": ["run_id", "reward_queries", "mark_index", "epoch", "sampled_images", "gradient_updates",
-                    "wall_time_s", "path"],
+                    "wall_time_s", "path", "unet_forward", "unet_backward", "vae_decodes", "reward_forwards",
+                    "encoder_forwards", "sha256"],
     "train_metrics": ["run_id", "epoch", "reward_queries", "metric", "value"],
     "scores": ["run_id", "reward_queries", "reward", "prompt_set", "prompt", "sample_index", "eval_seed", "value"],
+    "eval_metrics": ["run_id", "reward_queries", "prompt_set", "metric", "value"],
 }
 
 
@@ -89,6 +101,9 @@ def connect(db_path: Path, read_only: bool = False, wait_s: float = 30.0):
     if not read_only:
         for table, cols in SCHEMA.items():
             con.execute(f"CREATE TABLE IF NOT EXISTS {table} ({cols})")
+        for col, kind in (("unet_forward", "BIGINT"), ("unet_backward", "BIGINT"), ("vae_decodes", "BIGINT"),
+                          ("reward_forwards", "BIGINT"), ("encoder_forwards", "BIGINT"), ("sha256", "VARCHAR")):
+            con.execute(f"ALTER TABLE checkpoints ADD COLUMN IF NOT EXISTS {col} {kind}")  # databases from before
     return con
 
 
@@ -123,13 +138,15 @@ def ingest_run_dir(con, run_dir: Path) -> dict[str, int]:
     stored = con.execute("SELECT started_at FROM runs WHERE run_id = ?", [run["run_id"]]).fetchone()
     if stored is not None and str(stored[0]) != str(_timestamp(run["started_at"])):
         # the run was restarted (an earlier attempt crashed): its old rows are superseded
-        for table in ("checkpoints", "train_metrics", "scores"):
+        for table in ("checkpoints", "train_metrics", "scores", "eval_metrics"):
             con.execute(f"DELETE FROM {table} WHERE run_id = ?", [run["run_id"]])
     added = {"runs": _insert(con, "runs", [run], replace=True)}
     added["checkpoints"] = _insert(con, "checkpoints", _read_jsonl(run_dir / "checkpoints.jsonl"))
     added["train_metrics"] = _insert(con, "train_metrics", _read_jsonl(run_dir / "metrics.jsonl"))
     scores = [r for f in sorted((run_dir / "scores").glob("*.jsonl")) for r in _read_jsonl(f)]
     added["scores"] = _insert(con, "scores", scores)
+    sets = [r for f in sorted((run_dir / "eval_metrics").glob("*.jsonl")) for r in _read_jsonl(f)]
+    added["eval_metrics"] = _insert(con, "eval_metrics", sets)
     return added
 
 

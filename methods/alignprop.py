@@ -45,8 +45,8 @@ import numpy as np
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from bench.errors import BenchError
-from bench.runner import make_adamw, optimizer_step
+from bench.errors import BenchError, check_finite
+from bench.runner import crash_point, make_adamw, optimizer_step
 from bench.sampling import ddim_step
 
 
@@ -94,6 +94,13 @@ class AlignProp:
         else:
             self.form = hp["loss_form"]
         self.gradient_updates = 0
+
+    def training_state(self) -> dict:
+        return {"optimizer": self.optimizer.state_dict(), "gradient_updates": self.gradient_updates}
+
+    def load_training_state(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.gradient_updates = state["gradient_updates"]
 
     def draw_k(self, n: int = 1) -> torch.Tensor:
         """Steps that keep gradients, one per group of `k_group` chains: K = T - threshold,
@@ -155,12 +162,14 @@ class AlignProp:
                     images = self.sample_with_grad(part, k[s:s + len(part)], generator=ctx.generator)
                     r = ctx.reward.score_differentiable(images, part)  # one reward query per image
                     loss = self.loss(r)
+                    check_finite("AlignProp loss", loss)
                     (loss * len(part) / len(chunk)).backward()
                     rewards.append(r.detach().float().cpu())
                     losses.append(loss.item())
                     bar.update(len(part))
                 ks.append(float(k.float().mean()))
                 self._step()
+                crash_point(ctx.epoch, "mid")  # tests kill a run here (no-op otherwise)
         local = torch.cat(rewards)
         _, all_rewards = ctx.gather(prompts, local)
         return {

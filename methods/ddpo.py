@@ -27,6 +27,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from bench.errors import check_finite
 from bench.runner import make_adamw, optimizer_step
 from bench.stat_tracker import PerPromptStatTracker, batch_normalize
 from bench.updates import epoch_permutations, windows
@@ -67,6 +68,19 @@ class DDPO:
         self.accumulation = int(hp["update_steps"])
         self.gradient_updates = 0
 
+    def training_state(self) -> dict:
+        from bench.state import tracker_state
+
+        return {"optimizer": self.optimizer.state_dict(), "tracker": tracker_state(self.tracker),
+                "gradient_updates": self.gradient_updates}
+
+    def load_training_state(self, state: dict) -> None:
+        from bench.state import load_tracker_state
+
+        self.optimizer.load_state_dict(state["optimizer"])
+        load_tracker_state(self.tracker, state["tracker"])
+        self.gradient_updates = state["gradient_updates"]
+
     def advantages(self, prompts, rewards) -> np.ndarray:
         if self.hp["per_prompt_stat_tracking"]:
             return self.tracker.update(prompts, rewards)
@@ -81,7 +95,7 @@ class DDPO:
         """Backpropagate one update's PPO loss (mean over its rows), in fused calls. Returns its statistics."""
         bb, hp = self.ctx.backbone, self.hp
         rows = len(window)
-        out = {"loss": 0.0, "approx_kl": 0.0, "clipfrac": 0.0}
+        out = {"loss": 0.0, "approx_kl": 0.0, "clipfrac": 0.0, "ratio_mean": 0.0, "ratio_maxdev": 0.0}
         for idx, steps in window.chunks(self.ctx.spec.train_batch_size):
             sub = traj.index(idx)
             log_prob = bb.log_prob(sub, steps)
@@ -89,9 +103,13 @@ class DDPO:
             loss, kl, cf = ppo_clipped_loss(log_prob, old, adv[idx.to(adv.device)], hp["clip_range"],
                                             hp["adv_clip_max"])
             w = len(idx) / rows
+            check_finite("policy loss", loss)
             (loss * w).backward()
             for k, v in zip(out, (loss, kl, cf)):
                 out[k] += float(v.detach()) * w
+            ratio = torch.exp(log_prob.detach() - old)
+            out["ratio_mean"] += float(ratio.mean()) * w
+            out["ratio_maxdev"] = max(out["ratio_maxdev"], float((ratio - 1).abs().max()))
         return out
 
     def train_epoch(self, n: int, epoch: int) -> dict:
@@ -101,8 +119,9 @@ class DDPO:
         all_prompts, all_rewards = ctx.gather(traj.prompts, rewards)
         adv = torch.as_tensor(self.advantages(all_prompts, all_rewards)[ctx.local_slice(n)], dtype=torch.float32,
                               device=ctx.device)
+        check_finite("advantages", adv)
 
-        stats = {"loss": [], "approx_kl": [], "clipfrac": []}
+        stats = {"loss": [], "approx_kl": [], "clipfrac": [], "ratio_mean": [], "ratio_maxdev": []}
         self.optimizer.zero_grad(set_to_none=True)
         plan = [w for _ in range(hp["num_inner_epochs"]) for w in self.update_windows(n)]
         with ctx.bar(len(plan), "training") as bar:
@@ -111,12 +130,14 @@ class DDPO:
                     stats[k].append(v)
                 self._step()
                 bar.update(1)
+        # the first update ran at the sampling parameters: its ratio must be 1 (same precision path)
         r = rewards.float()
         return {
             "reward_mean": float(np.mean(all_rewards)), "reward_std": float(np.std(all_rewards)),
             "reward_min": float(np.min(all_rewards)), "reward_max": float(np.max(all_rewards)),
             "loss": float(np.mean(stats["loss"])), "approx_kl": float(np.mean(stats["approx_kl"])),
             "clipfrac": float(np.mean(stats["clipfrac"])), "local_reward_mean": float(r.mean()),
+            "ratio_at_old": stats["ratio_mean"][0], "ratio_at_old_maxdev": stats["ratio_maxdev"][0],
         }
 
     def _step(self) -> None:

@@ -47,6 +47,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from bench.errors import check_finite
 from bench.runner import make_adamw, optimizer_step
 from bench.sampling import Trajectory
 
@@ -91,6 +92,20 @@ class DenseDPO:
         self.buffer: deque = deque(maxlen=max(1, capacity))
         self.gradient_updates = 0
 
+    def training_state(self) -> dict:
+        from dataclasses import fields
+
+        groups = [({f.name: getattr(t, f.name) for f in fields(t)}, r) for t, r in self.buffer]
+        return {"optimizer": self.optimizer.state_dict(), "gradient_updates": self.gradient_updates,
+                "buffer": groups}
+
+    def load_training_state(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.gradient_updates = state["gradient_updates"]
+        self.buffer.clear()
+        for fields_, r in state["buffer"]:
+            self.buffer.append((Trajectory(**fields_), r))
+
     def sample_steps(self, n_pairs: int) -> torch.Tensor:
         """(n_pairs, M) step indices, k = 0 the noisiest."""
         k = self.ctx.rng.choice(len(self.p_steps), size=(n_pairs, self.hp["steps_per_pair"]), p=self.p_steps)
@@ -112,6 +127,7 @@ class DenseDPO:
         _, all_rewards = ctx.gather(traj.prompts, rewards)
 
         start = 0
+        new_groups = []
         for g in sizes:
             members = np.arange(start, start + g)
             start += g
@@ -119,9 +135,11 @@ class DenseDPO:
                 continue
             kept = members[keep_sorted(rewards[members].numpy(), hp["kept_per_prompt"], ctx.rng)]
             self.buffer.append((traj.index(kept), rewards[kept].clone()))
+            new_groups.append(len(self.buffer) - 1)
 
         updates = max(1, int(np.floor(hp["updates_per_query"] * n * ctx.world_size + 0.5)))
-        stats = {"loss": [], "accuracy": [], "logit_gap": []}
+        stats = {"loss": [], "accuracy": [], "logit_gap": [], "clamp_fraction": []}
+        ratio_at_old = None
         with ctx.bar(updates, "training") as bar:
             for _ in range(updates):
                 if not self.buffer:
@@ -139,9 +157,20 @@ class DenseDPO:
                 with torch.no_grad():
                     init_w = self.pair_log_probs(win_t, steps, reference=True)
                     init_l = self.pair_log_probs(lose_t, steps, reference=True)
-                logit_w = dpo_logits(self.pair_log_probs(win_t, steps), init_w, hp["beta_tilde"], hp["delta"])
-                logit_l = dpo_logits(self.pair_log_probs(lose_t, steps), init_l, hp["beta_tilde"], hp["delta"])
+                lp_w, lp_l = self.pair_log_probs(win_t, steps), self.pair_log_probs(lose_t, steps)
+                logit_w = dpo_logits(lp_w, init_w, hp["beta_tilde"], hp["delta"])
+                logit_l = dpo_logits(lp_l, init_l, hp["beta_tilde"], hp["delta"])
+                rho = torch.cat([lp_w - init_w, lp_l - init_l]).detach()
+                stats["clamp_fraction"].append(float((rho.abs() >= hp["delta"]).float().mean()))
+                if ratio_at_old is None:  # the first update of the round, on this round's fresh samples
+                    fresh = [k for k, p in enumerate(picks) if p >= len(self.buffer) - len(new_groups)]
+                    if fresh:
+                        old = torch.stack([torch.cat([win_t.log_probs[k, steps[k]] for k in fresh]),
+                                           torch.cat([lose_t.log_probs[k, steps[k]] for k in fresh])])
+                        now = torch.stack([lp_w[fresh].detach().flatten(), lp_l[fresh].detach().flatten()])
+                        ratio_at_old = float((now - old).exp().sub(1).abs().max())
                 loss = bt_loss(logit_w, logit_l)
+                check_finite("DPO loss", loss)
                 loss.backward()
                 optimizer_step(ctx, self.optimizer, self.params, hp["max_grad_norm"], 1, 1)
                 self.gradient_updates += 1
@@ -152,6 +181,6 @@ class DenseDPO:
         return {
             "reward_mean": float(np.mean(all_rewards)), "reward_std": float(np.std(all_rewards)),
             "reward_min": float(np.min(all_rewards)), "reward_max": float(np.max(all_rewards)),
-            "local_reward_mean": float(rewards.mean()),
+            "local_reward_mean": float(rewards.mean()), "ratio_at_old_maxdev": ratio_at_old,
             **{k: float(np.mean(v)) if v else None for k, v in stats.items()},
         }

@@ -63,6 +63,7 @@ from contextlib import nullcontext
 import numpy as np
 import torch
 
+from bench.errors import check_finite
 from bench.runner import make_adamw, optimizer_step
 from bench.sampling import Trajectory
 
@@ -114,6 +115,14 @@ class PRDP:
         self.optimizer = make_adamw(self.params, hp)
         self.beta = None if hp["beta"] == "auto" else float(hp["beta"])
         self.gradient_updates = 0
+
+    def training_state(self) -> dict:
+        return {"optimizer": self.optimizer.state_dict(), "gradient_updates": self.gradient_updates,
+                "beta": self.beta}
+
+    def load_training_state(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.gradient_updates, self.beta = state["gradient_updates"], state["beta"]
 
     def group_sizes(self, n: int) -> list[int]:
         B = self.hp["images_per_prompt"]
@@ -177,6 +186,7 @@ class PRDP:
                 if len(a):
                     loss, clipfrac = prdp_loss(table, ratio_old, r_dev, torch.as_tensor(a), torch.as_tensor(b),
                                                self.beta, hp["clip_range"])
+                    check_finite("PRDP loss", loss)
                     loss.backward()
                     self._backprop_steps(sub, table.grad)
                     stats["loss"].append(loss.item())

@@ -94,6 +94,7 @@ import torch
 from torch import nn
 
 from bench import neurons
+from bench.errors import check_finite
 from bench.runner import make_adamw, optimizer_step
 from bench.sampling import Trajectory
 from bench.stat_tracker import PerPromptStatTracker, batch_normalize
@@ -186,6 +187,13 @@ def tdpo_policy_loss(log_prob: torch.Tensor, old_log_prob: torch.Tensor, advanta
     return loss, approx_kl.detach(), clipfrac.detach()
 
 
+def explained_variance(returns: np.ndarray, values: np.ndarray) -> float | None:
+    """1 - Var(returns - values) / Var(returns): how much of the returns the critic's sampling-time
+    predictions explain (1 perfect, 0 no better than a constant, negative worse)."""
+    var = float(np.var(returns))
+    return None if var == 0 else 1.0 - float(np.var(returns - values)) / var
+
+
 def clipped_value_loss(value: torch.Tensor, old_value: torch.Tensor, target: torch.Tensor,
                        clip_range: float) -> tuple[torch.Tensor, torch.Tensor]:
     """0.5 * mean(max((V-G)^2, (clamp(V, V_old +- c) - G)^2)) and the clip fraction."""
@@ -246,6 +254,25 @@ class TDPO:
         self.gradient_updates = 0
         self.epochs_done = 0
 
+    def training_state(self) -> dict:
+        from bench.state import tracker_state
+
+        return {"optimizer": self.optimizer.state_dict(), "critic": self.critic.state_dict(),
+                "critic_optimizer": self.critic_optimizer.state_dict(), "tracker": tracker_state(self.tracker),
+                "kl_ctl": self.kl_ctl.value, "prev_masks": self.prev_masks, "pending_reset": self.pending_reset,
+                "gradient_updates": self.gradient_updates, "epochs_done": self.epochs_done}
+
+    def load_training_state(self, state: dict) -> None:
+        from bench.state import load_tracker_state
+
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.critic.load_state_dict(state["critic"])
+        self.critic_optimizer.load_state_dict(state["critic_optimizer"])
+        load_tracker_state(self.tracker, state["tracker"])
+        self.kl_ctl.value = state["kl_ctl"]
+        self.prev_masks, self.pending_reset = state["prev_masks"], state["pending_reset"]
+        self.gradient_updates, self.epochs_done = state["gradient_updates"], state["epochs_done"]
+
     def _critic_encoder(self):
         from bench.runner import load_reward
 
@@ -270,6 +297,7 @@ class TDPO:
         flat = traj.latents.reshape(B * T, *traj.latents.shape[2:])
         bs = self.hp["encode_batch_size"]
         feats = [self.encoder(self.ctx.backbone.decode(flat[s:s + bs])).float() for s in range(0, B * T, bs)]
+        self.ctx.backbone.counts.encoder_forwards += B * T  # not reward queries: the critic's own inputs
         return torch.cat(feats).reshape(B, T, -1)
 
     @torch.no_grad()
@@ -289,7 +317,8 @@ class TDPO:
         """Backpropagate one update's loss pg + cf_coef * cf (means over its rows), in fused calls."""
         bb, hp, dev = self.ctx.backbone, self.hp, self.ctx.device
         rows = len(window)
-        out = dict.fromkeys(("pg_loss", "cf_loss", "approx_kl", "clipfrac", "cf_clipfrac"), 0.0)
+        out = dict.fromkeys(("pg_loss", "cf_loss", "approx_kl", "clipfrac", "cf_clipfrac", "ratio_mean",
+                             "ratio_maxdev"), 0.0)
         for idx, steps in window.chunks(self.ctx.spec.train_batch_size):
             sub = traj.index(idx)
             log_prob = bb.log_prob(sub, steps)
@@ -300,9 +329,14 @@ class TDPO:
             cf, vfrac = clipped_value_loss(value, residuals[dev_idx, dev_steps], returns_t[dev_idx, dev_steps],
                                            hp["clip_range_critic"])
             w = len(idx) / rows
+            check_finite("policy loss", pg)
+            check_finite("critic loss", cf)
             ((pg + hp["cf_coef"] * cf) * w).backward()
             for k, v in zip(out, (pg, cf, kl, clipfrac, vfrac)):
                 out[k] += float(v.detach()) * w
+            ratio = torch.exp(log_prob.detach() - old)
+            out["ratio_mean"] += float(ratio.mean()) * w
+            out["ratio_maxdev"] = max(out["ratio_maxdev"], float((ratio - 1).abs().max()))
         return out
 
     def apply_pending_reset(self) -> dict:
@@ -346,13 +380,16 @@ class TDPO:
             metrics["kl_ctl"] = self.kl_ctl.value
             penalty = -hp["kl_penalty_coef"] * self.kl_ctl.value * kl_penalty(lp, rlp, hp["kl_penalty"])
         returns, temporal = temporal_rewards(norm, all_residuals, penalty, hp["gamma"], hp["temporal_reward_norm"])
+        check_finite("returns", returns)
+        check_finite("temporal rewards (advantages)", temporal)
         if penalty is not None:  # how much of a return the penalty is: |sum of penalties| / |final reward|
             metrics["kl_penalty_ratio"] = float(np.abs(penalty.sum(1)).mean() / (np.abs(norm).mean() + 1e-12))
         local = ctx.local_slice(n)
         returns_t = torch.as_tensor(returns[local], dtype=torch.float32, device=ctx.device)
         temporal_t = torch.as_tensor(temporal[local], dtype=torch.float32, device=ctx.device)
 
-        stats = {k: [] for k in ("pg_loss", "cf_loss", "approx_kl", "clipfrac", "cf_clipfrac")}
+        stats = {k: [] for k in ("pg_loss", "cf_loss", "approx_kl", "clipfrac", "cf_clipfrac", "ratio_mean",
+                                 "ratio_maxdev")}
         self.optimizer.zero_grad(set_to_none=True)
         self.critic_optimizer.zero_grad(set_to_none=True)
         self.critic.train()
@@ -376,7 +413,9 @@ class TDPO:
             "reward_min": float(np.min(all_rewards)), "reward_max": float(np.max(all_rewards)),
             "local_reward_mean": float(rewards.float().mean()),
             "loss": float(np.mean(stats["pg_loss"]) + hp["cf_coef"] * np.mean(stats["cf_loss"])),
-            **{k: float(np.mean(v)) for k, v in stats.items()},
+            **{k: float(np.mean(v)) for k, v in stats.items() if not k.startswith("ratio_")},
+            "ratio_at_old": stats["ratio_mean"][0], "ratio_at_old_maxdev": stats["ratio_maxdev"][0],
+            "critic_explained_variance": explained_variance(returns, all_residuals),
             "residual_mean": float(all_residuals.mean()), "temporal_reward_std": float(temporal.std()),
             **metrics,
         }

@@ -57,3 +57,27 @@ def make_spec(method: str, reward: str = "test-counting", *, num_steps: int, sam
                    samples_per_epoch=samples_per_epoch, train_batch_size=train_batch_size,
                    sample_batch_size=sample_batch_size, train_prompts=train_prompts, update_multiplier=multiplier,
                    latent_dims=latent_dims, hparams=resolve_hparams(method, overrides or {}, scale))
+
+
+class NaNAfterReward(CountingReward):
+    """Brightness, but NaN for every other image once more than `after` images were scored."""
+
+    name = "test-nan"
+    after = 16
+
+    def score(self, images, prompts):
+        out = super().score(images, prompts)
+        if sum(CountingReward.calls) > self.after:
+            out[::2] = float("nan")
+        return out
+
+
+def register_nan_reward(after: int = 16):
+    from bench.catalog import rewards
+
+    if "test-nan" not in rewards:
+        rewards.register("test-nan", "tests.helpers:NaNAfterReward", "test double",
+                         higher_is_better=True, differentiable=False)
+    NaNAfterReward.after = after
+    CountingReward.calls.clear()
+    return NaNAfterReward

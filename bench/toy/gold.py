@@ -149,3 +149,28 @@ def noisy_views(images: torch.Tensor, generator: torch.Generator) -> torch.Tenso
     x = images + w * (blurred - images)
     x = x + torch.randn(x.shape, generator=generator) * 0.04 * torch.rand(b, 1, 1, 1, generator=generator)
     return x.clamp(0, 1)
+
+
+def predicted_attributes(images: torch.Tensor, count_probs: torch.Tensor) -> dict[str, list]:
+    """Discrete attributes of each image, for diversity: `colour` (the colour the gold model most
+    expects some object in: argmax_c sum_s P(count(c, s) >= 1)), `position` (the 3x3 cell of the
+    foreground's centroid) and `size` (the foreground's area fraction in 4 bins). The foreground is
+    every pixel farther than 0.25 (L1 over RGB) from the image's median border colour."""
+    x = images.float().clamp(0, 1).cpu()
+    b, _, h, w = x.shape
+    border = torch.cat([x[:, :, 0], x[:, :, -1], x[:, :, :, 0], x[:, :, :, -1]], dim=2)  # (B, 3, 2h + 2w)
+    bg = border.median(dim=2).values
+    fg = ((x - bg[:, :, None, None]).abs().sum(dim=1) > 0.25).float()
+    area = fg.mean(dim=(1, 2))
+    ys = torch.arange(h, dtype=torch.float32) + 0.5
+    xs = torch.arange(w, dtype=torch.float32) + 0.5
+    mass = fg.sum(dim=(1, 2)).clamp(min=1)
+    cy = (fg * ys.view(1, h, 1)).sum(dim=(1, 2)) / mass
+    cx = (fg * xs.view(1, 1, w)).sum(dim=(1, 2)) / mass
+    cell = (cy / h * 3).long().clamp(0, 2) * 3 + (cx / w * 3).long().clamp(0, 2)
+    size = torch.bucketize(area, torch.tensor([0.05, 0.12, 0.25]))
+    present = 1.0 - count_probs[:, :, 0]  # (B, pairs): P(count >= 1)
+    per_colour = present.view(b, len(COLORS), len(SHAPES)).sum(dim=2)
+    colour = per_colour.argmax(dim=1)
+    names = list(COLORS)
+    return {"colour": [names[i] for i in colour.tolist()], "position": cell.tolist(), "size": size.tolist()}
