@@ -102,7 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", default="results")
     ev.add_argument("--db", default=None)
     ev.add_argument("--rewards", default="all", help="comma-separated reward names, or 'all' of the run's suite")
-    ev.add_argument("--per-prompt", type=whole, default=1, help="images per prompt and checkpoint (default 1)")
+    ev.add_argument("--per-prompt", type=whole, default=None,
+                    help="images per prompt and checkpoint (default: the backbone's, 2 on the toy)")
     ev.add_argument("--force", action="store_true", help="re-score rewards that were scored already")
     ev.add_argument("--no-progress", action="store_true")
 
@@ -390,8 +391,8 @@ def cmd_eval(args) -> int:
         names = [r.strip() for r in args.rewards.split(",") if r.strip()]
         for r in names:
             catalog.rewards.get(r)  # did-you-mean before any heavy import
-    if args.per_prompt <= 0:
-        raise BenchError(f"--per-prompt must be positive, got {args.per_prompt}")
+    if args.per_prompt is not None and not 0 < args.per_prompt <= 64:
+        raise BenchError(f"--per-prompt must be between 1 and 64, got {args.per_prompt}")
     import json
 
     run_dirs = sorted(p.parent for p in (out / "runs").glob("*/run.json")
@@ -417,6 +418,15 @@ def cmd_report(args) -> int:
     _quiet_libraries()
     _report(db, Path(args.out), db.parent)
     return 0
+
+
+def _has_table(con, name: str) -> bool:
+    return bool(con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [name]).fetchone()[0])
+
+
+def _has_column(con, table: str, column: str) -> bool:
+    return bool(con.execute("SELECT count(*) FROM information_schema.columns WHERE table_name = ? AND column_name = ?",
+                            [table, column]).fetchone()[0])
 
 
 def print_summary(db: Path, run_ids: list[str]) -> None:
@@ -507,9 +517,19 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "runs":
             from bench.store import connect
             con = connect(db, read_only=True)
-            ids = [r[0] for r in con.execute("SELECT run_id FROM runs ORDER BY run_id").fetchall()]
-            con.close()
+            try:
+                ids = [r[0] for r in con.execute("SELECT run_id FROM runs ORDER BY run_id").fetchall()]
+                broken = con.execute("SELECT run_dir, reason FROM quarantine ORDER BY 1").fetchall() \
+                    if _has_table(con, "quarantine") else []
+                failed = con.execute("SELECT run_id, error FROM runs WHERE status = 'failed' ORDER BY 1").fetchall() \
+                    if _has_column(con, "runs", "error") else []
+            finally:
+                con.close()
             print_summary(db, ids)
+            for run_id, error in failed:
+                print(f"failed       {run_id}: {error}")
+            for run_dir, reason in broken:
+                print(f"quarantined  {run_dir}: {reason} (fix or remove the folder, then `bench ingest`)")
             return 0
     except BenchError as e:
         print(f"error: {e}", file=sys.stderr)

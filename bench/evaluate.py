@@ -231,7 +231,17 @@ def save_grid(images: torch.Tensor, path: Path, cols: int = 4, scale: int = 4) -
     atomic_write_bytes(Path(path), buf.getvalue())
 
 
-def evaluate_run(run_dir: Path, reward_names: list[str] | None = None, per_prompt: int = 1,
+def default_per_prompt(spec) -> int:
+    """The backbone's evaluation images per prompt (2 on the toy and SD; 1 where it states none)."""
+    from bench.spec import resolve_backbone
+
+    try:
+        return int(resolve_backbone(spec.backbone).defaults.get("eval_per_prompt", 1))
+    except Exception:  # a backbone folder that has moved: its runs are still scored
+        return 1
+
+
+def evaluate_run(run_dir: Path, reward_names: list[str] | None = None, per_prompt: int | None = None,
                  eval_seed: int = DEFAULT_EVAL_SEED, device="cpu", progress: bool = True,
                  force: bool = False, on_progress=None, shared: bool = True, extras: bool = True) -> list[str]:
     """Score every checkpoint of a finished run with every suite reward it lacks, on every
@@ -250,6 +260,19 @@ def evaluate_run(run_dir: Path, reward_names: list[str] | None = None, per_promp
     t_start = time.perf_counter()
     run_dir = Path(run_dir)
     spec = RunSpec.from_dict(json.loads((run_dir / "run.json").read_text())["config"])
+    per_prompt = per_prompt or default_per_prompt(spec)
+    settings = {"per_prompt": per_prompt, "eval_seed": eval_seed}
+    settings_file = run_dir / "scores" / "_settings.json"
+    try:
+        old_settings = json.loads(settings_file.read_text()) if settings_file.is_file() else None
+    except ValueError:
+        old_settings = {}
+    if old_settings is not None and old_settings != settings:
+        # scored with other settings: every shard is stale, and none may mix with new ones
+        for folder in ("scores", "eval_metrics"):
+            for f in (run_dir / folder).glob("*.jsonl"):
+                f.unlink()
+        force = True
     extras = extras and reward_names is None
     names = reward_names or suite_rewards(spec.suite)
     missing = [r for r in names if force or not (run_dir / "scores" / f"{r}.jsonl").is_file()]
@@ -270,6 +293,7 @@ def evaluate_run(run_dir: Path, reward_names: list[str] | None = None, per_promp
                                 shared_dir=run_dir.parent.parent / "shared" if shared else None,
                                 kl=kl, set_metrics=set_fn, set_rows=set_rows)
     done = list(missing)
+    atomic_write_json(settings_file, settings)
     for rname in missing:
         atomic_write_jsonl(run_dir / "scores" / f"{rname}.jsonl", [r for r in rows if r["reward"] == rname])
     if kl:

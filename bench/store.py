@@ -4,8 +4,10 @@ Why shards: DuckDB allows one read-write process per database file, so training
 processes never open the database. Each run writes its own folder of small files
 (every file written atomically), and `ingest` (called by `bench run` at the end of
 each run, or by `bench ingest`) is the only code that writes the database.
-Primary keys plus INSERT OR IGNORE make re-ingesting never duplicate a row; the
-`runs` row is replaced, so a run that finishes later updates its status.
+Every run is ingested in its own transaction, and a file whose signature (size,
+mtime, inode) changed since the last ingest replaces its rows: the database reflects
+the files (a re-scored shard, a resumed run), re-ingesting never duplicates a row, and
+a run folder that cannot be read is quarantined without blocking the others.
 
 Run folder layout (out/runs/<run_name>/):
     run.json             the `runs` row (status 'running', then 'finished')
@@ -19,6 +21,7 @@ Run folder layout (out/runs/<run_name>/):
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -34,8 +37,9 @@ SCHEMA = {
         config JSON,                     -- the full RunSpec
         package_versions JSON, git_commit VARCHAR,
         started_at TIMESTAMP, finished_at TIMESTAMP,
-        status VARCHAR,                  -- 'running' | 'finished'
-        wall_time_s DOUBLE, world_size INTEGER
+        status VARCHAR,                  -- 'running' | 'finished' | 'failed'
+        wall_time_s DOUBLE, world_size INTEGER,
+        error VARCHAR                    -- why a failed run failed (one line)
     """,
     # One row per saved LoRA checkpoint, at the common reward-query marks.
     "checkpoints": """
@@ -66,11 +70,20 @@ SCHEMA = {
         run_id VARCHAR, reward_queries BIGINT, prompt_set VARCHAR, metric VARCHAR, value DOUBLE,
         PRIMARY KEY (run_id, reward_queries, prompt_set, metric)
     """,
+    # Which version of each run file the tables hold (size, mtime, inode): a changed file replaces its rows.
+    "ingested": """
+        run_id VARCHAR, file VARCHAR, signature VARCHAR, PRIMARY KEY (run_id, file)
+    """,
+    # Run folders that could not be read at the last ingest, and why (`bench runs` lists them).
+    "quarantine": """
+        run_dir VARCHAR PRIMARY KEY, reason VARCHAR
+    """,
 }
 
 COLUMNS = {
     "runs": ["run_id", "config_hash", "method", "reward", "backbone", "suite", "seed", "budget", "config",
-             "package_versions", "git_commit", "started_at", "finished_at", "status", "wall_time_s", "world_size"],
+             "package_versions", "git_commit", "started_at", "finished_at", "status", "wall_time_s", "world_size",
+             "error"],
     "checkpoints": ["run_id", "reward_queries", "mark_index", "epoch", "sampled_images", "gradient_updates",
                     "wall_time_s", "path", "unet_forward", "unet_backward", "vae_decodes", "reward_forwards",
                     "encoder_forwards", "sha256"],
@@ -101,6 +114,7 @@ def connect(db_path: Path, read_only: bool = False, wait_s: float = 30.0):
     if not read_only:
         for table, cols in SCHEMA.items():
             con.execute(f"CREATE TABLE IF NOT EXISTS {table} ({cols})")
+        con.execute("ALTER TABLE runs ADD COLUMN IF NOT EXISTS error VARCHAR")
         for col, kind in (("unet_forward", "BIGINT"), ("unet_backward", "BIGINT"), ("vae_decodes", "BIGINT"),
                           ("reward_forwards", "BIGINT"), ("encoder_forwards", "BIGINT"), ("sha256", "VARCHAR")):
             con.execute(f"ALTER TABLE checkpoints ADD COLUMN IF NOT EXISTS {col} {kind}")  # databases from before
@@ -113,57 +127,153 @@ def _timestamp(value):
     return dt.datetime.fromisoformat(value).astimezone(dt.timezone.utc).replace(tzinfo=None) if value else None
 
 
+class CorruptRun(Exception):
+    """A run folder file that cannot be read: the run is quarantined, not ingested."""
+
+
 def _read_jsonl(path: Path) -> list[dict]:
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = []
+    for lineno, line in enumerate(path.read_text(errors="strict").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            raise CorruptRun(f"{path.parent.name}/{path.name}:{lineno}: not valid JSON (half-written?)") from None
+        if not isinstance(row, dict) or "run_id" not in row:
+            raise CorruptRun(f"{path.parent.name}/{path.name}:{lineno}: not a row of this table")
+        rows.append(row)
+    return rows
 
 
-def _insert(con, table: str, rows: list[dict], replace: bool = False) -> int:
+def _signature(path: Path) -> str:
+    st = path.stat()
+    return f"{st.st_size}:{st.st_mtime_ns}:{st.st_ino}"
+
+
+def _insert_rows(con, table: str, rows: list[dict]) -> int:
+    """INSERT OR REPLACE rows (columns COLUMNS[table]) through a DataFrame: fast for the large score shards."""
     if not rows:
         return 0
+    import pandas as pd
+
     cols = COLUMNS[table]
-    values = [[json.dumps(r[c]) if isinstance(r.get(c), (dict, list)) else r.get(c) for c in cols] for r in rows]
-    verb = "INSERT OR REPLACE" if replace else "INSERT OR IGNORE"
-    before = con.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
-    con.execute(f"CREATE TEMP TABLE IF NOT EXISTS stage_{table} AS SELECT * FROM {table} LIMIT 0")
-    con.execute(f"DELETE FROM stage_{table}")
-    con.executemany(f"INSERT INTO stage_{table} VALUES ({', '.join('?' * len(cols))})", values)
-    con.execute(f"{verb} INTO {table} SELECT * FROM stage_{table}")
-    return con.execute(f"SELECT count(*) FROM {table}").fetchone()[0] - before
+    df = pd.DataFrame([{c: (json.dumps(r[c]) if isinstance(r.get(c), (dict, list)) else r.get(c)) for c in cols}
+                       for r in rows], columns=cols)
+    con.register("bench_rows", df)
+    try:
+        con.execute(f"INSERT OR REPLACE INTO {table} ({', '.join(cols)}) SELECT {', '.join(cols)} FROM bench_rows")
+    except Exception as e:  # a value of the wrong type: the file is not what the harness wrote
+        raise CorruptRun(f"rows of {table}: {str(e).splitlines()[0][:160]}") from None
+    finally:
+        con.unregister("bench_rows")
+    return len(rows)
+
+
+def _read_run(run_dir: Path) -> dict:
+    """run.json of a run folder, validated; raises CorruptRun."""
+    f = run_dir / "run.json"
+    try:
+        run = json.loads(f.read_text())
+    except FileNotFoundError:
+        raise CorruptRun(f"{run_dir.name}: no run.json") from None
+    except (OSError, ValueError, UnicodeDecodeError):
+        raise CorruptRun(f"{run_dir.name}/run.json: not valid JSON (truncated?)") from None
+    need = ("run_id", "config_hash", "method", "status", "started_at", "config")
+    if not isinstance(run, dict) or any(k not in run for k in need):
+        raise CorruptRun(f"{run_dir.name}/run.json: not a run record (needs {', '.join(need)})")
+    if run["run_id"] != run_dir.name:
+        raise CorruptRun(f"{run_dir.name}/run.json: names another run ({run['run_id']!r})")
+    try:
+        run["started_at"], run["finished_at"] = _timestamp(run["started_at"]), _timestamp(run.get("finished_at"))
+    except (TypeError, ValueError):
+        raise CorruptRun(f"{run_dir.name}/run.json: a timestamp is not ISO 8601") from None
+    return run
 
 
 def ingest_run_dir(con, run_dir: Path) -> dict[str, int]:
-    run = json.loads((run_dir / "run.json").read_text())
-    stored = con.execute("SELECT started_at FROM runs WHERE run_id = ?", [run["run_id"]]).fetchone()
-    if stored is not None and str(stored[0]) != str(_timestamp(run["started_at"])):
-        # the run was restarted (an earlier attempt crashed): its old rows are superseded
-        for table in ("checkpoints", "train_metrics", "scores", "eval_metrics"):
-            con.execute(f"DELETE FROM {table} WHERE run_id = ?", [run["run_id"]])
-    added = {"runs": _insert(con, "runs", [run], replace=True)}
-    added["checkpoints"] = _insert(con, "checkpoints", _read_jsonl(run_dir / "checkpoints.jsonl"))
-    added["train_metrics"] = _insert(con, "train_metrics", _read_jsonl(run_dir / "metrics.jsonl"))
-    scores = [r for f in sorted((run_dir / "scores").glob("*.jsonl")) for r in _read_jsonl(f)]
-    added["scores"] = _insert(con, "scores", scores)
-    sets = [r for f in sorted((run_dir / "eval_metrics").glob("*.jsonl")) for r in _read_jsonl(f)]
-    added["eval_metrics"] = _insert(con, "eval_metrics", sets)
+    """Bring one run folder's rows into the database. A file whose signature (size, mtime, inode) changed
+    since the last ingest replaces its rows, so a re-scored shard or a resumed run is reflected; an
+    unchanged file is skipped."""
+    run = _read_run(run_dir)
+    run_id = run["run_id"]
+    added = {t: 0 for t in ("runs", "checkpoints", "train_metrics", "scores", "eval_metrics")}
+    stored = con.execute("SELECT started_at FROM runs WHERE run_id = ?", [run_id]).fetchone()
+    if stored is not None and stored[0] != run["started_at"]:
+        # the run was started over: every row of the earlier attempt is superseded
+        for table in ("checkpoints", "train_metrics", "scores", "eval_metrics", "ingested"):
+            con.execute(f"DELETE FROM {table} WHERE run_id = ?", [run_id])
+    seen = dict(con.execute("SELECT file, signature FROM ingested WHERE run_id = ?", [run_id]).fetchall())
+    files = {"run.json": run_dir / "run.json", "checkpoints.jsonl": run_dir / "checkpoints.jsonl",
+             "metrics.jsonl": run_dir / "metrics.jsonl"}
+    for folder in ("scores", "eval_metrics"):
+        for f in sorted((run_dir / folder).glob("*.jsonl")):
+            files[f"{folder}/{f.name}"] = f
+    for name in set(seen) - {n for n, p in files.items() if p.is_file()}:
+        # a shard that was deleted (re-evaluation with other settings): its rows are stale
+        if name.startswith(("scores/", "eval_metrics/")):
+            table, key = ("scores", "reward") if name.startswith("scores/") else ("eval_metrics", "metric")
+            if table == "scores":
+                con.execute("DELETE FROM scores WHERE run_id = ? AND reward = ?", [run_id, Path(name).stem])
+            else:
+                con.execute("DELETE FROM eval_metrics WHERE run_id = ?", [run_id])
+        con.execute("DELETE FROM ingested WHERE run_id = ? AND file = ?", [run_id, name])
+    for name, path in files.items():
+        if not path.is_file():
+            continue
+        sig = _signature(path)
+        if seen.get(name) == sig:
+            continue
+        if name == "run.json":
+            added["runs"] += _insert_rows(con, "runs", [run])
+        elif name == "checkpoints.jsonl":
+            rows = _read_jsonl(path)
+            con.execute("DELETE FROM checkpoints WHERE run_id = ?", [run_id])
+            added["checkpoints"] += _insert_rows(con, "checkpoints", rows)
+        elif name == "metrics.jsonl":
+            rows = _read_jsonl(path)
+            con.execute("DELETE FROM train_metrics WHERE run_id = ?", [run_id])
+            added["train_metrics"] += _insert_rows(con, "train_metrics", rows)
+        else:
+            rows = _read_jsonl(path)
+            table, key = ("scores", "reward") if name.startswith("scores/") else ("eval_metrics", "metric")
+            for value in sorted({str(r.get(key)) for r in rows} | {path.stem}):
+                con.execute(f"DELETE FROM {table} WHERE run_id = ? AND {key} = ?", [run_id, value])
+            added[table] += _insert_rows(con, table, rows)
+        con.execute("INSERT OR REPLACE INTO ingested VALUES (?, ?, ?)", [run_id, name, sig])
     return added
 
 
-def ingest(db_path: Path, out_dir: Path) -> dict[str, int]:
-    """Ingest every run folder under out_dir/runs. Safe to repeat."""
-    run_dirs = sorted(p.parent for p in (Path(out_dir) / "runs").glob("*/run.json"))
-    totals = {t: 0 for t in SCHEMA}
-    con = connect(db_path)
+def ingest(db_path: Path, out_dir: Path, wait_s: float = 30.0) -> dict[str, int]:
+    """Ingest every run folder under out_dir/runs, each in its own transaction: a folder that cannot be
+    read is quarantined (reported here, listed by `bench runs`) and the others go in. Safe to repeat."""
+    run_dirs = sorted(p for p in (Path(out_dir) / "runs").glob("*") if p.is_dir())
+    totals = {t: 0 for t in ("runs", "checkpoints", "train_metrics", "scores", "eval_metrics")}
+    broken: dict[str, str] = {}
+    con = connect(db_path, wait_s=wait_s)
     try:
-        con.execute("BEGIN TRANSACTION")
         for d in run_dirs:
-            for k, v in ingest_run_dir(con, d).items():
-                totals[k] += v
+            con.execute("BEGIN TRANSACTION")
+            try:
+                for k, v in ingest_run_dir(con, d).items():
+                    totals[k] += v
+                con.execute("COMMIT")
+            except (CorruptRun, UnicodeDecodeError) as e:
+                con.execute("ROLLBACK")
+                broken[d.name] = str(e) if isinstance(e, CorruptRun) else f"{d.name}: a file is not UTF-8 text"
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+        con.execute("BEGIN TRANSACTION")
+        con.execute("DELETE FROM quarantine")
+        for name, reason in broken.items():
+            con.execute("INSERT INTO quarantine VALUES (?, ?)", [name, reason])
         con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
     finally:
         con.close()
+    for name, reason in broken.items():
+        print(f"bench: quarantined run folder {name}: {reason}", file=sys.stderr)
+    totals["quarantined"] = len(broken)
     return totals

@@ -215,9 +215,11 @@ def test_run_evaluates_every_checkpoint_then_eval_adds_a_reward_and_reproduces(t
     counts = con.execute("""select reward, prompt_set, count(distinct run_id), count(distinct reward_queries), count(*)
                             from scores group by 1, 2 order by 1, 2""").fetchall()
     con.close()
-    rewards = ["aesthetic", "gold-aesthetic", "gold-fidelity", "hpsv2", "jpeg-compressibility", "pickscore"]
+    rewards = ["aesthetic", "gold-aesthetic", "gold-fidelity", "hpsv2", "jpeg-compressibility", "kl-to-pretrained",
+               "pickscore"]
     sets = {"toy-compositional": 4, "toy-seen": 48, "toy-unseen": 8}
-    assert counts == [(rw, ps, 2, 3, 2 * 3 * n) for rw in rewards for ps, n in sorted(sets.items())]
+    # 2 runs x 3 checkpoints x n prompts x 2 images per prompt (the toy's default)
+    assert counts == [(rw, ps, 2, 3, 2 * 3 * n * 2) for rw in rewards for ps, n in sorted(sets.items())]
     assert (tmp_path / "report" / "index.html").is_file() and (tmp_path / "report" / "leaderboard.csv").is_file()
     run_dir = next(p for p in (tmp_path / "runs").iterdir() if p.name.startswith("ddpo-2"))
     assert sorted(p.name for p in (run_dir / "grids").iterdir()) == ["q00000000.png", "q00000008.png",

@@ -45,9 +45,11 @@ def test_reingest_never_duplicates_and_updates_status(tmp_path):
     assert counts(db) == {"runs": 1, "checkpoints": 2, "train_metrics": 1}
     write_run(tmp_path, "r1", "finished", epochs=2)  # the run went on and finished
     write_run(tmp_path, "r2", "finished", epochs=2)
-    added = ingest(db, tmp_path)
-    assert added["checkpoints"] == 1 + 3 and added["train_metrics"] == 1 + 2
+    written = ingest(db, tmp_path)
+    # every changed file is read again and replaces its rows: r1's 3 + 2, r2's 3 + 2
+    assert written["checkpoints"] == 3 + 3 and written["train_metrics"] == 2 + 2
     assert counts(db) == {"runs": 2, "checkpoints": 6, "train_metrics": 4}
+    assert ingest(db, tmp_path)["checkpoints"] == 0  # nothing changed: nothing read
     con = duckdb.connect(str(db), read_only=True)
     assert con.execute("select status from runs where run_id='r1'").fetchone()[0] == "finished"
     assert json.loads(con.execute("select config from runs where run_id='r1'").fetchone()[0]) == {"a": 1}
@@ -96,3 +98,44 @@ def test_ingest_waits_for_another_writer(tmp_path):
     assert time.monotonic() - t0 > 0.5
     holder.wait()
     assert counts(db)["checkpoints"] == 3
+
+
+def test_a_rescored_shard_replaces_its_rows(tmp_path):
+    db = tmp_path / "bench.duckdb"
+    write_run(tmp_path, "r1", "finished", epochs=1)
+    shard = tmp_path / "runs" / "r1" / "scores" / "aesthetic.jsonl"
+    row = dict(run_id="r1", reward_queries=0, reward="aesthetic", prompt_set="s", prompt="p", sample_index=0,
+               eval_seed=1, value=1.0)
+    bio.atomic_write_jsonl(shard, [row])
+    ingest(db, tmp_path)
+    bio.atomic_write_jsonl(shard, [{**row, "value": 2.0}])  # `bench eval --force` re-scored it
+    ingest(db, tmp_path)
+    con = duckdb.connect(str(db), read_only=True)
+    assert con.execute("select value from scores").fetchall() == [(2.0,)]
+    con.close()
+
+
+def test_a_corrupt_run_folder_is_quarantined_and_the_rest_ingested(tmp_path):
+    db = tmp_path / "bench.duckdb"
+    write_run(tmp_path, "good", "finished", epochs=2)
+    write_run(tmp_path, "half", "finished", epochs=2)
+    with open(tmp_path / "runs" / "half" / "metrics.jsonl", "a") as f:
+        f.write('{"run_id": "half", "epoch": 3, "rew')  # a half-written line
+    write_run(tmp_path, "trunc", "finished", epochs=1)
+    (tmp_path / "runs" / "trunc" / "run.json").write_text('{"run_id": "tr')
+    (tmp_path / "runs" / "empty").mkdir()
+    added = ingest(db, tmp_path)
+    assert added["quarantined"] == 3
+    con = duckdb.connect(str(db), read_only=True)
+    assert [r[0] for r in con.execute("select run_id from runs").fetchall()] == ["good"]
+    reasons = dict(con.execute("select run_dir, reason from quarantine").fetchall())
+    con.close()
+    assert "metrics.jsonl:3: not valid JSON" in reasons["half"]
+    assert "run.json: not valid JSON" in reasons["trunc"] and "no run.json" in reasons["empty"]
+    from tests.conftest import run_cli
+
+    r = run_cli("runs", "--db", str(db))
+    assert r.returncode == 0 and "quarantined" in r.stdout and "half" in r.stdout
+    # repaired: ingested on the next call, and off the quarantine list
+    write_run(tmp_path, "half", "finished", epochs=2)
+    assert ingest(db, tmp_path)["quarantined"] == 2
