@@ -278,8 +278,20 @@ def build_specs(args) -> list:
     from metrics.weights import preflight
     preflight(args.reward, info.suite)
 
+    from bench.manifest import inputs_digest
     from bench.scale import Scale
+    from metrics.weights import weight_paths
 
+    _, prompt_list = resolve_prompt_set(train_prompts)
+    if info.location:
+        backbone_input = Path(info.location)
+    elif info.suite == "toy":
+        from bench.toy.suite import assets_root
+
+        backbone_input = assets_root()  # the pipeline and every toy reward's weights
+    else:
+        backbone_input = f"built by {info.builder}"  # deterministic, from code
+    inputs = inputs_digest(["\n".join(prompt_list), backbone_input, *weight_paths(args.reward, info.suite)])
     num_steps = args.num_steps or d["num_steps"]
     samples_per_epoch = args.samples_per_epoch or d["samples_per_epoch"]
     multiplier = args.update_multiplier if args.update_multiplier is not None else d["update_multiplier"]
@@ -297,15 +309,27 @@ def build_specs(args) -> list:
                 train_batch_size=args.train_batch_size or d["train_batch_size"],
                 sample_batch_size=d["sample_batch_size"], train_prompts=train_prompts,
                 lora_rank=args.lora_rank, mixed_precision=args.mixed_precision, update_multiplier=multiplier,
-                latent_dims=d["latent_dims"], hparams=hparams,
+                latent_dims=d["latent_dims"], inputs=inputs, hparams=hparams,
             ))
     return specs
+
+
+def _env_threads() -> int | None:
+    """OMP_NUM_THREADS, when the user set it (respected: more threads than cores oversubscribe them)."""
+    try:
+        value = int(os.environ.get("OMP_NUM_THREADS", ""))
+    except ValueError:
+        return None
+    return value if value > 0 else None
 
 
 def cmd_run(args) -> int:
     specs = build_specs(args)
     out = Path(args.out)
     db = Path(args.db) if args.db else out / "bench.duckdb"
+    from bench.store import check_db
+
+    busy = check_db(db)  # a bad --db is found now, not after hours of training
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     if distributed and args.workers not in (None, 1):
         raise BenchError("--workers runs independent runs side by side; under accelerate launch / torchrun "
@@ -317,7 +341,7 @@ def cmd_run(args) -> int:
 
     cuda = torch.cuda.is_available()
     workers = 1 if distributed else (args.workers or min(default_workers(cuda), len(specs)))
-    threads = args.threads or max(1, available_cores() // workers)
+    threads = args.threads or _env_threads() or max(1, available_cores() // workers)
     opts = GridOptions(out=out, db=db, evaluate=not args.no_eval, eval_per_prompt=args.eval_per_prompt,
                        force=args.force, progress=not args.no_progress, workers=workers, threads=threads,
                        restart=args.restart)
@@ -332,15 +356,22 @@ def cmd_run(args) -> int:
         f"{workers} worker processes"
     say(f"bench: {len(specs)} run(s) on suite {specs[0].suite!r}, budget {specs[0].budget} reward queries, "
         f"reward {specs[0].reward!r}, {where}")
+    if busy:
+        say(f"bench: note: {busy}")
     torch.set_num_threads(threads)
     estimator = Estimator(out, threads, workers) if main else None
     t_grid = time.perf_counter()
     outcomes = run_grid(specs, opts, accelerator, estimator, say)
     if not main:
         return 0
-    from bench.store import ingest
+    from bench.store import DatabaseBusy, ingest
 
-    ingest(db, out)
+    try:
+        ingest(db, out, wait_s=60.0)
+    except DatabaseBusy as e:
+        print(f"bench: {e}. Every run's results are in {out / 'runs'}; the summary and the report follow "
+              f"`python -m bench ingest` and `python -m bench report`.", file=sys.stderr)
+        return 1 if any(o.status == "failed" for o in outcomes) else 0
     print_summary(db, [s.run_name for s in specs])
     failed = [o for o in outcomes if o.status == "failed"]
     for o in failed:
@@ -389,14 +420,26 @@ def cmd_eval(args) -> int:
     names = None
     if args.rewards != "all":
         names = [r.strip() for r in args.rewards.split(",") if r.strip()]
+        if not names:
+            raise BenchError("--rewards is empty; give reward names like aesthetic,pickscore or 'all'")
         for r in names:
             catalog.rewards.get(r)  # did-you-mean before any heavy import
     if args.per_prompt is not None and not 0 < args.per_prompt <= 64:
         raise BenchError(f"--per-prompt must be between 1 and 64, got {args.per_prompt}")
+    if not (out / "runs").is_dir():
+        raise BenchError(f"no run folders under {out / 'runs'}; pass the --out of a `bench run`")
+    from bench.store import check_db
+
+    check_db(db)
     import json
 
-    run_dirs = sorted(p.parent for p in (out / "runs").glob("*/run.json")
-                      if json.loads(p.read_text()).get("status") == "finished")
+    run_dirs = []
+    for p in sorted((out / "runs").glob("*/run.json")):
+        try:
+            if json.loads(p.read_text()).get("status") == "finished":
+                run_dirs.append(p.parent)
+        except (OSError, ValueError, AttributeError):
+            print(f"bench: skipping {p.parent.name}: its run.json cannot be read", file=sys.stderr)
     if not run_dirs:
         raise BenchError(f"no finished runs under {out / 'runs'}")
     _quiet_libraries()
@@ -413,8 +456,10 @@ def cmd_eval(args) -> int:
 
 def cmd_report(args) -> int:
     db = Path(args.db)
-    if not db.is_file():
-        raise BenchError(f"no results database at {db}; run `python -m bench run` first or pass --db")
+    from bench.store import open_results
+
+    open_results(db).close()
+    check_out_dir(Path(args.out))
     _quiet_libraries()
     _report(db, Path(args.out), db.parent)
     return 0
@@ -463,8 +508,9 @@ def print_summary(db: Path, run_ids: list[str]) -> None:
 def cmd_perf(args) -> int:
     if args.db:
         db = Path(args.db)
-        if not db.is_file():
-            raise BenchError(f"no results database at {db}")
+        from bench.store import open_results
+
+        open_results(db).close()
         _quiet_libraries()
         from bench.perf import PHASE_HEADER, phase_rows, print_table
 
@@ -510,13 +556,18 @@ def main(argv: list[str] | None = None) -> int:
         out = Path(args.out)
         db = Path(args.db) if args.db else out / "bench.duckdb"
         if args.command == "ingest":
+            if not (out / "runs").is_dir():
+                raise BenchError(f"no run folders under {out / 'runs'}; pass the --out of a `bench run`")
+            from bench.store import check_db
+
+            check_db(db)
             from bench.store import ingest
             added = ingest(db, out)
             print("ingested: " + ", ".join(f"{v} new {k} rows" for k, v in added.items()) + f" into {db}")
             return 0
         if args.command == "runs":
-            from bench.store import connect
-            con = connect(db, read_only=True)
+            from bench.store import open_results
+            con = open_results(db)
             try:
                 ids = [r[0] for r in con.execute("SELECT run_id FROM runs ORDER BY run_id").fetchall()]
                 broken = con.execute("SELECT run_dir, reason FROM quarantine ORDER BY 1").fetchall() \

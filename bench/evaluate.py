@@ -98,6 +98,14 @@ def evaluate_checkpoints(run_dir: Path, rewards: dict, prompt_sets: dict[str, li
     run_dir = Path(run_dir)
     spec = RunSpec.from_dict(json.loads((run_dir / "run.json").read_text())["config"])
     ckpts = [json.loads(line) for line in (run_dir / "checkpoints.jsonl").read_text().splitlines() if line]
+    import re
+
+    from bench.errors import BenchError
+
+    for ck in ckpts:  # paths read back from a file: only the runner's own form
+        if not re.fullmatch(r"checkpoints/q[0-9]{8}\.safetensors", str(ck.get("path", ""))):
+            raise BenchError(f"{run_dir / 'checkpoints.jsonl'}: checkpoint path {ck.get('path')!r} is not one the "
+                             f"runner writes")
     if queries is not None:
         ckpts = [c for c in ckpts if c["reward_queries"] in queries]
     cache = None

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.errors import RunFailed
+from bench.store import DatabaseBusy
 
 
 def available_cores() -> int:
@@ -244,6 +245,7 @@ def run_grid(specs, opts: GridOptions, accelerator=None, estimator=None, say=pri
     if not todo:
         return outcomes
     bar = OverallBar(plans, opts) if main else None
+    deferred = []
 
     def report(o: Outcome) -> None:
         if not main:
@@ -254,7 +256,12 @@ def run_grid(specs, opts: GridOptions, accelerator=None, estimator=None, say=pri
             bar.bar.write(f"done   {o.run_id} ({fmt_seconds(o.seconds)})"
                           + (f"; scored {', '.join(o.scored)}" if o.scored else ""))
         bar.finish_run(o.run_id)
-        ingest(opts.db, opts.out)
+        try:
+            ingest(opts.db, opts.out, wait_s=5.0)
+        except DatabaseBusy as e:  # training goes on; everything is ingested at the end or by `bench ingest`
+            if not deferred:
+                bar.bar.write(f"bench: {e}; ingestion deferred")
+            deferred.append(o.run_id)
 
     try:
         if opts.workers <= 1:

@@ -382,7 +382,8 @@ def train_run(spec: RunSpec, out_dir: Path, progress: bool = True, accelerator=N
                 if not budget.exhausted:
                     snapshot()
     except Exception as e:  # mark the run failed (a kill never gets here, and stays 'running')
-        reason = f"epoch {epoch + 1}: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+        first = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
+        reason = f"epoch {epoch + 1}: {first}"
         if not isinstance(e, (RunFailed, BenchError)):  # unexpected: keep the traceback for whoever debugs it
             import traceback
 

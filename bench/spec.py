@@ -16,6 +16,21 @@ from typing import Any
 from bench.errors import BenchError, did_you_mean
 
 
+SAFE_NAME = r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}"
+"""What a value must look like to become part of a file name (no separators, no '..', no leading dot)."""
+
+
+def safe_component(value, what: str) -> str:
+    """`value` as a path component, or a one-line BenchError (path traversal, odd characters)."""
+    import re
+
+    text = str(value)
+    if not re.fullmatch(SAFE_NAME, text) or ".." in text:
+        raise BenchError(f"{what} {text!r} cannot be part of a file name (letters, digits, '.', '_', '+', '-'; "
+                         f"at most 64 characters)")
+    return text
+
+
 @dataclass(frozen=True)
 class RunSpec:
     method: str
@@ -54,6 +69,9 @@ class RunSpec:
     """m of the scale rule: every method makes m times its source's optimizer updates per reward query."""
     latent_dims: int = 4 * 64 * 64
     """Latent channels x height x width of the backbone (the scale rule's D)."""
+    inputs: str = ""
+    """Digest of the CONTENTS of what the run reads: its prompts, backbone folder and reward weights
+    (bench/manifest.py). A changed input is a new run."""
     hparams: tuple[tuple[str, Any], ...] = field(default_factory=tuple)
     """The method's hyperparameters at this run's scale: preset and overrides at the source scale, mapped by
     the scale rule (bench/scale.py)."""
@@ -76,7 +94,9 @@ class RunSpec:
 
     @property
     def run_name(self) -> str:
-        return f"{self.method}_{self.reward}_{self.suite}_s{self.seed}_{self.config_hash[:8]}"
+        parts = (safe_component(self.method, "method"), safe_component(self.reward, "reward"),
+                 safe_component(self.suite, "suite"))
+        return f"{parts[0]}_{parts[1]}_{parts[2]}_s{int(self.seed)}_{self.config_hash[:8]}"
 
     @property
     def hp(self) -> dict[str, Any]:
@@ -89,11 +109,22 @@ class RunSpec:
 
 
 # ---------------------------------------------------------------------- parsing helpers
+def _ascii_int(text: str) -> int:
+    import re
+
+    t = text.strip().replace("_", "")
+    if not re.fullmatch(r"[+-]?[0-9]+", t):  # int() would take '٣' and other Unicode digits
+        raise ValueError(text)
+    return int(t)
+
+
 def parse_budget(text: str) -> int:
     try:
-        value = int(text.replace("_", ""))
+        value = _ascii_int(text)
     except ValueError:
         raise BenchError(f"--budget must be a positive integer number of reward queries, got {text!r}") from None
+    if value > 10**9:
+        raise BenchError(f"--budget {value} is too large (at most 1,000,000,000 reward queries)")
     if value <= 0:
         raise BenchError(f"--budget must be a positive integer number of reward queries, got {text!r}")
     return value
@@ -102,10 +133,13 @@ def parse_budget(text: str) -> int:
 def parse_seeds(text: str) -> list[int]:
     seeds = []
     for part in text.split(","):
-        part = part.strip()
-        if not part.lstrip("-").isdigit() or int(part) < 0:
+        try:
+            value = _ascii_int(part)
+        except ValueError:
+            value = -1
+        if value < 0 or value >= 2**31:
             raise BenchError(f"--seeds must be comma-separated non-negative integers like 0,1,2, got {text!r}")
-        seeds.append(int(part))
+        seeds.append(value)
     if len(set(seeds)) != len(seeds):
         raise BenchError(f"--seeds lists a seed twice: {text!r}")
     return seeds
@@ -311,8 +345,13 @@ def resolve_backbone_location(location: str, suite: str | None, defaults: dict, 
             defaults["latent_dims"] = dims
         suite_file = path / "bench_suite.json"
         if suite_file.is_file():  # a folder that declares its own suite and scale (e.g. the toy suite)
-            meta = json.loads(suite_file.read_text())
-            return BackboneInfo(shown, meta["suite"], {**defaults, **meta.get("defaults", {})}, location=str(path.resolve()))
+            try:
+                meta = json.loads(suite_file.read_text())
+                suite_name, extra = meta["suite"], dict(meta.get("defaults", {}))
+            except (ValueError, KeyError, TypeError, AttributeError):
+                raise BenchError(f"{suite_file}: not a bench suite file (needs a 'suite' name)") from None
+            safe_component(suite_name, f"suite name in {suite_file}")
+            return BackboneInfo(shown, suite_name, {**defaults, **extra}, location=str(path.resolve()))
         return BackboneInfo(shown, suite or "sd", dict(defaults), location=str(path.resolve()))
     if location.startswith((".", "/", "~")) or location.count("/") != 1:
         raise BenchError(f"backbone path not found: {location} (pass a diffusers StableDiffusionPipeline folder)")

@@ -32,7 +32,7 @@ def pack(obj, tensors: dict | None = None, prefix: str = "t") -> tuple[object, d
     def go(x, path: str):
         if isinstance(x, torch.Tensor):
             key = f"{prefix}{len(tensors)}"
-            tensors[key] = x.detach().cpu().contiguous()
+            tensors[key] = x.detach().cpu().clone().contiguous()  # a copy: safetensors refuses shared storage
             return {"__tensor__": key}
         if isinstance(x, np.ndarray):
             return {"__ndarray__": go(torch.from_numpy(np.ascontiguousarray(x)), path)}

@@ -93,8 +93,50 @@ COLUMNS = {
 }
 
 
+class DatabaseBusy(BenchError):
+    """Another process holds the database's lock (DuckDB allows one writer)."""
+
+
+def check_db(db_path: Path) -> str | None:
+    """Find a --db problem before any training: a folder, no permission, or not a DuckDB file raise a
+    one-line BenchError; a database held by another process returns a warning (training can go on,
+    ingestion waits)."""
+    import os
+
+    db_path = Path(db_path)
+    if db_path.is_dir():
+        raise BenchError(f"--db {db_path} is a folder, not a DuckDB file")
+    parent = db_path.parent if db_path.parent.exists() else next((p for p in db_path.parents if p.exists()), Path("."))
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise BenchError(f"--db {db_path}: cannot write in {parent} (permission denied)")
+    if db_path.exists():
+        if not os.access(db_path, os.R_OK | os.W_OK):
+            raise BenchError(f"--db {db_path}: permission denied (it must be readable and writable)")
+        with open(db_path, "rb") as f:
+            head = f.read(12)
+        if len(head) < 12 or head[8:12] != b"DUCK":
+            raise BenchError(f"--db {db_path} is not a DuckDB database file")
+        import duckdb
+
+        try:
+            duckdb.connect(str(db_path)).close()
+        except duckdb.IOException as e:
+            if "lock" in str(e).lower():
+                return (f"{db_path} is held by another process ({_holder(e)}); training goes on and results are "
+                        f"ingested once it is free (or later with `python -m bench ingest`)")
+            raise BenchError(f"--db {db_path}: {str(e).splitlines()[0][:200]}") from None
+    return None
+
+
+def _holder(e) -> str:
+    import re
+
+    m = re.search(r"PID (\d+)", str(e))
+    return f"PID {m.group(1)}" if m else "a lock"
+
+
 def connect(db_path: Path, read_only: bool = False, wait_s: float = 30.0):
-    """Open the database, waiting a while if another process holds its lock."""
+    """Open the database, waiting up to `wait_s` if another process holds its lock (then DatabaseBusy)."""
     import duckdb
 
     db_path = Path(db_path)
@@ -107,9 +149,11 @@ def connect(db_path: Path, read_only: bool = False, wait_s: float = 30.0):
             con = duckdb.connect(str(db_path), read_only=read_only)
             break
         except duckdb.IOException as e:
-            if "lock" not in str(e).lower() or time.monotonic() > deadline:
-                raise BenchError(f"cannot open {db_path}: another process holds it ({str(e).splitlines()[0][:160]}); "
-                                 f"shards are kept, run `python -m bench ingest` later") from None
+            if "lock" not in str(e).lower():
+                raise BenchError(f"cannot open {db_path}: {str(e).splitlines()[0][:200]}") from None
+            if time.monotonic() > deadline:
+                raise DatabaseBusy(f"cannot open {db_path}: another process holds it ({_holder(e)}); the run "
+                                   f"folders are kept, run `python -m bench ingest` later") from None
             time.sleep(0.5)
     if not read_only:
         for table, cols in SCHEMA.items():
@@ -118,6 +162,25 @@ def connect(db_path: Path, read_only: bool = False, wait_s: float = 30.0):
         for col, kind in (("unet_forward", "BIGINT"), ("unet_backward", "BIGINT"), ("vae_decodes", "BIGINT"),
                           ("reward_forwards", "BIGINT"), ("encoder_forwards", "BIGINT"), ("sha256", "VARCHAR")):
             con.execute(f"ALTER TABLE checkpoints ADD COLUMN IF NOT EXISTS {col} {kind}")  # databases from before
+    return con
+
+
+def open_results(db_path: Path):
+    """A read-only connection to a results database, or a one-line BenchError when it is not one."""
+    db_path = Path(db_path)
+    if not db_path.exists():
+        raise BenchError(f"no results database at {db_path}; run `python -m bench run` first or pass --db")
+    if db_path.is_dir():
+        raise BenchError(f"--db {db_path} is a folder, not a DuckDB file")
+    with open(db_path, "rb") as f:
+        head = f.read(12)
+    if len(head) < 12 or head[8:12] != b"DUCK":
+        raise BenchError(f"--db {db_path} is not a DuckDB database file")
+    con = connect(db_path, read_only=True, wait_s=10.0)
+    have = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+    if not {"runs", "checkpoints", "train_metrics", "scores"} <= have:
+        con.close()
+        raise BenchError(f"{db_path} holds no bench results (no runs table); run `python -m bench run` first")
     return con
 
 

@@ -51,6 +51,23 @@ def aesthetic_paths(suite: str) -> tuple[Path, Path]:
     return clip, head
 
 
+def weight_paths(reward: str, suite: str) -> list[Path]:
+    """The files and folders a reward's weights come from (for the run's input digest); none for rewards
+    without weights or whose weights live with the suite's assets."""
+    if suite != "sd":
+        return []
+    if reward == "aesthetic":
+        return list(aesthetic_paths(suite))
+    if reward == "pickscore":
+        from metrics.clip_score import PICKSCORE_MODEL, PICKSCORE_PROCESSOR
+
+        return [resolve_hf_folder(os.environ.get("BENCH_PICKSCORE", PICKSCORE_MODEL), "PickScore model",
+                                  "BENCH_PICKSCORE"),
+                resolve_hf_folder(os.environ.get("BENCH_PICKSCORE_PROCESSOR", PICKSCORE_PROCESSOR),
+                                  "PickScore tokenizer", "BENCH_PICKSCORE_PROCESSOR")]
+    return []
+
+
 def preflight(reward: str, suite: str) -> None:
     """Raise a one-line BenchError now if the reward's weights cannot be found."""
     from bench.catalog import rewards

@@ -39,7 +39,7 @@ def run_light(*args):
     (["run", "--reward", "hpsv2", "--backbone", "tiny-random"], "reward 'hpsv2' is not available on suite 'tiny-random'"),
     (["run", "--eval-per-prompt", "0"], "--eval-per-prompt must be a positive finite number"),
     (["eval", "--rewards", "aesthtic"], "unknown reward 'aesthtic'. Did you mean 'aesthetic'"),
-    (["eval", "--per-prompt", "0"], "--per-prompt must be positive"),
+    (["eval", "--per-prompt", "0"], "--per-prompt must be between 1 and 64"),
     (["report", "--db", "/no/such.duckdb"], "no results database at /no/such.duckdb"),
 ])
 def test_bad_input_exits_2_with_one_line_and_no_torch(args, message, tmp_path):
@@ -107,3 +107,129 @@ def test_prompt_sets_of_the_paper():
                                                        "octopus", "elephant", "jellyfish"]
     assert resolve_prompt_set("compositional")[1] == ["A green colored rabbit", "Four wolves in the park",
                                                       "A cat and a dog", "A dog on the moon"]
+
+
+# ------------------------------------------------------------------ the bad-input battery (issue: reliability)
+def _folder_without_index(tmp):
+    (tmp / "pipe").mkdir()
+    return str(tmp / "pipe")
+
+
+def _folder_with_evil_suite(tmp):
+    d = tmp / "pipe"
+    d.mkdir()
+    (d / "model_index.json").write_text("{}")
+    (d / "bench_suite.json").write_text('{"suite": "../../escape"}')
+    return str(d)
+
+
+def _file(name, content: bytes):
+    def make(tmp):
+        p = tmp / name
+        p.write_bytes(content)
+        return str(p)
+    return make
+
+
+def _dir(name):
+    def make(tmp):
+        (tmp / name).mkdir()
+        return str(tmp / name)
+    return make
+
+
+def _empty_duckdb(tmp):
+    import duckdb
+
+    p = tmp / "empty.duckdb"
+    duckdb.connect(str(p)).close()
+    return str(p)
+
+
+_T = "{tmp}"  # replaced by a prepared path
+BATTERY = [
+    # run: names
+    (["run", "--methods", "ddpo-3"], None, "unknown method 'ddpo-3'"),
+    (["run", "--methods", ","], None, "--methods is empty"),
+    (["run", "--methods", "tdpo,tdpo"], None, "names tdpo twice"),
+    (["run", "--reward", "gold-fidelity"], None, "for evaluation only"),
+    (["run", "--methods", "alignprop", "--reward", "jpeg-compressibility"], None, "not differentiable"),
+    (["run", "--study", "overoptimisation"], None, "unknown study 'overoptimisation'. Did you mean 'overoptimization'"),
+    # run: numbers at the edges
+    (["run", "--budget", "-5"], None, "--budget must be a positive integer"),
+    (["run", "--budget", "٣٠"], None, "--budget must be a positive integer"),
+    (["run", "--budget", "99999999999"], None, "--budget 99999999999 is too large"),
+    (["run", "--seeds", "-1"], None, "--seeds must be comma-separated"),
+    (["run", "--num-steps", "0"], None, "--num-steps must be a positive finite number"),
+    (["run", "--num-steps", "100000"], None, "--num-steps 100000 is too large"),
+    (["run", "--num-steps", "٣"], None, "expected a whole number"),
+    (["run", "--num-steps", "2.5"], None, "expected a whole number"),
+    (["run", "--guidance-scale", "nan"], None, "expected a finite number"),
+    (["run", "--guidance-scale", "inf"], None, "expected a finite number"),
+    (["run", "--guidance-scale", "-1"], None, "--guidance-scale must be a positive finite number"),
+    (["run", "--samples-per-epoch", "0"], None, "--samples-per-epoch must be a positive"),
+    (["run", "--num-checkpoints", "0"], None, "--num-checkpoints must be a positive"),
+    (["run", "--num-checkpoints", "5000"], None, "exceeds the budget"),
+    (["run", "--lora-rank", "0"], None, "--lora-rank must be a positive"),
+    (["run", "--lora-rank", "100000"], None, "--lora-rank 100000 is too large"),
+    (["run", "--update-multiplier", "0"], None, "--update-multiplier must be a positive"),
+    (["run", "--workers", "0"], None, "--workers must be a positive"),
+    (["run", "--threads", "-1"], None, "--threads must be a positive"),
+    # run: hyperparameters
+    (["run", "--set", "lr=nan"], None, "--set lr=nan: must be a finite number"),
+    (["run", "--set", "lr=-1"], None, "lr=-1.0 of ddpo-2 must be in (0, 10]"),
+    (["run", "--set", "lr"], None, "--set expects key=value"),
+    (["run", "--methods", "tdpo", "--set", "critic_reset=sometimes"], None, "unknown value of critic_reset"),
+    (["run", "--methods", "prdp", "--set", "images_per_prompt=1"], None, "images_per_prompt=1 of prdp must be >= 2"),
+    (["run", "--methods", "dense-dpo", "--set", "gamma=1.5"], None, "gamma=1.5 of dense-dpo must be in (0, 1]"),
+    (["run", "--methods", "ddpo-2", "--set", "stat_min_count=2.5"], None, "--set stat_min_count=2.5: expected a int"),
+    (["run", "--methods", "tdpo", "--set", "critic_encoder=clipp"], None, "unknown critic_encoder"),
+    (["run", "--methods", "prdp", "--set", "beta=big"], None, "--set beta=big: expected a number or 'auto'"),
+    # run: files and paths of the wrong kind
+    (["run", "--backbone", _T], _folder_without_index, "has no model_index.json"),
+    (["run", "--backbone", _T], _folder_with_evil_suite, "cannot be part of a file name"),
+    (["run", "--train-prompts", _T], _dir("prompts"), "is a folder"),
+    (["run", "--train-prompts", _T], _file("p.txt", b"a cat\n\x00\x01 dog\n"), ":2: control character"),
+    (["run", "--train-prompts", _T], _file("p.txt", b"x" * 2000 + b"\n"), ":1: prompt of 2000 characters"),
+    (["run", "--out", _T], _file("out.txt", b"not a folder"), "is a file, not a folder"),
+    (["run", "--db", _T], _dir("db"), "is a folder, not a DuckDB file"),
+    (["run", "--db", _T], _file("x.duckdb", b"hello, not a database at all"), "is not a DuckDB database file"),
+    # eval
+    (["eval", "--rewards", ","], None, "--rewards is empty"),
+    (["eval", "--per-prompt", "1000"], None, "--per-prompt must be between 1 and 64"),
+    (["eval"], None, "no run folders under"),
+    # report
+    (["report", "--db", _T], _file("x.duckdb", b"\x00" * 64), "is not a DuckDB database file"),
+    (["report", "--db", _T], _empty_duckdb, "holds no bench results"),
+    (["report", "--db", _T], _dir("d.duckdb"), "is a folder, not a DuckDB file"),
+    # perf, list, ingest, runs
+    (["perf", "--batch", "0"], None, "--batch must be a positive"),
+    (["perf", "--reward", "pickscor"], None, "unknown reward 'pickscor'"),
+    (["perf", "--db", _T], _file("x.duckdb", b"text"), "is not a DuckDB database file"),
+    (["list", "nope"], None, "invalid choice: 'nope'"),
+    (["list", "rewards", "--effective"], None, "--effective lists methods"),
+    (["ingest"], None, "no run folders under"),
+    (["runs", "--db", _T], _file("x.duckdb", b"text"), "is not a DuckDB database file"),
+]
+
+
+@pytest.mark.parametrize("args,prepare,message", BATTERY, ids=[f"{i}-{' '.join(a[0:2])}" for i, (a, _, _) in
+                                                                 enumerate(BATTERY)])
+def test_bad_input_battery(args, prepare, message, tmp_path):
+    """Each bad input: exit 2, one line on stderr, no traceback, torch never imported, nothing left behind."""
+    work = tmp_path / "work"
+    work.mkdir()
+    path = prepare(work) if prepare else None
+    args = [path if a == _T else a for a in args]
+    out = tmp_path / "out"
+    if "--out" not in args and args[0] in ("run", "eval", "ingest", "runs"):
+        args += ["--out", str(out)]
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    r = run_light(*args)
+    assert r.returncode == 2, (args, r.stdout[-500:], r.stderr[-1500:])
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], (args, r.stderr)
+    assert "Traceback" not in r.stderr
+    assert "torch" not in r.stdout.split("HEAVY=")[-1], r.stdout
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # nothing left behind
+    assert len(BATTERY) >= 40

@@ -103,7 +103,7 @@ def make_ddpo(method, T, samples_per_epoch, train_batch_size=256, multiplier=8.0
         sample_prompts=lambda n: ["p%d" % (i % 3) for i in range(n)],
         gather=lambda p, r: (list(p), r.numpy()), local_slice=lambda n: slice(0, n),
         sync_gradients=lambda params: None, bar=lambda total, desc: nullcontext(SimpleNamespace(update=lambda k: 0)),
-        timed=lambda phase: nullcontext(),
+        timed=lambda phase: nullcontext(), epoch=1,
     )
     from bench.runner import TrainContext
 

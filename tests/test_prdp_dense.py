@@ -74,7 +74,8 @@ def test_prdp_recomputes_sampling_log_probs_and_two_pass_gradient_is_exact(backb
     method = PRDP(_ctx(backbone, "prdp", num_steps=5))
     traj = backbone.sample(["cat", "cat", "dog", "dog"], generator=torch.Generator().manual_seed(0), batch_size=4)
     # theta = theta_old: recomputed log-probs (CFG, stored uncond embeddings) equal the sampling-time ones
-    torch.testing.assert_close(method.step_log_probs(traj), traj.log_probs, atol=1e-6, rtol=0)
+    # (float32: another batch composition moves a step log-prob of ~-1 by up to ~1e-6)
+    torch.testing.assert_close(method.step_log_probs(traj), traj.log_probs, atol=5e-6, rtol=0)
     ref = method.step_log_probs(traj, reference=True)
     assert (ref - traj.log_probs).abs().max() > 1e-5
     old_ratio = traj.log_probs - ref
