@@ -79,7 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: the backbone's; 1 at SD scale)")
     r.add_argument("--num-checkpoints", type=whole, default=None, help="checkpoint marks after step 0 (default 10)")
     r.add_argument("--lora-rank", type=whole, default=4)
-    r.add_argument("--mixed-precision", default="auto", choices=("auto", "no", "fp16", "bf16"))
+    r.add_argument("--mixed-precision", default="auto", choices=("auto", "no", "fp16", "bf16"),
+                   help="auto: bf16 on GPUs that support it, fp16 with loss scaling on older GPUs, fp32 on CPU")
     r.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a method hyperparameter, e.g. --set lr=1e-4 (repeatable)")
     r.add_argument("--force", action="store_true", help="re-run runs that already finished")

@@ -48,6 +48,8 @@ class TrainContext:
     rng: np.random.Generator
     """Per-process generator for prompts and shuffling."""
     progress: bool = True
+    scaler: "object" = None
+    """bench.precision.LossScaler of the run (scales every backward in fp16; identity otherwise)."""
     timings: dict = None
     """Seconds per phase in the current epoch ('sampling', 'scoring', ...), read and reset by the runner."""
     epoch: int = 0
@@ -180,37 +182,44 @@ def make_adamw(params, hp: dict, lr_key: str = "lr") -> torch.optim.AdamW:
                              weight_decay=hp["weight_decay"], eps=hp["adam_eps"])
 
 
-def optimizer_step(ctx, optimizer, params, max_grad_norm: float, accumulation: int, pending: int) -> None:
-    """End an accumulation: rescale a short one (`pending` < `accumulation`
-    micro-steps) to a full one, average gradients over processes, clip the
-    norm, step and zero. Shared by every method that accumulates."""
-    if pending != accumulation:
+def optimizer_step(ctx, optimizer, params, max_grad_norm: float) -> None:
+    """End an update: unscale (fp16), average gradients over processes, clip the norm, step and
+    zero. Shared by every method."""
+    optimizer_steps(ctx, [(optimizer, params, max_grad_norm)])
+
+
+def optimizer_steps(ctx, groups: list[tuple]) -> bool:
+    """One update of several optimizers that share a backward (TDPO: LoRA and critic). With fp16 an
+    update whose gradients overflowed is skipped for all of them and the loss scale halved; in fp32
+    or bf16 a non-finite gradient stops the run. Returns whether the step was taken."""
+    from bench.precision import LossScaler
+
+    scaler = getattr(ctx, "scaler", None) or LossScaler("no")
+    finite = all([scaler.unscale(params) for _, params, _ in groups])  # unscale every group, always
+    for _, params, _ in groups:
+        ctx.sync_gradients(params)
+    if scaler.enabled and not finite:
+        scaler.update(False)
+        for optimizer, _, _ in groups:
+            optimizer.zero_grad(set_to_none=True)
+        return False
+    for optimizer, params, max_grad_norm in groups:
+        norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+        check_finite("gradient norm", float(norm))
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
         for p in params:
-            if p.grad is not None:
-                p.grad.mul_(accumulation / pending)
-    ctx.sync_gradients(params)
-    norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-    check_finite("gradient norm", float(norm))
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    for p in params:
-        check_finite("weights after the update", p)
+            check_finite("weights after the update", p)
+    scaler.update(True)
+    return True
 
 
-def make_accelerator(mixed_precision: str):
+def make_accelerator(mixed_precision: str = "no"):
+    """Process topology only (rank, world size, device): precision is the runner's (bench/precision.py),
+    since every backward and step goes through its loss scaling."""
     from accelerate import Accelerator
 
-    cuda = torch.cuda.is_available()
-    mp = mixed_precision
-    if mp == "auto":
-        mp = "fp16" if cuda else "no"
-    if not cuda and mp != "no":
-        raise BenchError(f"--mixed-precision {mp} needs a GPU; use 'no' or 'auto' on CPU")
-    return Accelerator(mixed_precision=mp, cpu=not cuda)
-
-
-def weight_dtype_for(accelerator) -> torch.dtype:
-    return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
+    return Accelerator(mixed_precision="no", cpu=not torch.cuda.is_available())
 
 
 def backbone_location(spec: RunSpec) -> str:
@@ -283,9 +292,13 @@ def train_run(spec: RunSpec, out_dir: Path, progress: bool = True, accelerator=N
                 shutil.rmtree(run_dir / stale, ignore_errors=True)
         atomic_write_json(run_dir / "run.json", run_row)
 
+    from bench.precision import DTYPES, LossScaler, resolve_precision
+
     device = accelerator.device
+    precision = resolve_precision(spec.mixed_precision, device)
+    run_row["precision"] = precision
     backbone = build_backbone(backbone_location(spec), spec.num_steps, spec.guidance_scale, spec.eta,
-                              device=device, weight_dtype=weight_dtype_for(accelerator))
+                              device=device, weight_dtype=DTYPES[precision])
     set_seed(spec.seed)  # identical LoRA initialisation on every process
     backbone.add_lora(spec.lora_rank)
     reward = CountedReward(load_reward(spec.reward, spec.suite, device))
@@ -296,6 +309,7 @@ def train_run(spec: RunSpec, out_dir: Path, progress: bool = True, accelerator=N
         generator=torch.Generator().manual_seed(spec.seed * 100_003 + rank),
         rng=np.random.default_rng([spec.seed, rank]), progress=progress,
     )
+    ctx.scaler = LossScaler(precision)
     method = methods.get(spec.method).load()(ctx)
 
     budget = RewardBudget(spec.budget, marks)
@@ -314,6 +328,7 @@ def train_run(spec: RunSpec, out_dir: Path, progress: bool = True, accelerator=N
         ctx.generator.set_state(state["generator"])
         ctx.rng.bit_generator.state = state["rng"]
         torch.set_rng_state(state["torch_rng"])
+        ctx.scaler.load(state["scaler"])
         # rows written after the snapshot belong to the epochs that will run again
         ckpt_rows = [r for r in _read_jsonl(run_dir / "checkpoints.jsonl") if r["reward_queries"] <= budget.used]
         metric_rows = [r for r in _read_jsonl(run_dir / "metrics.jsonl") if r["epoch"] <= epoch]
@@ -324,7 +339,7 @@ def train_run(spec: RunSpec, out_dir: Path, progress: bool = True, accelerator=N
             "allowance": reward.allowance, "counts": backbone.counts.as_dict(), "elapsed": time.time() - t_start,
             "lora": backbone.lora_state_dict(), "method": method.training_state(),
             "generator": ctx.generator.get_state(), "rng": ctx.rng.bit_generator.state,
-            "torch_rng": torch.get_rng_state(),
+            "torch_rng": torch.get_rng_state(), "scaler": ctx.scaler.state(),
         })
 
     def checkpoint(epoch: int) -> None:
@@ -351,6 +366,7 @@ def train_run(spec: RunSpec, out_dir: Path, progress: bool = True, accelerator=N
             before = reward.queries
             ctx.timings.clear()
             ctx.epoch = epoch + 1
+            skipped_before = ctx.scaler.skipped
             t0 = time.time()
             metrics = method.train_epoch(n_local, epoch)
             spent = reward.queries - before
@@ -364,6 +380,8 @@ def train_run(spec: RunSpec, out_dir: Path, progress: bool = True, accelerator=N
             phases["time_training_s"] = max(0.0, epoch_time - sum(phases.values()))  # everything else in the epoch
             ctx.timings.clear()
             metrics = {**metrics, **phases, "epoch_time_s": epoch_time, "gradient_updates": method.gradient_updates}
+            if ctx.scaler.enabled:
+                metrics.update(loss_scale=ctx.scaler.scale, skipped_steps=ctx.scaler.skipped - skipped_before)
             for k, v in metrics.items():
                 if v is not None:
                     check_finite(f"training metric {k}", float(v))

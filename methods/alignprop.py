@@ -46,6 +46,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from bench.errors import BenchError, check_finite
+from bench.precision import backward
 from bench.runner import crash_point, make_adamw, optimizer_step
 from bench.sampling import ddim_step
 
@@ -163,7 +164,7 @@ class AlignProp:
                     r = ctx.reward.score_differentiable(images, part)  # one reward query per image
                     loss = self.loss(r)
                     check_finite("AlignProp loss", loss)
-                    (loss * len(part) / len(chunk)).backward()
+                    backward(ctx, loss * len(part) / len(chunk))
                     rewards.append(r.detach().float().cpu())
                     losses.append(loss.item())
                     bar.update(len(part))
@@ -179,5 +180,5 @@ class AlignProp:
         }
 
     def _step(self) -> None:
-        optimizer_step(self.ctx, self.optimizer, self.params, self.hp["max_grad_norm"], 1, 1)
+        optimizer_step(self.ctx, self.optimizer, self.params, self.hp["max_grad_norm"])
         self.gradient_updates += 1

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from bench.errors import check_finite
+from bench.precision import backward
 from bench.runner import make_adamw, optimizer_step
 from bench.stat_tracker import PerPromptStatTracker, batch_normalize
 from bench.updates import epoch_permutations, windows
@@ -104,7 +105,7 @@ class DDPO:
                                             hp["adv_clip_max"])
             w = len(idx) / rows
             check_finite("policy loss", loss)
-            (loss * w).backward()
+            backward(self.ctx, loss * w)
             for k, v in zip(out, (loss, kl, cf)):
                 out[k] += float(v.detach()) * w
             ratio = torch.exp(log_prob.detach() - old)
@@ -141,5 +142,5 @@ class DDPO:
         }
 
     def _step(self) -> None:
-        optimizer_step(self.ctx, self.optimizer, self.params, self.hp["max_grad_norm"], 1, 1)
+        optimizer_step(self.ctx, self.optimizer, self.params, self.hp["max_grad_norm"])
         self.gradient_updates += 1

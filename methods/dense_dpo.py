@@ -48,6 +48,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.errors import check_finite
+from bench.precision import backward
 from bench.runner import make_adamw, optimizer_step
 from bench.sampling import Trajectory
 
@@ -154,10 +155,11 @@ class DenseDPO:
                     win.append(group.index([i])), lose.append(group.index([j]))
                 win_t, lose_t = Trajectory.cat(win), Trajectory.cat(lose)
                 steps = self.sample_steps(len(picks))
+                # winners and losers share each UNet call (the same rows as two calls, half the overhead)
+                both, both_steps, P = Trajectory.cat([win_t, lose_t]), torch.cat([steps, steps]), len(picks)
                 with torch.no_grad():
-                    init_w = self.pair_log_probs(win_t, steps, reference=True)
-                    init_l = self.pair_log_probs(lose_t, steps, reference=True)
-                lp_w, lp_l = self.pair_log_probs(win_t, steps), self.pair_log_probs(lose_t, steps)
+                    init_w, init_l = self.pair_log_probs(both, both_steps, reference=True).split(P)
+                lp_w, lp_l = self.pair_log_probs(both, both_steps).split(P)
                 logit_w = dpo_logits(lp_w, init_w, hp["beta_tilde"], hp["delta"])
                 logit_l = dpo_logits(lp_l, init_l, hp["beta_tilde"], hp["delta"])
                 rho = torch.cat([lp_w - init_w, lp_l - init_l]).detach()
@@ -171,8 +173,8 @@ class DenseDPO:
                         ratio_at_old = float((now - old).exp().sub(1).abs().max())
                 loss = bt_loss(logit_w, logit_l)
                 check_finite("DPO loss", loss)
-                loss.backward()
-                optimizer_step(ctx, self.optimizer, self.params, hp["max_grad_norm"], 1, 1)
+                backward(ctx, loss)
+                optimizer_step(ctx, self.optimizer, self.params, hp["max_grad_norm"])
                 self.gradient_updates += 1
                 stats["loss"].append(loss.item())
                 stats["accuracy"].append(float((logit_w > logit_l).float().mean()))

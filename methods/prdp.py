@@ -64,6 +64,7 @@ import numpy as np
 import torch
 
 from bench.errors import check_finite
+from bench.precision import backward
 from bench.runner import make_adamw, optimizer_step
 from bench.sampling import Trajectory
 
@@ -187,14 +188,14 @@ class PRDP:
                     loss, clipfrac = prdp_loss(table, ratio_old, r_dev, torch.as_tensor(a), torch.as_tensor(b),
                                                self.beta, hp["clip_range"])
                     check_finite("PRDP loss", loss)
-                    loss.backward()
+                    loss.backward()  # a small table: the scaled backward is the UNet's, below
                     self._backprop_steps(sub, table.grad)
                     stats["loss"].append(loss.item())
                     stats["clipfrac"].append(clipfrac.item())
                     stats["ratio_gap"].append(float((ratio.mean(1)[a] - ratio.mean(1)[b]).mean()))
                     stats["target_gap"].append(float(((r_dev[a] - r_dev[b]) / self.beta).mean()))
                 stats["pairs"].append(len(a))
-                optimizer_step(ctx, self.optimizer, self.params, hp["max_grad_norm"], 1, 1)
+                optimizer_step(ctx, self.optimizer, self.params, hp["max_grad_norm"])
                 self.gradient_updates += 1
                 bar.update(1)
         out = {k: float(np.mean(v)) if v else None for k, v in stats.items()}
@@ -215,4 +216,4 @@ class PRDP:
             part = torch.as_tensor(rows[s:s + bs], dtype=torch.long)
             i, j = part[:, 0], part[:, 1]
             lp = bb.log_prob(traj.index(i), j)
-            (grad[i, j].to(lp.device) * lp).sum().backward()
+            backward(self.ctx, (grad[i, j].to(lp.device) * lp).sum())

@@ -95,7 +95,8 @@ from torch import nn
 
 from bench import neurons
 from bench.errors import check_finite
-from bench.runner import make_adamw, optimizer_step
+from bench.precision import backward
+from bench.runner import make_adamw, optimizer_steps
 from bench.sampling import Trajectory
 from bench.stat_tracker import PerPromptStatTracker, batch_normalize
 from bench.updates import epoch_permutations, windows
@@ -309,8 +310,8 @@ class TDPO:
 
     def _step(self) -> None:
         ctx, hp = self.ctx, self.hp
-        optimizer_step(ctx, self.optimizer, self.params, hp["max_grad_norm"], 1, 1)
-        optimizer_step(ctx, self.critic_optimizer, self.critic_params, hp["max_grad_norm"], 1, 1)
+        optimizer_steps(ctx, [(self.optimizer, self.params, hp["max_grad_norm"]),
+                              (self.critic_optimizer, self.critic_params, hp["max_grad_norm"])])
         self.gradient_updates += 1
 
     def window_loss(self, traj, window, embeds, residuals, returns_t, temporal_t) -> dict:
@@ -331,7 +332,7 @@ class TDPO:
             w = len(idx) / rows
             check_finite("policy loss", pg)
             check_finite("critic loss", cf)
-            ((pg + hp["cf_coef"] * cf) * w).backward()
+            backward(self.ctx, (pg + hp["cf_coef"] * cf) * w)
             for k, v in zip(out, (pg, cf, kl, clipfrac, vfrac)):
                 out[k] += float(v.detach()) * w
             ratio = torch.exp(log_prob.detach() - old)
