@@ -16,6 +16,22 @@ if [ ! -f "$stamp" ]; then
     rm -f .venv/.bench-lock-*
     touch "$stamp"
 fi
+# CLIP's BPE merges (for the native CLIP tokenizer: HPSv2, SD-scale tests) ship inside the
+# open_clip_torch wheel: download the wheel (nothing is installed or imported) and unzip the one file.
+BPE_DIR=${BENCH_CACHE:-$HOME/.cache/bench}
+if [ ! -f "$BPE_DIR/bpe_simple_vocab_16e6.txt.gz" ]; then
+    tmp=$(mktemp -d)
+    if .venv/bin/python -m pip download -q --no-deps --disable-pip-version-check open_clip_torch==3.3.0 -d "$tmp" \
+            >/dev/null 2>&1; then
+        mkdir -p "$BPE_DIR"
+        .venv/bin/python -c "import sys, zipfile; z = zipfile.ZipFile(sys.argv[1]); \
+open(sys.argv[2], 'wb').write(z.read('open_clip/bpe_simple_vocab_16e6.txt.gz'))" \
+            "$tmp"/open_clip_torch-*.whl "$BPE_DIR/bpe_simple_vocab_16e6.txt.gz"
+    else
+        echo "setup: could not download open_clip_torch's wheel for CLIP's BPE merges (the native CLIP tokenizer)" >&2
+    fi
+    rm -rf "$tmp"
+fi
 # The report's browser test renders the HTML in headless Chromium (Debian's
 # package). Installed once if missing and apt-get is usable; never fatal.
 if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then
