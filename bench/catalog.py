@@ -161,9 +161,23 @@ rewards.register(
 )
 rewards.register(
     "hpsv2", "metrics.clip_score:load_hpsv2",
-    "HPSv2-style CLIP text-image preference score (toy: a tiny CLIP tuned on another rater pool)",
-    higher_is_better=True, differentiable=True, suites=("toy",),
+    "HPSv2 v2.0: open_clip ViT-H-14 weights loaded natively into transformers (toy: a tiny CLIP tuned on "
+    "another rater pool)",
+    higher_is_better=True, differentiable=True, suites=("sd", "toy"),
     scale="official: cosine of normalised image and text features, about 0.25-0.30 for SD images", max_score=1.0,
+)
+rewards.register(
+    "hpsv2.1", "metrics.clip_score:load_hpsv2_1",
+    "HPSv2 v2.1 (HPS_v2.1_compressed.pt), loaded natively like hpsv2",
+    higher_is_better=True, differentiable=True, suites=("sd",), in_eval_matrix=False,
+    scale="official: cosine, about 0.25-0.35 for SD images", max_score=1.0,
+)
+rewards.register(
+    "imagereward", "metrics.imagereward:load_imagereward",
+    "ImageReward v1.0: BLIP ViT-L + BERT cross-attention + MLP, loaded natively into transformers 5",
+    higher_is_better=True, differentiable=True, suites=("sd",),
+    scale="official: standardised, (r - 0.167) / 1.033; about -0.5 to 1 for SD images (the TDPO reference "
+          "logs the raw r)",
 )
 rewards.register(
     "gold-aesthetic", "metrics.gold:GoldAesthetic",

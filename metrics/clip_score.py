@@ -101,9 +101,21 @@ def load_pickscore(suite: str = "sd", device="cpu", **_) -> ClipPreferenceReward
     raise BenchError(f"the pickscore reward has no weights for suite {suite!r}")
 
 
-def load_hpsv2(suite: str = "sd", device="cpu", **_) -> ClipPreferenceReward:
+def load_hpsv2(suite: str = "sd", device="cpu", **_):
     if suite == "toy":
         from bench.toy.suite import asset
 
         return _load("hpsv2", asset("hpsv2"), asset("hpsv2"), device, logit_scale=False)
+    if suite == "sd":
+        from metrics.hpsv2 import load_native
+
+        return load_native("v2.0", device)
     raise BenchError(f"the hpsv2 reward has no weights for suite {suite!r}")
+
+
+def load_hpsv2_1(suite: str = "sd", device="cpu", **_):
+    if suite != "sd":
+        raise BenchError(f"the hpsv2.1 reward has weights for suite 'sd' only, not {suite!r}")
+    from metrics.hpsv2 import load_native
+
+    return load_native("v2.1", device)

@@ -51,6 +51,54 @@ def aesthetic_paths(suite: str) -> tuple[Path, Path]:
     return clip, head
 
 
+HPSV2_FILES = {"v2.0": "HPS_v2_compressed.pt", "v2.1": "HPS_v2.1_compressed.pt"}
+HPSV2_ENV = {"v2.0": "BENCH_HPSV2", "v2.1": "BENCH_HPSV2_1"}
+
+
+def hpsv2_checkpoint(version: str) -> Path:
+    """Where the HPSv2 checkpoint of `version` is: its env variable, ~/.cache/bench/weights, or the xswu/HPSv2
+    snapshot in the Hugging Face cache (a one-line error when absent)."""
+    from bench.spec import hf_cache_dir
+
+    env = os.environ.get(HPSV2_ENV[version])
+    if env:
+        p = Path(env).expanduser()
+        if not p.is_file():
+            raise BenchError(f"{HPSV2_ENV[version]}={env}: no such file")
+        return p
+    local = weights_dir() / HPSV2_FILES[version]
+    if local.is_file():
+        return local
+    snaps = sorted((hf_cache_dir() / "models--xswu--HPSv2" / "snapshots").glob(f"*/{HPSV2_FILES[version]}"))
+    if snaps:
+        return snaps[-1]
+    raise BenchError(f"HPSv2 {version} weights not found: place {HPSV2_FILES[version]} (xswu/HPSv2) in "
+                     f"{weights_dir()}, the Hugging Face cache, or set {HPSV2_ENV[version]}=/path/to/file")
+
+
+def imagereward_checkpoint() -> Path:
+    from bench.spec import hf_cache_dir
+
+    env = os.environ.get("BENCH_IMAGEREWARD")
+    if env:
+        p = Path(env).expanduser()
+        if not p.is_file():
+            raise BenchError(f"BENCH_IMAGEREWARD={env}: no such file")
+        return p
+    if (weights_dir() / "ImageReward.pt").is_file():
+        return weights_dir() / "ImageReward.pt"
+    snaps = sorted((hf_cache_dir() / "models--THUDM--ImageReward" / "snapshots").glob("*/ImageReward.pt"))
+    if snaps:
+        return snaps[-1]
+    raise BenchError(f"ImageReward weights not found: place ImageReward.pt (THUDM/ImageReward) in {weights_dir()}, "
+                     f"the Hugging Face cache, or set BENCH_IMAGEREWARD=/path/to/ImageReward.pt")
+
+
+def bert_tokenizer_folder() -> Path:
+    return resolve_hf_folder(os.environ.get("BENCH_BERT_TOKENIZER", "bert-base-uncased"),
+                             "ImageReward's BERT tokenizer", "BENCH_BERT_TOKENIZER")
+
+
 def weight_paths(reward: str, suite: str) -> list[Path]:
     """The files and folders a reward's weights come from (for the run's input digest); none for rewards
     without weights or whose weights live with the suite's assets."""
@@ -58,6 +106,10 @@ def weight_paths(reward: str, suite: str) -> list[Path]:
         return []
     if reward == "aesthetic":
         return list(aesthetic_paths(suite))
+    if reward in ("hpsv2", "hpsv2.1"):
+        return [hpsv2_checkpoint("v2.0" if reward == "hpsv2" else "v2.1")]
+    if reward == "imagereward":
+        return [imagereward_checkpoint(), bert_tokenizer_folder()]
     if reward == "pickscore":
         from metrics.clip_score import PICKSCORE_MODEL, PICKSCORE_PROCESSOR
 
@@ -77,6 +129,14 @@ def preflight(reward: str, suite: str) -> None:
         raise BenchError(f"reward {reward!r} is not available on suite {suite!r} (it is on: {', '.join(suites)})")
     if reward == "aesthetic" and suite == "sd":
         aesthetic_paths(suite)
+    if suite == "sd" and reward in ("hpsv2", "hpsv2.1"):
+        from metrics.clip_bpe import bpe_path
+
+        hpsv2_checkpoint("v2.0" if reward == "hpsv2" else "v2.1")
+        bpe_path()
+    if suite == "sd" and reward == "imagereward":
+        imagereward_checkpoint()
+        bert_tokenizer_folder()
     if suite == "toy":
         from bench.toy.suite import REBUILD, assets_root
 
