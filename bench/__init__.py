@@ -1,9 +1,20 @@
-"""bench: a harness that benchmarks reward fine-tuning of text-to-image diffusion
-models and measures reward overoptimization.
+"""overopt-bench: benchmark reward fine-tuning of text-to-image diffusion models and measure reward
+overoptimization. In a notebook:
 
-Importing this package is cheap: heavy libraries (torch, diffusers, transformers)
-are imported lazily by the modules that need them, so `python -m bench list` and
-input validation stay instant.
+    from bench import load_results
+    res = load_results("results/bench.duckdb")
+    res.scores.head()        # one row per evaluation image: run, method, seed, queries, reward, set, value
+    res.curves               # per run, prompt set, checkpoint and reward: the mean score (tidy)
+    res.leaderboard          # the report's leaderboard, long: one row per board, method and column
+
+The package imports nothing heavy until a function runs (`python -m bench list` stays instant).
 """
 
 __version__ = "0.1.0"
+
+
+def load_results(db="results/bench.duckdb"):
+    """The results database as pandas DataFrames (see bench.results.Results)."""
+    from bench.results import load_results as _load
+
+    return _load(db)

@@ -248,6 +248,17 @@ backbones.register(
                   latent_dims=4 * 64 * 64, update_multiplier=1.0, eval_per_prompt=2),
 )
 
+backbones.register(
+    "sd-v1-4-random", "bench.sd_random:pipeline_dir",
+    "Stable Diffusion v1.4's architecture with RANDOM weights (512 px), built from config: SD-scale speed checks",
+    suite="sd", defaults=dict(backbones.get("sd-v1-4").meta["defaults"]),
+)
+backbones.register(
+    "sd-v1-4-random-128", "bench.sd_random:pipeline_dir_128",
+    "Stable Diffusion v1.4's architecture with RANDOM weights at 128 px (16x16x4 latents): SD-scale checks on a CPU",
+    suite="sd", defaults=dict(backbones.get("sd-v1-4").meta["defaults"], latent_dims=4 * 16 * 16),
+)
+
 DEFAULT_BACKBONE = "toy"
 SD_DEFAULTS = backbones.get("sd-v1-4").meta["defaults"]
 

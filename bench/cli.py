@@ -524,12 +524,25 @@ def cmd_perf(args) -> int:
 
     catalog.rewards.get(args.reward)
     info = resolve_backbone(args.backbone or catalog.DEFAULT_BACKBONE)
-    preflight(args.reward, info.suite)
+    if not (args.backbone or "").startswith("sd-v1-4-random"):
+        preflight(args.reward, info.suite)
     _positive("--batch", args.batch)
     _quiet_libraries()
     from bench.perf import print_table, run_perf
 
     num_steps = args.num_steps or info.defaults["num_steps"]
+    if (args.backbone or "").startswith("sd-v1-4-random"):
+        from bench.perf import SD_HEADER, run_sd_perf
+
+        print(f"bench perf: {info.name} (SD v1.4 architecture, random weights), T={num_steps}, batch {args.batch}")
+        rows, summary = run_sd_perf(args.backbone, num_steps, args.batch, args.repeat)
+        print_table(rows, header=SD_HEADER)
+        print(f"UNet: {summary['unet_flops_per_guided_row'] / 1e9:.1f} GFLOP per guided call per latent; peak: "
+              f"{summary['peak']}")
+        print(f"an SD-default epoch (256 samples x 50 steps, CFG) from these parts: "
+              f"{summary['sd_epoch_estimate_s']:.0f} s on this device; its FLOP floor at the peak: "
+              f"{summary['sd_epoch_floor_s']:.0f} s ({summary['sd_epoch_estimate_s'] / summary['sd_epoch_floor_s']:.1f}x)")
+        return 0
     print(f"bench perf: backbone {info.name} (suite {info.suite}), T={num_steps}, batch {args.batch}")
     print_table(run_perf(args.backbone or catalog.DEFAULT_BACKBONE, num_steps, args.batch, args.reward, args.repeat))
     if args.levers:

@@ -301,3 +301,108 @@ def run_levers(repeat: int = 3) -> list[tuple]:
     rows.append((f"small fwd+bwd calls (3 rows), {cores} cores", f"1 process x {cores} threads",
                  f"{cores} processes x 1 thread", one, many, "yes: --workers (default one per core)"))
     return [(a, b, c, f"{x:.4f}", f"{y:.4f}", f"{x / y:.2f}x", k) for a, b, c, x, y, k in rows]
+
+
+# ------------------------------------------------------------------------------ SD scale (issue: real scale)
+SD_HEADER = ("what", "setting", "seconds", "rate", "UNet FLOPs", "utilisation", "peak memory")
+PEAKS_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
+"""Dense bf16 tensor-core peaks (TFLOP/s) of GPUs this is expected to meet; on a CPU the peak is measured."""
+
+
+def _device_peak(device: str) -> tuple[float, str]:
+    """(peak FLOP/s, how it was obtained): a known GPU's dense bf16 peak, else a measured large matmul."""
+    if device == "cuda":
+        name = torch.cuda.get_device_name()
+        for key, tf in PEAKS_TFLOPS.items():
+            if key in name:
+                return tf * 1e12, f"{name}: {tf:g} TFLOP/s bf16 dense (datasheet)"
+    a = torch.randn(2048, 2048, device=device)
+    t = _timed(lambda: a @ a, 3)
+    return 2 * 2048 ** 3 / t, f"measured fp32 2048^3 matmul on {device}"
+
+
+def _unet_row_flops(bb, rows: int = 1) -> int:
+    """FLOPs of one guided UNet call on `rows` latents (2 * rows through the UNet), forward only."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    c = bb.unet.config
+    x = torch.randn(rows, c.in_channels, c.sample_size, c.sample_size, device=bb.device)
+    cond, uncond = bb.encode_prompts(["a photo"] * rows)
+    with FlopCounterMode(display=False) as fc, torch.no_grad():
+        bb.predict_noise(x, bb.timesteps[0], cond, uncond)
+    return fc.get_total_flops()
+
+
+def run_sd_perf(backbone_name: str, num_steps: int, batch: int, repeat: int = 1) -> tuple[list[tuple], dict]:
+    """SD-architecture figures: sampling images/s, the per-row cost of a DDPO/TDPO update and of an AlignProp
+    step, UNet FLOPs and utilisation, peak memory; plus an SD-default epoch (256 samples x 50 steps, CFG)
+    extrapolated from the measured per-row costs, against its FLOP floor."""
+    from bench.backbone import build_backbone
+    from bench.runner import backbone_location
+    from bench.spec import resolve_backbone
+
+    info = resolve_backbone(backbone_name)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    precision = "bf16" if device == "cuda" and torch.cuda.is_bf16_supported() else "no"
+    from bench.precision import DTYPES
+
+    location = info.location or str(__import__("bench.registry", fromlist=["load_target"]).load_target(info.builder)())
+    bb = build_backbone(location, num_steps, 5.0, 1.0, device=device, weight_dtype=DTYPES[precision])
+    bb.add_lora(4)
+    peak, peak_how = _device_peak(device)
+    flops_row = _unet_row_flops(bb)
+    prompts = ["a photo of a cat"] * batch
+    g = torch.Generator().manual_seed(0)
+
+    def mem() -> str:
+        if device == "cuda":
+            return f"{torch.cuda.max_memory_allocated() / 2**30:.1f} GiB"
+        return "-"
+
+    rows = []
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    t_sample = _timed(lambda: bb.sample(prompts, generator=g, batch_size=batch), repeat)
+    sample_flops = flops_row * batch * num_steps
+    rows.append(("sampling", f"{batch} images x T={num_steps}, {precision}", f"{t_sample:.2f}",
+                 f"{batch / t_sample:.2f} img/s", f"{sample_flops / 1e12:.2f} T", f"{sample_flops / t_sample / peak:.1%}",
+                 mem()))
+    traj = bb.sample(prompts, generator=g, batch_size=batch)
+
+    def update(steps_per_row: int):
+        idx = torch.arange(batch).repeat(steps_per_row)
+        steps = torch.arange(steps_per_row).repeat_interleave(batch) % num_steps
+        bb.log_prob(traj.index(idx), steps).sum().backward()
+    per_row = {}
+    for name, steps in (("DDPO / TDPO update", 1), ("DDPO update, fused", min(4, num_steps))):
+        if device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        t = _timed(lambda: update(steps), repeat)
+        per_row[name] = t / (batch * steps)
+        f = 3 * flops_row * batch * steps  # backward ~ 2x forward
+        rows.append((name, f"{batch} samples x {steps} step(s)", f"{t:.2f}", f"{1 / per_row[name]:.2f} rows/s",
+                     f"{f / 1e12:.2f} T", f"{f / t / peak:.1%}", mem()))
+
+    from types import SimpleNamespace
+
+    from methods.alignprop import AlignProp
+
+    hp = {"gradient_checkpointing": True, "k_min": 1, "k_group": 8, "lr": 1e-3, "weight_decay": 1e-4,
+          "adam_beta1": 0.9, "adam_beta2": 0.999, "adam_eps": 1e-8, "loss_form": "linear", "reward_target": 0.0,
+          "update_samples": batch, "loss_coeff": 0.01, "max_grad_norm": 1.0}
+    ap = AlignProp(SimpleNamespace(hp=hp, backbone=bb, world_size=1, rng=__import__("numpy").random.default_rng(0),
+                                   spec=SimpleNamespace(num_steps=num_steps), reward=SimpleNamespace(name="pixels")))
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    t_ap = _timed(lambda: ap.sample_with_grad(prompts, 1, generator=torch.Generator().manual_seed(0)).mean().backward(),
+                  repeat)
+    rows.append(("AlignProp step, K=1", f"{batch} chains x T={num_steps}", f"{t_ap:.2f}", f"{batch / t_ap:.2f} img/s",
+                 "-", "-", mem()))
+    # an SD-default epoch from the measured parts: sampling 256 x 50 guided calls, training 256 x 50 rows
+    epoch_rows = 256 * 50
+    est = {"sampling": t_sample / (batch * num_steps) * epoch_rows,
+           "training (DDPO, fused)": per_row["DDPO update, fused"] * epoch_rows}
+    floor = 4 * flops_row * epoch_rows / peak  # forward for sampling + 3x for training
+    summary = {"device": device, "peak": peak_how, "unet_flops_per_guided_row": flops_row,
+               "sd_epoch_estimate_s": sum(est.values()), "sd_epoch_floor_s": floor, "parts": est}
+    return rows, summary

@@ -54,9 +54,12 @@ class TrainContext:
     """Seconds per phase in the current epoch ('sampling', 'scoring', ...), read and reset by the runner."""
     epoch: int = 0
     """The epoch being trained (1-based; set by the runner)."""
+    grad_norms: list = None
+    """The policy's gradient norm (before clipping) of every update this epoch; read and reset by the runner."""
 
     def __post_init__(self):
         self.timings = {}
+        self.grad_norms = []
 
     def timed(self, phase: str):
         """Context manager adding the block's wall time to `timings[phase]`."""
@@ -203,9 +206,11 @@ def optimizer_steps(ctx, groups: list[tuple]) -> bool:
         for optimizer, _, _ in groups:
             optimizer.zero_grad(set_to_none=True)
         return False
-    for optimizer, params, max_grad_norm in groups:
+    for k, (optimizer, params, max_grad_norm) in enumerate(groups):
         norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
         check_finite("gradient norm", float(norm))
+        if k == 0 and hasattr(ctx, "grad_norms"):
+            ctx.grad_norms.append(float(norm))  # the policy's, before clipping: logged per epoch
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         for p in params:
@@ -380,6 +385,10 @@ def train_run(spec: RunSpec, out_dir: Path, progress: bool = True, accelerator=N
             phases["time_training_s"] = max(0.0, epoch_time - sum(phases.values()))  # everything else in the epoch
             ctx.timings.clear()
             metrics = {**metrics, **phases, "epoch_time_s": epoch_time, "gradient_updates": method.gradient_updates}
+            if ctx.grad_norms:
+                metrics["grad_norm"] = float(np.mean(ctx.grad_norms))
+                metrics["grad_norm_zero_fraction"] = float(np.mean([g == 0 for g in ctx.grad_norms]))
+            ctx.grad_norms.clear()
             if ctx.scaler.enabled:
                 metrics.update(loss_scale=ctx.scaler.scale, skipped_steps=ctx.scaler.skipped - skipped_before)
             for k, v in metrics.items():

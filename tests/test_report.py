@@ -229,3 +229,17 @@ def test_run_evaluates_every_checkpoint_then_eval_adds_a_reward_and_reproduces(t
     assert evaluate_run(run_dir, ["aesthetic"], progress=False, force=True) == ["aesthetic"]
     assert (run_dir / "scores" / "aesthetic.jsonl").read_text() == before  # same seeds, same images, same scores
     assert (run_dir / "grids" / "q00000016.png").read_bytes() == grid
+
+
+def test_load_results_gives_tidy_frames(tmp_path):
+    from bench import load_results
+
+    make_db(tmp_path / "b.duckdb")
+    res = load_results(tmp_path / "b.duckdb")
+    assert set(res.runs["run_id"]) == set(CURVES)
+    # 3 runs x 3 checkpoints x 3 rewards x 2 images, with the run's method and seed joined in
+    assert len(res.scores) == 54 and {"method", "seed", "train_reward"} <= set(res.scores.columns)
+    a = res.curves.query("run_id == 'A_s1' and reward == 'aesthetic'").sort_values("reward_queries")
+    assert a["value"].tolist() == [1, 2, 4] and a["images"].tolist() == [2, 2, 2]
+    level = res.leaderboard.query("method == 'A' and column == 'pickscore @ level'")
+    assert level["mean"].iloc[0] == pytest.approx(7.5)  # A: 8 and 7 at the matched level 3 (see the board test)

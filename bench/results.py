@@ -1,0 +1,61 @@
+"""The results database as tidy pandas DataFrames, for notebooks and the report alike.
+
+Every frame comes straight from DuckDB (`.df()`), in long form, with the run's method, reward, suite and
+seed joined in, so `res.scores.groupby(["method", "reward_queries", "reward"])["value"].mean()` is the
+matrix behind every figure.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass
+class Results:
+    runs: "object"
+    """One row per run: run_id, method, reward (the training reward), suite, seed, budget, status, config..."""
+    checkpoints: "object"
+    """One row per checkpoint: reward queries, epoch, gradient updates, compute counts, with the run's method."""
+    train_metrics: "object"
+    """Per-epoch training metrics, long: run_id, method, seed, epoch, reward_queries, metric, value."""
+    scores: "object"
+    """Per evaluation image, long: run_id, method, seed, train_reward, reward_queries, reward, prompt_set,
+    prompt, sample_index, eval_seed, value (reward 'kl-to-pretrained' is each image's KL)."""
+    eval_metrics: "object"
+    """Set-level evaluation metrics (diversity), long: run_id, method, seed, reward_queries, prompt_set, metric."""
+    curves: "object"
+    """Mean score per run, prompt set, checkpoint and reward: the points of every cross-reward curve."""
+    leaderboard: "object"
+    """The report's leaderboard, long: train_reward, prompt_set, matched_level, method, seeds, verdict,
+    column, mean, ci95."""
+
+
+def load_results(db) -> Results:
+    import io
+
+    import pandas as pd
+
+    from bench.report import boards_csv, build_boards
+    from bench.store import open_results
+
+    con = open_results(Path(db))
+    try:
+        runs = con.execute("SELECT * FROM runs ORDER BY run_id").df()
+        join = "JOIN (SELECT run_id, method, seed, reward AS train_reward FROM runs) r USING (run_id)"
+        checkpoints = con.execute(f"SELECT * FROM checkpoints {join} ORDER BY run_id, reward_queries").df()
+        train = con.execute(f"SELECT * FROM train_metrics {join} ORDER BY run_id, epoch, metric").df()
+        scores = con.execute(f"SELECT * FROM scores {join} ORDER BY ALL").df()
+        sets = con.execute(f"SELECT * FROM eval_metrics {join} ORDER BY ALL").df() \
+            if _has(con, "eval_metrics") else pd.DataFrame()
+        curves = con.execute(f"""SELECT run_id, method, seed, train_reward, prompt_set, reward_queries, reward,
+                                        avg(value) AS value, count(*) AS images
+                                 FROM scores {join} GROUP BY ALL ORDER BY ALL""").df()
+        board = pd.read_csv(io.StringIO(boards_csv(build_boards(con))))
+    finally:
+        con.close()
+    return Results(runs, checkpoints, train, scores, sets, curves, board)
+
+
+def _has(con, table: str) -> bool:
+    return bool(con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [table]).fetchone()[0])
