@@ -95,9 +95,9 @@ _TDPO_COMMON = dict(
 _TDPO_SOURCE = dict(_SD, updates_per_epoch=100, update_steps=1, epochs=100, reset_every=10)
 
 
-def _tdpo(name: str, help: str, **overrides) -> None:
+def _tdpo(name: str, help: str, meta: dict | None = None, **overrides) -> None:
     methods.register(name, "methods.tdpo:TDPO", help, family="tdpo", kind="ppo", log_ratio_bounds=("clip_range",),
-                     source=_TDPO_SOURCE, hparams=dict(_TDPO_COMMON, **overrides))
+                     source=_TDPO_SOURCE, hparams=dict(_TDPO_COMMON, **overrides), **(meta or {}))
 
 
 _tdpo("tdpo", "TDPO: per-timestep PPO on temporal rewards from a temporal critic, 2T updates per epoch")
@@ -111,6 +111,8 @@ _tdpo("tdpo-r-leaky", "TDPO-R with activation scores measured through LeakyReLU,
 _tdpo("tdpo-policy-reset-dormant", "TDPO with a periodic reset of the policy's dormant LoRA neurons (threshold 0.1)",
       policy_reset="dormant", policy_dormant_threshold=0.1)
 _tdpo("tdpo-policy-reset-active", "TDPO with a periodic reset of the policy's active LoRA neurons",
+      meta=dict(expected_not_to_learn="TDPO paper Sec. 4.2 and Appendix B: resetting the policy's active neurons "
+                                      "causes catastrophic forgetting and heavily hinders learning"),
       policy_reset="active")
 
 methods.register(
@@ -230,7 +232,7 @@ backbones.register(
     suite="toy",
     defaults=dict(num_steps=10, guidance_scale=5.0, eta=1.0, budget=640, samples_per_epoch=32,
                   train_batch_size=256, sample_batch_size=32, train_prompts="toy-seen",
-                  latent_dims=4 * 8 * 8, update_multiplier=8.0, eval_per_prompt=2),
+                  latent_dims=4 * 8 * 8, update_multiplier=16.0, eval_per_prompt=2),
 )
 backbones.register(
     "tiny-random", "bench.tiny:tiny_random_pipeline_dir",

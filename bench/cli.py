@@ -59,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="train methods to a common reward-query budget and store the results")
     r.add_argument("--study", default=None,
-                   help="a preset grid (see `bench list studies`), e.g. overoptimization; explicit flags override it")
+                   help="a preset grid (see `bench list studies`), e.g. overoptimization; explicit flags override it "
+                        "(default: none)")
     r.add_argument("--methods", default=None, help="comma-separated method names, or 'all' (default)")
     r.add_argument("--reward", default=None, help="training reward (default: aesthetic)")
     r.add_argument("--backbone", default=None, help="registered name, pipeline folder, or cached HF model id "
@@ -68,17 +69,21 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--seeds", default=None, help="comma-separated seeds, one run each (default: 0)")
     r.add_argument("--out", default="results", help="output folder (default: results)")
     r.add_argument("--db", default=None, help="DuckDB file (default: OUT/bench.duckdb)")
-    r.add_argument("--train-prompts", default=None, help="prompt set name or prompt file")
-    r.add_argument("--num-steps", type=whole, default=None, help="denoising steps T")
-    r.add_argument("--guidance-scale", type=number, default=None)
-    r.add_argument("--samples-per-epoch", type=whole, default=None)
+    r.add_argument("--train-prompts", default=None,
+                   help="prompt set name or prompt file (default: the backbone's, toy-seen on the toy)")
+    r.add_argument("--num-steps", type=whole, default=None,
+                   help="denoising steps T (default: the backbone's, 10 on the toy, 50 on SD)")
+    r.add_argument("--guidance-scale", type=number, default=None,
+                   help="classifier-free guidance in sampling and training (default: 5.0)")
+    r.add_argument("--samples-per-epoch", type=whole, default=None,
+                   help="images sampled and scored per epoch (default: the backbone's, 32 on the toy, 256 on SD)")
     r.add_argument("--train-batch-size", type=whole, default=None,
                    help="most sample-steps per UNet call in training, a memory bound (default: the backbone's)")
     r.add_argument("--update-multiplier", type=number, default=None,
                    help="m of the scale rule: every method makes m times its source's updates per reward query "
                         "(default: the backbone's; 1 at SD scale)")
     r.add_argument("--num-checkpoints", type=whole, default=None, help="checkpoint marks after step 0 (default 10)")
-    r.add_argument("--lora-rank", type=whole, default=4)
+    r.add_argument("--lora-rank", type=whole, default=4, help="LoRA rank on every attention projection (default 4)")
     r.add_argument("--mixed-precision", default="auto", choices=("auto", "no", "fp16", "bf16"),
                    help="auto: bf16 on GPUs that support it, fp16 with loss scaling on older GPUs, fp32 on CPU")
     r.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -92,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--threads", type=whole, default=None,
                    help="torch threads per run (default: the cores divided by the workers); results depend "
                         "on it only through float rounding")
-    r.add_argument("--no-progress", action="store_true", help="no progress bars")
+    r.add_argument("--no-progress", action="store_true", help="no progress bars (default: shown)")
     r.add_argument("--eval-per-prompt", type=whole, default=None,
                    help="fixed-seed evaluation images per prompt and checkpoint (default: the backbone's)")
     r.add_argument("--no-eval", action="store_true", help="train only: no evaluation matrix and no report")
@@ -100,29 +105,30 @@ def build_parser() -> argparse.ArgumentParser:
                    help="report folder (default: reports/ for --out results, else OUT/report)")
 
     ev = sub.add_parser("eval", help="score the checkpoints of finished runs (every suite reward they lack)")
-    ev.add_argument("--out", default="results")
-    ev.add_argument("--db", default=None)
-    ev.add_argument("--rewards", default="all", help="comma-separated reward names, or 'all' of the run's suite")
+    ev.add_argument("--out", default="results", help="the --out of the runs to score (default: results)")
+    ev.add_argument("--db", default=None, help="DuckDB file (default: OUT/bench.duckdb)")
+    ev.add_argument("--rewards", default="all", help="comma-separated reward names, or 'all' of the run's suite (default: all)")
     ev.add_argument("--per-prompt", type=whole, default=None,
                     help="images per prompt and checkpoint (default: the backbone's, 2 on the toy)")
     ev.add_argument("--force", action="store_true", help="re-score rewards that were scored already")
-    ev.add_argument("--no-progress", action="store_true")
+    ev.add_argument("--no-progress", action="store_true", help="no progress bars (default: shown)")
 
     rp = sub.add_parser("report", help="write the HTML report, figures and leaderboard from the database")
-    rp.add_argument("--db", default="results/bench.duckdb")
+    rp.add_argument("--db", default="results/bench.duckdb", help="DuckDB file (default: results/bench.duckdb)")
     rp.add_argument("--out", default="reports", help="report folder (default: reports)")
 
     pf = sub.add_parser("perf", help="speed and memory of the main code paths (a table)")
-    pf.add_argument("--backbone", default=None, help="default: the suite default (toy)")
-    pf.add_argument("--num-steps", type=whole, default=None)
-    pf.add_argument("--batch", type=whole, default=8)
-    pf.add_argument("--reward", default="aesthetic")
-    pf.add_argument("--repeat", type=whole, default=2)
+    pf.add_argument("--backbone", default=None,
+                    help="default: toy; sd-v1-4-random(-128) measures SD v1.4's architecture with random weights")
+    pf.add_argument("--num-steps", type=whole, default=None, help="denoising steps T (default: the backbone's)")
+    pf.add_argument("--batch", type=whole, default=8, help="images per measured call (default 8)")
+    pf.add_argument("--reward", default="aesthetic", help="reward whose scoring is timed (default: aesthetic)")
+    pf.add_argument("--repeat", type=whole, default=2, help="timed repetitions after a warm-up (default 2)")
     pf.add_argument("--levers", action="store_true",
                     help="also measure each lever of the fast toy default against the old path (a ratio table)")
     pf.add_argument("--db", default=None,
                     help="instead of micro-benchmarks, the seconds per phase (sampling, critic encoding, training, "
-                         "scoring, evaluation, report) of the runs stored in this database")
+                         "scoring, evaluation, report) of the runs stored in this database (default: none: micro-benchmarks)")
 
     ls = sub.add_parser("list", help="list registered names (instant)")
     ls.add_argument("kind", nargs="?", choices=KINDS)
@@ -131,12 +137,12 @@ def build_parser() -> argparse.ArgumentParser:
                          "and SD defaults")
 
     ing = sub.add_parser("ingest", help="ingest run shards into the database (safe to repeat)")
-    ing.add_argument("--out", default="results")
-    ing.add_argument("--db", default=None)
+    ing.add_argument("--out", default="results", help="the --out of the runs (default: results)")
+    ing.add_argument("--db", default=None, help="DuckDB file (default: OUT/bench.duckdb)")
 
-    rs = sub.add_parser("runs", help="show the runs stored in the database")
-    rs.add_argument("--out", default="results")
-    rs.add_argument("--db", default=None)
+    rs = sub.add_parser("runs", help="show the runs stored in the database, failed and quarantined ones too")
+    rs.add_argument("--out", default="results", help="the --out of the runs (default: results)")
+    rs.add_argument("--db", default=None, help="DuckDB file (default: OUT/bench.duckdb)")
     return p
 
 

@@ -51,15 +51,15 @@ class LossScaler:
         return loss * self.scale if self.enabled else loss
 
     def unscale(self, params: list[torch.nn.Parameter]) -> bool:
-        """Divide the gradients by the scale; True when they are all finite."""
+        """Divide the gradients by the scale; True when they are all finite. Without scaling nothing is
+        checked here: the gradient norm the optimizer step computes is finite exactly when they all are."""
+        if not self.enabled:
+            return True
         finite = True
         for p in params:
-            if p.grad is None:
-                continue
-            if self.enabled:
+            if p.grad is not None:
                 p.grad.div_(self.scale)
-            if not torch.isfinite(p.grad).all():
-                finite = False
+                finite = finite and bool(torch.isfinite(p.grad).all())
         return finite
 
     def update(self, finite: bool) -> None:

@@ -103,7 +103,9 @@ def build_boards(con) -> list[Board]:
         # one trained on; all methods when none improves). The others show "-" where they
         # never reach the level.
         judge = next((p for t, p in keys if t == train_reward and roles.get(p) == "seen"), pset)
-        improving = [m for m in methods if verdicts.get((train_reward, judge, m)) == "improves"] or methods
+        # a method its paper says does not learn (the catalog's expected_not_to_learn) never sets the level
+        candidates = [m for m in methods if not _expected_flat(m)] or methods
+        improving = [m for m in candidates if verdicts.get((train_reward, judge, m)) == "improves"] or candidates
         level = matched_level([xs[c.run_id] for c in group if c.method in improving])
         present = set.intersection(*(set(c.scores) for c in group))
         others = sorted(present - {train_reward, KL})
@@ -142,6 +144,12 @@ def build_boards(con) -> list[Board]:
     return boards
 
 
+def _expected_flat(method: str) -> str | None:
+    from bench.catalog import methods
+
+    return methods.get(method).meta.get("expected_not_to_learn") if method in methods else None
+
+
 def _signed(v: float | None, s: float) -> float | None:
     return None if v is None else s * v
 
@@ -170,8 +178,14 @@ def _level_text(b: Board) -> str:
     left_out = sorted(m for m, _, _ in b.rows if m not in b.level_methods)
     if not left_out:
         return f"matched level {b.level:.3f}"
-    return (f"matched level {b.level:.3f}, over the methods that improve on {b.level_judged_on}; "
-            f"not improving: {', '.join(left_out)}")
+    flat = [m for m in left_out if _expected_flat(m)]
+    other = [m for m in left_out if not _expected_flat(m)]
+    parts = [f"matched level {b.level:.3f}, over the methods that improve on {b.level_judged_on}"]
+    if other:
+        parts.append(f"not improving: {', '.join(other)}")
+    if flat:
+        parts.append(f"left out as their paper says they do not learn: {', '.join(flat)}")
+    return "; ".join(parts)
 
 
 def verdict_lines(boards: list[Board]) -> list[str]:

@@ -213,8 +213,6 @@ def optimizer_steps(ctx, groups: list[tuple]) -> bool:
             ctx.grad_norms.append(float(norm))  # the policy's, before clipping: logged per epoch
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        for p in params:
-            check_finite("weights after the update", p)
     scaler.update(True)
     return True
 
@@ -394,6 +392,8 @@ def train_run(spec: RunSpec, out_dir: Path, progress: bool = True, accelerator=N
             for k, v in metrics.items():
                 if v is not None:
                     check_finite(f"training metric {k}", float(v))
+            for p in backbone.trainable_parameters():  # finite gradients and lr keep them finite; checked per epoch
+                check_finite("LoRA weights", p)
             metric_rows += [dict(run_id=spec.run_name, epoch=epoch, reward_queries=budget.used, metric=k,
                                  value=float(v)) for k, v in metrics.items() if v is not None]
             if main:

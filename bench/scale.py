@@ -45,10 +45,13 @@ The rule, the same for every method
      log-ratio to the pretrained policy equals one clip range:
      coef * 0.2 * T * clip = 0.1;
    - PRDP (beta 3e-5 in the paper, on a log-prob convention it does not state):
-     a pair whose reward gap is one within-prompt standard deviation of the
-     training reward (measured on the run's first epoch) gets the regression
-     target E * eps, the most the proximal clip lets the trajectory log-ratio
-     move over the run's E epochs: beta = sigma_within / (E * eps).
+     PRDP maximises E[r] - beta KL, whose optimum tilts the reference policy by
+     exp(r / beta). beta is set to sigma, the within-prompt standard deviation
+     of the training reward (measured on the run's first epoch), per nat of
+     trajectory KL: the optimum reweights each trajectory by exp(its
+     within-prompt z-score) and gains about one sigma of reward. In this
+     harness's convention (log-probs averaged over D latent dims and T steps)
+     that is beta = sigma * D * T.
 """
 
 from __future__ import annotations
@@ -113,7 +116,7 @@ def effective_hparams(entry, hp: dict[str, Any], scale: Scale) -> dict[str, Any]
         out["update_samples"] = min(scale.samples_per_epoch, max(1, _round(scale.samples_per_epoch / U)))
     elif kind == "prdp":
         out["updates_per_epoch"] = m * src["updates_per_epoch"] * scale.samples_per_epoch / src["samples_per_epoch"]
-        out["beta_horizon_epochs"] = scale.epochs
+        out["beta_nats_per_unit"] = scale.latent_dims * scale.num_steps  # beta = sigma * D * T
     elif kind == "dense":
         pair_uses_per_query = src["updates_per_epoch"] * src["pairs_per_step"] / src["samples_per_epoch"]
         out["pairs_per_step"] = max(1, _round(pair_uses_per_query / out["updates_per_query"]))

@@ -40,13 +40,14 @@ Choices the sources leave open (there is no public PRDP code):
   this one it puts the target (dr / beta, ~1e4 for aesthetic gaps of ~0.5) far
   beyond what the per-step clip lets the ratios reach, so what ran was a
   clipped ascent on reward differences, not the regression. `beta=auto` sets it
-  by the scale rule on the training reward's own scale: beta = sigma_w /
-  (E * eps), sigma_w the within-prompt standard deviation of the first epoch's
-  rewards (pooled over its groups), E the run's epochs and eps the per-step
-  clip, so that a one-sigma pair's target is the most the proximal clip lets a
-  trajectory's log-ratio move over the run. It is fixed after the first epoch
-  and logged (`beta`), with the mean log-ratio gap of the pairs, the mean
-  target and their quotient (`ratio_gap`, `target_gap`, `gap_to_target`);
+  by the scale rule on the training reward's own scale: the KL-regularised
+  optimum is pi_ref * exp(r / beta_nats); with beta_nats = sigma_w (the
+  within-prompt standard deviation of the first epoch's rewards, pooled over
+  its groups) it reweights each trajectory by exp(its within-prompt z-score)
+  and gains about one sigma. Our log-ratios are averaged over D latent dims and
+  T steps, so beta = sigma_w * D * T. It is fixed after the first epoch and
+  logged (`beta`), with the mean log-ratio gap of the pairs, the mean target
+  and their quotient (`ratio_gap`, `target_gap`, `gap_to_target`);
 - B = 16 images per prompt (the small scale of Table 4; a per-prompt count, kept
   by the scale rule); updates per epoch from the scale rule, at most one per
   prompt group with `update_data=groups` (each update needs whole groups); a
@@ -136,14 +137,15 @@ class PRDP:
             return bb.step_log_probs(traj, self.ctx.spec.train_batch_size)
 
     def set_beta(self, groups: np.ndarray, rewards: np.ndarray) -> float:
-        """beta = sigma_within / (E * eps), from this (the first) epoch's rewards over all processes."""
+        """beta = sigma_within * D * T (see the module docstring), from this (the first) epoch's rewards over
+        all processes."""
         ss, count = within_prompt_std(groups, rewards)
         tot = self.ctx.gather_array(np.array([[ss, count]], dtype=np.float64)).sum(0)
         sigma = float(np.sqrt(tot[0] / tot[1])) if tot[1] else 0.0
         if not sigma > 0:
             raise ValueError("PRDP beta=auto: the first epoch's rewards show no within-prompt spread; "
                              "set beta=<number>")
-        return sigma / (self.hp["beta_horizon_epochs"] * self.hp["clip_range"])
+        return sigma * self.hp["beta_nats_per_unit"]
 
     def plan(self, groups_in_epoch: list[int], n: int) -> list[list[int]]:
         """The groups of each update this epoch."""

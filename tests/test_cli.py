@@ -233,3 +233,18 @@ def test_bad_input_battery(args, prepare, message, tmp_path):
     assert "torch" not in r.stdout.split("HEAVY=")[-1], r.stdout
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # nothing left behind
     assert len(BATTERY) >= 40
+
+
+def test_every_flag_has_help_with_its_default():
+    """Every option of every subcommand is documented, with its default."""
+    from bench.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    for name, p in sub.choices.items():
+        for action in p._actions:
+            if action.dest == "help" or not action.option_strings:
+                continue
+            assert action.help, f"bench {name} {action.option_strings[0]} has no help"
+            if action.__class__.__name__ not in ("_StoreTrueAction", "_AppendAction") and action.choices is None:
+                assert "default" in action.help, f"bench {name} {action.option_strings[0]}: help states no default"

@@ -109,12 +109,14 @@ def test_prdp_beta_is_set_on_the_rewards_own_scale():
     # group 0: mean 2, deviations +-1 -> 2; group 1: mean 5.25, deviations +-0.25 -> 0.125
     assert (ss, count) == (pytest.approx(2.125), 4)
     method = PRDP.__new__(PRDP)
-    method.hp = {"beta_horizon_epochs": 20, "clip_range": 8e-6}
+    method.hp = {"beta_nats_per_unit": 256 * 10}  # D = 4 x 8 x 8 latent dims, T = 10 steps
     method.ctx = type("C", (), {"gather_array": staticmethod(lambda a: np.asarray(a))})()
     beta = method.set_beta(groups, rewards)
-    assert beta == pytest.approx(math.sqrt(2.125 / 4) / (20 * 8e-6))
-    # a target one within-prompt sigma wide is E * eps: what the proximal clip allows over the run
-    assert math.sqrt(2.125 / 4) / beta == pytest.approx(20 * 8e-6)
+    sigma = math.sqrt(2.125 / 4)
+    assert beta == pytest.approx(sigma * 2560)
+    # per nat of trajectory KL beta is sigma: a one-sigma pair's target is one nat of trajectory log-ratio,
+    # i.e. 1 / (D T) of our averaged log-ratio
+    assert sigma / beta * 2560 == pytest.approx(1.0)
 
 
 def test_prdp_update_plans():
@@ -231,7 +233,7 @@ def test_prdp_and_dense_dpo_end_to_end_on_toy(tmp_path):
     pairs = con.execute("""select min(t.value) from train_metrics t join runs r using (run_id)
                            where r.method = 'prdp' and t.metric = 'pairs'""").fetchone()[0]
     con.close()
-    # 2 epochs of 16 at m = 8 (the toy's): PRDP one group of 16 per epoch -> 1 update each (the one-group
-    # floor of 2.5); dense-DPO 8 * 4000/24000 updates per query -> round(21.3) = 21 per epoch
-    assert rows == [("dense-dpo", 32, 42, 3), ("prdp", 32, 2, 3)]
+    # 2 epochs of 16 at m = 16 (the toy's): PRDP one group of 16 per epoch -> 1 update each (the one-group
+    # floor of 5); dense-DPO 16 * 4000/24000 updates per query -> round(42.7) = 43 per epoch
+    assert rows == [("dense-dpo", 32, 86, 3), ("prdp", 32, 2, 3)]
     assert pairs >= 110  # all C(16, 2) = 120 same-prompt pairs, minus ties

@@ -63,9 +63,9 @@ def test_pairs_discounts_periods_and_coefficients():
     assert eff("tdpo-kl", TOY)["kl_penalty_coef"] == pytest.approx(62.5)
     assert eff("tdpo-kl", SD)["kl_penalty_coef"] == pytest.approx(100.0)
     assert eff("tdpo", TOY)["kl_penalty_coef"] == 0.0
-    # PRDP: updates per epoch 8 * 10 * 32 / 512 = 5, beta over the run's 20 epochs
+    # PRDP: updates per epoch 8 * 10 * 32 / 512 = 5; beta = sigma * D * T: D * T = 256 * 10
     assert eff("prdp", TOY)["updates_per_epoch"] == pytest.approx(5.0)
-    assert eff("prdp", TOY)["beta_horizon_epochs"] == 20
+    assert eff("prdp", TOY)["beta_nats_per_unit"] == 2560
     # a numeric override at the source scale goes through the same rule
     assert eff("ddpo-2", TOY, clip_range=2e-4)["clip_range"] == pytest.approx(1.6e-3)
 
@@ -84,9 +84,11 @@ def test_effective_table_lists_every_method():
     title, rows = effective_table("toy")
     assert {r[0] for r in rows} == set(methods.names())
     by = {r[0]: r for r in rows}
-    assert by["ddpo-100"][3] == "1 samples x 3 steps" and by["tdpo"][3] == "3 samples x 1 steps"
-    assert by["ddpo-2"][2] == "8.00x"
-    assert "m=8" in title
+    # the toy default: T=10, S=32, m=16: ddpo-100 U=200, tau 3, b=round(320/600)=1 (the floor: 8.56x);
+    # tdpo U=200, tau 1, b=round(1.6)=2 -> 160 updates (12.80x)
+    assert by["ddpo-100"][3] == "1 samples x 3 steps" and by["tdpo"][3] == "2 samples x 1 steps"
+    assert by["ddpo-2"][2] == "16.00x" and by["tdpo"][2] == "12.80x" and by["ddpo-100"][2] == "8.56x"
+    assert "m=16" in title
 
 
 def test_list_methods_effective_cli():

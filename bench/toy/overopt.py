@@ -56,7 +56,7 @@ def main(argv=None) -> int:
     rewards = {n: load_reward(n, "toy", "cpu") for n in ("aesthetic", "gold-aesthetic", "gold-fidelity")}
     rewards["saturation"] = Saturation()
     rows = evaluate_checkpoints(run_dir, rewards, {"toy-seen": resolve_prompt_set("toy-seen")[1]},
-                                per_prompt=args.per_prompt, shard="overopt")
+                                per_prompt=args.per_prompt, shard=None)  # its own table, not the scores
     table: dict[int, dict[str, float]] = {}
     for r in rows:
         table.setdefault(r["reward_queries"], {}).setdefault(r["reward"], []).append(r["value"])

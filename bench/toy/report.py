@@ -40,8 +40,11 @@ def measure(per_prompt: int = 4, seed: int = 0) -> dict:
 
     rewards = {n: load_reward(n, "toy", "cpu") for n in ("aesthetic", "pickscore", "hpsv2", "gold-aesthetic",
                                                           "gold-fidelity")}
-    bb = build_backbone(str(pipeline_dir()), num_steps=20, guidance_scale=5.0, eta=1.0)
-    res: dict = {"sampling": {"num_steps": 20, "guidance_scale": 5.0, "eta": 1.0, "per_prompt": per_prompt,
+    from bench.catalog import backbones
+
+    T = backbones.get("toy").meta["defaults"]["num_steps"]  # the bars hold at the suite's default T
+    bb = build_backbone(str(pipeline_dir()), num_steps=T, guidance_scale=5.0, eta=1.0)
+    res: dict = {"sampling": {"num_steps": T, "guidance_scale": 5.0, "eta": 1.0, "per_prompt": per_prompt,
                               "seed": seed}}
     seen_imgs = None
     for name in ("toy-seen", "toy-unseen", "toy-compositional"):
@@ -114,7 +117,7 @@ def measure_and_write_cards(out: Path, per_prompt: int = 4, seed: int = 0) -> di
                      "bench/toy/build.py: the VAE on rendered scenes (L1 + MSE + small KL); the text encoder "
                      "starts from the toy CLIP's text tower and is tuned jointly with the UNet (epsilon "
                      "prediction, 10% empty captions for classifier-free guidance, EMA weights).",
-                     f"20 DDIM steps, guidance 5, eta 1, {per_prompt} images per prompt (seed {seed}): "
+                     f"{res['sampling']['num_steps']} DDIM steps, guidance 5, eta 1, {per_prompt} images per prompt (seed {seed}): "
                      f"gold-fidelity match rate (score > 0.5) on the 48 seen prompts "
                      f"{seen['fidelity_match_rate']:.3f} (renders of the same prompts: "
                      f"{seen['renders_fidelity_match_rate']:.3f}); unseen {res['toy-unseen']['fidelity_match_rate']:.3f}; "
