@@ -139,20 +139,79 @@ def load_curves(con) -> list[Curve]:
     return curves
 
 
-def paired_changes(con, run_id: str, reward: str, prompt_set: str) -> list[float]:
-    """Per evaluation image, the score at the run's last scored checkpoint minus the
-    score of the same prompt and evaluation seed at query 0 (the pretrained model).
-    Pairing on the fixed evaluation seed removes the prompt- and noise-level spread, so
-    a small but consistent rise is visible where two unpaired means would overlap."""
+def paired_changes(con, run_id: str, reward: str, prompt_set: str,
+                   q_from: int = 0, q_to: int | None = None) -> list[float]:
+    """Per evaluation image, the score at checkpoint `q_to` (default: the run's last scored
+    checkpoint) minus the score of the same prompt and evaluation seed at `q_from` (default:
+    query 0, the pretrained model). Pairing on the fixed evaluation seed removes the
+    prompt- and noise-level spread, so a small but consistent rise is visible where two
+    unpaired means would overlap."""
     rows = con.execute("""
         WITH s AS (SELECT * FROM scores WHERE run_id = ? AND reward = ? AND prompt_set = ?)
         SELECT b.value - a.value
         FROM s a JOIN s b USING (prompt, sample_index, eval_seed)
-        WHERE a.reward_queries = 0 AND b.reward_queries = (SELECT max(reward_queries) FROM s)
-              AND b.reward_queries > 0
+        WHERE a.reward_queries = ? AND b.reward_queries = coalesce(?, (SELECT max(reward_queries) FROM s))
+              AND b.reward_queries <> a.reward_queries
         ORDER BY prompt, sample_index, eval_seed
-    """, [run_id, reward, prompt_set]).fetchall()
+    """, [run_id, reward, prompt_set, q_from, q_to]).fetchall()
     return [r[0] for r in rows]
+
+
+def paired_change(con, run_ids: list[str], reward: str, prompt_set: str,
+                  q_from: int = 0, q_to: int | None = None) -> tuple[float | None, float | None]:
+    """Mean and 95% CI of the paired change between two checkpoints. One run: over the
+    evaluation images (the seed's own noise only); two or more: over the runs' mean changes
+    (run-to-run noise). (None, None) when a run lacks either checkpoint."""
+    per_run = [paired_changes(con, r, reward, prompt_set, q_from, q_to) for r in run_ids]
+    if not per_run or not all(per_run):
+        return None, None
+    if len(per_run) == 1:
+        return mean_ci(per_run[0])
+    return mean_ci([sum(d) / len(d) for d in per_run])
+
+
+@dataclass
+class GoldShape:
+    """How a gold (ground-truth) score moved during a run: the evidence for overoptimization."""
+    shape: str
+    """'rises then falls', 'falls', 'rises' or 'flat' (each change judged by its paired 95% CI)."""
+    peak_queries: int
+    """The checkpoint where the mean gold score (over seeds) is highest."""
+    rise: tuple[float | None, float | None]
+    """Paired change from query 0 to the peak (mean, 95% CI)."""
+    fall: tuple[float | None, float | None]
+    """Paired change from the peak to the final checkpoint (mean, 95% CI; <= 0)."""
+    total: tuple[float | None, float | None]
+    """Paired change from query 0 to the final checkpoint."""
+
+
+def gold_shape(con, runs: list[Curve], gold: str) -> GoldShape | None:
+    """Classify a method's gold curve on one prompt set. The peak is the checkpoint with the
+    highest mean over seeds; 'rises then falls' needs both the rise to it and the fall after it
+    to exclude zero. (The peak is chosen on the same images, so the two CIs are optimistic by
+    the selection; the report says so.)"""
+    if not runs or any(gold not in c.scores for c in runs):
+        return None
+    queries = runs[0].queries
+    if any(c.queries != queries for c in runs) or len(queries) < 2:
+        return None
+    curve = [sum(c.scores[gold][i] for c in runs) / len(runs) for i in range(len(queries))]
+    peak = queries[max(range(len(curve)), key=lambda i: (curve[i], -i))]
+    ids, pset = [c.run_id for c in runs], runs[0].prompt_set
+    rise = paired_change(con, ids, gold, pset, 0, peak) if peak != queries[0] else (0.0, None)
+    fall = paired_change(con, ids, gold, pset, peak, queries[-1]) if peak != queries[-1] else (0.0, None)
+    total = paired_change(con, ids, gold, pset, queries[0], queries[-1])
+    sig_up = lambda c: c[0] is not None and c[1] is not None and c[0] - c[1] > 0
+    sig_down = lambda c: c[0] is not None and c[1] is not None and c[0] + c[1] < 0
+    if sig_up(rise) and sig_down(fall):
+        shape = "rises then falls"
+    elif sig_down(total):
+        shape = "falls"
+    elif sig_up(total):
+        shape = "rises"
+    else:
+        shape = "flat"
+    return GoldShape(shape, peak, rise, fall, total)
 
 
 def change_verdict(mean: float | None, ci: float | None, higher_is_better: bool = True) -> str:

@@ -15,8 +15,8 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.analysis import (Curve, change_verdict, interpolate_at, load_curves, matched_level, mean_ci,
-                            normalised_auc, paired_changes)
+from bench.analysis import (Curve, GoldShape, change_verdict, gold_shape, interpolate_at, load_curves,
+                            matched_level, mean_ci, normalised_auc, paired_changes)
 
 GOLD = ("gold-aesthetic", "gold-fidelity")
 KL = "kl-to-pretrained"  # bench.evaluate.KL_METRIC: not a reward, the x-axis of the overoptimization view
@@ -59,6 +59,8 @@ class Board:
     """The methods whose runs set the level: those that improve (all, when none does)."""
     level_judged_on: str = ""
     """The prompt set whose verdicts chose `level_methods` (the seen set when there is one)."""
+    gold_shapes: dict[str, dict[str, GoldShape]] = field(default_factory=dict)
+    """gold reward -> method -> how its curve moved (rises then falls, falls, rises, flat)."""
 
 
 def _agg(values: list[float | None]) -> Cell:
@@ -133,6 +135,10 @@ def build_boards(con) -> list[Board]:
             for g in gold:
                 cells.append(_agg([max(c.scores[g]) - c.scores[g][-1] for c in runs]))
             board.rows.append((method, len(runs), cells))
+            for g in gold:
+                shape = gold_shape(con, runs, g)
+                if shape is not None:
+                    board.gold_shapes.setdefault(g, {})[method] = shape
         # sort by the first non-gold out-of-domain score at the matched level, best first (its own direction)
         if others:
             first = next((r for r in others if r not in GOLD), others[0])
@@ -189,7 +195,8 @@ def _level_text(b: Board) -> str:
 
 
 def verdict_lines(boards: list[Board]) -> list[str]:
-    """One line per training reward: which methods improved it on the seen prompts."""
+    """One line per training reward: which methods improved it on the seen prompts; and one
+    per gold reward: whose gold score rose then fell (overoptimization), fell, rose or stayed flat."""
     lines = []
     roles = _roles()
     for b in boards:
@@ -201,7 +208,25 @@ def verdict_lines(boards: list[Board]) -> list[str]:
         parts = [f"{v}: {', '.join(sorted(by[v]))}" for v in ("improves", "flat", "worsens", "-") if v in by]
         lines.append(f"{b.train_reward} on {b.prompt_set}, final checkpoint vs query 0 (paired fixed seeds, "
                      f"95% CI): " + "; ".join(parts))
+        for g, shapes in b.gold_shapes.items():
+            lines.append(gold_line(g, b.prompt_set, shapes))
     return lines
+
+
+def gold_line(gold: str, prompt_set: str, shapes: dict[str, GoldShape]) -> str:
+    def change(c):
+        return "-" if c[0] is None else f"{c[0]:+.2f}" + (f" ± {c[1]:.2f}" if c[1] is not None else "")
+
+    parts = []
+    for kind in ("rises then falls", "falls", "rises", "flat"):
+        ms = sorted(m for m, s in shapes.items() if s.shape == kind)
+        if not ms:
+            continue
+        if kind == "rises then falls":
+            ms = [f"{m} (peak at {shapes[m].peak_queries}: {change(shapes[m].rise)}, then {change(shapes[m].fall)})"
+                  for m in ms]
+        parts.append(f"{kind}: {', '.join(ms)}")
+    return f"{gold} on {prompt_set} (paired, 95% CI): " + "; ".join(parts)
 
 
 def boards_csv(boards: list[Board]) -> str:
@@ -661,6 +686,10 @@ def write_report(db_path: Path, report_dir: Path, out_dir: Path | None = None,
             "and DDPO-100? Differences of means over seeds, with Welch 95% confidence intervals.</p>",
             _table_html(QUESTION_HEADER, question)] if question else []),
         "<h2>Leaderboard</h2>", *[f"<p>{html.escape(line)}</p>" for line in verdict_lines(boards)],
+        *(["<p><small>A gold score <em>rises then falls</em> when the paired change from query 0 to its peak "
+           "and from the peak to the final checkpoint both exclude zero. The peak is picked on the same "
+           "evaluation images, so those two intervals are somewhat optimistic.</small></p>"]
+          if any(b.gold_shapes for b in boards) else []),
         board_html or "<p>No evaluation scores yet: run <code>python -m bench eval</code>.</p>",
         "<h2>Figures</h2>",
         *[f'<figure><img src="figures/{html.escape(p)}" alt="{html.escape(p)}"></figure>' for p in pngs],

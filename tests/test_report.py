@@ -146,6 +146,43 @@ def test_paired_change_pairs_images_by_prompt_and_seed(tmp_path):
     assert change_verdict(1.0, None) == "-"
 
 
+def test_gold_shape_separates_rise_then_fall_from_a_fall_and_noise(tmp_path):
+    """The overoptimization evidence: B's gold rises 0.5 to its peak at 10 queries, then falls 0.3
+    (every image alike, so the CIs are 0); A's two seeds disagree on the direction after the
+    peak (over seeds, t(1) = 12.706: flat); D's gold falls from the start, unevenly per image."""
+    from bench.report import build_boards, gold_line, verdict_lines
+    from bench.store import connect
+
+    make_db(tmp_path / "b.duckdb")
+    con = connect(tmp_path / "b.duckdb")
+    con.execute("INSERT INTO runs (run_id, config_hash, method, reward, backbone, suite, seed, budget, status) "
+                "VALUES ('D_s0', 'h', 'D', 'aesthetic', 'toy', 'toy', 0, 20, 'finished')")
+    for q, x, g in zip((0, 10, 20), (1.0, 3.0, 5.0), (5.0, 4.0, 3.0)):
+        for i, (d, spread) in enumerate(((-0.5, 0.0), (0.5, 1.0)) * 2):  # images 1 and 3 fall twice as fast
+            for reward, v in (("aesthetic", x + d), ("pickscore", 10.0 + d),
+                              ("gold-aesthetic", g + d - spread * (5.0 - g))):
+                con.execute("INSERT INTO scores VALUES ('D_s0', ?, ?, 'toy-seen', 'a red circle', ?, 1, ?)",
+                            [q, reward, i, v])
+    (board,) = build_boards(con)
+    con.close()
+    shapes = board.gold_shapes["gold-aesthetic"]
+    b = shapes["B"]
+    assert (b.shape, b.peak_queries) == ("rises then falls", 10)
+    assert b.rise == (pytest.approx(0.5), pytest.approx(0.0)) and b.fall == (pytest.approx(-0.3), pytest.approx(0.0))
+    a = shapes["A"]
+    # mean curve over seeds (5, 6.5, 6.25): peak at 10; rises 2 and 1 over seeds: 1.5 ± 12.706 * 0.7071 / sqrt(2)
+    assert a.peak_queries == 10 and a.rise == (pytest.approx(1.5), pytest.approx(12.706 * 0.70710678 / 2 ** 0.5))
+    assert a.shape == "flat"
+    d = shapes["D"]
+    # peak at the pretrained model; per image the total changes are -2, -4, -2, -4: mean -3, sd 1.1547, t(3) = 3.182
+    assert d.peak_queries == 0 and d.shape == "falls"
+    assert d.total == (pytest.approx(-3.0), pytest.approx(3.182 * 1.1547005 / 2))
+    line = gold_line("gold-aesthetic", "toy-seen", shapes)
+    assert line == ("gold-aesthetic on toy-seen (paired, 95% CI): rises then falls: B (peak at 10: +0.50 ± 0.00, "
+                    "then -0.30 ± 0.00); falls: D; flat: A")
+    assert line in verdict_lines([board])
+
+
 def test_report_files_are_byte_identical_when_rebuilt(tmp_path):
     from bench.report import write_report
 
