@@ -9,6 +9,7 @@ the `scores` table's long format.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import time
@@ -64,11 +65,25 @@ def query0_key(spec, prompt_sets: dict[str, list[str]], per_prompt: int, eval_se
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+@contextlib.contextmanager
+def scoring_threads():
+    """One CPU thread while scoring. A multi-threaded CPU GEMM splits its sums by thread count, so a
+    score would change in the 7th digit between a serial run, a worker and a re-evaluation (and
+    the shared query-0 cache would depend on who filled it). Scoring is a small share of eval."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def _score_rows(run_id: str, queries: int, rewards: dict, set_name: str, images, keys, eval_seed: int,
                 kl=None) -> list[dict]:
     ps = [p for p, _ in keys]
     rows = []
-    values_by = {rname: reward.score(images, ps).tolist() for rname, reward in rewards.items()}
+    with scoring_threads():
+        values_by = {rname: reward.score(images, ps).tolist() for rname, reward in rewards.items()}
     if kl is not None:
         values_by[KL_METRIC] = kl.tolist()
     for rname, values in values_by.items():
@@ -143,7 +158,8 @@ def evaluate_checkpoints(run_dir: Path, rewards: dict, prompt_sets: dict[str, li
                 rows += _score_rows(spec.run_name, q, rewards, set_name, images, keys, eval_seed,
                                     kl=step_kl if kl else None)
                 if set_metrics is not None and set_rows is not None:
-                    set_rows += _set_rows(spec.run_name, q, set_name, set_metrics(images, keys))
+                    with scoring_threads():
+                        set_rows += _set_rows(spec.run_name, q, set_name, set_metrics(images, keys))
     if shard is not None:
         atomic_write_jsonl(run_dir / "scores" / f"{shard}.jsonl", rows)
     return rows
@@ -175,7 +191,8 @@ def shared_query0_rows(cache: Path, spec, rewards: dict, prompt_sets: dict[str, 
                 save_grid(images, cache / "grid.png")
             fresh += _score_rows("", 0, {r: rewards[r] for r in missing}, set_name, images, keys, eval_seed)
             if want_sets:
-                fresh_sets += _set_rows("", 0, set_name, set_metrics(images, keys))
+                with scoring_threads():
+                    fresh_sets += _set_rows("", 0, set_name, set_metrics(images, keys))
         for r in missing:
             atomic_write_jsonl(cache / f"{r}.jsonl", [row for row in fresh if row["reward"] == r])
         if want_sets:

@@ -290,7 +290,8 @@ def _run_workers(todo: list[Planned], opts: GridOptions, threads: int, bar: Over
     manager = ctx.Manager()
     q = manager.Queue()
     env = {k: v for k, v in os.environ.items() if k.startswith(("HF_", "TRANSFORMERS_", "DIFFUSERS_", "BENCH_"))}
-    env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), TOKENIZERS_PARALLELISM="false")
+    env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), MKL_DYNAMIC="FALSE",
+               TOKENIZERS_PARALLELISM="false")
     outcomes = []
     with ProcessPoolExecutor(max_workers=opts.workers, mp_context=ctx, initializer=_worker_init,
                              initargs=(threads, env)) as pool:

@@ -13,6 +13,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # the CLI subprocesses the tests start.
 os.environ.setdefault("BENCH_CACHE", tempfile.mkdtemp(prefix="bench-test-cache-"))
 os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("MKL_DYNAMIC", "FALSE")  # as `python -m bench` does: thread-count-stable sums
 os.environ["TRANSFORMERS_VERBOSITY"] = "error"
 os.environ["DIFFUSERS_VERBOSITY"] = "error"
 if str(ROOT) not in sys.path:

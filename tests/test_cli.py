@@ -25,7 +25,7 @@ def run_light(*args):
     (["run", "--methods", "ddpo-3"], "unknown method 'ddpo-3'. Did you mean 'ddpo-2'"),
     (["run", "--methods", "ddpo-2,nope"], "unknown method 'nope'"),
     (["run", "--reward", "aesthtic"], "unknown reward 'aesthtic'. Did you mean 'aesthetic'"),
-    (["run", "--backbone", "tiny-randm"], "unknown backbone 'tiny-randm'. Did you mean 'tiny-random'?"),
+    (["run", "--backbone", "tiny-randm"], "unknown backbone 'tiny-randm'. Did you mean 'tiny-random'"),
     (["run", "--budget", "12x"], "--budget must be a positive integer"),
     (["run", "--budget", "0"], "--budget must be a positive integer"),
     (["run", "--seeds", "0,a"], "--seeds must be comma-separated"),

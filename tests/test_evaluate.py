@@ -58,3 +58,28 @@ def test_batched_fixed_seed_images_equal_one_at_a_time(backbone):
     plain = backbone.sample(["dog"], generator=g, batch_size=1).images
     torch.testing.assert_close(batched[3:4], plain, atol=1e-5, rtol=0)
     assert (batched[0] - batched[1]).abs().max() > 1e-3  # different seeds, different images
+
+
+def test_scores_do_not_depend_on_the_process_thread_count():
+    """A worker (1 thread), a serial run (all cores) and a re-evaluation must write the same score
+    bytes: scoring runs single-threaded. The toy aesthetic head's GEMMs differ in the 7th digit
+    between 1 and 2 threads when left alone, so this fails without the fix."""
+    import torch
+
+    from bench.evaluate import _score_rows
+    from bench.runner import load_reward
+
+    g = torch.Generator().manual_seed(3)
+    images = torch.rand(96, 3, 32, 32, generator=g)
+    keys = [(f"a red shape {i % 12}", i // 12) for i in range(96)]
+    rewards = {n: load_reward(n, "toy", "cpu") for n in ("aesthetic", "pickscore", "hpsv2")}
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = _score_rows("r", 8, rewards, "toy-seen", images, keys, 2024)
+        torch.set_num_threads(2)
+        two = _score_rows("r", 8, rewards, "toy-seen", images, keys, 2024)
+        assert torch.get_num_threads() == 2  # restored afterwards
+    finally:
+        torch.set_num_threads(before)
+    assert [r["value"] for r in one] == [r["value"] for r in two]
