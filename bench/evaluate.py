@@ -67,9 +67,10 @@ def query0_key(spec, prompt_sets: dict[str, list[str]], per_prompt: int, eval_se
 
 @contextlib.contextmanager
 def scoring_threads():
-    """One CPU thread while scoring. A multi-threaded CPU GEMM splits its sums by thread count, so a
-    score would change in the 7th digit between a serial run, a worker and a re-evaluation (and
-    the shared query-0 cache would depend on who filled it). Scoring is a small share of eval."""
+    """One CPU thread while scoring: a multi-threaded CPU GEMM splits its sums by thread count, and
+    the score of given images should not change in the 7th digit with the process's threads.
+    (Sampling keeps the process's threads, so images agree bit for bit at the same --threads.)
+    Scoring is a small share of evaluation."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

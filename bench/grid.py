@@ -226,7 +226,18 @@ def _eval_images(spec, per_prompt: int) -> int:
 
 
 def run_grid(specs, opts: GridOptions, accelerator=None, estimator=None, say=print) -> list[Outcome]:
-    """Plan, print the plan, run every run (serially or over workers), ingest as runs finish."""
+    """Plan, print the plan, run every run (serially or over workers), ingest as runs finish.
+    The caller's torch thread count is restored afterwards (a library call leaves no trace)."""
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        return _run_grid(specs, opts, accelerator, estimator, say)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _run_grid(specs, opts: GridOptions, accelerator=None, estimator=None, say=print) -> list[Outcome]:
     import torch
 
     from bench.store import ingest
