@@ -230,9 +230,9 @@ backbones.register(
     "toy", "bench.toy.suite:pipeline_dir",
     "the embedded toy suite: a tiny StableDiffusionPipeline trained on rendered 32x32 scenes (committed weights)",
     suite="toy",
-    defaults=dict(num_steps=10, guidance_scale=5.0, eta=1.0, budget=640, samples_per_epoch=32,
+    defaults=dict(num_steps=10, guidance_scale=5.0, eta=1.0, budget=1280, samples_per_epoch=32,
                   train_batch_size=256, sample_batch_size=32, train_prompts="toy-seen",
-                  latent_dims=4 * 8 * 8, update_multiplier=16.0, eval_per_prompt=2),
+                  latent_dims=4 * 8 * 8, update_multiplier=16.0, eval_per_prompt=2, num_checkpoints=8),
 )
 backbones.register(
     "tiny-random", "bench.tiny:tiny_random_pipeline_dir",

@@ -82,7 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--update-multiplier", type=number, default=None,
                    help="m of the scale rule: every method makes m times its source's updates per reward query "
                         "(default: the backbone's; 1 at SD scale)")
-    r.add_argument("--num-checkpoints", type=whole, default=None, help="checkpoint marks after step 0 (default 10)")
+    r.add_argument("--num-checkpoints", type=whole, default=None, help="checkpoint marks after step 0 (default: the backbone's; toy 8, "
+                   "otherwise 10)")
     r.add_argument("--lora-rank", type=whole, default=4, help="LoRA rank on every attention projection (default 4)")
     r.add_argument("--mixed-precision", default="auto", choices=("auto", "no", "fp16", "bf16"),
                    help="auto: bf16 on GPUs that support it, fp16 with loss scaling on older GPUs, fp32 on CPU")
@@ -226,7 +227,7 @@ def apply_study(args) -> None:
         preset = dict(methods=",".join(study["methods"]), seeds=",".join(map(str, study["seeds"])),
                       reward=study["reward"], backbone=study["backbone"], budget=str(study["budget"]),
                       num_checkpoints=study["num_checkpoints"], eval_per_prompt=study["eval_per_prompt"])
-    defaults = dict(methods="all", seeds="0", reward="aesthetic", num_checkpoints=10)
+    defaults = dict(methods="all", seeds="0", reward="aesthetic")  # budget, checkpoints: the backbone's
     for key in ("methods", "seeds", "reward", "backbone", "budget", "num_checkpoints", "eval_per_prompt"):
         if getattr(args, key, None) is None:
             setattr(args, key, preset.get(key, defaults.get(key)))
@@ -254,6 +255,8 @@ def build_specs(args) -> list:
     budget = parse_budget(args.budget) if args.budget is not None else d["budget"]
     if args.eval_per_prompt is None:
         args.eval_per_prompt = d.get("eval_per_prompt", 1)
+    if args.num_checkpoints is None:
+        args.num_checkpoints = d.get("num_checkpoints", 10)
     seeds = parse_seeds(args.seeds)
     for flag in ("num_steps", "guidance_scale", "samples_per_epoch", "train_batch_size", "num_checkpoints",
                  "lora_rank", "eval_per_prompt", "update_multiplier", "workers", "threads"):
