@@ -85,7 +85,11 @@ def change_cell(con, runs: list[Curve], reward: str) -> Cell:
 
 def build_boards(con) -> list[Board]:
     curves = load_curves(con)
-    keys = sorted({(c.train_reward, c.prompt_set) for c in curves})
+    order = {"seen": 0, "unseen": 1, "compositional": 2}
+    roles = _roles()
+    # seen, unseen, compositional (then any other set by name): the order a reader asks in
+    keys = sorted({(c.train_reward, c.prompt_set) for c in curves},
+                  key=lambda k: (k[0], order.get(roles.get(k[1], ""), 9), k[1]))
     groups = {k: [c for c in curves if (c.train_reward, c.prompt_set) == k] for k in keys}
     changes, verdicts = {}, {}
     for (train_reward, pset), group in groups.items():
@@ -93,7 +97,6 @@ def build_boards(con) -> list[Board]:
         for m in sorted({c.method for c in group}):
             changes[train_reward, pset, m] = cell = change_cell(con, [c for c in group if c.method == m], train_reward)
             verdicts[train_reward, pset, m] = change_verdict(cell.mean, cell.ci, sign > 0)
-    roles = _roles()
     boards = []
     for (train_reward, pset), group in groups.items():
         sign = 1.0 if higher_is_better(train_reward) else -1.0
@@ -241,18 +244,55 @@ def boards_csv(boards: list[Board]) -> str:
     return buf.getvalue()
 
 
+def _cell_text(b: Board, cells: list[Cell], i: int) -> str:
+    return cells[i].text(0) if b.columns[i] == "queries to level" else cells[i].text()
+
+
+def _board_table(b: Board, keep: list[int], lead: list[str]) -> str:
+    """One HTML table of a board: the lead columns (of method, seeds, verdict) and the kept ones."""
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in lead + [b.columns[i] for i in keep])
+    rows = []
+    for method, n, cells in b.rows:
+        first = {"method": method, "seeds": str(n), "verdict": b.verdicts.get(method, "-")}
+        row = [first[k] for k in lead] + [_cell_text(b, cells, i) for i in keep]
+        rows.append("<tr>" + "".join(f"<td>{html.escape(t)}</td>" for t in row) + "</tr>")
+    return f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table></div>'
+
+
 def boards_html(boards: list[Board]) -> str:
+    """Every board as two tables that fit a 1300 px screen: scores at the matched level, then
+    what happened over the whole run (areas, gold peaks and drops)."""
     parts = []
     for b in boards:
         parts.append(f"<h3>trained on {html.escape(b.train_reward)}, prompts {html.escape(b.prompt_set)} "
                      f"<small>({html.escape(_level_text(b))})</small></h3>")
-        head = "".join(f"<th>{html.escape(h)}</th>" for h in ["method", "seeds", "verdict"] + b.columns)
-        parts.append(f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>')
-        for method, n, cells in b.rows:
-            texts = [c.text(0) if col == "queries to level" else c.text() for c, col in zip(cells, b.columns)]
-            row = [method, str(n), b.verdicts.get(method, "-")] + texts
-            parts.append("<tr>" + "".join(f"<td>{html.escape(t)}</td>" for t in row) + "</tr>")
-        parts.append("</tbody></table></div>")
+        at_level = [i for i, c in enumerate(b.columns) if not c.endswith((" AUC", " peak", " drop after peak"))]
+        over_run = [i for i in range(len(b.columns)) if i not in at_level]
+        parts.append(_board_table(b, at_level, ["method", "seeds", "verdict"]))
+        if over_run:
+            parts.append("<p><small>over the whole run:</small></p>" + _board_table(b, over_run, ["method"]))
+    return "\n".join(parts)
+
+
+SUMMARY_NOTE = ("change: the training reward's paired change from query 0 to the final checkpoint (95% CI); "
+                "the other columns: each score where the method's in-domain curve first reaches the matched level "
+                "(the highest level every improving method reaches), '-' where it never does.")
+
+
+def summary_html(boards: list[Board]) -> str:
+    """The first screen: per training reward, on the seen prompts, each method's verdict, its change,
+    and one number per out-of-domain and gold score at the matched level."""
+    roles = _roles()
+    parts = []
+    for b in boards:
+        if roles.get(b.prompt_set) not in ("seen", None):
+            continue
+        keep = [b.columns.index(f"{b.train_reward} change")]
+        keep += [i for i, c in enumerate(b.columns) if c.endswith(" @ level") and not c.startswith(KL)]
+        parts.append(f"<p><b>trained on {html.escape(b.train_reward)}</b>, prompts {html.escape(b.prompt_set)} "
+                     f"({html.escape(_level_text(b))})</p>" + _board_table(b, keep, ["method", "verdict"]))
+    if parts:
+        parts.append(f"<p><small>{html.escape(SUMMARY_NOTE)}</small></p>")
     return "\n".join(parts)
 
 
@@ -677,15 +717,18 @@ def write_report(db_path: Path, report_dir: Path, out_dir: Path | None = None,
     body = [
         "<h1>Reward overoptimization report</h1>",
         f"<p>{len(runs)} run(s): " + html.escape(", ".join(sorted({r[1] for r in runs}))) + ". Built from "
-        f"<code>{html.escape(str(db_path))}</code>. Scores are means over fixed-seed evaluation images; "
-        "± is the 95% confidence interval over seeds (shown only with two or more seeds), except in the "
-        "<i>change</i> column: with one seed, its interval is over the paired evaluation images. The verdict says "
-        "whether that interval of the in-domain change from query 0 to the final checkpoint excludes zero.</p>",
+        f"<code>{html.escape(str(db_path))}</code>.</p>",
+        *(["<h2>Summary</h2>", *[f"<p>{html.escape(line)}</p>" for line in verdict_lines(boards)],
+            summary_html(boards)] if boards else []),
+        "<p><small>Scores are means over fixed-seed evaluation images; ± is the 95% confidence interval over "
+        "seeds (shown only with two or more seeds), except in the <i>change</i> column: with one seed, its "
+        "interval is over the paired evaluation images. The verdict says whether that interval of the in-domain "
+        "change from query 0 to the final checkpoint excludes zero.</small></p>",
         *(["<h2>The paper's question</h2>",
             "<p>At the matched in-domain level, does TDPO-R keep out-of-domain and gold scores better than TDPO "
             "and DDPO-100? Differences of means over seeds, with Welch 95% confidence intervals.</p>",
             _table_html(QUESTION_HEADER, question)] if question else []),
-        "<h2>Leaderboard</h2>", *[f"<p>{html.escape(line)}</p>" for line in verdict_lines(boards)],
+        "<h2>Leaderboard</h2>",
         *(["<p><small>A gold score <em>rises then falls</em> when the paired change from query 0 to its peak "
            "and from the peak to the final checkpoint both exclude zero. The peak is picked on the same "
            "evaluation images, so those two intervals are somewhat optimistic.</small></p>"]

@@ -1,5 +1,6 @@
 """Leaderboard numbers on a small synthetic DuckDB, determinism, and the report in a real browser."""
 
+import html
 import json
 import shutil
 import subprocess
@@ -281,3 +282,60 @@ def test_load_results_gives_tidy_frames(tmp_path):
     assert a["value"].tolist() == [1, 2, 4] and a["images"].tolist() == [2, 2, 2]
     level = res.leaderboard.query("method == 'A' and column == 'pickscore @ level'")
     assert level["mean"].iloc[0] == pytest.approx(7.5)  # A: 8 and 7 at the matched level 3 (see the board test)
+
+
+def _wide_db(path):
+    """The toy's full matrix shape: 13 methods, every toy reward, all three prompt sets."""
+    from bench.store import connect
+
+    con = connect(path)
+    rewards = ("aesthetic", "pickscore", "hpsv2", "jpeg-compressibility", "gold-aesthetic", "gold-fidelity",
+               "kl-to-pretrained")
+    for k in range(13):
+        run_id = f"method-number-{k:02d}_s0"
+        con.execute("INSERT INTO runs (run_id, config_hash, method, reward, backbone, suite, seed, budget, status) "
+                    "VALUES (?, 'h', ?, 'aesthetic', 'toy', 'toy', 0, 20, 'finished')", [run_id, run_id[:-3]])
+        for pset in ("toy-compositional", "toy-unseen", "toy-seen"):
+            for q in (0, 10, 20):
+                for j, reward in enumerate(rewards):
+                    for i in range(2):
+                        v = 5.0 + 0.01 * k * q + 0.1 * j + (0.3 if i else -0.3) if q else 5.0 + 0.1 * j
+                        con.execute("INSERT INTO scores VALUES (?, ?, ?, ?, 'p', ?, 1, ?)",
+                                    [run_id, q, reward, pset, i, v])
+    con.close()
+
+
+def test_report_first_screen_summary_role_order_and_no_horizontal_scroll(tmp_path):
+    """The summary (verdicts, change, one number per other score at the matched level) comes first;
+    prompt sets run seen, unseen, compositional; at 1300 px nothing scrolls sideways (measured by
+    Chromium's layout: page width and every table's width against its box)."""
+    from bench.report import write_report
+
+    _wide_db(tmp_path / "b.duckdb")
+    index = write_report(tmp_path / "b.duckdb", tmp_path / "report")
+    page = index.read_text()
+    assert page.index("<h2>Summary</h2>") < page.index("<h2>Leaderboard</h2>")
+    summary = page[page.index("<h2>Summary</h2>"):page.index("<h2>Leaderboard</h2>")]
+    # one table (seen prompts) with method, verdict, change and the five other scores at the level
+    head = summary[summary.index("<thead>"):summary.index("</thead>")]
+    assert head.count("<th>") == 8 and "aesthetic change" in head and "gold-fidelity @ level" in head
+    assert "kl-to-pretrained" not in head and "AUC" not in head
+    board = page[page.index("<h2>Leaderboard</h2>"):]
+    seen, unseen, comp = (board.index(f"prompts {p} ") for p in ("toy-seen", "toy-unseen", "toy-compositional"))
+    assert seen < unseen < comp
+    browser = _chromium()
+    assert browser, "chromium is missing: scripts/setup.sh installs Debian's chromium package"
+    probe = tmp_path / "report" / "probe.html"
+    script = ("<script>window.onload=()=>{const t=[...document.querySelectorAll('table')];"
+              "document.body.insertAdjacentHTML('beforeend','<pre id=\"m\">'+JSON.stringify({page:"
+              "document.documentElement.scrollWidth,tables:t.map(x=>[x.parentElement.scrollWidth,x.parentElement.clientWidth])})"
+              "+'</pre>')}</script>")
+    probe.write_text(page.replace("</body>", script + "</body>"))
+    dom = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--window-size=1300,900",
+                          "--virtual-time-budget=5000", "--dump-dom", probe.as_uri()],
+                         check=True, capture_output=True, text=True, timeout=120).stdout
+    start = dom.rindex('<pre id="m">') + len('<pre id="m">')  # the element, not the script's text
+    m = json.loads(html.unescape(dom[start:dom.index("</pre>", start)]))
+    # the summary, two tables per board (3 prompt sets), the runs table; each fits its box
+    assert m["page"] <= 1300 and len(m["tables"]) == 8
+    assert all(w <= box for w, box in m["tables"]), m["tables"]
