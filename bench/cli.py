@@ -95,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--workers", type=whole, default=None,
                    help="runs trained side by side in local worker processes (default: one per CPU core; "
                         "1 on a GPU)")
+    r.add_argument("--shard", default=None, metavar="K/N",
+                   help="run only the K-th of N deterministic slices of the grid (runs i with i %% N == K-1, in "
+                        "the plan's order), e.g. one per Slurm array task; default: the whole grid")
     r.add_argument("--threads", type=whole, default=None,
                    help="torch threads per run (default: the cores divided by the workers); results depend "
                         "on it only through float rounding")
@@ -242,6 +245,7 @@ def build_specs(args) -> list:
         resolve_backbone, resolve_hparams
 
     apply_study(args)
+    shard = parse_shard(getattr(args, "shard", None))
     method_names = parse_methods(args.methods)
     dupes = sorted({m for m in method_names if method_names.count(m) > 1})
     if dupes:
@@ -321,7 +325,25 @@ def build_specs(args) -> list:
                 lora_rank=args.lora_rank, mixed_precision=args.mixed_precision, update_multiplier=multiplier,
                 latent_dims=d["latent_dims"], inputs=inputs, hparams=hparams,
             ))
+    if shard is not None:
+        k, n = shard
+        total = len(specs)
+        specs = [spec for i, spec in enumerate(specs) if i % n == k - 1]
+        if not specs:
+            raise BenchError(f"--shard {k}/{n}: the grid has only {total} run(s), so this slice is empty")
     return specs
+
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """'K/N' -> (K, N) with 1 <= K <= N."""
+    if text is None:
+        return None
+    import re
+
+    m = re.fullmatch(r"([0-9]{1,6})/([0-9]{1,6})", text.strip())
+    if not m or not 1 <= int(m.group(1)) <= int(m.group(2)):
+        raise BenchError(f"--shard {text!r}: expected K/N with 1 <= K <= N, e.g. 2/4")
+    return int(m.group(1)), int(m.group(2))
 
 
 def _env_threads() -> int | None:

@@ -30,6 +30,9 @@ def run_light(*args):
     (["run", "--budget", "0"], "--budget must be a positive integer"),
     (["run", "--seeds", "0,a"], "--seeds must be comma-separated"),
     (["run", "--seeds", "1,1"], "lists a seed twice"),
+    (["run", "--shard", "3/2"], "--shard '3/2': expected K/N with 1 <= K <= N"),
+    (["run", "--shard", "0/2"], "--shard '0/2': expected K/N"),
+    (["run", "--methods", "ddpo-2", "--shard", "2/2"], "--shard 2/2: the grid has only 1 run(s)"),
     (["run", "--backbone", "/no/such/folder"], "backbone path not found: /no/such/folder"),
     (["run", "--backbone", "CompVis/stable-diffusion-v1-4"], "not available offline"),
     (["run", "--set", "lrr=1"], "Did you mean 'lr'?"),
@@ -248,3 +251,19 @@ def test_every_flag_has_help_with_its_default():
             assert action.help, f"bench {name} {action.option_strings[0]} has no help"
             if action.__class__.__name__ not in ("_StoreTrueAction", "_AppendAction") and action.choices is None:
                 assert "default" in action.help, f"bench {name} {action.option_strings[0]}: help states no default"
+
+
+def test_shards_split_the_grid_deterministically_and_cover_it_once(tmp_path):
+    """--shard K/N keeps runs i with i % N == K-1: the N slices are disjoint, cover the grid, and
+    do not depend on which machine builds them (26 runs: 13 methods x 2 seeds, N = 4 -> 7, 7, 6, 6)."""
+    from bench.cli import build_parser, build_specs
+
+    def names(*extra):
+        args = build_parser().parse_args(["run", "--seeds", "0,1", "--out", str(tmp_path), *extra])
+        return [s.run_name for s in build_specs(args)]
+
+    full = names()
+    shards = [names("--shard", f"{k}/4") for k in range(1, 5)]
+    assert len(full) == 26 and [len(s) for s in shards] == [7, 7, 6, 6]
+    assert sorted(sum(shards, [])) == sorted(full) and len(set(sum(shards, []))) == 26
+    assert shards[1] == full[1::4] and names("--shard", "2/4") == shards[1]
