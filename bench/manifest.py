@@ -19,6 +19,9 @@ from pathlib import Path
 WHOLE = 64 << 20
 EDGE = 4 << 20
 SKIP_DIRS = {"_work", "__pycache__", ".git"}
+SKIP_FILES = {"README.md", "suite.json"}
+"""Model cards and the toy's measured bars: documentation of the weights, rewritten when the suite is
+re-measured, so not part of what a run depends on (the weights and configs are)."""
 
 
 def file_digest(path: Path) -> str:
@@ -45,7 +48,7 @@ def tree_digest(root: Path) -> str:
         return h.hexdigest()
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS)
-        for name in sorted(filenames):
+        for name in sorted(n for n in filenames if n not in SKIP_FILES):
             p = Path(dirpath) / name
             h.update(str(p.relative_to(root)).encode() + b"\0" + file_digest(p).encode())
     return h.hexdigest()

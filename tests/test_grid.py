@@ -27,7 +27,8 @@ def _rows(db):
 
 def test_workers_give_the_serial_results(tmp_path):
     common = ["run", "--methods", "ddpo-100,tdpo-r", "--reward", "aesthetic", "--budget", "16", "--num-steps", "2",
-              "--samples-per-epoch", "8", "--num-checkpoints", "2", "--threads", "1", "--no-progress"]
+              "--samples-per-epoch", "8", "--num-checkpoints", "2", "--threads", "1", "--no-progress",
+              "--eval-per-prompt", "1"]
     serial = run_cli(*common, "--workers", "1", "--out", str(tmp_path / "serial"))
     assert serial.returncode == 0, serial.stderr[-2000:]
     parallel = run_cli(*common, "--workers", "2", "--out", str(tmp_path / "parallel"))

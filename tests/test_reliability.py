@@ -68,3 +68,25 @@ def test_checkpoint_checksum_is_verified_before_scoring(tmp_path):
     with pytest.raises(BenchError, match="does not match its recorded checksum"):
         evaluate_checkpoints(run, {"b": CountingReward()}, {"s": ["a cat"]}, per_prompt=1, progress=False,
                              shard=None)
+
+
+def test_inputs_digest_follows_weights_not_model_cards(tmp_path):
+    """A run's id covers the contents of its inputs: a changed weight file or config is a new run;
+    re-measuring the suite (suite.json) or editing a model card (README.md) is not."""
+    from bench.manifest import inputs_digest
+
+    root = tmp_path / "assets"
+    (root / "unet").mkdir(parents=True)
+    (root / "unet" / "model.safetensors").write_bytes(b"\x00" * 64)
+    (root / "unet" / "README.md").write_text("card")
+    (root / "suite.json").write_text("{}")
+    base = inputs_digest(["a red circle", root])
+    (root / "unet" / "README.md").write_text("card, re-measured")
+    (root / "suite.json").write_text('{"fidelity": 0.6}')
+    assert inputs_digest(["a red circle", root]) == base
+    (root / "unet" / "model.safetensors").write_bytes(b"\x00" * 63 + b"\x01")
+    changed = inputs_digest(["a red circle", root])
+    assert changed != base
+    (root / "unet" / "config.json").write_text("{}")
+    assert inputs_digest(["a red circle", root]) not in (base, changed)
+    assert inputs_digest(["a red square", root]) != inputs_digest(["a red circle", root])

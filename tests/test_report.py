@@ -234,10 +234,11 @@ def test_run_evaluates_every_checkpoint_then_eval_adds_a_reward_and_reproduces(t
     from tests.conftest import run_cli
 
     common = ["--budget", "16", "--num-steps", "3", "--samples-per-epoch", "8", "--train-batch-size", "8",
-              "--num-checkpoints", "2", "--out", str(tmp_path), "--no-progress"]
+              "--num-checkpoints", "2", "--out", str(tmp_path), "--no-progress", "--eval-per-prompt", "1"]
     r = run_cli("run", "--methods", "ddpo-2,alignprop", "--reward", "aesthetic", *common, "--no-eval")
     assert r.returncode == 0, r.stderr[-3000:]
-    r = run_cli("eval", "--out", str(tmp_path), "--rewards", "aesthetic,gold-aesthetic", "--no-progress")
+    r = run_cli("eval", "--out", str(tmp_path), "--rewards", "aesthetic,gold-aesthetic", "--no-progress",
+                "--per-prompt", "1")
     assert r.returncode == 0, r.stderr[-3000:]
     con = duckdb.connect(str(tmp_path / "bench.duckdb"), read_only=True)
     assert {x for (x,) in con.execute("select distinct reward from scores").fetchall()} == {"aesthetic",
@@ -255,8 +256,8 @@ def test_run_evaluates_every_checkpoint_then_eval_adds_a_reward_and_reproduces(t
     rewards = ["aesthetic", "gold-aesthetic", "gold-fidelity", "hpsv2", "jpeg-compressibility", "kl-to-pretrained",
                "pickscore"]
     sets = {"toy-compositional": 4, "toy-seen": 48, "toy-unseen": 8}
-    # 2 runs x 3 checkpoints x n prompts x 2 images per prompt (the toy's default)
-    assert counts == [(rw, ps, 2, 3, 2 * 3 * n * 2) for rw in rewards for ps, n in sorted(sets.items())]
+    # 2 runs x 3 checkpoints x n prompts x 1 image per prompt
+    assert counts == [(rw, ps, 2, 3, 2 * 3 * n) for rw in rewards for ps, n in sorted(sets.items())]
     assert (tmp_path / "report" / "index.html").is_file() and (tmp_path / "report" / "leaderboard.csv").is_file()
     run_dir = next(p for p in (tmp_path / "runs").iterdir() if p.name.startswith("ddpo-2"))
     assert sorted(p.name for p in (run_dir / "grids").iterdir()) == ["q00000000.png", "q00000008.png",
@@ -264,7 +265,8 @@ def test_run_evaluates_every_checkpoint_then_eval_adds_a_reward_and_reproduces(t
     before = (run_dir / "scores" / "aesthetic.jsonl").read_text()
     grid = (run_dir / "grids" / "q00000016.png").read_bytes()
     # re-scored as `bench eval` scored it, at the same thread count (a CPU GEMM's sums split by threads)
-    r = run_cli("eval", "--out", str(tmp_path), "--rewards", "aesthetic", "--force", "--no-progress")
+    r = run_cli("eval", "--out", str(tmp_path), "--rewards", "aesthetic", "--force", "--no-progress",
+                "--per-prompt", "1")
     assert r.returncode == 0, r.stderr[-3000:]
     assert (run_dir / "scores" / "aesthetic.jsonl").read_text() == before  # same seeds, same images, same scores
     assert (run_dir / "grids" / "q00000016.png").read_bytes() == grid
