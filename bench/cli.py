@@ -102,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torch threads per run (default: the cores divided by the workers); results depend "
                         "on it only through float rounding")
     r.add_argument("--no-progress", action="store_true", help="no progress bars (default: shown)")
+    r.add_argument("--log-with", default=None, choices=None, metavar="tensorboard|wandb",
+                   help="also log per-epoch metrics, per-checkpoint scores and image grids to TensorBoard (event "
+                        "files under each run folder) or W&B (offline unless configured) (default: none)")
     r.add_argument("--eval-per-prompt", type=whole, default=None,
                    help="fixed-seed evaluation images per prompt and checkpoint (default: the backbone's)")
     r.add_argument("--no-eval", action="store_true", help="train only: no evaluation matrix and no report")
@@ -245,6 +248,9 @@ def build_specs(args) -> list:
         resolve_backbone, resolve_hparams
 
     apply_study(args)
+    from bench.trackers import check_available
+
+    check_available(getattr(args, "log_with", None))
     shard = parse_shard(getattr(args, "shard", None))
     method_names = parse_methods(args.methods)
     dupes = sorted({m for m in method_names if method_names.count(m) > 1})
@@ -376,7 +382,7 @@ def cmd_run(args) -> int:
     threads = args.threads or _env_threads() or max(1, available_cores() // workers)
     opts = GridOptions(out=out, db=db, evaluate=not args.no_eval, eval_per_prompt=args.eval_per_prompt,
                        force=args.force, progress=not args.no_progress, workers=workers, threads=threads,
-                       restart=args.restart)
+                       restart=args.restart, log_with=args.log_with)
     accelerator = None
     if workers == 1:
         from bench.runner import make_accelerator

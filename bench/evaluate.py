@@ -269,7 +269,8 @@ def default_per_prompt(spec) -> int:
 
 def evaluate_run(run_dir: Path, reward_names: list[str] | None = None, per_prompt: int | None = None,
                  eval_seed: int = DEFAULT_EVAL_SEED, device="cpu", progress: bool = True,
-                 force: bool = False, on_progress=None, shared: bool = True, extras: bool = True) -> list[str]:
+                 force: bool = False, on_progress=None, shared: bool = True, extras: bool = True,
+                 log_with: str | None = None) -> list[str]:
     """Score every checkpoint of a finished run with every suite reward it lacks, on every
     prompt set of its suite, one shard per reward (scores/<reward>.jsonl), and save a
     fixed-seed image grid of the seen set per checkpoint (grids/q<queries>.png).
@@ -277,7 +278,8 @@ def evaluate_run(run_dir: Path, reward_names: list[str] | None = None, per_promp
     policy (scores/kl-to-pretrained.jsonl) and, with 2+ images per prompt, the set-level
     diversity (eval_metrics/diversity.jsonl).
     The pretrained model (query 0) is scored once per setting in OUT/shared/ and reused
-    (`shared=False` scores it in the run, as any other checkpoint).
+    (`shared=False` scores it in the run, as any other checkpoint). `log_with` sends the mean
+    scores and the grids of what was scored now to a tracker (bench/trackers.py).
     Returns what was scored now (empty if nothing was missing)."""
     from bench.prompts import resolve_prompt_set
     from bench.runner import load_reward
@@ -328,6 +330,13 @@ def evaluate_run(run_dir: Path, reward_names: list[str] | None = None, per_promp
     if diversity:
         atomic_write_jsonl(run_dir / "eval_metrics" / f"{DIVERSITY}.jsonl", set_rows)
         done.append(DIVERSITY)
+    if log_with is not None:
+        from bench.trackers import Tracker
+
+        tracker = Tracker(log_with, run_dir, spec.run_name, spec.to_dict())
+        tracker.log_eval(rows)
+        tracker.log_grids(run_dir / "grids")
+        tracker.close()
     timing = run_dir / "eval_timing.json"  # for `bench perf --db`: evaluation seconds, added up over calls
     old = json.loads(timing.read_text()) if timing.is_file() else {"seconds": 0.0, "images": 0}
     images = len([r for r in rows if r["reward"] == (missing[0] if missing else KL_METRIC)])

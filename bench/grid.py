@@ -50,6 +50,8 @@ class GridOptions:
     """torch threads per run; 0: the cores divided by the workers."""
     restart: bool = False
     """Start interrupted runs over instead of resuming them from their last checkpoint."""
+    log_with: str | None = None
+    """'tensorboard' or 'wandb': also send metrics, scores and grids to that tracker (bench/trackers.py)."""
 
 
 @dataclass
@@ -150,7 +152,7 @@ def execute(spec, opts: GridOptions, accelerator=None, on_progress=None, action:
     if action in ("train", "resume"):
         train_run(spec, opts.out, progress=opts.progress and opts.workers == 1, accelerator=accelerator,
                   on_progress=None if on_progress is None else (lambda n: on_progress("train", n)),
-                  restart=opts.restart or opts.force)
+                  restart=opts.restart or opts.force, log_with=opts.log_with)
     scored = []
     main = accelerator is None or accelerator.is_main_process
     if opts.evaluate and main:
@@ -158,7 +160,7 @@ def execute(spec, opts: GridOptions, accelerator=None, on_progress=None, action:
 
         device = accelerator.device if accelerator is not None else "cpu"
         scored = evaluate_run(run_dir_for(spec, opts.out), per_prompt=opts.eval_per_prompt, device=device,
-                              progress=opts.progress and opts.workers == 1,
+                              progress=opts.progress and opts.workers == 1, log_with=opts.log_with,
                               on_progress=None if on_progress is None else (lambda n: on_progress("eval", n)))
     return Outcome(spec.run_name, "finished", scored=scored, seconds=time.time() - t0)
 

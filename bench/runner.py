@@ -252,9 +252,10 @@ def is_finished(spec: RunSpec, out_dir: Path) -> bool:
 
 
 def train_run(spec: RunSpec, out_dir: Path, progress: bool = True, accelerator=None, on_progress=None,
-              restart: bool = False) -> dict:
+              restart: bool = False, log_with: str | None = None) -> dict:
     """Train one run to its budget. Returns the final `runs` row. `on_progress(n)` is called with
-    the reward queries of each finished epoch (the grid's overall progress bar).
+    the reward queries of each finished epoch (the grid's overall progress bar). `log_with`
+    ('tensorboard' or 'wandb') also sends each epoch's metrics to that tracker (bench/trackers.py).
 
     A run that stopped (a crash, a kill) resumes from the training state saved with its last
     checkpoint: LoRA, optimizer states, every generator, the stat tracker, the critic, replay
@@ -336,6 +337,10 @@ def train_run(spec: RunSpec, out_dir: Path, progress: bool = True, accelerator=N
         ckpt_rows = [r for r in _read_jsonl(run_dir / "checkpoints.jsonl") if r["reward_queries"] <= budget.used]
         metric_rows = [r for r in _read_jsonl(run_dir / "metrics.jsonl") if r["epoch"] <= epoch]
 
+    from bench.trackers import Tracker
+
+    tracker = Tracker(log_with if main else None, run_dir, spec.run_name, spec.to_dict())
+
     def snapshot() -> None:
         save_state(state_folder(run_dir, rank), {
             "epoch": epoch, "sampled": sampled, "budget_used": budget.used, "queries": reward.queries,
@@ -398,6 +403,7 @@ def train_run(spec: RunSpec, out_dir: Path, progress: bool = True, accelerator=N
                                  value=float(v)) for k, v in metrics.items() if v is not None]
             if main:
                 atomic_write_jsonl(run_dir / "metrics.jsonl", metric_rows)
+                tracker.log_train(metrics, budget.used)
             crash_point(epoch, "end")
             bar.update(n)
             if on_progress is not None and main:
@@ -422,8 +428,10 @@ def train_run(spec: RunSpec, out_dir: Path, progress: bool = True, accelerator=N
         if main:
             atomic_write_json(run_dir / "run.json", run_row)
         bar.close()
+        tracker.close()
         raise RunFailed(f"run {spec.run_name}, {reason}") from None
     bar.close()
+    tracker.close()
     accelerator.wait_for_everyone()
     run_row.update(status="finished", finished_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                    wall_time_s=round(time.time() - t_start, 3))

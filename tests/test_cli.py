@@ -31,6 +31,8 @@ def run_light(*args):
     (["run", "--seeds", "0,a"], "--seeds must be comma-separated"),
     (["run", "--seeds", "1,1"], "lists a seed twice"),
     (["run", "--shard", "3/2"], "--shard '3/2': expected K/N with 1 <= K <= N"),
+    (["run", "--log-with", "tensorbord"], "unknown tracker 'tensorbord'. Did you mean 'tensorboard'"),
+    (["run", "--log-with", "wandb"], "--log-with wandb needs the wandb package: pip install wandb"),
     (["run", "--shard", "0/2"], "--shard '0/2': expected K/N"),
     (["run", "--methods", "ddpo-2", "--shard", "2/2"], "--shard 2/2: the grid has only 1 run(s)"),
     (["run", "--backbone", "/no/such/folder"], "backbone path not found: /no/such/folder"),
