@@ -148,7 +148,7 @@ def measure_and_write_cards(out: Path, per_prompt: int = 4, seed: int = 0) -> di
                           "for location and background words. Fidelity = probability of what the caption asks.",
                           "Cross-entropy on abundant renders with blur/noise augmentation.",
                           f"Held-out renders with every pair count right: "
-                          f"{reports.get('gold', {}).get('heldout_exact_scene_accuracy', float('nan')):.3f}; "
+                          f"{reports['gold_report']['heldout_exact_scene_accuracy']:.3f}; "
                           f"match rate on renders of the seen prompts {seen['renders_fidelity_match_rate']:.3f}."),
     }
     for folder, (title, what, train, quality) in cards.items():
