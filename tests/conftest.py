@@ -14,6 +14,10 @@ ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("BENCH_CACHE", tempfile.mkdtemp(prefix="bench-test-cache-"))
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("MKL_DYNAMIC", "FALSE")  # as `python -m bench` does: thread-count-stable sums
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # under pytest-xdist the workers share the cores: one thread each (and in the CLI runs they start)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("MKL_NUM_THREADS", "1")
 os.environ["TRANSFORMERS_VERBOSITY"] = "error"
 os.environ["DIFFUSERS_VERBOSITY"] = "error"
 if str(ROOT) not in sys.path:

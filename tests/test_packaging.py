@@ -36,6 +36,11 @@ def test_every_declared_dependency_is_imported_somewhere():
     module = {"pillow": "PIL", "huggingface-hub": "huggingface_hub", "pytest": "pytest"}
     text = "\n".join(p.read_text() for d in ("bench", "methods", "metrics", "tests")
                      for p in (ROOT / d).rglob("*.py"))
+    addopts = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]["addopts"]
+    plugins = {"pytest-xdist": " -n " in f" {addopts} "}  # pytest plugins are used through options, not imports
     for n in names:
+        if n in plugins:
+            assert plugins[n], f"{n} is declared but pytest's addopts do not use it"
+            continue
         mod = module.get(n, n.replace("-", "_"))
         assert re.search(rf"^\s*(import|from) {re.escape(mod)}\b", text, re.M), f"{n} is declared but never imported"
