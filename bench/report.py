@@ -782,7 +782,7 @@ def _page(title: str, body: str) -> str:
     style = ("body{font-family:system-ui,sans-serif;margin:2em;max-width:1400px;color:#222}"
              "table{border-collapse:collapse;margin:1em 0;font-size:13px}"
              "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#eef}"
-             "td:first-child{text-align:left}figure{display:inline-block;margin:8px}"
+             "td:first-child,th:first-child{text-align:left}figure{display:inline-block;margin:8px}"
              ".scroll{overflow-x:auto}img{max-width:100%;border:1px solid #ddd}.grids img{image-rendering:pixelated;width:256px}")
     return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
             f"<style>{style}</style></head><body>\n{body}\n</body></html>\n")
