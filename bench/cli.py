@@ -102,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torch threads per run (default: the cores divided by the workers); results depend "
                         "on it only through float rounding")
     r.add_argument("--no-progress", action="store_true", help="no progress bars (default: shown)")
-    r.add_argument("--log-with", default=None, choices=None, metavar="tensorboard|wandb",
+    r.add_argument("--log-with", default=None, metavar="tensorboard|wandb",
                    help="also log per-epoch metrics, per-checkpoint scores and image grids to TensorBoard (event "
                         "files under each run folder) or W&B (offline unless configured) (default: none)")
     r.add_argument("--eval-per-prompt", type=whole, default=None,
@@ -250,8 +250,8 @@ def build_specs(args) -> list:
     apply_study(args)
     from bench.trackers import check_available
 
-    check_available(getattr(args, "log_with", None))
-    shard = parse_shard(getattr(args, "shard", None))
+    check_available(args.log_with)
+    shard = parse_shard(args.shard)
     method_names = parse_methods(args.methods)
     dupes = sorted({m for m in method_names if method_names.count(m) > 1})
     if dupes:

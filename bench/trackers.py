@@ -14,7 +14,7 @@ import importlib.util
 import os
 from pathlib import Path
 
-from bench.errors import BenchError
+from bench.errors import BenchError, did_you_mean
 
 KINDS = {"tensorboard": "tensorboard", "wandb": "wandb"}
 """--log-with value -> the package it needs."""
@@ -25,8 +25,6 @@ def check_available(kind: str | None) -> None:
     if kind is None:
         return
     if kind not in KINDS:
-        from bench.errors import did_you_mean
-
         raise did_you_mean("tracker", kind, KINDS)
     if importlib.util.find_spec(KINDS[kind]) is None:
         how = "pip install -e .[trackers]" if kind == "tensorboard" else "pip install wandb"

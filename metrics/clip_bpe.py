@@ -14,7 +14,6 @@ merge (the file's first line is a header; CLIP uses 49152 - 256 - 2 merges), the
 from __future__ import annotations
 
 import gzip
-import os
 from pathlib import Path
 
 from bench.errors import BenchError
@@ -25,12 +24,11 @@ WHEEL = "open_clip_torch==3.3.0"
 
 
 def bpe_path() -> Path:
-    env = os.environ.get("BENCH_CLIP_BPE")
-    if env:
-        p = Path(env).expanduser()
-        if not p.is_file():
-            raise BenchError(f"BENCH_CLIP_BPE={env}: no such file")
-        return p
+    from metrics.weights import env_file
+
+    named = env_file("BENCH_CLIP_BPE")
+    if named is not None:
+        return named
     from bench.tiny import cache_root
 
     for root in (cache_root(), Path.home() / ".cache" / "bench"):

@@ -20,6 +20,17 @@ def weights_dir() -> Path:
     return Path(os.environ.get("BENCH_WEIGHTS", Path.home() / ".cache" / "bench" / "weights"))
 
 
+def env_file(var: str) -> Path | None:
+    """The file an environment variable names (None when unset), or a one-line error when it is no file."""
+    env = os.environ.get(var)
+    if not env:
+        return None
+    p = Path(env).expanduser()
+    if not p.is_file():
+        raise BenchError(f"{var}={env}: no such file")
+    return p
+
+
 def resolve_hf_folder(location: str, what: str, env: str) -> Path:
     """A local folder, or the cached snapshot of a Hugging Face model id."""
     from bench.spec import find_in_hf_cache, hf_cache_dir
@@ -60,12 +71,9 @@ def hpsv2_checkpoint(version: str) -> Path:
     snapshot in the Hugging Face cache (a one-line error when absent)."""
     from bench.spec import hf_cache_dir
 
-    env = os.environ.get(HPSV2_ENV[version])
-    if env:
-        p = Path(env).expanduser()
-        if not p.is_file():
-            raise BenchError(f"{HPSV2_ENV[version]}={env}: no such file")
-        return p
+    named = env_file(HPSV2_ENV[version])
+    if named is not None:
+        return named
     local = weights_dir() / HPSV2_FILES[version]
     if local.is_file():
         return local
@@ -79,12 +87,9 @@ def hpsv2_checkpoint(version: str) -> Path:
 def imagereward_checkpoint() -> Path:
     from bench.spec import hf_cache_dir
 
-    env = os.environ.get("BENCH_IMAGEREWARD")
-    if env:
-        p = Path(env).expanduser()
-        if not p.is_file():
-            raise BenchError(f"BENCH_IMAGEREWARD={env}: no such file")
-        return p
+    named = env_file("BENCH_IMAGEREWARD")
+    if named is not None:
+        return named
     if (weights_dir() / "ImageReward.pt").is_file():
         return weights_dir() / "ImageReward.pt"
     snaps = sorted((hf_cache_dir() / "models--THUDM--ImageReward" / "snapshots").glob("*/ImageReward.pt"))
