@@ -272,8 +272,10 @@ studies.register(
     "aesthetics peaks and falls for the DDPO family; the report compares TDPO-R with TDPO and DDPO-100 at the "
     "matched level with CIs over seeds",
     methods=("ddpo-100", "tdpo", "tdpo-r", "alignprop"), seeds=(0, 1, 2), reward="aesthetic", backbone="toy",
-    # 2560: the smallest budget, doubling from the toy default, at which DDPO-100's gold aesthetics peaks and
-    # falls (seed 0: 6.98 -> 7.24 at 960 -> 5.68 at 2560; at 1280 it had not fallen); see the README
-    budget=2560, num_checkpoints=8, eval_per_prompt=2,
+    # 1920, by one rule: the smallest multiple of the default checkpoint spacing (320 queries) at which the probe
+    # (DDPO-100, seed 0, run to 2560) shows gold aesthetics past its peak AND below its pretrained value by more
+    # than one paired standard error: 6.98 -> 7.24 at 960 -> 6.95 at 1600 (-0.04 +- 0.23, not yet) -> 6.63 at
+    # 1920 (-0.35 +- 0.25); see the README
+    budget=1920, num_checkpoints=6, eval_per_prompt=2,
 )
 
