@@ -98,6 +98,15 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--shard", default=None, metavar="K/N",
                    help="run only the K-th of N deterministic slices of the grid (runs i with i %% N == K-1, in "
                         "the plan's order), e.g. one per Slurm array task; default: the whole grid")
+    r.add_argument("--launcher", default="local", choices=("local", "ray"),
+                   help="local: this process or --workers local processes; ray: one Ray task per run, on a local "
+                        "Ray instance or the cluster at --ray-address (pip install -e .[ray]) (default: local)")
+    r.add_argument("--ray-address", default=None, metavar="ADDR",
+                   help="with --launcher ray: an existing cluster, e.g. auto or ray://head:10001; its nodes must "
+                        "see --out (a shared file system) (default: start a local Ray instance)")
+    r.add_argument("--gpus-per-run", type=float, default=None, metavar="N",
+                   help="with --launcher ray: GPUs each run's task asks for; above 1, one data-parallel run over "
+                        "them (default: 1 when the cluster has GPUs, else 0)")
     r.add_argument("--threads", type=whole, default=None,
                    help="torch threads per run (default: the cores divided by the workers); results depend "
                         "on it only through float rounding")
@@ -239,6 +248,26 @@ def apply_study(args) -> None:
             setattr(args, key, preset.get(key, defaults.get(key)))
 
 
+def check_launcher(args) -> None:
+    """--launcher ray's flags and its import, checked before anything heavy."""
+    launcher = getattr(args, "launcher", "local")
+    if launcher != "ray":
+        for flag in ("ray_address", "gpus_per_run"):
+            if getattr(args, flag, None) is not None:
+                raise BenchError(f"--{flag.replace('_', '-')} needs --launcher ray")
+        return
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None:
+        raise BenchError("--launcher ray needs Ray, which is not installed: pip install -e .[ray]")
+    gpus = getattr(args, "gpus_per_run", None)
+    if gpus is not None and (gpus < 0 or (gpus > 1 and gpus != int(gpus))):
+        raise BenchError(f"--gpus-per-run {gpus:g}: a fraction up to 1 (runs sharing a GPU) or a whole number")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise BenchError("--launcher ray submits the grid from one driver; do not start it under accelerate "
+                         "launch / torchrun (use --gpus-per-run N for data-parallel runs)")
+
+
 def build_specs(args) -> list:
     """Validate every input and build the grid of RunSpecs, without torch."""
     from bench import catalog
@@ -251,6 +280,7 @@ def build_specs(args) -> list:
     from bench.trackers import check_available
 
     check_available(args.log_with)
+    check_launcher(args)
     shard = parse_shard(args.shard)
     method_names = parse_methods(args.methods)
     dupes = sorted({m for m in method_names if method_names.count(m) > 1})
@@ -378,20 +408,27 @@ def cmd_run(args) -> int:
     from bench.grid import Estimator, GridOptions, available_cores, default_workers, run_grid
 
     cuda = torch.cuda.is_available()
-    workers = 1 if distributed else (args.workers or min(default_workers(cuda), len(specs)))
-    threads = args.threads or _env_threads() or max(1, available_cores() // workers)
+    ray = args.launcher == "ray"
+    if ray:  # a local instance gets one CPU per run slot; a cluster's tasks ask for --threads CPUs (default 1)
+        workers = args.workers or min(available_cores(), len(specs))
+        threads = args.threads or (1 if args.ray_address else max(1, available_cores() // workers))
+    else:
+        workers = 1 if distributed else (args.workers or min(default_workers(cuda), len(specs)))
+        threads = args.threads or _env_threads() or max(1, available_cores() // workers)
     opts = GridOptions(out=out, db=db, evaluate=not args.no_eval, eval_per_prompt=args.eval_per_prompt,
                        force=args.force, progress=not args.no_progress, workers=workers, threads=threads,
-                       restart=args.restart, log_with=args.log_with)
+                       restart=args.restart, log_with=args.log_with, launcher=args.launcher,
+                       ray_address=args.ray_address, gpus_per_run=args.gpus_per_run)
     accelerator = None
-    if workers == 1:
+    if workers == 1 and not ray:
         from bench.runner import make_accelerator
 
         accelerator = make_accelerator(specs[0].mixed_precision)
     main = accelerator is None or accelerator.is_main_process
     say = print if main else (lambda *a, **k: None)
     where = f"{accelerator.num_processes} process(es) on {accelerator.device}" if accelerator else \
-        f"{workers} worker processes"
+        (f"Ray tasks on {args.ray_address}" if args.ray_address else f"Ray tasks on a local instance of {workers} "
+         f"x {threads} CPU(s)") if ray else f"{workers} worker processes"
     say(f"bench: {len(specs)} run(s) on suite {specs[0].suite!r}, budget {specs[0].budget} reward queries, "
         f"reward {specs[0].reward!r}, {where}")
     if busy:

@@ -1,5 +1,6 @@
 """One orchestration of a grid of runs: train, evaluate, ingest, report; serial in
-this process, or spread over local worker processes (`--workers N`).
+this process, spread over local worker processes (`--workers N`), or submitted as
+Ray tasks to a local Ray instance or a cluster (`--launcher ray`).
 
 - The plan (which runs train, which are finished, an estimate of each one's
   seconds) is printed before anything starts, with the total wall time expected.
@@ -8,8 +9,9 @@ this process, or spread over local worker processes (`--workers N`).
 - Results do not depend on the executor: each run seeds its own generators, and
   every run uses `threads` torch threads whichever process runs it (the thread
   count can change float rounding, so it is fixed per grid, not per executor).
-- One writer: only this process opens the database. Workers write run folders;
-  finished runs are ingested as they complete.
+- One writer: only this process opens the database. Workers (and Ray tasks) write
+  run folders; finished runs are ingested as they complete. A failed run is
+  reported and the others go on; re-running the grid skips finished runs.
 """
 
 from __future__ import annotations
@@ -52,6 +54,14 @@ class GridOptions:
     """Start interrupted runs over instead of resuming them from their last checkpoint."""
     log_with: str | None = None
     """'tensorboard' or 'wandb': also send metrics, scores and grids to that tracker (bench/trackers.py)."""
+    launcher: str = "local"
+    """'local' (this process or `workers` local processes) or 'ray' (one Ray task per run)."""
+    ray_address: str | None = None
+    """An existing Ray cluster ('auto', 'ray://host:10001', ...); None starts a local instance of `workers`
+    x `threads` CPUs. The cluster's nodes must see `out` (a shared file system) and have the package."""
+    gpus_per_run: float | None = None
+    """GPUs a Ray task asks for; None: 1 when the cluster has GPUs, else 0. Above 1 the task launches one
+    data-parallel run over its GPUs (accelerate launch)."""
 
 
 @dataclass
@@ -163,6 +173,14 @@ def execute(spec, opts: GridOptions, accelerator=None, on_progress=None, action:
                               progress=opts.progress and opts.workers == 1, log_with=opts.log_with,
                               on_progress=None if on_progress is None else (lambda n: on_progress("eval", n)))
     return Outcome(spec.run_name, "finished", scored=scored, seconds=time.time() - t0)
+
+
+def _worker_env(threads: int) -> dict:
+    """What a worker process (local or Ray) inherits: the caches' locations and a fixed thread count."""
+    env = {k: v for k, v in os.environ.items() if k.startswith(("HF_", "TRANSFORMERS_", "DIFFUSERS_", "BENCH_"))}
+    env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), MKL_DYNAMIC="FALSE",
+               TOKENIZERS_PARALLELISM="false")
+    return env
 
 
 def _worker_init(threads: int, env: dict) -> None:
@@ -277,7 +295,9 @@ def _run_grid(specs, opts: GridOptions, accelerator=None, estimator=None, say=pr
             deferred.append(o.run_id)
 
     try:
-        if opts.workers <= 1:
+        if opts.launcher == "ray":
+            outcomes += _run_ray(todo, opts, threads, bar, report)
+        elif opts.workers <= 1:
             for p in todo:
                 advance = (lambda kind, n, r=p.spec.run_name: bar.advance(r, kind, n)) if main else None
                 try:
@@ -302,9 +322,7 @@ def _run_workers(todo: list[Planned], opts: GridOptions, threads: int, bar: Over
     ctx = mp.get_context("spawn")
     manager = ctx.Manager()
     q = manager.Queue()
-    env = {k: v for k, v in os.environ.items() if k.startswith(("HF_", "TRANSFORMERS_", "DIFFUSERS_", "BENCH_"))}
-    env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), MKL_DYNAMIC="FALSE",
-               TOKENIZERS_PARALLELISM="false")
+    env = _worker_env(threads)
     outcomes = []
     with ProcessPoolExecutor(max_workers=opts.workers, mp_context=ctx, initializer=_worker_init,
                              initargs=(threads, env)) as pool:
@@ -327,6 +345,93 @@ def _run_workers(todo: list[Planned], opts: GridOptions, threads: int, bar: Over
                 report(o)
     manager.shutdown()
     return outcomes
+
+
+# ------------------------------------------------------------------------------ Ray
+def _ray_task(spec_dict: dict, opts: GridOptions, action: str, threads: int, gpus: float, queue) -> Outcome:
+    """One run inside a Ray worker: the same `execute` as a local worker, or, over more than one GPU, one
+    data-parallel run launched by accelerate on the task's GPUs."""
+    import torch
+
+    torch.set_num_threads(threads)
+    if gpus > 1:
+        import subprocess
+        import sys
+        import tempfile
+
+        with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+            json.dump({"spec": spec_dict, "action": action, "opts": _opts_dict(opts)}, f)
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(int(gpus)),
+               "-m", "bench.task", f.name]
+        t0 = time.time()
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        os.unlink(f.name)
+        from bench.spec import RunSpec
+
+        name = RunSpec.from_dict(spec_dict).run_name
+        if done.returncode != 0:
+            tail = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
+            return Outcome(name, "failed", error=f"data-parallel run exited {done.returncode}: {tail}")
+        return Outcome(name, "finished", seconds=time.time() - t0)
+    return _worker_run(spec_dict, opts, action, queue)
+
+
+def _opts_dict(opts: GridOptions) -> dict:
+    from dataclasses import asdict
+
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(opts).items()}
+
+
+def _run_ray(todo: list[Planned], opts: GridOptions, threads: int, bar: OverallBar, report) -> list[Outcome]:
+    """Submit every run as a Ray task asking for `threads` CPUs and its GPUs; ingest each as it finishes."""
+    import logging
+    import sys
+
+    import ray
+    from ray.util.queue import Empty, Queue
+
+    env = _worker_env(threads)
+    # the workers import this package from where the driver does (an installed package needs nothing)
+    root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
+    started = not ray.is_initialized()
+    if started:
+        # Ray nices its workers to 15 by default: on a shared machine a run would then crawl (20x here)
+        os.environ.setdefault("RAY_worker_niceness", "0")
+        kw = dict(address=opts.ray_address) if opts.ray_address else dict(num_cpus=opts.workers * threads)
+        ray.init(**kw, runtime_env={"env_vars": env}, include_dashboard=False, log_to_driver=False,
+                 logging_level=logging.ERROR, configure_logging=True)
+    try:
+        gpus = opts.gpus_per_run if opts.gpus_per_run is not None else             (1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0)
+        q = Queue()
+        task = ray.remote(_ray_task)
+        # the run folders are written by the tasks: absolute paths, the same on every node of a shared FS
+        ropts = GridOptions(**{**vars(opts), "out": Path(opts.out).resolve(), "db": Path(opts.db).resolve()})
+        pending = {task.options(num_cpus=threads, num_gpus=gpus, max_retries=0, name=p.spec.run_name)
+                   .remote(p.spec.to_dict(), ropts, p.action, threads, gpus, q): p for p in todo}
+        outcomes = []
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
+            while True:
+                try:
+                    run_id, kind, n = q.get_nowait()
+                except Empty:
+                    break
+                bar.advance(run_id, kind, n)
+            for ref in done:
+                p = pending.pop(ref)
+                try:
+                    o = ray.get(ref)
+                except Exception as e:  # the task's worker died, or Ray could not run it
+                    first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+                    o = Outcome(p.spec.run_name, "failed", error=f"Ray task failed: {type(e).__name__}: {first}")
+                outcomes.append(o)
+                report(o)
+        return outcomes
+    finally:
+        if started:
+            ray.shutdown()
+        sys.stdout.flush()
 
 
 # ------------------------------------------------------------------------------ estimates

@@ -180,6 +180,10 @@ BATTERY = [
     (["run", "--update-multiplier", "0"], None, "--update-multiplier must be a positive"),
     (["run", "--workers", "0"], None, "--workers must be a positive"),
     (["run", "--threads", "-1"], None, "--threads must be a positive"),
+    (["run", "--ray-address", "auto"], None, "--ray-address needs --launcher ray"),
+    (["run", "--gpus-per-run", "1"], None, "--gpus-per-run needs --launcher ray"),
+    (["run", "--launcher", "ray", "--gpus-per-run", "1.5"], None, "--gpus-per-run 1.5: a fraction up to 1"),
+    (["run", "--launcher", "slurm"], None, "invalid choice: 'slurm'"),
     # run: hyperparameters
     (["run", "--set", "lr=nan"], None, "--set lr=nan: must be a finite number"),
     (["run", "--set", "lr=-1"], None, "lr=-1.0 of ddpo-2 must be in (0, 10]"),

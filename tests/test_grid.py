@@ -25,7 +25,8 @@ def _rows(db):
     return ckpt, metrics, scores
 
 
-def test_workers_give_the_serial_results(tmp_path):
+def test_workers_and_ray_give_the_serial_results(tmp_path):
+    """Local worker processes and Ray tasks (a local Ray instance, 2 CPUs) land the serial run's rows."""
     common = ["run", "--methods", "ddpo-100,tdpo-r", "--reward", "aesthetic", "--budget", "16", "--num-steps", "2",
               "--samples-per-epoch", "8", "--num-checkpoints", "2", "--threads", "1", "--no-progress",
               "--eval-per-prompt", "1"]
@@ -34,9 +35,18 @@ def test_workers_give_the_serial_results(tmp_path):
     parallel = run_cli(*common, "--workers", "2", "--out", str(tmp_path / "parallel"))
     assert parallel.returncode == 0, parallel.stderr[-2000:]
     assert "2 worker(s) x 1 thread(s)" in parallel.stdout
+    ray = run_cli(*common, "--launcher", "ray", "--workers", "2", "--out", str(tmp_path / "ray"))
+    assert ray.returncode == 0, ray.stderr[-2000:]
+    assert "Ray tasks on a local instance of 2 x 1 CPU(s)" in ray.stdout
     a, b = _rows(tmp_path / "serial" / "bench.duckdb"), _rows(tmp_path / "parallel" / "bench.duckdb")
+    c = _rows(tmp_path / "ray" / "bench.duckdb")
     assert a[0] and a[1] and a[2]
     assert a == b  # checkpoints, training metrics and every evaluation score, bit for bit
+    assert a == c
+    # re-submitting the grid trains nothing: both runs are planned as finished and Ray is not started
+    again = run_cli(*common, "--launcher", "ray", "--workers", "2", "--out", str(tmp_path / "ray"))
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "0 to train, 0 to resume, 0 to evaluate only, 2 finished" in again.stdout
     import torch
     from safetensors import safe_open
 
