@@ -21,7 +21,8 @@ is False is negated before and after):
   the in-domain range both compared methods cover (y0 when L = x0);
 - queries to reach a target: the reward queries interpolated at the first
   crossing of the target on the path, None if never reached;
-- mean and 95% CI over seeds: Student t, n - 1 degrees of freedom.
+- mean and 95% CI over seeds: Student t, n - 1 degrees of freedom (scipy.stats; quantiles to
+  3 decimals as in printed tables); a BCa bootstrap interval for skewed quantities.
 """
 
 from __future__ import annotations
@@ -29,40 +30,51 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-# two-sided 97.5% quantiles of Student's t, df 1..30 (beyond: normal)
-_T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
-         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042]
-
-
-def mean_ci(values: list[float]) -> tuple[float, float | None]:
-    """Mean and the half-width of its 95% confidence interval (None for one value)."""
-    n = len(values)
-    m = sum(values) / n
-    if n < 2:
-        return m, None
-    sd = math.sqrt(sum((v - m) ** 2 for v in values) / (n - 1))
-    t = _T975[n - 2] if n - 1 <= len(_T975) else 1.96
-    return m, t * sd / math.sqrt(n)
-
+import numpy as np
 
 def t975(df: float) -> float:
-    """Two-sided 97.5% quantile of Student's t (df rounded down; normal beyond the table)."""
-    k = int(math.floor(df))
-    return _T975[max(k, 1) - 1] if k <= len(_T975) else 1.96
+    """Two-sided 95% (upper 97.5%) quantile of Student's t with floor(df) degrees of freedom, to 3 decimals as
+    printed in statistics tables (12.706, 4.303, ...), and the normal's 1.960 beyond 30 df: the convention the
+    leaderboard's CIs have always used, so its numbers do not move."""
+    from scipy import stats
+
+    k = max(int(math.floor(df)), 1)
+    return round(float(stats.t.ppf(0.975, k) if k <= 30 else stats.norm.ppf(0.975)), 3)
 
 
-def welch_ci(a: list[float], b: list[float]) -> tuple[float, float]:
+def mean_ci(values) -> tuple[float, float | None]:
+    """Mean and the half-width of its 95% confidence interval over the values (None for one value)."""
+    v = np.asarray(values, dtype=float)
+    m = float(v.sum() / len(v))
+    if len(v) < 2:
+        return m, None
+    return m, t975(len(v) - 1) * float(np.sqrt(((v - m) ** 2).sum() / (len(v) - 1))) / math.sqrt(len(v))
+
+
+def bootstrap_ci(values, statistic=np.mean, seed: int = 0, resamples: int = 9999) -> tuple[float, float] | None:
+    """95% BCa bootstrap interval (low, high) of a statistic over the values: for skewed quantities such as
+    the reward queries a method needs to reach a level. Fixed seed, so the report is reproducible. None
+    below 3 values or when every value is the same."""
+    from scipy import stats
+
+    v = np.asarray(values, dtype=float)
+    if len(v) < 3 or np.all(v == v[0]):
+        return None
+    res = stats.bootstrap((v,), statistic, confidence_level=0.95, n_resamples=resamples, method="BCa",
+                          rng=np.random.default_rng(seed))
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
+def welch_ci(a, b) -> tuple[float, float]:
     """mean(a) - mean(b) and the half-width of its 95% CI (Welch: unequal variances,
     Welch-Satterthwaite degrees of freedom). Both need 2+ values."""
-    na, nb = len(a), len(b)
-    ma, mb = sum(a) / na, sum(b) / nb
-    va = sum((x - ma) ** 2 for x in a) / (na - 1)
-    vb = sum((x - mb) ** 2 for x in b) / (nb - 1)
-    se2 = va / na + vb / nb
-    if se2 == 0:
-        return ma - mb, 0.0
-    df = se2 ** 2 / ((va / na) ** 2 / (na - 1) + (vb / nb) ** 2 / (nb - 1))
-    return ma - mb, t975(df) * math.sqrt(se2)
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+    diff = float(a.mean() - b.mean())
+    if va + vb == 0:
+        return diff, 0.0
+    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+    return diff, t975(df) * float(np.sqrt(va + vb))
 
 
 def first_crossing(xs: list[float], level: float) -> tuple[int, float] | None:
@@ -92,11 +104,9 @@ def normalised_auc(xs: list[float], ys: list[float], level: float) -> float | No
     i, f = hit
     if level <= xs[0]:
         return ys[0]
-    px, py = list(xs[:i + 1]), list(ys[:i + 1])
-    px.append(xs[i] + f * (xs[i + 1] - xs[i]))
-    py.append(ys[i] + f * (ys[i + 1] - ys[i]))
-    area = sum((px[k + 1] - px[k]) * (py[k + 1] + py[k]) / 2 for k in range(len(px) - 1))
-    return area / (level - xs[0])
+    px = np.append(np.asarray(xs[:i + 1], dtype=float), xs[i] + f * (xs[i + 1] - xs[i]))
+    py = np.append(np.asarray(ys[:i + 1], dtype=float), ys[i] + f * (ys[i + 1] - ys[i]))
+    return float(np.trapezoid(py, px)) / (level - xs[0])
 
 
 def matched_level(curves: list[list[float]]) -> float:

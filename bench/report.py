@@ -7,7 +7,7 @@ Everything is deterministic: the same database gives byte-identical tables.
 
 from __future__ import annotations
 
-import csv
+import contextlib
 import html
 import io
 import json
@@ -232,16 +232,27 @@ def gold_line(gold: str, prompt_set: str, shapes: dict[str, GoldShape]) -> str:
     return f"{gold} on {prompt_set} (paired, 95% CI): " + "; ".join(parts)
 
 
-def boards_csv(boards: list[Board]) -> str:
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["train_reward", "prompt_set", "matched_level", "method", "seeds", "verdict", "column", "mean", "ci95"])
+def boards_frame(boards: list[Board]):
+    """The leaderboard as one long, tidy DataFrame: a row per board, method and column, with the mean and 95%
+    CI half-width over seeds, and for the skewed 'queries to level' a BCa bootstrap interval (3+ seeds)."""
+    import pandas as pd
+
+    from bench.analysis import bootstrap_ci
+
+    rows = []
     for b in boards:
         for method, n, cells in b.rows:
             for col, c in zip(b.columns, cells):
-                w.writerow([b.train_reward, b.prompt_set, f"{b.level:.6g}", method, n, b.verdicts.get(method, "-"),
-                            col, "" if c.mean is None else f"{c.mean:.6g}", "" if c.ci is None else f"{c.ci:.6g}"])
-    return buf.getvalue()
+                boot = bootstrap_ci(c.values) if col == "queries to level" and c.mean is not None else None
+                rows.append((b.train_reward, b.prompt_set, b.level, method, n, b.verdicts.get(method, "-"), col,
+                             c.mean, c.ci, *(boot or (None, None))))
+    return pd.DataFrame(rows, columns=["train_reward", "prompt_set", "matched_level", "method", "seeds", "verdict",
+                                       "column", "mean", "ci95", "boot_low", "boot_high"]).astype(
+        {"mean": float, "ci95": float, "boot_low": float, "boot_high": float, "matched_level": float})
+
+
+def boards_csv(boards: list[Board]) -> str:
+    return boards_frame(boards).to_csv(index=False, float_format="%.6g", lineterminator="\n")
 
 
 def _cell_text(b: Board, cells: list[Cell], i: int) -> str:
@@ -315,15 +326,12 @@ def _save(fig, folder: Path, name: str) -> list[str]:
 
 def make_figures(con, folder: Path) -> list[str]:
     """Cross-reward, sample-efficiency, neuron-state and gold-vs-proxy figures; returns PNG names."""
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     curves = load_curves(con)
     pngs = []
     methods = sorted({c.method for c in curves})
-    colors = method_colors(methods)
+    colors = method_styles(methods)
     for train_reward, pset in sorted({(c.train_reward, c.prompt_set) for c in curves}):
         group = [c for c in curves if c.train_reward == train_reward and c.prompt_set == pset]
         for kind, chosen in (("cross_reward", [r for r in sorted(set.intersection(*(set(c.scores) for c in group)))
@@ -339,7 +347,7 @@ def make_figures(con, folder: Path) -> list[str]:
                         continue
                     _, x = _mean_curve(runs, train_reward)
                     _, y = _mean_curve(runs, r)
-                    ax.plot(x, y, marker="o", ms=3, lw=1.4, color=colors[m], label=m)
+                    ax.plot(x, y, marker="o", ms=3, lw=1.4, **colors[m], label=m)
                     ax.plot(x[:1], y[:1], marker="*", ms=11, color="black", zorder=5)  # the pretrained model
                 ax.set_xlabel(f"{train_reward} (in-domain)")
                 ax.set_ylabel(r)
@@ -354,7 +362,7 @@ def make_figures(con, folder: Path) -> list[str]:
             runs = [c for c in group if c.method == m]
             if runs:
                 qs, y = _mean_curve(runs, train_reward)
-                ax.plot(qs, y, marker="o", ms=3, lw=1.4, color=colors[m], label=m)
+                ax.plot(qs, y, marker="o", ms=3, lw=1.4, **colors[m], label=m)
         ax.set_xlabel("reward queries")
         ax.set_ylabel(f"{train_reward} (fixed-seed evaluation)")
         ax.set_title(f"sample efficiency — {pset}", fontsize=9)
@@ -373,7 +381,7 @@ def make_figures(con, folder: Path) -> list[str]:
             fig, ax = plt.subplots(figsize=(5.5, 3.8))
             for m in sorted({r[0] for r in sub}):
                 pts = [(q, v) for mm, _, q, _, _, v in sub if mm == m]
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], lw=1.3, color=colors.get(m), label=m)
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], lw=1.3, **colors.get(m, {}), label=m)
             ax.set_xlabel("reward queries")
             ax.set_ylabel(f"training {train_reward} (epoch mean)")
             ax.set_title("sample efficiency", fontsize=9)
@@ -388,7 +396,7 @@ def make_figures(con, folder: Path) -> list[str]:
             for ax, metric in zip(axes[0], metrics):
                 for m in sorted({r[0] for r in neuron}):
                     pts = [(e, v) for mm, _, _, e, k, v in neuron if mm == m and k == metric]
-                    ax.plot([p[0] for p in pts], [p[1] for p in pts], lw=1.3, color=colors.get(m), label=m)
+                    ax.plot([p[0] for p in pts], [p[1] for p in pts], lw=1.3, **colors.get(m, {}), label=m)
                 ax.set_xlabel("epoch")
                 ax.set_ylabel(metric)
                 ax.grid(alpha=0.3)
@@ -438,11 +446,33 @@ QUESTION_HEADER = ("trained on", "prompts", "score at the matched level", "diffe
 
 
 # ------------------------------------------------------------------------------ overoptimization, diversity, compute, diagnostics
-def method_colors(methods: list[str]) -> dict:
-    import matplotlib.pyplot as plt
+def method_styles(methods) -> dict:
+    """A fixed line style per method, the same in every figure of every report: the method's place in the
+    catalog picks one of seaborn's 10 colour-blind-safe colours; past ten, the colours repeat dashed.
+    Methods outside the catalog follow it in name order."""
+    import seaborn as sns
 
-    order = list(range(0, 20, 2)) + list(range(1, 20, 2))  # distinct hues first, their light shades after
-    return {m: plt.get_cmap("tab20")(order[i % 20]) for i, m in enumerate(sorted(methods))}
+    from bench.catalog import methods as registry
+
+    palette = sns.color_palette("colorblind", 10)
+    known = list(registry.names())
+    extra = sorted(m for m in set(methods) if m not in known)
+    order = {m: i for i, m in enumerate(known + extra)}
+    return {m: dict(color=palette[order[m] % 10], linestyle="-" if order[m] < 10 else "--") for m in methods}
+
+
+@contextlib.contextmanager
+def themed():
+    """One theme for every figure, restored afterwards (a notebook's own settings are left alone):
+    seaborn's whitegrid at paper scale with its colour-blind palette."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import seaborn as sns
+
+    with matplotlib.rc_context():
+        sns.set_theme(style="whitegrid", context="paper", palette="colorblind")
+        yield
 
 
 def _panel_grid(plt, n: int, cols: int = 3):
@@ -474,7 +504,7 @@ def kl_figures(curves: list[Curve], folder: Path) -> list[str]:
     import matplotlib.pyplot as plt
 
     pngs = []
-    colors = method_colors(sorted({c.method for c in curves}))
+    colors = method_styles(sorted({c.method for c in curves}))
     for train_reward, pset in sorted({(c.train_reward, c.prompt_set) for c in curves}):
         group = [c for c in curves if c.train_reward == train_reward and c.prompt_set == pset and KL in c.scores]
         if not group:
@@ -487,7 +517,7 @@ def kl_figures(curves: list[Curve], folder: Path) -> list[str]:
                 runs = [c for c in group if c.method == m]
                 _, x = _mean_curve(runs, KL)
                 _, y = _mean_curve(runs, r)
-                ax.plot(x, y, marker="o", ms=3, lw=1.4, color=colors[m], label=m)
+                ax.plot(x, y, marker="o", ms=3, lw=1.4, **colors[m], label=m)
             ax.set_xscale("symlog", linthresh=0.05)  # most methods stay below 1, AlignProp goes far
             ax.set_xlabel("KL to pretrained (summed over steps; symlog)", fontsize=8)
             ax.set_ylabel(r)
@@ -506,7 +536,7 @@ def diversity_figures(con, folder: Path) -> list[str]:
     rows = con.execute("""SELECT r.reward, e.prompt_set, e.metric, r.method, e.reward_queries, avg(e.value)
                           FROM eval_metrics e JOIN runs r USING (run_id) GROUP BY ALL ORDER BY ALL""").fetchall()
     pngs = []
-    colors = method_colors(sorted({r[3] for r in rows}))
+    colors = method_styles(sorted({r[3] for r in rows}))
     for train_reward, pset in sorted({(r[0], r[1]) for r in rows}):
         sub = [r for r in rows if (r[0], r[1]) == (train_reward, pset)]
         metrics = sorted({r[2] for r in sub})
@@ -514,7 +544,7 @@ def diversity_figures(con, folder: Path) -> list[str]:
         for ax, metric in zip(axes[0], metrics):
             for m in sorted({r[3] for r in sub}):
                 pts = [(q, v) for _, _, k, mm, q, v in sub if k == metric and mm == m]
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3, lw=1.3, color=colors[m], label=m)
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3, lw=1.3, **colors[m], label=m)
             ax.set_xlabel("reward queries")
             ax.set_ylabel(metric)
             ax.set_title(f"{metric} — {pset}", fontsize=9)
@@ -564,14 +594,14 @@ def diagnostics(con, folder: Path) -> tuple[list[str], list[tuple]]:
         return [], []
     metrics = [m for m in DIAGNOSTICS if any(r[3] == m for r in rows)]
     methods = sorted({r[1] for r in rows})
-    colors = method_colors(methods)
+    colors = method_styles(methods)
     fig, axes = _panel_grid(plt, len(metrics), cols=4)
     for ax, metric in zip(axes, metrics):
         for m in methods:
             for run in sorted({r[0] for r in rows if r[1] == m}):
                 pts = [(q, v) for rid, _, q, k, v in rows if rid == run and k == metric]
                 if pts:
-                    ax.plot([p[0] for p in pts], [p[1] for p in pts], lw=1.1, color=colors[m],
+                    ax.plot([p[0] for p in pts], [p[1] for p in pts], lw=1.1, **colors[m],
                             label=m if run == min(r[0] for r in rows if r[1] == m) else None)
         if metric == "ratio_at_old_maxdev":
             ax.axhline(RATIO_TOLERANCE, color="red", lw=0.8, ls="--")
@@ -681,13 +711,14 @@ def write_report(db_path: Path, report_dir: Path, out_dir: Path | None = None,
         fig_dir = report_dir / "figures"
         if fig_dir.exists():
             shutil.rmtree(fig_dir)
-        pngs = make_figures(con, fig_dir)
-        curves = load_curves(con)
-        kl_pngs = kl_figures(curves, fig_dir)
-        div_pngs = diversity_figures(con, fig_dir)
+        with themed():
+            pngs = make_figures(con, fig_dir)
+            curves = load_curves(con)
+            kl_pngs = kl_figures(curves, fig_dir)
+            div_pngs = diversity_figures(con, fig_dir)
+            diag_pngs, diag_table = diagnostics(con, fig_dir)
         compute = compute_rows(con)
         question = question_rows(boards)
-        diag_pngs, diag_table = diagnostics(con, fig_dir)
         effective = effective_tables(con)
         grids = matched_grids(con, out_dir, boards)
         runs = con.execute("SELECT run_id, method, reward, suite, seed, budget, status FROM runs ORDER BY run_id").fetchall()

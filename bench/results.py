@@ -28,15 +28,14 @@ class Results:
     """Mean score per run, prompt set, checkpoint and reward: the points of every cross-reward curve."""
     leaderboard: "object"
     """The report's leaderboard, long: train_reward, prompt_set, matched_level, method, seeds, verdict,
-    column, mean, ci95."""
+    column, mean, ci95 (half-width, Student t over seeds), boot_low/boot_high (BCa bootstrap interval of
+    'queries to level', 3+ seeds)."""
 
 
 def load_results(db) -> Results:
-    import io
-
     import pandas as pd
 
-    from bench.report import boards_csv, build_boards
+    from bench.report import boards_frame, build_boards
     from bench.store import open_results
 
     con = open_results(Path(db))
@@ -51,7 +50,7 @@ def load_results(db) -> Results:
         curves = con.execute(f"""SELECT run_id, method, seed, train_reward, prompt_set, reward_queries, reward,
                                         avg(value) AS value, count(*) AS images
                                  FROM scores {join} GROUP BY ALL ORDER BY ALL""").df()
-        board = pd.read_csv(io.StringIO(boards_csv(build_boards(con))))
+        board = boards_frame(build_boards(con))
     finally:
         con.close()
     return Results(runs, checkpoints, train, scores, sets, curves, board)

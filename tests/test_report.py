@@ -52,6 +52,38 @@ def test_interpolation_auc_and_ci_by_hand():
     assert mean_ci([3.0]) == (3.0, None)
 
 
+def test_t_quantiles_are_the_printed_table_and_welch_by_hand():
+    """scipy's quantiles, to 3 decimals, are the printed table (df 1..30; the normal's 1.960 beyond), so the
+    leaderboard's numbers did not move when the typed-in table went; Welch's CI checked by hand."""
+    from bench.analysis import t975, welch_ci
+
+    printed = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
+               2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
+               2.045, 2.042]
+    assert [t975(df) for df in range(1, 31)] == printed
+    assert t975(31) == t975(500) == 1.96 and t975(2.9) == 4.303  # fractional Welch df round down
+    # a = (1, 2, 3): var 1; b = (2, 4, 9): mean 5, var 13; se^2 = 1/3 + 13/3 = 4.6667
+    # df = 4.6667^2 / ((1/3)^2/2 + (13/3)^2/2) = 21.778 / 9.4444 = 2.306 -> t(2) = 4.303
+    diff, h = welch_ci([1, 2, 3], [2, 4, 9])
+    assert diff == pytest.approx(-3.0) and h == pytest.approx(4.303 * (14 / 3) ** 0.5)
+    assert welch_ci([1, 1], [2, 2]) == (-1.0, 0.0)
+
+
+def test_bootstrap_interval_of_a_skewed_quantity():
+    """BCa bootstrap for queries-to-level: it holds the mean, leans toward the long tail, is reproducible, and
+    is absent where there is nothing to resample."""
+    from bench.analysis import bootstrap_ci
+
+    queries = [100.0, 110.0, 120.0, 130.0, 900.0]  # one slow seed
+    low, high = bootstrap_ci(queries)
+    mean = sum(queries) / 5
+    assert low < mean < high
+    assert high - mean > mean - low  # skewed: the interval reaches further toward the slow seed
+    assert low >= 100.0 and high <= 900.0  # a mean of resamples stays within the data
+    assert bootstrap_ci(queries) == (low, high)  # fixed seed
+    assert bootstrap_ci([5.0, 6.0]) is None and bootstrap_ci([7.0, 7.0, 7.0]) is None
+
+
 def test_leaderboard_on_a_synthetic_database(tmp_path):
     from bench.report import build_boards
     from bench.store import connect
@@ -341,3 +373,23 @@ def test_report_first_screen_summary_role_order_and_no_horizontal_scroll(tmp_pat
     # the summary, two tables per board (3 prompt sets), the runs table; each fits its box
     assert m["page"] <= 1300 and len(m["tables"]) == 8
     assert all(w <= box for w, box in m["tables"]), m["tables"]
+
+
+def test_method_styles_are_fixed_and_distinct():
+    """A method keeps its colour in every figure whatever else is plotted; the 13 methods are told apart."""
+    import seaborn as sns
+
+    from bench.catalog import methods
+    from bench.report import method_styles
+
+    every = method_styles(methods.names())
+    pairs = {(tuple(st["color"]), st["linestyle"]) for st in every.values()}
+    assert len(pairs) == len(every) == len(methods.names())
+    assert method_styles(["tdpo"]) == {"tdpo": every["tdpo"]}
+    assert method_styles(["alignprop", "tdpo-r"]) == {m: every[m] for m in ("alignprop", "tdpo-r")}
+    assert all(tuple(st["color"]) in [tuple(c) for c in sns.color_palette("colorblind", 10)] for st in every.values())
+    # a method outside the catalog comes after it, never taking a catalog method's style
+    n = len(methods.names())
+    new = method_styles(["zz-new", "tdpo"])
+    assert new["tdpo"] == every["tdpo"]
+    assert new["zz-new"] == dict(color=sns.color_palette("colorblind", 10)[n % 10], linestyle="-" if n < 10 else "--")
