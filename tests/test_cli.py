@@ -273,3 +273,35 @@ def test_shards_split_the_grid_deterministically_and_cover_it_once(tmp_path):
     assert len(full) == 26 and [len(s) for s in shards] == [7, 7, 6, 6]
     assert sorted(sum(shards, [])) == sorted(full) and len(set(sum(shards, []))) == 26
     assert shards[1] == full[1::4] and names("--shard", "2/4") == shards[1]
+
+
+def test_bash_completion_completes_commands_flags_and_names(tmp_path):
+    """`bench completion bash` is a script bash sources; completing against it gives subcommands, a
+    subcommand's flags, a flag's choices and registered names (run in a real bash, without torch)."""
+    import shutil
+    import subprocess
+
+    r = run_light("completion", "bash")
+    assert r.returncode == 0, r.stderr
+    script = tmp_path / "bench.bash"
+    body, _, heavy = r.stdout.rpartition("HEAVY=")
+    assert heavy.strip() == ""  # written from the parser and the registries, without torch
+    script.write_text(body)
+    bash = shutil.which("bash")
+    assert bash
+    probe = f"""source {script}
+t() {{ COMP_WORDS=("$@"); COMP_CWORD=$((${{#COMP_WORDS[@]}}-1)); _bench_complete; echo "${{COMPREPLY[*]}}"; }}
+t bench r; t bench run --meth; t bench run --methods tdpo-r; t bench run --launcher ""; t bench run --study ov
+t bench list ""; complete -p bench
+"""
+    out = subprocess.run([bash, "-c", probe], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].split() == ["run", "report", "runs"]
+    assert lines[1] == "--methods"
+    assert lines[2].split() == ["tdpo-r", "tdpo-reset-all", "tdpo-reset-dormant", "tdpo-r-leaky"]
+    assert lines[3].split() == ["local", "ray"]
+    assert lines[4] == "overoptimization"
+    assert set(lines[5].split()) >= {"methods", "rewards", "studies", "--effective"}
+    assert "_bench_complete" in lines[6]
+    assert body.startswith("# bench shell completion")
