@@ -261,13 +261,11 @@ def _cell_text(b: Board, cells: list[Cell], i: int) -> str:
 
 def _board_table(b: Board, keep: list[int], lead: list[str]) -> str:
     """One HTML table of a board: the lead columns (of method, seeds, verdict) and the kept ones."""
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in lead + [b.columns[i] for i in keep])
     rows = []
     for method, n, cells in b.rows:
         first = {"method": method, "seeds": str(n), "verdict": b.verdicts.get(method, "-")}
-        row = [first[k] for k in lead] + [_cell_text(b, cells, i) for i in keep]
-        rows.append("<tr>" + "".join(f"<td>{html.escape(t)}</td>" for t in row) + "</tr>")
-    return f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table></div>'
+        rows.append([first[k] for k in lead] + [_cell_text(b, cells, i) for i in keep])
+    return _table_html(lead + [b.columns[i] for i in keep], rows)
 
 
 def boards_html(boards: list[Board]) -> str:
@@ -649,9 +647,11 @@ def effective_tables(con) -> list[tuple[str, list[tuple]]]:
 
 
 def _table_html(header, rows) -> str:
-    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in r) + "</tr>" for r in rows)
-    return f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
+    """An HTML table written by pandas (escaped, no index), in a box that scrolls if it must."""
+    import pandas as pd
+
+    frame = pd.DataFrame([[str(v) for v in r] for r in rows], columns=[str(h) for h in header])
+    return f'<div class="scroll">{frame.to_html(index=False, border=0, escape=True)}</div>'
 
 
 def _table_md(header, rows) -> str:
