@@ -111,3 +111,27 @@ def test_wall_estimate_schedules_longest_first(loads, workers, expected):
 
     plans = [Planned(None, "train", train_s=x) for x in loads]
     assert wall_estimate(plans, workers) == expected
+
+
+def test_a_failed_ray_task_is_reported_and_the_others_go_on(tmp_path):
+    """On Ray, a run that fails inside its task (here: its reward is registered only in this process, so the
+    task cannot resolve it) comes back as 'failed' with the reason; the other run finishes and is ingested."""
+    import duckdb
+
+    from bench.grid import GridOptions, run_grid
+    from tests.helpers import make_spec, register_counting_reward
+
+    register_counting_reward()
+    good = make_spec("ddpo-100", "jpeg-compressibility", num_steps=2, samples_per_epoch=8, budget=8)
+    bad = make_spec("ddpo-100", "test-counting", num_steps=2, samples_per_epoch=8, budget=8)
+    opts = GridOptions(out=tmp_path / "out", db=tmp_path / "out" / "bench.duckdb", evaluate=False, progress=False,
+                       workers=2, threads=1, launcher="ray")
+    outcomes = {o.run_id: o for o in run_grid([good, bad], opts, say=lambda *a: None)}
+    assert outcomes[good.run_name].status == "finished"
+    assert outcomes[bad.run_name].status == "failed" and "test-counting" in outcomes[bad.run_name].error
+    con = duckdb.connect(str(opts.db), read_only=True)
+    try:
+        assert [r[0] for r in con.execute("select run_id from runs where status = 'finished'").fetchall()] == \
+            [good.run_name]
+    finally:
+        con.close()
