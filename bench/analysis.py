@@ -32,6 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+
 def t975(df: float) -> float:
     """Two-sided 95% (upper 97.5%) quantile of Student's t with floor(df) degrees of freedom, to 3 decimals as
     printed in statistics tables (12.706, 4.303, ...), and the normal's 1.960 beyond 30 df: the convention the

@@ -364,8 +364,10 @@ def _ray_task(spec_dict: dict, opts: GridOptions, action: str, threads: int, gpu
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(int(gpus)),
                "-m", "bench.task", f.name]
         t0 = time.time()
-        done = subprocess.run(cmd, capture_output=True, text=True)
-        os.unlink(f.name)
+        try:
+            done = subprocess.run(cmd, capture_output=True, text=True)
+        finally:
+            os.unlink(f.name)
         from bench.spec import RunSpec
 
         name = RunSpec.from_dict(spec_dict).run_name
@@ -385,7 +387,6 @@ def _opts_dict(opts: GridOptions) -> dict:
 def _run_ray(todo: list[Planned], opts: GridOptions, threads: int, bar: OverallBar, report) -> list[Outcome]:
     """Submit every run as a Ray task asking for `threads` CPUs and its GPUs; ingest each as it finishes."""
     import logging
-    import sys
 
     import ray
     from ray.util.queue import Empty, Queue
@@ -402,7 +403,9 @@ def _run_ray(todo: list[Planned], opts: GridOptions, threads: int, bar: OverallB
         ray.init(**kw, runtime_env={"env_vars": env}, include_dashboard=False, log_to_driver=False,
                  logging_level=logging.ERROR, configure_logging=True)
     try:
-        gpus = opts.gpus_per_run if opts.gpus_per_run is not None else             (1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0)
+        gpus = opts.gpus_per_run
+        if gpus is None:
+            gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
         q = Queue()
         task = ray.remote(_ray_task)
         # the run folders are written by the tasks: absolute paths, the same on every node of a shared FS
@@ -431,7 +434,6 @@ def _run_ray(todo: list[Planned], opts: GridOptions, threads: int, bar: OverallB
     finally:
         if started:
             ray.shutdown()
-        sys.stdout.flush()
 
 
 # ------------------------------------------------------------------------------ estimates

@@ -329,7 +329,7 @@ def make_figures(con, folder: Path) -> list[str]:
     curves = load_curves(con)
     pngs = []
     methods = sorted({c.method for c in curves})
-    colors = method_styles(methods)
+    styles = method_styles(methods)
     for train_reward, pset in sorted({(c.train_reward, c.prompt_set) for c in curves}):
         group = [c for c in curves if c.train_reward == train_reward and c.prompt_set == pset]
         for kind, chosen in (("cross_reward", [r for r in sorted(set.intersection(*(set(c.scores) for c in group)))
@@ -345,7 +345,7 @@ def make_figures(con, folder: Path) -> list[str]:
                         continue
                     _, x = _mean_curve(runs, train_reward)
                     _, y = _mean_curve(runs, r)
-                    ax.plot(x, y, marker="o", ms=3, lw=1.4, **colors[m], label=m)
+                    ax.plot(x, y, marker="o", ms=3, lw=1.4, **styles[m], label=m)
                     ax.plot(x[:1], y[:1], marker="*", ms=11, color="black", zorder=5)  # the pretrained model
                 ax.set_xlabel(f"{train_reward} (in-domain)")
                 ax.set_ylabel(r)
@@ -360,7 +360,7 @@ def make_figures(con, folder: Path) -> list[str]:
             runs = [c for c in group if c.method == m]
             if runs:
                 qs, y = _mean_curve(runs, train_reward)
-                ax.plot(qs, y, marker="o", ms=3, lw=1.4, **colors[m], label=m)
+                ax.plot(qs, y, marker="o", ms=3, lw=1.4, **styles[m], label=m)
         ax.set_xlabel("reward queries")
         ax.set_ylabel(f"{train_reward} (fixed-seed evaluation)")
         ax.set_title(f"sample efficiency — {pset}", fontsize=9)
@@ -379,7 +379,7 @@ def make_figures(con, folder: Path) -> list[str]:
             fig, ax = plt.subplots(figsize=(5.5, 3.8))
             for m in sorted({r[0] for r in sub}):
                 pts = [(q, v) for mm, _, q, _, _, v in sub if mm == m]
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], lw=1.3, **colors.get(m, {}), label=m)
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], lw=1.3, **styles.get(m, {}), label=m)
             ax.set_xlabel("reward queries")
             ax.set_ylabel(f"training {train_reward} (epoch mean)")
             ax.set_title("sample efficiency", fontsize=9)
@@ -394,7 +394,7 @@ def make_figures(con, folder: Path) -> list[str]:
             for ax, metric in zip(axes[0], metrics):
                 for m in sorted({r[0] for r in neuron}):
                     pts = [(e, v) for mm, _, _, e, k, v in neuron if mm == m and k == metric]
-                    ax.plot([p[0] for p in pts], [p[1] for p in pts], lw=1.3, **colors.get(m, {}), label=m)
+                    ax.plot([p[0] for p in pts], [p[1] for p in pts], lw=1.3, **styles.get(m, {}), label=m)
                 ax.set_xlabel("epoch")
                 ax.set_ylabel(metric)
                 ax.grid(alpha=0.3)
@@ -502,7 +502,7 @@ def kl_figures(curves: list[Curve], folder: Path) -> list[str]:
     import matplotlib.pyplot as plt
 
     pngs = []
-    colors = method_styles(sorted({c.method for c in curves}))
+    styles = method_styles(sorted({c.method for c in curves}))
     for train_reward, pset in sorted({(c.train_reward, c.prompt_set) for c in curves}):
         group = [c for c in curves if c.train_reward == train_reward and c.prompt_set == pset and KL in c.scores]
         if not group:
@@ -515,7 +515,7 @@ def kl_figures(curves: list[Curve], folder: Path) -> list[str]:
                 runs = [c for c in group if c.method == m]
                 _, x = _mean_curve(runs, KL)
                 _, y = _mean_curve(runs, r)
-                ax.plot(x, y, marker="o", ms=3, lw=1.4, **colors[m], label=m)
+                ax.plot(x, y, marker="o", ms=3, lw=1.4, **styles[m], label=m)
             ax.set_xscale("symlog", linthresh=0.05)  # most methods stay below 1, AlignProp goes far
             ax.set_xlabel("KL to pretrained (summed over steps; symlog)", fontsize=8)
             ax.set_ylabel(r)
@@ -534,7 +534,7 @@ def diversity_figures(con, folder: Path) -> list[str]:
     rows = con.execute("""SELECT r.reward, e.prompt_set, e.metric, r.method, e.reward_queries, avg(e.value)
                           FROM eval_metrics e JOIN runs r USING (run_id) GROUP BY ALL ORDER BY ALL""").fetchall()
     pngs = []
-    colors = method_styles(sorted({r[3] for r in rows}))
+    styles = method_styles(sorted({r[3] for r in rows}))
     for train_reward, pset in sorted({(r[0], r[1]) for r in rows}):
         sub = [r for r in rows if (r[0], r[1]) == (train_reward, pset)]
         metrics = sorted({r[2] for r in sub})
@@ -542,7 +542,7 @@ def diversity_figures(con, folder: Path) -> list[str]:
         for ax, metric in zip(axes[0], metrics):
             for m in sorted({r[3] for r in sub}):
                 pts = [(q, v) for _, _, k, mm, q, v in sub if k == metric and mm == m]
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3, lw=1.3, **colors[m], label=m)
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3, lw=1.3, **styles[m], label=m)
             ax.set_xlabel("reward queries")
             ax.set_ylabel(metric)
             ax.set_title(f"{metric} — {pset}", fontsize=9)
@@ -592,14 +592,14 @@ def diagnostics(con, folder: Path) -> tuple[list[str], list[tuple]]:
         return [], []
     metrics = [m for m in DIAGNOSTICS if any(r[3] == m for r in rows)]
     methods = sorted({r[1] for r in rows})
-    colors = method_styles(methods)
+    styles = method_styles(methods)
     fig, axes = _panel_grid(plt, len(metrics), cols=4)
     for ax, metric in zip(axes, metrics):
         for m in methods:
             for run in sorted({r[0] for r in rows if r[1] == m}):
                 pts = [(q, v) for rid, _, q, k, v in rows if rid == run and k == metric]
                 if pts:
-                    ax.plot([p[0] for p in pts], [p[1] for p in pts], lw=1.1, **colors[m],
+                    ax.plot([p[0] for p in pts], [p[1] for p in pts], lw=1.1, **styles[m],
                             label=m if run == min(r[0] for r in rows if r[1] == m) else None)
         if metric == "ratio_at_old_maxdev":
             ax.axhline(RATIO_TOLERANCE, color="red", lw=0.8, ls="--")
