@@ -12,8 +12,11 @@ is False is negated before and after):
   i.e. min over runs of max over checkpoints of x (never below x at query 0).
   The leaderboard compares the runs of the methods whose in-domain score improves
   (paired change, 95% CI above zero; all methods when none does): a method that
-  does not learn would pin the level at the pretrained model. The other methods
-  are shown where they reach L, and as missing where they never do;
+  does not learn would pin the level at the pretrained model. Of those, the
+  methods of the benchmark's paper (TDPO's) set L when any improves; a companion
+  paper's method (catalog flag `companion`: PRDP, dense DPO) is compared at L
+  like the others, and the level it would have set is reported beside. The
+  other methods are shown where they reach L, and as missing where they never do;
 - y at level L: linear interpolation on the segment where the path FIRST
   reaches x >= L;
 - AUC: the area under the path from query 0 to that first crossing,

@@ -118,7 +118,7 @@ _tdpo("tdpo-policy-reset-active", "TDPO with a periodic reset of the policy's ac
 methods.register(
     "prdp", "methods.prdp:PRDP",
     "PRDP: regress same-prompt reward differences / beta onto trajectory log-ratio differences, per-step proximal clip",
-    kind="prdp", log_ratio_bounds=("clip_range",),
+    kind="prdp", log_ratio_bounds=("clip_range",), companion="PRDP paper (Deng et al., CVPR 2024)",
     # small-scale setting (PRDP Table 4): N=32 prompts x B=16 images, K=10 updates per epoch
     source=dict(samples_per_epoch=512, num_steps=50, updates_per_epoch=10),
     hparams=dict(lr=3e-4, weight_decay=1e-4, adam_beta1=0.9, adam_beta2=0.999, adam_eps=1e-8, max_grad_norm=1.0,
@@ -129,6 +129,7 @@ methods.register(
     "dense-dpo", "methods.dense_dpo:DenseDPO",
     "temporally discounted dense-reward DPO: Bradley-Terry on gamma^k-sampled, clamped per-step log-ratios",
     kind="dense", log_ratio_bounds=("delta",), per_step_discounts=("gamma",),
+    companion="dense-reward paper (Yang, Chen & Zhou, ICML 2024)",
     # multi-prompt mode of the reference: 2,000 prompts x 12 rollouts per collection, 4,000 updates of 32 pairs
     source=dict(samples_per_epoch=24_000, num_steps=50, updates_per_epoch=4000, pairs_per_step=32),
     hparams=dict(lr=2e-5, weight_decay=1.5e-3, adam_beta1=0.9, adam_beta2=0.999, adam_eps=1e-8, max_grad_norm=0.05,

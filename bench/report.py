@@ -56,7 +56,10 @@ class Board:
     """method -> 'improves' / 'flat' / 'worsens': the change of the in-domain score from query 0 to the
     final checkpoint, judged by its 95% CI (see `change_cell`)."""
     level_methods: list[str] = field(default_factory=list)
-    """The methods whose runs set the level: those that improve (all, when none does)."""
+    """The methods whose runs set the level: those that improve (all, when none does), less the companion
+    papers' methods when another improves (see `build_boards`)."""
+    level_with_companions: float | None = None
+    """The level an improving companion method would have set with the others; None when none was left out."""
     level_judged_on: str = ""
     """The prompt set whose verdicts chose `level_methods` (the seen set when there is one)."""
     gold_shapes: dict[str, dict[str, GoldShape]] = field(default_factory=dict)
@@ -111,7 +114,12 @@ def build_boards(con) -> list[Board]:
         # a method its paper says does not learn (the catalog's expected_not_to_learn) never sets the level
         candidates = [m for m in methods if not _expected_flat(m)] or methods
         improving = [m for m in candidates if verdicts.get((train_reward, judge, m)) == "improves"] or candidates
-        level = matched_level([xs[c.run_id] for c in group if c.method in improving])
+        # The level answers the benchmark's question, the TDPO paper's (at one in-domain score, which method
+        # keeps out-of-domain and gold scores?), so that paper's methods set it. A companion paper's method
+        # (PRDP, dense DPO) is placed where it reaches the level; the level it would have set is kept.
+        setters = [m for m in improving if not _companion(m)] or improving
+        level = matched_level([xs[c.run_id] for c in group if c.method in setters])
+        with_companions = matched_level([xs[c.run_id] for c in group if c.method in improving])
         present = set.intersection(*(set(c.scores) for c in group))
         others = sorted(present - {train_reward, KL})
         cols = [f"{train_reward} final", f"{train_reward} change", "queries to level"]
@@ -120,7 +128,8 @@ def build_boards(con) -> list[Board]:
         gold = [g for g in GOLD if g in others]
         cols += [f"{g} peak" for g in gold] + [f"{g} drop after peak" for g in gold]
         board = Board(train_reward, pset, sign * level, cols, verdicts={m: verdicts[train_reward, pset, m] for m in methods},
-                      level_methods=improving, level_judged_on=judge)
+                      level_methods=setters, level_judged_on=judge,
+                      level_with_companions=sign * with_companions if setters != improving else None)
         for method in methods:
             runs = sorted((c for c in group if c.method == method), key=lambda c: c.seed)
             cells = [_agg([sign * xs[c.run_id][-1] for c in runs]), changes[train_reward, pset, method],
@@ -159,6 +168,12 @@ def _expected_flat(method: str) -> str | None:
     return methods.get(method).meta.get("expected_not_to_learn") if method in methods else None
 
 
+def _companion(method: str) -> str | None:
+    from bench.catalog import methods
+
+    return methods.get(method).meta.get("companion") if method in methods else None
+
+
 def _signed(v: float | None, s: float) -> float | None:
     return None if v is None else s * v
 
@@ -188,8 +203,14 @@ def _level_text(b: Board) -> str:
     if not left_out:
         return f"matched level {b.level:.3f}"
     flat = [m for m in left_out if _expected_flat(m)]
-    other = [m for m in left_out if not _expected_flat(m)]
+    companions = [m for m in left_out if _companion(m) and m not in flat]
+    other = [m for m in left_out if m not in flat and m not in companions]
     parts = [f"matched level {b.level:.3f}, over the methods that improve on {b.level_judged_on}"]
+    if companions:
+        text = f"companion papers' methods, placed where they reach it: {', '.join(companions)}"
+        if b.level_with_companions is not None:
+            text += f" (with them the level would be {b.level_with_companions:.3f})"
+        parts.append(text)
     if other:
         parts.append(f"not improving: {', '.join(other)}")
     if flat:

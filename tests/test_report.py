@@ -151,6 +151,31 @@ def test_a_method_that_does_not_improve_does_not_pin_the_matched_level(tmp_path)
     assert board.level_methods == ["A", "C"] and board.level == 1.0
 
 
+def test_a_companion_papers_method_is_placed_at_the_level_but_does_not_set_it(tmp_path):
+    """PRDP (the catalog's companion flag) improves a little: B alone sets the level, PRDP is shown as not
+    reaching it, and the level it would have set is printed beside."""
+    from bench.report import boards_markdown, build_boards
+    from bench.store import connect
+
+    make_db(tmp_path / "b.duckdb")
+    con = connect(tmp_path / "b.duckdb")
+    con.execute("INSERT INTO runs (run_id, config_hash, method, reward, backbone, suite, seed, budget, status) "
+                "VALUES ('P_s0', 'h', 'prdp', 'aesthetic', 'toy', 'toy', 0, 20, 'finished')")
+    for q, x in zip((0, 10, 20), (1.0, 1.2, 1.5)):  # both images +0.5: the paired change is clear
+        for reward, v in (("aesthetic", x), ("pickscore", 10.0), ("gold-aesthetic", 5.0)):
+            for i, d in enumerate((-0.5, 0.5)):
+                con.execute("INSERT INTO scores VALUES ('P_s0', ?, ?, 'toy-seen', 'a red circle', ?, 1, ?)",
+                            [q, reward, i, v + d])
+    (board,) = build_boards(con)
+    con.close()
+    assert board.verdicts["prdp"] == "improves"
+    assert board.level_methods == ["B"] and board.level == 3 and board.level_with_companions == 1.5
+    rows = {m: dict(zip(board.columns, cells)) for m, _, cells in board.rows}
+    assert rows["prdp"]["queries to level"].mean is None and rows["B"]["queries to level"].mean == 20
+    assert ("matched level 3.000, over the methods that improve on toy-seen; companion papers' methods, placed "
+            "where they reach it: prdp (with them the level would be 1.500); not improving: A") in boards_markdown([board])
+
+
 def test_paired_change_pairs_images_by_prompt_and_seed(tmp_path):
     """A small consistent rise on images whose scores spread widely: paired, it is clear;
     the unpaired difference of means would have a CI far wider than the rise."""
