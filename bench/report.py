@@ -7,7 +7,6 @@ Everything is deterministic: the same database gives byte-identical tables.
 
 from __future__ import annotations
 
-import contextlib
 import html
 import io
 import json
@@ -17,9 +16,9 @@ from pathlib import Path
 
 from bench.analysis import (Curve, GoldShape, change_verdict, gold_shape, interpolate_at, load_curves,
                             matched_level, mean_ci, normalised_auc, paired_changes)
-
-GOLD = ("gold-aesthetic", "gold-fidelity")
-KL = "kl-to-pretrained"  # bench.evaluate.KL_METRIC: not a reward, the x-axis of the overoptimization view
+from bench.results import figure_frames
+from bench.figures import (GOLD, KL, curve_figures, diagnostics_figure, diversity_figures, kl_figures,  # noqa: F401
+                           method_styles, themed, training_figures)
 
 
 def higher_is_better(reward: str) -> bool:
@@ -188,13 +187,7 @@ def boards_markdown(boards: list[Board], compact: bool = False) -> str:
             continue
         keep = [i for i, col in enumerate(b.columns) if not (compact and col.endswith(" AUC"))]
         out.append(f"### trained on {b.train_reward}, prompts {b.prompt_set} ({_level_text(b)})\n")
-        header = ["method", "seeds", "verdict"] + [b.columns[i] for i in keep]
-        out.append("| " + " | ".join(header) + " |")
-        out.append("|" + "---|" * len(header))
-        for method, n, cells in b.rows:
-            texts = [cells[i].text(0) if b.columns[i] == "queries to level" else cells[i].text() for i in keep]
-            out.append("| " + " | ".join([method, str(n), b.verdicts.get(method, "-")] + texts) + " |")
-        out.append("")
+        out.append(_frame_md(board_frame(b, keep, ["method", "seeds", "verdict"])))
     return "\n".join(out)
 
 
@@ -280,13 +273,18 @@ def _cell_text(b: Board, cells: list[Cell], i: int) -> str:
     return cells[i].text(0) if b.columns[i] == "queries to level" else cells[i].text()
 
 
-def _board_table(b: Board, keep: list[int], lead: list[str]) -> str:
-    """One HTML table of a board: the lead columns (of method, seeds, verdict) and the kept ones."""
+def board_frame(b: Board, keep: list[int], lead: list[str]):
+    """A board as a DataFrame of display strings: the lead columns (of method, seeds, verdict), then the
+    kept ones; every table of the report (Markdown, HTML) is written from such a frame."""
     rows = []
     for method, n, cells in b.rows:
         first = {"method": method, "seeds": str(n), "verdict": b.verdicts.get(method, "-")}
         rows.append([first[k] for k in lead] + [_cell_text(b, cells, i) for i in keep])
-    return _table_html(lead + [b.columns[i] for i in keep], rows)
+    return _frame(lead + [b.columns[i] for i in keep], rows)
+
+
+def _board_table(b: Board, keep: list[int], lead: list[str]) -> str:
+    return _frame_html(board_frame(b, keep, lead))
 
 
 def boards_html(boards: list[Board]) -> str:
@@ -306,7 +304,7 @@ def boards_html(boards: list[Board]) -> str:
 
 SUMMARY_NOTE = ("change: the training reward's paired change from query 0 to the final checkpoint (95% CI); "
                 "the other columns: each score where the method's in-domain curve first reaches the matched level "
-                "(the highest level every improving method reaches), '-' where it never does.")
+                "(the highest level every improving method of the TDPO paper reaches), '-' where it never does.")
 
 
 def summary_html(boards: list[Board]) -> str:
@@ -327,104 +325,6 @@ def summary_html(boards: list[Board]) -> str:
 
 
 # ------------------------------------------------------------------------------ figures
-def _mean_curve(curves: list[Curve], reward: str) -> tuple[list[int], list[float]]:
-    """Mean over seeds per checkpoint (checkpoints every seed has)."""
-    qs = sorted(set.intersection(*(set(c.queries) for c in curves)))
-    return qs, [sum(c.scores[reward][c.queries.index(q)] for c in curves) / len(curves) for q in qs]
-
-
-def _save(fig, folder: Path, name: str) -> list[str]:
-    folder.mkdir(parents=True, exist_ok=True)
-    files = []
-    for ext in ("png", "pdf"):
-        fig.savefig(folder / f"{name}.{ext}", dpi=110, bbox_inches="tight", metadata={"CreationDate": None}
-                    if ext == "pdf" else {"Software": None})
-        files.append(f"{name}.{ext}")
-    return files
-
-
-def make_figures(con, folder: Path) -> list[str]:
-    """Cross-reward, sample-efficiency, neuron-state and gold-vs-proxy figures; returns PNG names."""
-    import matplotlib.pyplot as plt
-
-    curves = load_curves(con)
-    pngs = []
-    methods = sorted({c.method for c in curves})
-    styles = method_styles(methods)
-    for train_reward, pset in sorted({(c.train_reward, c.prompt_set) for c in curves}):
-        group = [c for c in curves if c.train_reward == train_reward and c.prompt_set == pset]
-        for kind, chosen in (("cross_reward", [r for r in sorted(set.intersection(*(set(c.scores) for c in group)))
-                                               if r != train_reward and r not in GOLD and r != KL]),
-                             ("gold_vs_proxy", [g for g in GOLD if all(g in c.scores for c in group)])):
-            if not chosen:
-                continue
-            fig, axes = plt.subplots(1, len(chosen), figsize=(4.2 * len(chosen), 3.6), squeeze=False)
-            for ax, r in zip(axes[0], chosen):
-                for m in methods:
-                    runs = [c for c in group if c.method == m]
-                    if not runs:
-                        continue
-                    _, x = _mean_curve(runs, train_reward)
-                    _, y = _mean_curve(runs, r)
-                    ax.plot(x, y, marker="o", ms=3, lw=1.4, **styles[m], label=m)
-                    ax.plot(x[:1], y[:1], marker="*", ms=11, color="black", zorder=5)  # the pretrained model
-                ax.set_xlabel(f"{train_reward} (in-domain)")
-                ax.set_ylabel(r)
-                ax.set_title(f"{r} vs {train_reward} — {pset}", fontsize=9)
-                ax.grid(alpha=0.3)
-            axes[0][-1].legend(fontsize=7, loc="best")
-            pngs.append(_save(fig, folder, f"{kind}_{train_reward}_{pset}")[0])
-            plt.close(fig)
-        # sample efficiency on fixed evaluation seeds: the in-domain score against reward queries
-        fig, ax = plt.subplots(figsize=(5.5, 3.8))
-        for m in methods:
-            runs = [c for c in group if c.method == m]
-            if runs:
-                qs, y = _mean_curve(runs, train_reward)
-                ax.plot(qs, y, marker="o", ms=3, lw=1.4, **styles[m], label=m)
-        ax.set_xlabel("reward queries")
-        ax.set_ylabel(f"{train_reward} (fixed-seed evaluation)")
-        ax.set_title(f"sample efficiency — {pset}", fontsize=9)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-        pngs.append(_save(fig, folder, f"eval_reward_vs_queries_{train_reward}_{pset}")[0])
-        plt.close(fig)
-    rows = con.execute("""
-        SELECT r.method, r.reward, t.reward_queries, t.epoch, t.metric, avg(t.value)
-        FROM train_metrics t JOIN runs r USING (run_id)
-        WHERE t.metric IN ('reward_mean', 'critic_dormant_fraction', 'critic_dormant_overlap', 'policy_dormant_fraction')
-        GROUP BY ALL ORDER BY 1, 2, 3, 5""").fetchall()
-    for train_reward in sorted({r[1] for r in rows}):
-        sub = [r for r in rows if r[1] == train_reward and r[4] == "reward_mean"]
-        if sub:
-            fig, ax = plt.subplots(figsize=(5.5, 3.8))
-            for m in sorted({r[0] for r in sub}):
-                pts = [(q, v) for mm, _, q, _, _, v in sub if mm == m]
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], lw=1.3, **styles.get(m, {}), label=m)
-            ax.set_xlabel("reward queries")
-            ax.set_ylabel(f"training {train_reward} (epoch mean)")
-            ax.set_title("sample efficiency", fontsize=9)
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=7)
-            pngs.append(_save(fig, folder, f"sample_efficiency_{train_reward}")[0])
-            plt.close(fig)
-        neuron = [r for r in rows if r[1] == train_reward and r[4] != "reward_mean"]
-        if neuron:
-            metrics = sorted({r[4] for r in neuron})
-            fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.4), squeeze=False)
-            for ax, metric in zip(axes[0], metrics):
-                for m in sorted({r[0] for r in neuron}):
-                    pts = [(e, v) for mm, _, _, e, k, v in neuron if mm == m and k == metric]
-                    ax.plot([p[0] for p in pts], [p[1] for p in pts], lw=1.3, **styles.get(m, {}), label=m)
-                ax.set_xlabel("epoch")
-                ax.set_ylabel(metric)
-                ax.grid(alpha=0.3)
-            axes[0][-1].legend(fontsize=7)
-            pngs.append(_save(fig, folder, f"neuron_states_{train_reward}")[0])
-            plt.close(fig)
-    return pngs
-
-
 # ------------------------------------------------------------------------------ the paper's question
 QUESTION = ("tdpo-r", ("tdpo", "ddpo-100"))
 """TDPO paper's question: at a matched in-domain level, does TDPO-R keep out-of-domain and gold scores
@@ -465,115 +365,6 @@ QUESTION_HEADER = ("trained on", "prompts", "score at the matched level", "diffe
 
 
 # ------------------------------------------------------------------------------ overoptimization, diversity, compute, diagnostics
-def method_styles(methods) -> dict:
-    """A fixed line style per method, the same in every figure of every report: the method's place in the
-    catalog picks one of seaborn's 10 colour-blind-safe colours; past ten, the colours repeat dashed.
-    Methods outside the catalog follow it in name order."""
-    import seaborn as sns
-
-    from bench.catalog import methods as registry
-
-    palette = sns.color_palette("colorblind", 10)
-    known = list(registry.names())
-    extra = sorted(m for m in set(methods) if m not in known)
-    order = {m: i for i, m in enumerate(known + extra)}
-    return {m: dict(color=palette[order[m] % 10], linestyle="-" if order[m] < 10 else "--") for m in methods}
-
-
-@contextlib.contextmanager
-def themed():
-    """One theme for every figure, restored afterwards (a notebook's own settings are left alone):
-    seaborn's whitegrid at paper scale with its colour-blind palette."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import seaborn as sns
-
-    with matplotlib.rc_context():
-        sns.set_theme(style="whitegrid", context="paper", palette="colorblind")
-        yield
-
-
-def _panel_grid(plt, n: int, cols: int = 3):
-    """n panels, `cols` per row; returns (figure, the n axes in order), the spare axes hidden."""
-    cols = max(1, min(cols, n))
-    rows = (n + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(4.0 * cols, 3.3 * rows), squeeze=False)
-    flat = list(axes.flat)
-    for ax in flat[n:]:
-        ax.axis("off")
-    fig.tight_layout(h_pad=2.5)
-    return fig, flat[:n]
-
-
-def _legend(fig, axes, n: int) -> None:
-    """One legend for the figure: every method that appears in any panel."""
-    seen = {}
-    for ax in axes[:n]:
-        for h, lab in zip(*ax.get_legend_handles_labels()):
-            seen.setdefault(lab, h)
-    if seen:  # to the right of the panels (savefig's tight bounding box keeps it)
-        fig.legend(list(seen.values()), list(seen), fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5),
-                   frameon=False)
-
-
-def kl_figures(curves: list[Curve], folder: Path) -> list[str]:
-    """Gao et al. (2022)'s view: every reward (in-domain, gold, out-of-domain) against the KL of the
-    policy to the pretrained model, one line per method (means over seeds per checkpoint)."""
-    import matplotlib.pyplot as plt
-
-    pngs = []
-    styles = method_styles(sorted({c.method for c in curves}))
-    for train_reward, pset in sorted({(c.train_reward, c.prompt_set) for c in curves}):
-        group = [c for c in curves if c.train_reward == train_reward and c.prompt_set == pset and KL in c.scores]
-        if not group:
-            continue
-        present = set.intersection(*(set(c.scores) for c in group)) - {KL}
-        panels = [train_reward] + [g for g in GOLD if g in present] + sorted(present - {train_reward, *GOLD})
-        fig, axes = _panel_grid(plt, len(panels))
-        for ax, r in zip(axes, panels):
-            for m in sorted({c.method for c in group}):
-                runs = [c for c in group if c.method == m]
-                _, x = _mean_curve(runs, KL)
-                _, y = _mean_curve(runs, r)
-                ax.plot(x, y, marker="o", ms=3, lw=1.4, **styles[m], label=m)
-            ax.set_xscale("symlog", linthresh=0.05)  # most methods stay below 1, AlignProp goes far
-            ax.set_xlabel("KL to pretrained (summed over steps; symlog)", fontsize=8)
-            ax.set_ylabel(r)
-            ax.set_title(f"{r} vs KL — {pset}", fontsize=9)
-            ax.grid(alpha=0.3)
-        _legend(fig, axes, len(panels))
-        pngs.append(_save(fig, folder, f"reward_vs_kl_{train_reward}_{pset}")[0])
-        plt.close(fig)
-    return pngs
-
-
-def diversity_figures(con, folder: Path) -> list[str]:
-    """Set-level diversity against reward queries, one panel per metric, per training reward and set."""
-    import matplotlib.pyplot as plt
-
-    rows = con.execute("""SELECT r.reward, e.prompt_set, e.metric, r.method, e.reward_queries, avg(e.value)
-                          FROM eval_metrics e JOIN runs r USING (run_id) GROUP BY ALL ORDER BY ALL""").fetchall()
-    pngs = []
-    styles = method_styles(sorted({r[3] for r in rows}))
-    for train_reward, pset in sorted({(r[0], r[1]) for r in rows}):
-        sub = [r for r in rows if (r[0], r[1]) == (train_reward, pset)]
-        metrics = sorted({r[2] for r in sub})
-        fig, axes = plt.subplots(1, len(metrics), figsize=(3.8 * len(metrics), 3.3), squeeze=False)
-        for ax, metric in zip(axes[0], metrics):
-            for m in sorted({r[3] for r in sub}):
-                pts = [(q, v) for _, _, k, mm, q, v in sub if k == metric and mm == m]
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3, lw=1.3, **styles[m], label=m)
-            ax.set_xlabel("reward queries")
-            ax.set_ylabel(metric)
-            ax.set_title(f"{metric} — {pset}", fontsize=9)
-            ax.grid(alpha=0.3)
-        axes[0][-1].legend(fontsize=7)
-        pngs.append(_save(fig, folder, f"diversity_{train_reward}_{pset}")[0])
-        plt.close(fig)
-    return pngs
-
-
 COMPUTE_HEADER = ("method", "runs", "reward queries", "UNet forward rows", "UNet backward rows", "VAE decodes",
                   "reward forwards", "encoder forwards (outside queries)", "gradient updates")
 
@@ -604,7 +395,7 @@ same precision path. A deviation beyond this (the smallest PPO clip at SD scale)
 def diagnostics(con, folder: Path) -> tuple[list[str], list[tuple]]:
     """A figure of every per-epoch sanity metric against reward queries, and a table of each run's
     last-epoch values with a flag where something is off."""
-    import matplotlib.pyplot as plt
+    import pandas as pd
 
     rows = con.execute(f"""
         SELECT r.run_id, r.method, t.reward_queries, t.metric, t.value FROM train_metrics t JOIN runs r USING (run_id)
@@ -612,25 +403,8 @@ def diagnostics(con, folder: Path) -> tuple[list[str], list[tuple]]:
     if not rows:
         return [], []
     metrics = [m for m in DIAGNOSTICS if any(r[3] == m for r in rows)]
-    methods = sorted({r[1] for r in rows})
-    styles = method_styles(methods)
-    fig, axes = _panel_grid(plt, len(metrics), cols=4)
-    for ax, metric in zip(axes, metrics):
-        for m in methods:
-            for run in sorted({r[0] for r in rows if r[1] == m}):
-                pts = [(q, v) for rid, _, q, k, v in rows if rid == run and k == metric]
-                if pts:
-                    ax.plot([p[0] for p in pts], [p[1] for p in pts], lw=1.1, **styles[m],
-                            label=m if run == min(r[0] for r in rows if r[1] == m) else None)
-        if metric == "ratio_at_old_maxdev":
-            ax.axhline(RATIO_TOLERANCE, color="red", lw=0.8, ls="--")
-            ax.set_yscale("symlog", linthresh=1e-7)
-        ax.set_title(metric, fontsize=9)
-        ax.set_xlabel("reward queries", fontsize=8)
-        ax.grid(alpha=0.3)
-    _legend(fig, axes, len(metrics))
-    pngs = [_save(fig, folder, "diagnostics")[0]]
-    plt.close(fig)
+    frame = pd.DataFrame(rows, columns=["run_id", "method", "reward_queries", "metric", "value"])
+    pngs = diagnostics_figure(frame, folder, method_styles(sorted(set(frame["method"]))), metrics, RATIO_TOLERANCE)
     table = []
     for run in sorted({r[0] for r in rows}):
         mine = [r for r in rows if r[0] == run]
@@ -667,18 +441,31 @@ def effective_tables(con) -> list[tuple[str, list[tuple]]]:
     return [effective_table_rows(sc, n, bb) for sc, n, bb in scales]
 
 
-def _table_html(header, rows) -> str:
-    """An HTML table written by pandas (escaped, no index), in a box that scrolls if it must."""
+def _frame(header, rows):
     import pandas as pd
 
-    frame = pd.DataFrame([[str(v) for v in r] for r in rows], columns=[str(h) for h in header])
+    return pd.DataFrame([[str(v) for v in r] for r in rows], columns=[str(h) for h in header])
+
+
+def _frame_html(frame) -> str:
+    """An HTML table written by pandas (escaped, no index), in a box that scrolls if it must."""
     return f'<div class="scroll">{frame.to_html(index=False, border=0, escape=True)}</div>'
 
 
-def _table_md(header, rows) -> str:
-    lines = ["| " + " | ".join(map(str, header)) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(map(str, r)) + " |" for r in rows]
+def _frame_md(frame) -> str:
+    """A Markdown pipe table of a frame of strings, cells unpadded so that a row reads and greps as
+    '| B | 1 | improves | ... |' (pandas' to_markdown pads every cell and needs tabulate)."""
+    lines = ["| " + " | ".join(frame.columns) + " |", "|" + "---|" * len(frame.columns)]
+    lines += ["| " + " | ".join(row) + " |" for row in frame.itertuples(index=False)]
     return "\n".join(lines) + "\n"
+
+
+def _table_html(header, rows) -> str:
+    return _frame_html(_frame(header, rows))
+
+
+def _table_md(header, rows) -> str:
+    return _frame_md(_frame(header, rows))
 
 
 ALIGNPROP_NOTE = ("AlignProp backpropagates through the reward: one of its reward queries returns the gradient of "
@@ -732,11 +519,13 @@ def write_report(db_path: Path, report_dir: Path, out_dir: Path | None = None,
         fig_dir = report_dir / "figures"
         if fig_dir.exists():
             shutil.rmtree(fig_dir)
+        frames = figure_frames(con)
+        styles = method_styles(sorted(set(frames["curves"]["method"]) | set(frames["train"]["method"])))
         with themed():
-            pngs = make_figures(con, fig_dir)
-            curves = load_curves(con)
-            kl_pngs = kl_figures(curves, fig_dir)
-            div_pngs = diversity_figures(con, fig_dir)
+            pngs = (curve_figures(frames["curves"], fig_dir, styles)
+                    + training_figures(frames["train"], fig_dir, styles))
+            kl_pngs = kl_figures(frames["curves"], fig_dir, styles)
+            div_pngs = diversity_figures(frames["sets"], fig_dir, styles)
             diag_pngs, diag_table = diagnostics(con, fig_dir)
         compute = compute_rows(con)
         question = question_rows(boards)

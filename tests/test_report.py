@@ -275,6 +275,7 @@ def test_report_renders_in_headless_chromium(tmp_path):
     subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
                     f"--screenshot={shot}", "--window-size=1200,1600", index.as_uri()],
                    check=True, capture_output=True, timeout=120)
+    print(f"screenshot of the report (1200 x 1600): {shot}")  # shown by pytest -rP
     img = Image.open(shot).convert("L")
     stat = ImageStat.Stat(img)
     assert img.size == (1200, 1600)
@@ -418,3 +419,52 @@ def test_method_styles_are_fixed_and_distinct():
     new = method_styles(["zz-new", "tdpo"])
     assert new["tdpo"] == every["tdpo"]
     assert new["zz-new"] == dict(color=sns.color_palette("colorblind", 10)[n % 10], linestyle="-" if n < 10 else "--")
+
+
+def test_figures_are_seaborn_lines_on_the_frames_in_fixed_styles(tmp_path):
+    """The report's figures are seaborn lines drawn from the tidy frames: the mean over seeds with a band
+    only where there are several seeds, each method in its fixed colour; a cross-reward path keeps
+    checkpoint order rather than sorting by x."""
+    import matplotlib
+    import numpy as np
+    import pandas as pd
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from bench.figures import mean_path, method_lines, method_styles, themed, wide_points
+    from bench.results import figure_frames
+    from bench.store import connect
+
+    make_db(tmp_path / "b.duckdb")
+    con = connect(tmp_path / "b.duckdb", read_only=True)
+    frames = figure_frames(con)
+    con.close()
+    points = wide_points(frames["curves"])
+    styles = method_styles(["A", "B"])
+    with themed():
+        fig, ax = plt.subplots()
+        method_lines(ax, points, "reward_queries", "aesthetic", styles)
+        by_colour = {tuple(np.round(matplotlib.colors.to_rgb(line.get_color()), 6)): line for line in ax.lines}
+        a = by_colour[tuple(np.round(styles["A"]["color"], 6))]
+        b = by_colour[tuple(np.round(styles["B"]["color"], 6))]
+        assert list(a.get_xdata()) == [0, 10, 20] and list(a.get_ydata()) == pytest.approx([1, 2.5, 4.5])
+        assert list(b.get_ydata()) == pytest.approx([1, 2, 3])
+        # the band: over A's two seeds (2 and 3 at query 10) it spans them; over B's one seed it is empty
+        height = {}
+        for band in ax.collections:
+            colour = tuple(np.round(band.get_facecolor()[0][:3], 6))
+            ys = [y for path in band.get_paths() for x, y in path.vertices if x == 10]
+            height[colour] = max(ys) - min(ys) if ys else 0.0  # matplotlib drops an empty polygon
+        assert height[tuple(np.round(styles["A"]["color"], 6))] == pytest.approx(1.0)
+        assert height[tuple(np.round(styles["B"]["color"], 6))] == 0
+        plt.close(fig)
+        means = mean_path(points, ["aesthetic", "pickscore"])
+        a_path = means[means["method"] == "A"]
+        assert list(a_path["aesthetic"]) == pytest.approx([1, 2.5, 4.5])
+        assert list(a_path["pickscore"]) == pytest.approx([10, 8.5, 4.5])
+        fig, ax = plt.subplots()
+        zigzag = pd.DataFrame(dict(method="A", reward_queries=[0, 10, 20], x=[1.0, 3.0, 2.0], y=[5.0, 6.0, 7.0]))
+        method_lines(ax, zigzag, "x", "y", styles, path=True)
+        assert list(ax.lines[0].get_xdata()) == [1.0, 3.0, 2.0] and not ax.collections
+        plt.close(fig)

@@ -1,0 +1,278 @@
+"""The report's figures: seaborn line plots on the tidy frames of `bench.results`, in one theme
+(`themed`), with one fixed colour and dash per method in every figure (`method_styles`).
+
+Where a method has several seeds, a line is the mean over seeds and its band seaborn's 95% bootstrap
+interval over seeds (seed 0, so a rebuilt report is byte-identical). A cross-reward path (one reward
+against another, in checkpoint order) is drawn through the means over seeds, without a band.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+GOLD = ("gold-aesthetic", "gold-fidelity")
+KL = "kl-to-pretrained"
+
+
+def method_styles(methods) -> dict:
+    """A fixed line style per method, the same in every figure of every report: the method's place in the
+    catalog picks one of seaborn's 10 colour-blind-safe colours; past ten, the colours repeat dashed.
+    Methods outside the catalog follow it in name order."""
+    import seaborn as sns
+
+    from bench.catalog import methods as registry
+
+    palette = sns.color_palette("colorblind", 10)
+    known = list(registry.names())
+    extra = sorted(m for m in set(methods) if m not in known)
+    order = {m: i for i, m in enumerate(known + extra)}
+    return {m: dict(color=palette[order[m] % 10], linestyle="-" if order[m] < 10 else "--") for m in methods}
+
+
+@contextlib.contextmanager
+def themed():
+    """One theme for every figure, restored afterwards (a notebook's own settings are left alone):
+    seaborn's whitegrid at paper scale with its colour-blind palette."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import seaborn as sns
+
+    with matplotlib.rc_context():
+        sns.set_theme(style="whitegrid", context="paper", palette="colorblind")
+        yield
+
+
+def method_lines(ax, frame, x: str, y: str, styles: dict, *, marker: str | None = "o", path: bool = False,
+                 units: str | None = None, lw: float = 1.4) -> None:
+    """One seaborn line per method of `frame` in its fixed style. `path`: the rows are already one point
+    per checkpoint, drawn in their order (a cross-reward curve); `units`: one line per unit (a run), no
+    mean; otherwise the mean over rows at each x with a 95% bootstrap band over them (the seeds)."""
+    import seaborn as sns
+
+    ms = [m for m in styles if m in set(frame["method"])]
+    if not ms:
+        return
+    several = not path and units is None and frame.groupby(["method", x]).size().max() > 1
+    sns.lineplot(data=frame, x=x, y=y, hue="method", hue_order=ms, style="method", style_order=ms,
+                 palette={m: styles[m]["color"] for m in ms},
+                 dashes={m: "" if styles[m]["linestyle"] == "-" else (4, 2) for m in ms},
+                 markers={m: marker for m in ms} if marker else False, markersize=3, linewidth=lw,
+                 markeredgewidth=0, units=units, estimator=None if (path or units) else "mean",
+                 errorbar=("ci", 95) if several else None, n_boot=1000, seed=0, sort=not path,
+                 legend=False, ax=ax)
+
+
+def legend(where, styles: dict, methods, marker: str | None = "o", outside: bool = False) -> None:
+    """One legend entry per method (seaborn's own legend is off: this one is the same in every figure)."""
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], color=styles[m]["color"], linestyle=styles[m]["linestyle"], marker=marker,
+                      markersize=3, linewidth=1.4, label=m) for m in styles if m in set(methods)]
+    if not handles:
+        return
+    if outside:  # to the right of the panels (savefig's tight bounding box keeps it)
+        where.legend(handles=handles, fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+    else:
+        where.legend(handles=handles, fontsize=7, loc="best")
+
+
+def panel_grid(plt, n: int, cols: int = 3):
+    """n panels, `cols` per row; returns (figure, the n axes in order), the spare axes hidden."""
+    cols = max(1, min(cols, n))
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(4.0 * cols, 3.3 * rows), squeeze=False)
+    flat = list(axes.flat)
+    for ax in flat[n:]:
+        ax.axis("off")
+    fig.tight_layout(h_pad=2.5)
+    return fig, flat[:n]
+
+
+def save(fig, folder: Path, name: str) -> list[str]:
+    folder.mkdir(parents=True, exist_ok=True)
+    files = []
+    for ext in ("png", "pdf"):
+        fig.savefig(folder / f"{name}.{ext}", dpi=110, bbox_inches="tight", metadata={"CreationDate": None}
+                    if ext == "pdf" else {"Software": None})
+        files.append(f"{name}.{ext}")
+    return files
+
+
+def wide_points(curves):
+    """The curves frame (one row per run, prompt set, checkpoint and reward) made wide: one row per run,
+    prompt set and checkpoint, a column per reward; only checkpoints scored by every reward of the run
+    and prompt set are kept (as the leaderboard does)."""
+    import pandas as pd
+
+    if curves.empty:
+        return pd.DataFrame()
+    keys = ["run_id", "method", "seed", "train_reward", "prompt_set", "reward_queries"]
+    wide = curves.pivot_table(index=keys, columns="reward", values="value", aggfunc="first").reset_index()
+    wide.columns.name = None
+    parts = []
+    for _, g in wide.groupby(["run_id", "prompt_set"], sort=True):
+        rewards = [c for c in g.columns if c not in keys and g[c].notna().any()]
+        parts.append(g.dropna(subset=rewards)[keys + rewards])
+    return pd.concat(parts, ignore_index=True).sort_values(keys, ignore_index=True)
+
+
+def mean_path(points, columns: list[str]):
+    """Per method and checkpoint, the mean over seeds of `columns`, on the checkpoints every seed of the
+    method has, in checkpoint order."""
+    seeds = points.groupby("method")["run_id"].nunique()
+    g = points.groupby(["method", "reward_queries"], sort=True)
+    out = g[columns].mean()
+    out["n"] = g["run_id"].nunique()
+    out = out.reset_index()
+    return out[out["n"] == out["method"].map(seeds)].drop(columns="n")
+
+
+def curve_figures(curves, folder: Path, styles: dict) -> list[str]:
+    """Per training reward and prompt set: cross-reward curves, gold against proxy, and the in-domain
+    score against reward queries (the sample efficiency on the fixed evaluation seeds)."""
+    import matplotlib.pyplot as plt
+
+    points = wide_points(curves)
+    pngs = []
+    if points.empty:
+        return pngs
+    for (train_reward, pset), group in points.groupby(["train_reward", "prompt_set"], sort=True):
+        group = group.dropna(axis=1, how="all")
+        present = [c for c in group.columns if c not in ("run_id", "method", "seed", "train_reward", "prompt_set",
+                                                         "reward_queries")]
+        for kind, chosen in (("cross_reward", [r for r in sorted(present) if r != train_reward and r not in GOLD
+                                               and r != KL]),
+                             ("gold_vs_proxy", [g for g in GOLD if g in present])):
+            if not chosen or train_reward not in present:
+                continue
+            fig, axes = plt.subplots(1, len(chosen), figsize=(4.2 * len(chosen), 3.6), squeeze=False)
+            for ax, r in zip(axes[0], chosen):
+                means = mean_path(group, [train_reward, r])
+                method_lines(ax, means, train_reward, r, styles, path=True)
+                start = means[means["reward_queries"] == 0]
+                ax.plot(start[train_reward], start[r], ls="none", marker="*", ms=11, color="black", zorder=5)
+                ax.set_xlabel(f"{train_reward} (in-domain)")
+                ax.set_ylabel(r)
+                ax.set_title(f"{r} vs {train_reward} — {pset}", fontsize=9)
+            legend(axes[0][-1], styles, group["method"])
+            pngs.append(save(fig, folder, f"{kind}_{train_reward}_{pset}")[0])
+            plt.close(fig)
+        if train_reward not in present:
+            continue
+        fig, ax = plt.subplots(figsize=(5.5, 3.8))
+        method_lines(ax, group, "reward_queries", train_reward, styles)
+        ax.set_xlabel("reward queries")
+        ax.set_ylabel(f"{train_reward} (fixed-seed evaluation)")
+        ax.set_title(f"sample efficiency — {pset}", fontsize=9)
+        legend(ax, styles, group["method"])
+        pngs.append(save(fig, folder, f"eval_reward_vs_queries_{train_reward}_{pset}")[0])
+        plt.close(fig)
+    return pngs
+
+
+NEURON_METRICS = ("critic_dormant_fraction", "critic_dormant_overlap", "policy_dormant_fraction")
+
+
+def training_figures(train, folder: Path, styles: dict) -> list[str]:
+    """Per training reward: the epoch-mean training reward against reward queries, and the neuron states
+    (dormant fractions of the critic and the policy, the overlap of dormant sets) against epochs."""
+    import matplotlib.pyplot as plt
+
+    pngs = []
+    if train.empty:
+        return pngs
+    for train_reward, sub in train.groupby("train_reward", sort=True):
+        rew = sub[sub["metric"] == "reward_mean"]
+        if not rew.empty:
+            fig, ax = plt.subplots(figsize=(5.5, 3.8))
+            method_lines(ax, rew, "reward_queries", "value", styles, marker=None, lw=1.3)
+            ax.set_xlabel("reward queries")
+            ax.set_ylabel(f"training {train_reward} (epoch mean)")
+            ax.set_title("sample efficiency", fontsize=9)
+            legend(ax, styles, rew["method"], marker=None)
+            pngs.append(save(fig, folder, f"sample_efficiency_{train_reward}")[0])
+            plt.close(fig)
+        neuron = sub[sub["metric"].isin(NEURON_METRICS)]
+        if not neuron.empty:
+            metrics = sorted(set(neuron["metric"]))
+            fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.4), squeeze=False)
+            for ax, metric in zip(axes[0], metrics):
+                method_lines(ax, neuron[neuron["metric"] == metric], "epoch", "value", styles, marker=None, lw=1.3)
+                ax.set_xlabel("epoch")
+                ax.set_ylabel(metric)
+            legend(axes[0][-1], styles, neuron["method"], marker=None)
+            pngs.append(save(fig, folder, f"neuron_states_{train_reward}")[0])
+            plt.close(fig)
+    return pngs
+
+
+def kl_figures(curves, folder: Path, styles: dict) -> list[str]:
+    """Gao et al. (2022)'s view: every reward (in-domain, gold, out-of-domain) against the KL of the
+    policy to the pretrained model, one path per method (means over seeds per checkpoint)."""
+    import matplotlib.pyplot as plt
+
+    points = wide_points(curves)
+    pngs = []
+    if points.empty or KL not in points.columns:
+        return pngs
+    for (train_reward, pset), group in points.groupby(["train_reward", "prompt_set"], sort=True):
+        group = group.dropna(subset=[KL]).dropna(axis=1, how="all")
+        if group.empty:
+            continue
+        present = {c for c in group.columns if c not in ("run_id", "method", "seed", "train_reward", "prompt_set",
+                                                         "reward_queries", KL)}
+        panels = [train_reward] + [g for g in GOLD if g in present] + sorted(present - {train_reward, *GOLD})
+        fig, axes = panel_grid(plt, len(panels))
+        for ax, r in zip(axes, panels):
+            method_lines(ax, mean_path(group, [KL, r]), KL, r, styles, path=True)
+            ax.set_xscale("symlog", linthresh=0.05)  # most methods stay below 1, AlignProp goes far
+            ax.set_xlabel("KL to pretrained (summed over steps; symlog)", fontsize=8)
+            ax.set_ylabel(r)
+            ax.set_title(f"{r} vs KL — {pset}", fontsize=9)
+        legend(fig, styles, group["method"], outside=True)
+        pngs.append(save(fig, folder, f"reward_vs_kl_{train_reward}_{pset}")[0])
+        plt.close(fig)
+    return pngs
+
+
+def diversity_figures(sets, folder: Path, styles: dict) -> list[str]:
+    """Set-level diversity against reward queries, one panel per metric, per training reward and set."""
+    import matplotlib.pyplot as plt
+
+    pngs = []
+    if sets.empty:
+        return pngs
+    for (train_reward, pset), sub in sets.groupby(["train_reward", "prompt_set"], sort=True):
+        metrics = sorted(set(sub["metric"]))
+        fig, axes = plt.subplots(1, len(metrics), figsize=(3.8 * len(metrics), 3.3), squeeze=False)
+        for ax, metric in zip(axes[0], metrics):
+            method_lines(ax, sub[sub["metric"] == metric], "reward_queries", "value", styles, lw=1.3)
+            ax.set_xlabel("reward queries")
+            ax.set_ylabel(metric)
+            ax.set_title(f"{metric} — {pset}", fontsize=9)
+        legend(axes[0][-1], styles, sub["method"])
+        pngs.append(save(fig, folder, f"diversity_{train_reward}_{pset}")[0])
+        plt.close(fig)
+    return pngs
+
+
+def diagnostics_figure(diag, folder: Path, styles: dict, metrics: list[str], tolerance: float) -> list[str]:
+    """Every per-epoch sanity metric against reward queries, one line per run in its method's style."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = panel_grid(plt, len(metrics), cols=4)
+    for ax, metric in zip(axes, metrics):
+        method_lines(ax, diag[diag["metric"] == metric], "reward_queries", "value", styles, marker=None,
+                     units="run_id", lw=1.1)
+        if metric == "ratio_at_old_maxdev":
+            ax.axhline(tolerance, color="red", lw=0.8, ls="--")
+            ax.set_yscale("symlog", linthresh=1e-7)
+        ax.set_title(metric, fontsize=9)
+        ax.set_xlabel("reward queries", fontsize=8)
+        ax.set_ylabel("")
+    legend(fig, styles, diag["method"], marker=None, outside=True)
+    pngs = [save(fig, folder, "diagnostics")[0]]
+    plt.close(fig)
+    return pngs
