@@ -120,19 +120,24 @@ def test_leaderboard_on_a_synthetic_database(tmp_path):
     assert b["gold-aesthetic drop after peak"].mean == pytest.approx(0.3)
 
 
+def _add_flat_run(con, run_id: str, method: str, xs) -> None:
+    """One more seed-0 run: aesthetic `xs` at queries 0, 10, 20 (two images at +-0.5), other scores constant."""
+    con.execute("INSERT INTO runs (run_id, config_hash, method, reward, backbone, suite, seed, budget, status) "
+                "VALUES (?, 'h', ?, 'aesthetic', 'toy', 'toy', 0, 20, 'finished')", [run_id, method])
+    for q, x in zip((0, 10, 20), xs):
+        for reward, v in (("aesthetic", x), ("pickscore", 10.0), ("gold-aesthetic", 5.0)):
+            for i, d in enumerate((-0.5, 0.5)):
+                con.execute("INSERT INTO scores VALUES (?, ?, ?, 'toy-seen', 'a red circle', ?, 1, ?)",
+                            [run_id, q, reward, i, v + d])
+
+
 def test_a_method_that_does_not_improve_does_not_pin_the_matched_level(tmp_path):
     from bench.report import boards_markdown, build_boards
     from bench.store import connect
 
     make_db(tmp_path / "b.duckdb")
     con = connect(tmp_path / "b.duckdb")
-    con.execute("INSERT INTO runs (run_id, config_hash, method, reward, backbone, suite, seed, budget, status) "
-                "VALUES ('C_s0', 'h', 'C', 'aesthetic', 'toy', 'toy', 0, 20, 'finished')")
-    for q, x in zip((0, 10, 20), (1.0, 0.9, 1.0)):  # C never learns: its paired change is exactly 0
-        for reward, v in (("aesthetic", x), ("pickscore", 10.0), ("gold-aesthetic", 5.0)):
-            for i, d in enumerate((-0.5, 0.5)):
-                con.execute("INSERT INTO scores VALUES ('C_s0', ?, ?, 'toy-seen', 'a red circle', ?, 1, ?)",
-                            [q, reward, i, v + d])
+    _add_flat_run(con, "C_s0", "C", (1.0, 0.9, 1.0))  # C never learns: its paired change is exactly 0
     (board,) = build_boards(con)
     con.close()
     # over all runs the level would be C's start, 1.0; over the improving method (B) it is 3
@@ -159,13 +164,7 @@ def test_a_companion_papers_method_is_placed_at_the_level_but_does_not_set_it(tm
 
     make_db(tmp_path / "b.duckdb")
     con = connect(tmp_path / "b.duckdb")
-    con.execute("INSERT INTO runs (run_id, config_hash, method, reward, backbone, suite, seed, budget, status) "
-                "VALUES ('P_s0', 'h', 'prdp', 'aesthetic', 'toy', 'toy', 0, 20, 'finished')")
-    for q, x in zip((0, 10, 20), (1.0, 1.2, 1.5)):  # both images +0.5: the paired change is clear
-        for reward, v in (("aesthetic", x), ("pickscore", 10.0), ("gold-aesthetic", 5.0)):
-            for i, d in enumerate((-0.5, 0.5)):
-                con.execute("INSERT INTO scores VALUES ('P_s0', ?, ?, 'toy-seen', 'a red circle', ?, 1, ?)",
-                            [q, reward, i, v + d])
+    _add_flat_run(con, "P_s0", "prdp", (1.0, 1.2, 1.5))  # both images +0.5: the paired change is clear
     (board,) = build_boards(con)
     con.close()
     assert board.verdicts["prdp"] == "improves"
