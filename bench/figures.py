@@ -139,7 +139,7 @@ def curve_figures(curves, folder: Path, styles: dict) -> list[str]:
     if points.empty:
         return pngs
     for (train_reward, pset), group in points.groupby(["train_reward", "prompt_set"], sort=True):
-        group = group.dropna(axis=1, how="all")
+        group = group.dropna(axis=1, how="any")  # rewards every run of the group has
         present = [c for c in group.columns if c not in ("run_id", "method", "seed", "train_reward", "prompt_set",
                                                          "reward_queries")]
         for kind, chosen in (("cross_reward", [r for r in sorted(present) if r != train_reward and r not in GOLD
@@ -218,7 +218,7 @@ def kl_figures(curves, folder: Path, styles: dict) -> list[str]:
     if points.empty or KL not in points.columns:
         return pngs
     for (train_reward, pset), group in points.groupby(["train_reward", "prompt_set"], sort=True):
-        group = group.dropna(subset=[KL]).dropna(axis=1, how="all")
+        group = group.dropna(subset=[KL]).dropna(axis=1, how="any")
         if group.empty:
             continue
         present = {c for c in group.columns if c not in ("run_id", "method", "seed", "train_reward", "prompt_set",
@@ -226,8 +226,11 @@ def kl_figures(curves, folder: Path, styles: dict) -> list[str]:
         panels = [train_reward] + [g for g in GOLD if g in present] + sorted(present - {train_reward, *GOLD})
         fig, axes = panel_grid(plt, len(panels))
         for ax, r in zip(axes, panels):
-            method_lines(ax, mean_path(group, [KL, r]), KL, r, styles, path=True)
+            means = mean_path(group, [KL, r])
+            method_lines(ax, means, KL, r, styles, path=True)
             ax.set_xscale("symlog", linthresh=0.05)  # most methods stay below 1, AlignProp goes far
+            # KL >= 0 (the linear-scale margin would reach into negative decades); room for the last marker
+            ax.set_xlim(0, 1.3 * max(float(means[KL].max()), 0.05))
             ax.set_xlabel("KL to pretrained (summed over steps; symlog)", fontsize=8)
             ax.set_ylabel(r)
             ax.set_title(f"{r} vs KL — {pset}", fontsize=9)
