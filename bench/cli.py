@@ -117,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--eval-per-prompt", type=whole, default=None,
                    help="fixed-seed evaluation images per prompt and checkpoint (default: the backbone's)")
     r.add_argument("--no-eval", action="store_true", help="train only: no evaluation matrix and no report")
+    r.add_argument("--no-report", action="store_true",
+                   help="evaluate and print the leaderboard, but write no report files; build them later with "
+                        "`bench report` (default: written)")
     r.add_argument("--report-dir", default=None,
                    help="report folder (default: reports/ for --out results, else OUT/report)")
 
@@ -503,7 +506,7 @@ def cmd_run(args) -> int:
         report_dir = Path(args.report_dir) if args.report_dir else (
             Path("reports") if args.out == "results" else out / "report")
         t0 = time.perf_counter()
-        _report(db, report_dir, out)
+        _report(db, report_dir, out, write=not args.no_report)
         report_s = time.perf_counter() - t0
         from bench.perf import PHASE_HEADER, phase_rows, print_table
 
@@ -515,7 +518,7 @@ def cmd_run(args) -> int:
     return 1 if failed else 0
 
 
-def _report(db: Path, report_dir: Path, out: Path) -> None:
+def _report(db: Path, report_dir: Path, out: Path, write: bool = True) -> None:
     from bench.report import boards_markdown, build_boards, verdict_lines, write_report
     from bench.store import connect
 
@@ -524,14 +527,16 @@ def _report(db: Path, report_dir: Path, out: Path) -> None:
         boards = build_boards(con)
     finally:
         con.close()
-    index = write_report(db, report_dir, out, boards=boards)
+    index = write_report(db, report_dir, out, boards=boards) if write else None
     table = boards_markdown(boards, compact=True).rstrip()
     print()
     print(table or "(no evaluation scores)")
-    print(f"(full tables, with AUCs and every prompt set: {report_dir / 'leaderboard.md'})")
+    if write:
+        print(f"(full tables, with AUCs and every prompt set: {report_dir / 'leaderboard.md'})")
     for line in verdict_lines(boards):
         print(line)
-    print(f"\nbench: report at {index}")
+    print(f"\nbench: report at {index}" if write else f"\nbench: no report written (--no-report); "
+          f"`python -m bench report --db {db}` builds it")
 
 
 def cmd_eval(args) -> int:

@@ -28,10 +28,13 @@ def _rows(db):
 def test_workers_and_ray_give_the_serial_results(tmp_path):
     """Local worker processes and Ray tasks (a local Ray instance, 2 CPUs) land the serial run's rows."""
     common = ["run", "--methods", "ddpo-100,tdpo-r", "--reward", "aesthetic", "--budget", "16", "--num-steps", "2",
-              "--samples-per-epoch", "8", "--num-checkpoints", "2", "--threads", "1", "--no-progress",
-              "--eval-per-prompt", "1"]
+              "--samples-per-epoch", "8", "--num-checkpoints", "1", "--threads", "1", "--no-progress",
+              "--eval-per-prompt", "1", "--no-report"]
     serial = run_cli(*common, "--workers", "1", "--out", str(tmp_path / "serial"))
     assert serial.returncode == 0, serial.stderr[-2000:]
+    # --no-report: the leaderboard is printed, no report folder written
+    assert "| ddpo-100 | 1 |" in serial.stdout and "no report written (--no-report)" in serial.stdout
+    assert not (tmp_path / "serial" / "report").exists()
     parallel = run_cli(*common, "--workers", "2", "--out", str(tmp_path / "parallel"))
     assert parallel.returncode == 0, parallel.stderr[-2000:]
     assert "2 worker(s) x 1 thread(s)" in parallel.stdout
