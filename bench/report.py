@@ -8,7 +8,6 @@ Everything is deterministic: the same database gives byte-identical tables.
 from __future__ import annotations
 
 import html
-import io
 import json
 import shutil
 from dataclasses import dataclass, field
@@ -16,9 +15,9 @@ from pathlib import Path
 
 from bench.analysis import (Curve, GoldShape, change_verdict, gold_shape, interpolate_at, load_curves,
                             matched_level, mean_ci, normalised_auc, paired_changes)
-from bench.results import figure_frames
 from bench.figures import (GOLD, KL, curve_figures, diagnostics_figure, diversity_figures, kl_figures,  # noqa: F401
                            method_styles, themed, training_figures)
+from bench.results import figure_frames
 
 
 def higher_is_better(reward: str) -> bool:
