@@ -65,15 +65,16 @@ def method_lines(ax, frame, x: str, y: str, styles: dict, *, marker: str | None 
 
 
 def legend(where, styles: dict, methods, marker: str | None = "o", outside: bool = False) -> None:
-    """One legend entry per method (seaborn's own legend is off: this one is the same in every figure)."""
+    """One legend entry per method (seaborn's own legend is off: this one is the same in every figure);
+    beside the plot when it is long, so that it hides no line."""
     from matplotlib.lines import Line2D
 
     handles = [Line2D([], [], color=styles[m]["color"], linestyle=styles[m]["linestyle"], marker=marker,
                       markersize=3, linewidth=1.4, label=m) for m in styles if m in set(methods)]
     if not handles:
         return
-    if outside:  # to the right of the panels (savefig's tight bounding box keeps it)
-        where.legend(handles=handles, fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+    if outside or len(handles) > 6:  # to the right, off the lines (savefig's tight bounding box keeps it)
+        where.legend(handles=handles, fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
     else:
         where.legend(handles=handles, fontsize=7, loc="best")
 
