@@ -391,19 +391,16 @@ RATIO_TOLERANCE = 1e-4
 same precision path. A deviation beyond this (the smallest PPO clip at SD scale) flags the run."""
 
 
-def diagnostics(con, folder: Path) -> tuple[list[str], list[tuple]]:
-    """A figure of every per-epoch sanity metric against reward queries, and a table of each run's
-    last-epoch values with a flag where something is off."""
-    import pandas as pd
-
-    rows = con.execute(f"""
-        SELECT r.run_id, r.method, t.reward_queries, t.metric, t.value FROM train_metrics t JOIN runs r USING (run_id)
-        WHERE t.metric IN ({', '.join('?' * len(DIAGNOSTICS))}) ORDER BY 1, 3""", list(DIAGNOSTICS)).fetchall()
-    if not rows:
+def diagnostics(train, folder: Path, styles: dict) -> tuple[list[str], list[tuple]]:
+    """From the train-metrics frame: a figure of every per-epoch sanity metric against reward queries, and a
+    table of each run's last-epoch values with a flag where something is off."""
+    frame = train[train["metric"].isin(DIAGNOSTICS)].sort_values(["run_id", "reward_queries"], kind="stable")
+    frame = frame[["run_id", "method", "reward_queries", "metric", "value"]]
+    if frame.empty:
         return [], []
+    rows = [(run, m, q, k, None if v != v else float(v)) for run, m, q, k, v in frame.itertuples(index=False)]
     metrics = [m for m in DIAGNOSTICS if any(r[3] == m for r in rows)]
-    frame = pd.DataFrame(rows, columns=["run_id", "method", "reward_queries", "metric", "value"])
-    pngs = diagnostics_figure(frame, folder, method_styles(sorted(set(frame["method"]))), metrics, RATIO_TOLERANCE)
+    pngs = diagnostics_figure(frame, folder, styles, metrics, RATIO_TOLERANCE)
     table = []
     for run in sorted({r[0] for r in rows}):
         mine = [r for r in rows if r[0] == run]
@@ -519,13 +516,13 @@ def write_report(db_path: Path, report_dir: Path, out_dir: Path | None = None,
         if fig_dir.exists():
             shutil.rmtree(fig_dir)
         frames = figure_frames(con)
-        styles = method_styles(sorted(set(frames["curves"]["method"]) | set(frames["train"]["method"])))
+        styles = method_styles(sorted(set().union(*(f["method"] for f in frames.values()))))
         with themed():
             pngs = (curve_figures(frames["curves"], fig_dir, styles)
                     + training_figures(frames["train"], fig_dir, styles))
             kl_pngs = kl_figures(frames["curves"], fig_dir, styles)
             div_pngs = diversity_figures(frames["sets"], fig_dir, styles)
-            diag_pngs, diag_table = diagnostics(con, fig_dir)
+            diag_pngs, diag_table = diagnostics(frames["train"], fig_dir, styles)
         compute = compute_rows(con)
         question = question_rows(boards)
         effective = effective_tables(con)
