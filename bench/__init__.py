@@ -10,11 +10,11 @@ overoptimization. In a notebook:
 The package imports nothing heavy until a function runs (`python -m bench list` stays instant).
 """
 
-__version__ = "0.1.0"
+from bench.version import __version__  # noqa: F401
 
 
 def load_results(db="results/bench.duckdb"):
-    """The results database as pandas DataFrames (see bench.results.Results)."""
-    from bench.results import load_results as _load
+    """The results database as pandas DataFrames (see bench.report.results.Results)."""
+    from bench.report.results import load_results as _load
 
     return _load(db)

@@ -44,3 +44,12 @@ def check_finite(name: str, value) -> None:
         bad, total = int((~np.isfinite(arr)).sum()), arr.size
     if bad:
         raise NonFinite(f"non-finite {name} ({bad} of {total} values)")
+
+
+def check_positive(name: str, value):
+    """A flag's value must be a positive finite number (None: not given)."""
+    import math
+
+    if value is not None and not (math.isfinite(value) and value > 0):  # NaN compares false: refuse it too
+        raise BenchError(f"{name} must be a positive finite number, got {value}")
+    return value

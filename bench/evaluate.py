@@ -12,12 +12,13 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import sys
 import time
 from pathlib import Path
 
-import torch
-
-from bench.io import atomic_write_json, atomic_write_jsonl
+from bench.errors import BenchError
+from bench.quiet import quiet_libraries
+from bench.store.atomic import atomic_write_json, atomic_write_jsonl
 
 DEFAULT_EVAL_SEED = 2024
 
@@ -36,14 +37,16 @@ and on the toy the entropy of the gold model's predicted attributes)."""
 EVAL_BATCH = 64
 
 
-@torch.no_grad()
 def sample_fixed_traj(backbone, prompt_set: str, prompts: list[str], per_prompt: int, eval_seed: int,
                       batch_size: int = EVAL_BATCH, kl: bool = False):
     """The trajectories for every (prompt, sample_index), each from its own seeded generator
     (batched: a per-sample generator makes an image independent of its batch), and the keys."""
+    import torch
+
     keys = [(p, i) for p in prompts for i in range(per_prompt)]
     gens = [torch.Generator().manual_seed(noise_seed(eval_seed, prompt_set, p, i)) for p, i in keys]
-    traj = backbone.sample([p for p, _ in keys], generator=gens, batch_size=batch_size, kl_to_pretrained=kl)
+    with torch.no_grad():
+        traj = backbone.sample([p for p, _ in keys], generator=gens, batch_size=batch_size, kl_to_pretrained=kl)
     return traj, keys
 
 
@@ -57,7 +60,7 @@ def sample_fixed(backbone, prompt_set: str, prompts: list[str], per_prompt: int,
 def query0_key(spec, prompt_sets: dict[str, list[str]], per_prompt: int, eval_seed: int) -> str:
     """What the pretrained model's evaluation depends on. LoRA starts with B = 0, which adds
     exactly zero, so query 0 is the same model for every method, seed and LoRA rank."""
-    from bench.runner import backbone_location
+    from bench.train.runner import backbone_location
 
     blob = json.dumps({"backbone": str(backbone_location(spec)), "num_steps": spec.num_steps,
                        "guidance_scale": spec.guidance_scale, "eta": spec.eta, "eval_seed": eval_seed,
@@ -71,6 +74,8 @@ def scoring_threads():
     the score of given images should not change in the 7th digit with the process's threads.
     (Sampling keeps the process's threads, so images agree bit for bit at the same --threads.)
     Scoring is a small share of evaluation."""
+    import torch
+
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -105,18 +110,17 @@ def evaluate_checkpoints(run_dir: Path, rewards: dict, prompt_sets: dict[str, li
     reused by every run (its rows carry this run's id). With `kl`, each image also gets its
     trajectory's KL to the pretrained policy (KL_METRIC rows; exactly 0 at query 0). With
     `set_metrics(images, keys) -> {metric: value}`, set-level rows are appended to `set_rows`."""
+    import torch
     from tqdm.auto import tqdm
 
-    from bench.backbone import build_backbone
-    from bench.runner import backbone_location
-    from bench.spec import RunSpec
+    from bench.train.backbone import build_backbone
+    from bench.train.runner import backbone_location
+    from bench.spec.runspec import RunSpec
 
     run_dir = Path(run_dir)
     spec = RunSpec.from_dict(json.loads((run_dir / "run.json").read_text())["config"])
     ckpts = [json.loads(line) for line in (run_dir / "checkpoints.jsonl").read_text().splitlines() if line]
     import re
-
-    from bench.errors import BenchError
 
     for ck in ckpts:  # paths read back from a file: only the runner's own form
         if not re.fullmatch(r"checkpoints/q[0-9]{8}\.safetensors", str(ck.get("path", ""))):
@@ -176,8 +180,8 @@ def shared_query0_rows(cache: Path, spec, rewards: dict, prompt_sets: dict[str, 
                        set_metrics=None, set_rows: list | None = None) -> list[dict]:
     """The pretrained model's rows for this run, from the shared cache (scored now for any reward
     it lacks). Cache files are written atomically; two processes filling it write the same bytes."""
-    from bench.backbone import build_backbone
-    from bench.runner import backbone_location
+    from bench.train.backbone import build_backbone
+    from bench.train.runner import backbone_location
 
     missing = [r for r in rewards if not (cache / f"{r}.jsonl").is_file()]
     want_sets = set_metrics is not None and set_rows is not None
@@ -212,7 +216,7 @@ def shared_query0_rows(cache: Path, spec, rewards: dict, prompt_sets: dict[str, 
             if line:
                 set_rows.append({**json.loads(line), "run_id": spec.run_name})
     if grid_path is not None:
-        from bench.io import atomic_write_bytes
+        from bench.store.atomic import atomic_write_bytes
 
         atomic_write_bytes(grid_path, (cache / "grid.png").read_bytes())
     return rows
@@ -221,7 +225,7 @@ def shared_query0_rows(cache: Path, spec, rewards: dict, prompt_sets: dict[str, 
 # ------------------------------------------------------------------------------ the metric matrix of a suite
 def suite_rewards(suite: str) -> list[str]:
     """Every reward that can score images of this suite (in-domain, out-of-domain and gold)."""
-    from bench.catalog import rewards
+    from bench.spec.catalog import rewards
 
     return [e.name for e in rewards.entries()
             if suite in e.meta.get("suites", (suite,)) and e.meta.get("in_eval_matrix", True)]
@@ -229,7 +233,7 @@ def suite_rewards(suite: str) -> list[str]:
 
 def suite_prompt_sets(suite: str) -> list[str]:
     """The suite's prompt sets in role order: seen, unseen, compositional."""
-    from bench.catalog import prompt_sets
+    from bench.spec.catalog import prompt_sets
 
     order = {"seen": 0, "unseen": 1, "compositional": 2}
     names = [e.name for e in prompt_sets.entries() if e.meta.get("suite", "sd") == suite]
@@ -240,9 +244,10 @@ def save_grid(images: torch.Tensor, path: Path, cols: int = 4, scale: int = 4) -
     """A cols x cols grid of the first images, upscaled (nearest) for viewing, written atomically."""
     import io
 
+    import torch
     from PIL import Image
 
-    from bench.io import atomic_write_bytes
+    from bench.store.atomic import atomic_write_bytes
 
     k = min(len(images), cols * cols)
     imgs = (images[:k].clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
@@ -259,7 +264,7 @@ def save_grid(images: torch.Tensor, path: Path, cols: int = 4, scale: int = 4) -
 
 def default_per_prompt(spec) -> int:
     """The backbone's evaluation images per prompt (2 on the toy and SD; 1 where it states none)."""
-    from bench.spec import resolve_backbone
+    from bench.spec.runspec import resolve_backbone
 
     try:
         return int(resolve_backbone(spec.backbone).defaults.get("eval_per_prompt", 1))
@@ -279,11 +284,11 @@ def evaluate_run(run_dir: Path, reward_names: list[str] | None = None, per_promp
     diversity (eval_metrics/diversity.jsonl).
     The pretrained model (query 0) is scored once per setting in OUT/shared/ and reused
     (`shared=False` scores it in the run, as any other checkpoint). `log_with` sends the mean
-    scores and the grids of what was scored now to a tracker (bench/trackers.py).
+    scores and the grids of what was scored now to a tracker (bench/train/trackers.py).
     Returns what was scored now (empty if nothing was missing)."""
-    from bench.prompts import resolve_prompt_set
-    from bench.runner import load_reward
-    from bench.spec import RunSpec
+    from bench.spec.prompts import resolve_prompt_set
+    from bench.train.runner import load_reward
+    from bench.spec.runspec import RunSpec
 
     t_start = time.perf_counter()
     run_dir = Path(run_dir)
@@ -331,7 +336,7 @@ def evaluate_run(run_dir: Path, reward_names: list[str] | None = None, per_promp
         atomic_write_jsonl(run_dir / "eval_metrics" / f"{DIVERSITY}.jsonl", set_rows)
         done.append(DIVERSITY)
     if log_with is not None:
-        from bench.trackers import Tracker
+        from bench.train.trackers import Tracker
 
         tracker = Tracker(log_with, run_dir, spec.run_name, spec.to_dict())
         tracker.log_eval(rows)
@@ -343,3 +348,43 @@ def evaluate_run(run_dir: Path, reward_names: list[str] | None = None, per_promp
     atomic_write_json(timing, {"seconds": old["seconds"] + time.perf_counter() - t_start,
                                "images": old["images"] + images})
     return done
+
+
+# ------------------------------------------------------------------------------ the command
+def cmd_eval(args) -> int:
+    from bench.spec import catalog
+
+    out = Path(args.out)
+    db = Path(args.db) if args.db else out / "bench.duckdb"
+    names = None
+    if args.rewards != "all":
+        names = [r.strip() for r in args.rewards.split(",") if r.strip()]
+        if not names:
+            raise BenchError("--rewards is empty; give reward names like aesthetic,pickscore or 'all'")
+        for r in names:
+            catalog.rewards.get(r)  # did-you-mean before any heavy import
+    if args.per_prompt is not None and not 0 < args.per_prompt <= 64:
+        raise BenchError(f"--per-prompt must be between 1 and 64, got {args.per_prompt}")
+    if not (out / "runs").is_dir():
+        raise BenchError(f"no run folders under {out / 'runs'}; pass the --out of a `bench run`")
+    from bench.store.database import check_db
+
+    check_db(db)
+    run_dirs = []
+    for p in sorted((out / "runs").glob("*/run.json")):
+        try:
+            if json.loads(p.read_text()).get("status") == "finished":
+                run_dirs.append(p.parent)
+        except (OSError, ValueError, AttributeError):
+            print(f"bench: skipping {p.parent.name}: its run.json cannot be read", file=sys.stderr)
+    if not run_dirs:
+        raise BenchError(f"no finished runs under {out / 'runs'}")
+    quiet_libraries()
+    from bench.store.database import ingest
+
+    for d in run_dirs:
+        scored = evaluate_run(d, names, per_prompt=args.per_prompt, progress=not args.no_progress, force=args.force)
+        print(f"eval   {d.name}: " + (", ".join(scored) if scored else "nothing missing"))
+    added = ingest(db, out)
+    print(f"bench: {added['scores']} new score rows in {db}")
+    return 0

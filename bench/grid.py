@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.errors import RunFailed
-from bench.store import DatabaseBusy
+from bench.store.database import DatabaseBusy
 
 
 def available_cores() -> int:
@@ -53,7 +53,7 @@ class GridOptions:
     restart: bool = False
     """Start interrupted runs over instead of resuming them from their last checkpoint."""
     log_with: str | None = None
-    """'tensorboard' or 'wandb': also send metrics, scores and grids to that tracker (bench/trackers.py)."""
+    """'tensorboard' or 'wandb': also send metrics, scores and grids to that tracker (bench/train/trackers.py)."""
     launcher: str = "local"
     """'local' (this process or `workers` local processes) or 'ray' (one Ray task per run)."""
     ray_address: str | None = None
@@ -88,7 +88,7 @@ class Outcome:
 # ------------------------------------------------------------------------------ plan and estimates
 def plan_grid(specs, opts: GridOptions, estimator=None) -> list[Planned]:
     from bench.evaluate import suite_rewards
-    from bench.runner import is_finished, run_dir_for
+    from bench.train.runner import is_finished, run_dir_for
 
     plans = []
     for spec in specs:
@@ -112,7 +112,7 @@ def plan_grid(specs, opts: GridOptions, estimator=None) -> list[Planned]:
 
 def _snapshot_queries(run_dir: Path) -> int | None:
     """The reward queries of a run's resume snapshot (None without one); reads only its JSON."""
-    from bench.state import state_folder
+    from bench.train.state import state_folder
 
     try:
         meta = json.loads((state_folder(run_dir) / "state.json").read_text())
@@ -156,7 +156,7 @@ def print_plan(plans: list[Planned], opts: GridOptions, threads: int, say=print)
 # ------------------------------------------------------------------------------ executing one run
 def execute(spec, opts: GridOptions, accelerator=None, on_progress=None, action: str = "train") -> Outcome:
     """Train (unless only evaluating) and evaluate one run. Used in this process and in workers."""
-    from bench.runner import run_dir_for, train_run
+    from bench.train.runner import run_dir_for, train_run
 
     t0 = time.time()
     if action in ("train", "resume"):
@@ -188,14 +188,14 @@ def _worker_init(threads: int, env: dict) -> None:
     import torch
 
     torch.set_num_threads(threads)
-    from bench.cli import _quiet_libraries
+    from bench.quiet import quiet_libraries
 
-    _quiet_libraries()
+    quiet_libraries()
 
 
 def _worker_run(spec_dict: dict, opts: GridOptions, action: str, queue) -> Outcome:
-    from bench.runner import make_accelerator
-    from bench.spec import RunSpec
+    from bench.train.runner import make_accelerator
+    from bench.spec.runspec import RunSpec
 
     spec = RunSpec.from_dict(spec_dict)
     try:
@@ -239,7 +239,7 @@ class OverallBar:
 
 def _eval_images(spec, per_prompt: int) -> int:
     from bench.evaluate import suite_prompt_sets
-    from bench.prompts import resolve_prompt_set
+    from bench.spec.prompts import resolve_prompt_set
 
     n = sum(len(resolve_prompt_set(s)[1]) for s in suite_prompt_sets(spec.suite)) * per_prompt
     return n * len(spec.checkpoint_marks())
@@ -260,7 +260,7 @@ def run_grid(specs, opts: GridOptions, accelerator=None, estimator=None, say=pri
 def _run_grid(specs, opts: GridOptions, accelerator=None, estimator=None, say=print) -> list[Outcome]:
     import torch
 
-    from bench.store import ingest
+    from bench.store.database import ingest
 
     main = accelerator is None or accelerator.is_main_process
     threads = opts.threads or max(1, available_cores() // max(1, opts.workers))
@@ -368,7 +368,7 @@ def _ray_task(spec_dict: dict, opts: GridOptions, action: str, threads: int, gpu
             done = subprocess.run(cmd, capture_output=True, text=True)
         finally:
             os.unlink(f.name)
-        from bench.spec import RunSpec
+        from bench.spec.runspec import RunSpec
 
         name = RunSpec.from_dict(spec_dict).run_name
         if done.returncode != 0:
@@ -453,7 +453,7 @@ class Estimator:
                 spec.train_batch_size, self.threads)
 
     def _read_stored(self) -> dict:
-        from bench.spec import RunSpec
+        from bench.spec.runspec import RunSpec
 
         stored: dict = {}
         for f in sorted((self.out / "runs").glob("*/run.json")):
@@ -482,8 +482,8 @@ class Estimator:
             return self._costs[key]
         import torch
 
-        from bench.backbone import build_backbone
-        from bench.runner import backbone_location
+        from bench.train.backbone import build_backbone
+        from bench.train.runner import backbone_location
 
         bb = build_backbone(backbone_location(spec), spec.num_steps, spec.guidance_scale, spec.eta)
         bb.add_lora(spec.lora_rank)
@@ -530,7 +530,7 @@ class Estimator:
             return c["fb"][0] + c["fb"][1] * rows
         sb = spec.sample_batch_size
         sampling = math.ceil(S / sb) * T * fwd(min(sb, S))
-        from bench.catalog import methods
+        from bench.spec.catalog import methods
 
         kind = methods.get(spec.method).meta["kind"]
         if kind == "ppo":

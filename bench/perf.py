@@ -9,13 +9,18 @@ from __future__ import annotations
 
 import time
 from contextlib import contextmanager
+from pathlib import Path
 
-import torch
+from bench.errors import check_positive
+from bench.quiet import quiet_libraries
+from bench.text import print_table
 
 
 @contextmanager
 def saved_tensor_bytes(tally: list):
     """Add up the bytes of every tensor autograd saves for backward inside the block."""
+    import torch
+
     def pack(t):
         tally.append(t.numel() * t.element_size())
         return t
@@ -32,15 +37,17 @@ def _timed(fn, repeat: int = 3):
 
 
 def run_perf(backbone_name: str, num_steps: int, batch: int, reward_name: str, repeat: int = 2) -> list[tuple]:
+    import torch
+
     import types
 
     import numpy as np
 
-    from bench.backbone import build_backbone
-    from bench.catalog import rewards as reward_registry
-    from bench.runner import backbone_location, load_reward
-    from bench.scale import Scale
-    from bench.spec import RunSpec, resolve_backbone, resolve_hparams
+    from bench.train.backbone import build_backbone
+    from bench.spec.catalog import rewards as reward_registry
+    from bench.train.runner import backbone_location, load_reward
+    from bench.spec.scale import Scale
+    from bench.spec.runspec import RunSpec, resolve_backbone, resolve_hparams
     from methods.alignprop import AlignProp
 
     info = resolve_backbone(backbone_name)
@@ -53,7 +60,7 @@ def run_perf(backbone_name: str, num_steps: int, batch: int, reward_name: str, r
     bb = build_backbone(backbone_location(spec), num_steps, 5.0, 1.0, device=device)
     bb.add_lora(4)
     reward = load_reward(reward_name, info.suite, device)
-    from bench.prompts import resolve_prompt_set
+    from bench.spec.prompts import resolve_prompt_set
 
     prompts = (resolve_prompt_set(spec.train_prompts)[1] * batch)[:batch]
     g = torch.Generator().manual_seed(0)
@@ -92,15 +99,6 @@ def run_perf(backbone_name: str, num_steps: int, batch: int, reward_name: str, r
     return rows
 
 
-def print_table(rows, header=("what", "setting", "seconds", "rate / memory", "CUDA peak")) -> None:
-    table = [header] + [tuple(str(c) for c in r) for r in rows]
-    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
-    for i, r in enumerate(table):
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths)))
-        if i == 0:
-            print("  ".join("-" * w for w in widths))
-
-
 # ------------------------------------------------------------------------------ phases of stored runs
 PHASES = ("sampling", "critic_encoding", "training", "scoring")
 
@@ -113,7 +111,7 @@ def phase_rows(db_path, out_dir, run_ids: list[str] | None = None, report_s: flo
     import tempfile
     from pathlib import Path
 
-    from bench.store import connect
+    from bench.store.database import connect
 
     con = connect(Path(db_path), read_only=True)
     try:
@@ -133,7 +131,7 @@ def phase_rows(db_path, out_dir, run_ids: list[str] | None = None, report_s: flo
         total = [a + b for a, b in zip(total, vals)]
         rows.append((method, *(f"{v:.1f}" for v in vals), f"{sum(vals):.1f}"))
     if report_s is None:
-        from bench.report import write_report
+        from bench.report.build import write_report
 
         t0 = time.perf_counter()
         with tempfile.TemporaryDirectory() as tmp:
@@ -162,6 +160,8 @@ def _committed_unet_config() -> dict:
 
 def _unet_call_seconds(unet, rows: int, grad: bool, repeat: int, dtype=None) -> float:
     """One guided UNet call (CFG doubles the rows) at the toy's latent size, per call."""
+    import torch
+
     g = torch.Generator().manual_seed(0)
     cfg = unet.config
     x = torch.randn(2 * rows, cfg.in_channels, cfg.sample_size, cfg.sample_size, generator=g)
@@ -186,6 +186,8 @@ def _null():
 
 
 def _worker_throughput(threads: int, rows: int, calls: int, barrier, conn) -> None:
+    import torch
+
     torch.set_num_threads(threads)
     from diffusers import UNet2DConditionModel
 
@@ -221,9 +223,11 @@ def _processes_seconds(procs: int, threads: int, rows: int, calls: int) -> float
 def run_levers(repeat: int = 3) -> list[tuple]:
     """Each candidate lever of the fast default, measured side by side with today's path on this
     machine, as a speed-up ratio. Kept or not, and why, is stated in the last column."""
+    import torch
+
     from diffusers import UNet2DConditionModel
 
-    from bench.backbone import build_backbone
+    from bench.train.backbone import build_backbone
     from bench.toy.suite import pipeline_dir
 
     rows = []
@@ -311,6 +315,8 @@ PEAKS_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
 
 def _device_peak(device: str) -> tuple[float, str]:
     """(peak FLOP/s, how it was obtained): a known GPU's dense bf16 peak, else a measured large matmul."""
+    import torch
+
     if device == "cuda":
         name = torch.cuda.get_device_name()
         for key, tf in PEAKS_TFLOPS.items():
@@ -323,6 +329,8 @@ def _device_peak(device: str) -> tuple[float, str]:
 
 def _unet_row_flops(bb, rows: int = 1) -> int:
     """FLOPs of one guided UNet call on `rows` latents (2 * rows through the UNet), forward only."""
+    import torch
+
     from torch.utils.flop_counter import FlopCounterMode
 
     c = bb.unet.config
@@ -337,16 +345,18 @@ def run_sd_perf(backbone_name: str, num_steps: int, batch: int, repeat: int = 1)
     """SD-architecture figures: sampling images/s, the per-row cost of a DDPO/TDPO update and of an AlignProp
     step, UNet FLOPs and utilisation, peak memory; plus an SD-default epoch (256 samples x 50 steps, CFG)
     extrapolated from the measured per-row costs, against its FLOP floor."""
-    from bench.backbone import build_backbone
-    from bench.runner import backbone_location
-    from bench.spec import resolve_backbone
+    import torch
+
+    from bench.train.backbone import build_backbone
+    from bench.train.runner import backbone_location
+    from bench.spec.runspec import resolve_backbone
 
     info = resolve_backbone(backbone_name)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     precision = "bf16" if device == "cuda" and torch.cuda.is_bf16_supported() else "no"
-    from bench.precision import DTYPES
+    from bench.train.precision import DTYPES
 
-    location = info.location or str(__import__("bench.registry", fromlist=["load_target"]).load_target(info.builder)())
+    location = info.location or str(__import__("bench.spec.registry", fromlist=["load_target"]).load_target(info.builder)())
     bb = build_backbone(location, num_steps, 5.0, 1.0, device=device, weight_dtype=DTYPES[precision])
     bb.add_lora(4)
     peak, peak_how = _device_peak(device)
@@ -406,3 +416,43 @@ def run_sd_perf(backbone_name: str, num_steps: int, batch: int, repeat: int = 1)
     summary = {"device": device, "peak": peak_how, "unet_flops_per_guided_row": flops_row,
                "sd_epoch_estimate_s": sum(est.values()), "sd_epoch_floor_s": floor, "parts": est}
     return rows, summary
+
+
+# ------------------------------------------------------------------------------ the command
+def cmd_perf(args) -> int:
+    if args.db:
+        db = Path(args.db)
+        from bench.store.database import open_results
+
+        open_results(db).close()
+        quiet_libraries()
+        print(f"bench perf: seconds per phase of the runs in {db}")
+        print_table(phase_rows(db, db.parent), header=PHASE_HEADER)
+        return 0
+    from bench.spec import catalog
+    from bench.spec.runspec import resolve_backbone
+    from metrics.weights import preflight
+
+    catalog.rewards.get(args.reward)
+    info = resolve_backbone(args.backbone or catalog.DEFAULT_BACKBONE)
+    if not (args.backbone or "").startswith("sd-v1-4-random"):
+        preflight(args.reward, info.suite)
+    check_positive("--batch", args.batch)
+    quiet_libraries()
+    num_steps = args.num_steps or info.defaults["num_steps"]
+    if (args.backbone or "").startswith("sd-v1-4-random"):
+        print(f"bench perf: {info.name} (SD v1.4 architecture, random weights), T={num_steps}, batch {args.batch}")
+        rows, summary = run_sd_perf(args.backbone, num_steps, args.batch, args.repeat)
+        print_table(rows, header=SD_HEADER)
+        print(f"UNet: {summary['unet_flops_per_guided_row'] / 1e9:.1f} GFLOP per guided call per latent; peak: "
+              f"{summary['peak']}")
+        print(f"an SD-default epoch (256 samples x 50 steps, CFG) from these parts: "
+              f"{summary['sd_epoch_estimate_s']:.0f} s on this device; its FLOP floor at the peak: "
+              f"{summary['sd_epoch_floor_s']:.0f} s ({summary['sd_epoch_estimate_s'] / summary['sd_epoch_floor_s']:.1f}x)")
+        return 0
+    print(f"bench perf: backbone {info.name} (suite {info.suite}), T={num_steps}, batch {args.batch}")
+    print_table(run_perf(args.backbone or catalog.DEFAULT_BACKBONE, num_steps, args.batch, args.reward, args.repeat))
+    if args.levers:
+        print("\nlevers of the fast toy default, each against the old path on this machine:")
+        print_table(run_levers(args.repeat), header=LEVER_HEADER)
+    return 0

@@ -45,7 +45,7 @@ def pipeline_dir(resolution: int = 512) -> Path:
     """The saved random pipeline (weights in float16 on disk, half the bytes; loaded as float32)."""
     import torch
 
-    from bench.catalog import backbones
+    from bench.spec.catalog import backbones
     from bench.tiny import cache_root, save_pipeline_dir
 
     folder = cache_root() / f"sd-v1-4-random-{resolution}-v1"

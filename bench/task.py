@@ -11,8 +11,8 @@ from pathlib import Path
 
 def main(path: str) -> int:
     from bench.grid import GridOptions, execute
-    from bench.runner import make_accelerator
-    from bench.spec import RunSpec
+    from bench.train.runner import make_accelerator
+    from bench.spec.runspec import RunSpec
 
     job = json.loads(Path(path).read_text())
     opts = GridOptions(**{**job["opts"], "out": Path(job["opts"]["out"]), "db": Path(job["opts"]["db"]),

@@ -3,7 +3,7 @@ PLACEHOLDER default backbone until the trained toy suite lands.
 
 The weights are RANDOM (seeded), so images are meaningless; only the code paths
 are real. The pipeline is saved in diffusers format and loaded back through
-`bench.backbone.load_pipeline`, exactly like SD v1.4.
+`bench.train.backbone.load_pipeline`, exactly like SD v1.4.
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ def build_tiny_pipeline(words, seed: int = 0):
 
 def save_pipeline_dir(pipe, folder: Path, suite_meta: dict | None = None) -> Path:
     """Save atomically: build in a temporary sibling folder, then rename."""
-    from bench.backbone import quiet_loading
+    from bench.train.backbone import quiet_loading
 
     quiet_loading()
     folder = Path(folder)
@@ -111,8 +111,8 @@ def cache_root() -> Path:
 
 def tiny_random_pipeline_dir() -> Path:
     """The placeholder backbone's folder, built once (seed 0) into the bench cache."""
-    from bench.catalog import backbones
-    from bench.prompts import resolve_prompt_set
+    from bench.spec.catalog import backbones
+    from bench.spec.prompts import resolve_prompt_set
 
     folder = cache_root() / "tiny-random-v1"
     if not (folder / "model_index.json").is_file():

@@ -1,2 +1,2 @@
-"""Method adapters, one file each. Registered in bench/catalog.py; the interface
-is documented in bench/runner.py."""
+"""Method adapters, one file each. Registered in bench/spec/catalog.py; the interface
+is documented in bench/train/runner.py."""

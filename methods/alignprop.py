@@ -46,9 +46,9 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from bench.errors import BenchError, check_finite
-from bench.precision import backward
-from bench.runner import crash_point, make_adamw, optimizer_step
-from bench.sampling import ddim_step
+from bench.train.precision import backward
+from bench.train.runner import crash_point, make_adamw, optimizer_step
+from bench.train.sampling import ddim_step
 
 
 def reward_target(hp: dict, reward_name: str) -> float | None:
@@ -56,7 +56,7 @@ def reward_target(hp: dict, reward_name: str) -> float | None:
     `max_score` (aesthetic 10, HPSv2 1, PickScore 100), None when it has none."""
     if hp["reward_target"] != "auto":
         return float(hp["reward_target"])
-    from bench.catalog import rewards
+    from bench.spec.catalog import rewards
 
     return rewards.get(reward_name).meta.get("max_score") if reward_name in rewards else None
 

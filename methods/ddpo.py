@@ -12,11 +12,11 @@ Per epoch:
    every `update_steps` micro-steps average gradients, clip norm to
    max_grad_norm, AdamW step.
 
-The update's shape comes from the scale rule (bench/scale.py): `update_samples`
+The update's shape comes from the scale rule (bench/spec/scale.py): `update_samples`
 samples (the minibatch, over all processes) x `update_steps` consecutive
 micro-steps. At SD scale that is the reference's 128 x 50 for DDPO-2
 (accumulation 16*T) and 8 x 16 for DDPO-100 (accumulation 16). Micro-steps of
-one update are evaluated in fused UNet calls (bench/updates.py): the same
+one update are evaluated in fused UNet calls (bench/train/updates.py): the same
 gradient, fewer calls. An update's loss is the mean over its (sample, step) rows,
 so an epoch cut short at a checkpoint mark ends with a smaller update of the same
 scale.
@@ -28,10 +28,10 @@ import numpy as np
 import torch
 
 from bench.errors import check_finite
-from bench.precision import backward
-from bench.runner import make_adamw, optimizer_step
-from bench.stat_tracker import PerPromptStatTracker, batch_normalize
-from bench.updates import epoch_permutations, windows
+from bench.train.precision import backward
+from bench.train.runner import make_adamw, optimizer_step
+from bench.train.stat_tracker import PerPromptStatTracker, batch_normalize
+from bench.train.updates import epoch_permutations, windows
 
 
 def ppo_clipped_loss(log_prob, old_log_prob, advantages, clip_range: float, adv_clip_max: float):
@@ -70,13 +70,13 @@ class DDPO:
         self.gradient_updates = 0
 
     def training_state(self) -> dict:
-        from bench.state import tracker_state
+        from bench.train.state import tracker_state
 
         return {"optimizer": self.optimizer.state_dict(), "tracker": tracker_state(self.tracker),
                 "gradient_updates": self.gradient_updates}
 
     def load_training_state(self, state: dict) -> None:
-        from bench.state import load_tracker_state
+        from bench.train.state import load_tracker_state
 
         self.optimizer.load_state_dict(state["optimizer"])
         load_tracker_state(self.tracker, state["tracker"])

@@ -25,7 +25,7 @@ Each epoch is one collection round:
 Defaults are the reference's multi-prompt mode (gamma 0.9, beta_tilde 12.5,
 delta 5e-4, M 1, 12 rollouts per prompt with 5 kept, lr 2e-5, weight decay
 1.5e-3, clip 0.05, 32 pairs per update, 4,000 updates per 2,000 collected
-prompts), mapped by the scale rule (bench/scale.py): updates per query are m
+prompts), mapped by the scale rule (bench/spec/scale.py): updates per query are m
 times the reference's (4,000 / 24,000), every kept group is used for the
 reference's 64 pair draws on average, so an update holds 32/m pairs (4 on the
 toy, m = 8; 32 at SD scale, m = 1); delta scales with sqrt(D0/D); gamma keeps its
@@ -48,9 +48,9 @@ import torch
 import torch.nn.functional as F
 
 from bench.errors import check_finite
-from bench.precision import backward
-from bench.runner import make_adamw, optimizer_step
-from bench.sampling import Trajectory
+from bench.train.precision import backward
+from bench.train.runner import make_adamw, optimizer_step
+from bench.train.sampling import Trajectory
 
 
 def step_distribution(T: int, gamma: float) -> np.ndarray:

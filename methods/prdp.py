@@ -65,9 +65,9 @@ import numpy as np
 import torch
 
 from bench.errors import check_finite
-from bench.precision import backward
-from bench.runner import make_adamw, optimizer_step
-from bench.sampling import Trajectory
+from bench.train.precision import backward
+from bench.train.runner import make_adamw, optimizer_step
+from bench.train.sampling import Trajectory
 
 
 def prompt_pairs(groups: np.ndarray, rewards: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

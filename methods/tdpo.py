@@ -40,7 +40,7 @@ Per epoch (reference loop order):
 
 Where the reference and the paper differ we follow the code:
 - the critic has NO activation functions (a purely linear MLP); the ReLU of the
-  paper's activation score exists only in the measurement (bench.neurons);
+  paper's activation score exists only in the measurement (bench.train.neurons);
 - initialisation (and re-initialisation) std is 1/(D+1) with D the INPUT width
   of the critic, for every layer (the reference's `input_size`), not 1/(fan_in+1);
 - TDPO-R resets the ACTIVE neurons (score > 0): incoming rows and outgoing
@@ -69,7 +69,7 @@ Choices the sources leave open, recorded here:
   per-step penalty type `clip` = max(log p_theta - log p_ref, 0) (log-probs are
   means over latent dims) times a controller value (fixed 0.2, or adaptive when
   `kl_target` > 0) times `kl_penalty_coef`. The reference ships 0 and the paper
-  gives none; `tdpo-kl` sets it by the scale rule (bench/scale.py): the total
+  gives none; `tdpo-kl` sets it by the scale rule (bench/spec/scale.py): the total
   penalty of a trajectory is 0.1 (a tenth of a normalised return) when every
   step's log-ratio equals one clip range, coef = 0.1 / (0.2 * T * clip) (62.5 at
   the toy's T=10, clip 8e-4; 100 at SD's T=50, clip 1e-4). `kl_penalty_ratio`
@@ -93,13 +93,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from bench import neurons
+from bench.train import neurons
 from bench.errors import check_finite
-from bench.precision import backward
-from bench.runner import make_adamw, optimizer_steps
-from bench.sampling import Trajectory
-from bench.stat_tracker import PerPromptStatTracker, batch_normalize
-from bench.updates import epoch_permutations, windows
+from bench.train.precision import backward
+from bench.train.runner import make_adamw, optimizer_steps
+from bench.train.sampling import Trajectory
+from bench.train.stat_tracker import PerPromptStatTracker, batch_normalize
+from bench.train.updates import epoch_permutations, windows
 from methods.ddpo import local_update_samples
 
 
@@ -256,7 +256,7 @@ class TDPO:
         self.epochs_done = 0
 
     def training_state(self) -> dict:
-        from bench.state import tracker_state
+        from bench.train.state import tracker_state
 
         return {"optimizer": self.optimizer.state_dict(), "critic": self.critic.state_dict(),
                 "critic_optimizer": self.critic_optimizer.state_dict(), "tracker": tracker_state(self.tracker),
@@ -264,7 +264,7 @@ class TDPO:
                 "gradient_updates": self.gradient_updates, "epochs_done": self.epochs_done}
 
     def load_training_state(self, state: dict) -> None:
-        from bench.state import load_tracker_state
+        from bench.train.state import load_tracker_state
 
         self.optimizer.load_state_dict(state["optimizer"])
         self.critic.load_state_dict(state["critic"])
@@ -275,7 +275,7 @@ class TDPO:
         self.gradient_updates, self.epochs_done = state["gradient_updates"], state["epochs_done"]
 
     def _critic_encoder(self):
-        from bench.runner import load_reward
+        from bench.train.runner import load_reward
 
         name = self.hp["critic_encoder"]
         if name in ("", "auto"):

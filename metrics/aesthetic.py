@@ -156,7 +156,7 @@ def write_tiny_random_aesthetic(folder: Path, seed: int = 0) -> tuple[Path, Path
     from safetensors.torch import save_file
     from transformers import CLIPModel
 
-    from bench.io import atomic_write_json
+    from bench.store.atomic import atomic_write_json
 
     folder = Path(folder)
     clip_dir, head_path = folder / "clip", folder / "head.safetensors"

@@ -16,26 +16,9 @@ from __future__ import annotations
 import gzip
 from pathlib import Path
 
-from bench.errors import BenchError
+from metrics.weights import bpe_path
 
-FILE = "bpe_simple_vocab_16e6.txt.gz"
 N_MERGES = 49152 - 256 - 2
-WHEEL = "open_clip_torch==3.3.0"
-
-
-def bpe_path() -> Path:
-    from metrics.weights import env_file
-
-    named = env_file("BENCH_CLIP_BPE")
-    if named is not None:
-        return named
-    from bench.tiny import cache_root
-
-    for root in (cache_root(), Path.home() / ".cache" / "bench"):
-        if (root / FILE).is_file():
-            return root / FILE
-    raise BenchError(f"CLIP's BPE merges ({FILE}) not found: run scripts/setup.sh (it takes the file from the "
-                     f"{WHEEL} wheel without installing it) or set BENCH_CLIP_BPE=/path/to/{FILE}")
 
 
 def byte_symbols() -> dict[int, str]:

@@ -15,7 +15,6 @@ its official score formula (transformers' CLIPModel):
 
 from __future__ import annotations
 
-import os
 
 import torch
 
@@ -23,8 +22,6 @@ from bench.errors import BenchError
 from metrics.aesthetic import preprocess_differentiable, preprocess_reference
 from metrics.base import Reward
 
-PICKSCORE_MODEL = "yuvalkirstain/PickScore_v1"
-PICKSCORE_PROCESSOR = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
 
 
 class ClipPreferenceReward(Reward):
@@ -91,12 +88,9 @@ def load_pickscore(suite: str = "sd", device="cpu", **_) -> ClipPreferenceReward
 
         return _load("pickscore", asset("pickscore"), asset("pickscore"), device)
     if suite == "sd":
-        from metrics.weights import resolve_hf_folder
+        from metrics.weights import pickscore_paths
 
-        model = resolve_hf_folder(os.environ.get("BENCH_PICKSCORE", PICKSCORE_MODEL), "PickScore model",
-                                  "BENCH_PICKSCORE")
-        proc = resolve_hf_folder(os.environ.get("BENCH_PICKSCORE_PROCESSOR", PICKSCORE_PROCESSOR),
-                                 "PickScore tokenizer", "BENCH_PICKSCORE_PROCESSOR")
+        model, proc = pickscore_paths()
         return _load("pickscore", model, proc, device)
     raise BenchError(f"the pickscore reward has no weights for suite {suite!r}")
 

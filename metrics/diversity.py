@@ -56,7 +56,7 @@ def attribute_entropy(labels: list, prompts: list[str]) -> float | None:
 def set_metrics_fn(suite: str, device="cpu"):
     """The set-level metrics of a suite: `f(images, keys) -> {metric: value}` (see module docstring).
     Embeddings come from the suite's aesthetic CLIP image encoder."""
-    from bench.runner import load_reward
+    from bench.train.runner import load_reward
 
     encoder = load_reward("aesthetic", suite, device).image_encoder()
     gold = load_reward("gold-fidelity", suite, device) if suite == "toy" else None

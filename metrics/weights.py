@@ -14,6 +14,10 @@ from bench.errors import BenchError
 
 CLIP_L14 = "openai/clip-vit-large-patch14"
 LAION_HEAD_FILE = "sac+logos+ava1-l14-linearMSE.pth"
+PICKSCORE_MODEL = "yuvalkirstain/PickScore_v1"
+PICKSCORE_PROCESSOR = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
+CLIP_BPE_FILE = "bpe_simple_vocab_16e6.txt.gz"
+CLIP_BPE_WHEEL = "open_clip_torch==3.3.0"
 
 
 def weights_dir() -> Path:
@@ -31,9 +35,23 @@ def env_file(var: str) -> Path | None:
     return p
 
 
+def bpe_path() -> Path:
+    """CLIP's BPE merges (for the native CLIP tokenizer): BENCH_CLIP_BPE, then the bench cache."""
+    named = env_file("BENCH_CLIP_BPE")
+    if named is not None:
+        return named
+    from bench.tiny import cache_root
+
+    for root in (cache_root(), Path.home() / ".cache" / "bench"):
+        if (root / CLIP_BPE_FILE).is_file():
+            return root / CLIP_BPE_FILE
+    raise BenchError(f"CLIP's BPE merges ({CLIP_BPE_FILE}) not found: run scripts/setup.sh (it takes the file from "
+                     f"the {CLIP_BPE_WHEEL} wheel without installing it) or set BENCH_CLIP_BPE=/path/to/{CLIP_BPE_FILE}")
+
+
 def resolve_hf_folder(location: str, what: str, env: str) -> Path:
     """A local folder, or the cached snapshot of a Hugging Face model id."""
-    from bench.spec import find_in_hf_cache, hf_cache_dir
+    from bench.spec.runspec import find_in_hf_cache, hf_cache_dir
 
     path = Path(location).expanduser()
     if path.is_dir():
@@ -69,7 +87,7 @@ HPSV2_ENV = {"v2.0": "BENCH_HPSV2", "v2.1": "BENCH_HPSV2_1"}
 def hpsv2_checkpoint(version: str) -> Path:
     """Where the HPSv2 checkpoint of `version` is: its env variable, ~/.cache/bench/weights, or the xswu/HPSv2
     snapshot in the Hugging Face cache (a one-line error when absent)."""
-    from bench.spec import hf_cache_dir
+    from bench.spec.runspec import hf_cache_dir
 
     named = env_file(HPSV2_ENV[version])
     if named is not None:
@@ -85,7 +103,7 @@ def hpsv2_checkpoint(version: str) -> Path:
 
 
 def imagereward_checkpoint() -> Path:
-    from bench.spec import hf_cache_dir
+    from bench.spec.runspec import hf_cache_dir
 
     named = env_file("BENCH_IMAGEREWARD")
     if named is not None:
@@ -104,6 +122,14 @@ def bert_tokenizer_folder() -> Path:
                              "ImageReward's BERT tokenizer", "BENCH_BERT_TOKENIZER")
 
 
+def pickscore_paths() -> tuple[Path, Path]:
+    """(model folder, processor folder) of PickScore on the real SD suite."""
+    return (resolve_hf_folder(os.environ.get("BENCH_PICKSCORE", PICKSCORE_MODEL), "PickScore model",
+                              "BENCH_PICKSCORE"),
+            resolve_hf_folder(os.environ.get("BENCH_PICKSCORE_PROCESSOR", PICKSCORE_PROCESSOR),
+                              "PickScore tokenizer", "BENCH_PICKSCORE_PROCESSOR"))
+
+
 def weight_paths(reward: str, suite: str) -> list[Path]:
     """The files and folders a reward's weights come from (for the run's input digest); none for rewards
     without weights or whose weights live with the suite's assets."""
@@ -116,18 +142,13 @@ def weight_paths(reward: str, suite: str) -> list[Path]:
     if reward == "imagereward":
         return [imagereward_checkpoint(), bert_tokenizer_folder()]
     if reward == "pickscore":
-        from metrics.clip_score import PICKSCORE_MODEL, PICKSCORE_PROCESSOR
-
-        return [resolve_hf_folder(os.environ.get("BENCH_PICKSCORE", PICKSCORE_MODEL), "PickScore model",
-                                  "BENCH_PICKSCORE"),
-                resolve_hf_folder(os.environ.get("BENCH_PICKSCORE_PROCESSOR", PICKSCORE_PROCESSOR),
-                                  "PickScore tokenizer", "BENCH_PICKSCORE_PROCESSOR")]
+        return list(pickscore_paths())
     return []
 
 
 def preflight(reward: str, suite: str) -> None:
     """Raise a one-line BenchError now if the reward's weights cannot be found."""
-    from bench.catalog import rewards
+    from bench.spec.catalog import rewards
 
     suites = rewards.get(reward).meta.get("suites")
     if suites is not None and suite not in suites:
@@ -135,8 +156,6 @@ def preflight(reward: str, suite: str) -> None:
     if reward == "aesthetic" and suite == "sd":
         aesthetic_paths(suite)
     if suite == "sd" and reward in ("hpsv2", "hpsv2.1"):
-        from metrics.clip_bpe import bpe_path
-
         hpsv2_checkpoint("v2.0" if reward == "hpsv2" else "v2.1")
         bpe_path()
     if suite == "sd" and reward == "imagereward":

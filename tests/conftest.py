@@ -40,7 +40,7 @@ def backbone(tiny_dir):
     """A fresh tiny backbone with LoRA, T=5 to keep tests fast."""
     import torch
 
-    from bench.backbone import build_backbone
+    from bench.train.backbone import build_backbone
 
     torch.manual_seed(0)
     bb = build_backbone(tiny_dir, num_steps=5, guidance_scale=5.0, eta=1.0)

@@ -11,7 +11,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from bench.runner import make_accelerator, train_run  # noqa: E402
+from bench.train.runner import make_accelerator, train_run  # noqa: E402
 from tests.helpers import make_spec  # noqa: E402
 from methods.ddpo import DDPO  # noqa: E402
 
@@ -32,7 +32,7 @@ accelerator = make_accelerator("no")
 spec = make_spec("ddpo-100", reward="jpeg-compressibility", num_steps=3, samples_per_epoch=16, budget=32,
                  num_checkpoints=2, train_batch_size=4, overrides={"lr": "1e-2"}, multiplier=4.0)
 
-from bench import runner  # noqa: E402
+from bench.train import runner  # noqa: E402
 
 orig_ctx_gather = runner.TrainContext.gather
 

@@ -33,7 +33,7 @@ class CountingReward(Reward):
 
 
 def register_counting_reward():
-    from bench.catalog import rewards
+    from bench.spec.catalog import rewards
 
     if "test-counting" not in rewards:
         rewards.register("test-counting", "tests.helpers:CountingReward", "test double",
@@ -47,8 +47,8 @@ def make_spec(method: str, reward: str = "test-counting", *, num_steps: int, sam
               multiplier: float = 8.0, latent_dims: int = 256, seed: int = 0, backbone: str = "tiny-random",
               suite: str = "tiny-random", train_prompts: str = "simple-animals", overrides: dict | None = None):
     """A RunSpec with the scale rule applied (the tiny-random backbone's latents are 4x8x8)."""
-    from bench.scale import Scale
-    from bench.spec import RunSpec, resolve_hparams
+    from bench.spec.scale import Scale
+    from bench.spec.runspec import RunSpec, resolve_hparams
 
     scale = Scale(num_steps=num_steps, samples_per_epoch=samples_per_epoch, latent_dims=latent_dims, budget=budget,
                   multiplier=multiplier)
@@ -73,7 +73,7 @@ class NaNAfterReward(CountingReward):
 
 
 def register_nan_reward(after: int = 16):
-    from bench.catalog import rewards
+    from bench.spec.catalog import rewards
 
     if "test-nan" not in rewards:
         rewards.register("test-nan", "tests.helpers:NaNAfterReward", "test double",

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.budget import BudgetExceeded, CountedReward, RewardBudget
-from bench.spec import RunSpec
+from bench.train.budget import BudgetExceeded, CountedReward, RewardBudget
+from bench.spec.runspec import RunSpec
 from tests.helpers import CountingReward, make_spec, register_counting_reward
 
 
@@ -42,8 +42,8 @@ def test_counted_reward_refuses_queries_beyond_the_allowance():
 
 def test_every_method_spends_exactly_the_budget(tmp_path, tiny_dir):
     """Each method, with a counting reward, makes exactly N queries and hits the same marks."""
-    from bench.catalog import methods
-    from bench.runner import train_run
+    from bench.spec.catalog import methods
+    from bench.train.runner import train_run
 
     register_counting_reward()
     marks_by_method = {}

@@ -93,7 +93,7 @@ def test_list_is_instant_and_imports_no_torch():
 
 
 def test_toy_prompt_sets_parse_and_keep_unseen_out_of_training():
-    from bench.prompts import resolve_prompt_set
+    from bench.spec.prompts import resolve_prompt_set
     from bench.toy.captions import parse_caption
 
     seen, unseen = resolve_prompt_set("toy-seen")[1], resolve_prompt_set("toy-unseen")[1]
@@ -105,7 +105,7 @@ def test_toy_prompt_sets_parse_and_keep_unseen_out_of_training():
 
 
 def test_prompt_sets_of_the_paper():
-    from bench.prompts import resolve_prompt_set
+    from bench.spec.prompts import resolve_prompt_set
 
     assert len(resolve_prompt_set("simple-animals")[1]) == 45
     assert resolve_prompt_set("unseen-animals")[1] == ["snail", "hippopotamus", "cheetah", "crocodile", "lobster",
@@ -262,7 +262,8 @@ def test_every_flag_has_help_with_its_default():
 def test_shards_split_the_grid_deterministically_and_cover_it_once(tmp_path):
     """--shard K/N keeps runs i with i % N == K-1: the N slices are disjoint, cover the grid, and
     do not depend on which machine builds them (26 runs: 13 methods x 2 seeds, N = 4 -> 7, 7, 6, 6)."""
-    from bench.cli import build_parser, build_specs
+    from bench.cli import build_parser
+    from bench.run import build_specs
 
     def names(*extra):
         args = build_parser().parse_args(["run", "--seeds", "0,1", "--out", str(tmp_path), *extra])

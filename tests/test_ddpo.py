@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from bench.catalog import methods
-from bench.sampling import Trajectory
-from bench.stat_tracker import PerPromptStatTracker, batch_normalize
+from bench.spec.catalog import methods
+from bench.train.sampling import Trajectory
+from bench.train.stat_tracker import PerPromptStatTracker, batch_normalize
 from methods.ddpo import DDPO, ppo_clipped_loss
 
 
@@ -105,7 +105,7 @@ def make_ddpo(method, T, samples_per_epoch, train_batch_size=256, multiplier=8.0
         sync_gradients=lambda params: None, bar=lambda total, desc: nullcontext(SimpleNamespace(update=lambda k: 0)),
         timed=lambda phase: nullcontext(), epoch=1,
     )
-    from bench.runner import TrainContext
+    from bench.train.runner import TrainContext
 
     ctx.sample_and_score = lambda prompts: TrainContext.sample_and_score(ctx, prompts)  # the real one
     return DDPO(ctx), bb, counter
@@ -185,7 +185,7 @@ def test_presets_follow_table_1():
 def test_fused_update_has_the_unfused_gradient(backbone):
     """A DDPO-2 update on the real tiny UNet: every row in one fused call gives the gradient of the
     references' loop, one call per (minibatch, step) micro-step, each mean divided by the accumulation."""
-    from bench.updates import Window
+    from bench.train.updates import Window
 
     params = backbone.trainable_parameters()
     with torch.no_grad():

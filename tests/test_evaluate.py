@@ -2,7 +2,7 @@
 
 import json
 
-from bench.spec import RunSpec
+from bench.spec.runspec import RunSpec
 from tests.helpers import CountingReward, make_spec, register_counting_reward
 
 
@@ -19,7 +19,7 @@ def test_spec_round_trips_through_its_config_json():
 
 def test_same_noise_across_runs_and_checkpoints(tmp_path, tiny_dir):
     from bench.evaluate import evaluate_checkpoints, noise_seed
-    from bench.runner import run_dir_for, train_run
+    from bench.train.runner import run_dir_for, train_run
 
     register_counting_reward()
     rows = {}
@@ -67,7 +67,7 @@ def test_scores_do_not_depend_on_the_process_thread_count():
     import torch
 
     from bench.evaluate import _score_rows
-    from bench.runner import load_reward
+    from bench.train.runner import load_reward
 
     g = torch.Generator().manual_seed(3)
     images = torch.rand(96, 3, 32, 32, generator=g)

@@ -66,7 +66,7 @@ def test_workers_and_ray_give_the_serial_results(tmp_path):
 
 def test_shared_query0_evaluation_equals_a_per_run_one(tmp_path):
     from bench.evaluate import evaluate_run
-    from bench.runner import run_dir_for, train_run
+    from bench.train.runner import run_dir_for, train_run
     from tests.helpers import make_spec, register_counting_reward
 
     register_counting_reward()

@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from bench.backbone import build_backbone
+from bench.train.backbone import build_backbone
 from bench.errors import BenchError
 
 

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from bench.sampling import ddim_mean_std, step_kl
+from bench.train.sampling import ddim_mean_std, step_kl
 from metrics.diversity import attribute_entropy, entropy, pairwise_cosine_distance
 
 
@@ -68,7 +68,7 @@ def test_diversity_by_hand():
 def test_toy_attributes_of_renders():
     import numpy as np
 
-    from bench.runner import load_reward
+    from bench.train.runner import load_reward
     from bench.toy.gold import predicted_attributes
     from bench.toy.render import draw, scene_for_caption
 
@@ -84,7 +84,7 @@ def test_toy_attributes_of_renders():
 def test_compute_counts_by_hand(tmp_path):
     """DDPO-2, T=3, one epoch of 4 samples (one update of 4 samples x 3 steps): sampling 4 x 3 guided
     calls -> 24 forward rows; training the same 24 forward and 24 backward; 4 decodes; 4 reward forwards."""
-    from bench.runner import train_run
+    from bench.train.runner import train_run
     from tests.helpers import make_spec, register_counting_reward
 
     register_counting_reward()
@@ -100,7 +100,7 @@ def test_compute_counts_by_hand(tmp_path):
 
 
 def test_tdpo_counts_its_critic_encoder_calls_and_logs_diagnostics(tmp_path):
-    from bench.runner import train_run
+    from bench.train.runner import train_run
     from tests.helpers import make_spec, register_counting_reward
 
     register_counting_reward()

@@ -61,7 +61,7 @@ def _ctx(backbone, method, num_steps=3, **hp):
 
 
 def _perturb_lora(backbone, std=0.05, seed=0):
-    from bench.neurons import lora_layers
+    from bench.train.neurons import lora_layers
 
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -139,7 +139,7 @@ def test_prdp_update_plans():
 def test_prdp_logs_beta_and_the_gap_to_target(tmp_path):
     import json
 
-    from bench.runner import train_run
+    from bench.train.runner import train_run
     from tests.helpers import make_spec, register_counting_reward
 
     register_counting_reward()

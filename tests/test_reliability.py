@@ -12,7 +12,7 @@ from tests.helpers import make_spec, register_counting_reward, register_nan_rewa
 
 def test_a_nan_reward_stops_the_run_with_one_line_and_keeps_its_checkpoints(tmp_path):
     from bench.errors import RunFailed
-    from bench.runner import run_dir_for, train_run
+    from bench.train.runner import run_dir_for, train_run
 
     register_nan_reward(after=16)
     spec = make_spec("ddpo-2", reward="test-nan", num_steps=2, samples_per_epoch=8, budget=32, num_checkpoints=4)
@@ -25,8 +25,8 @@ def test_a_nan_reward_stops_the_run_with_one_line_and_keeps_its_checkpoints(tmp_
     assert row["status"] == "failed" and "non-finite" in row["error"]
     ckpts = [json.loads(x) for x in (run / "checkpoints.jsonl").read_text().splitlines()]
     assert [c["reward_queries"] for c in ckpts] == [0, 8, 16]  # written before the failure, still valid
-    from bench.backbone import build_backbone
-    from bench.runner import backbone_location
+    from bench.train.backbone import build_backbone
+    from bench.train.runner import backbone_location
 
     bb = build_backbone(backbone_location(spec), 2, 5.0)
     bb.load_lora(run / ckpts[-1]["path"], sha256=ckpts[-1]["sha256"])
@@ -54,7 +54,7 @@ def test_a_failed_run_does_not_stop_the_grid(tmp_path):
 def test_checkpoint_checksum_is_verified_before_scoring(tmp_path):
     from bench.errors import BenchError
     from bench.evaluate import evaluate_checkpoints
-    from bench.runner import run_dir_for, train_run
+    from bench.train.runner import run_dir_for, train_run
     from tests.helpers import CountingReward
 
     register_counting_reward()
@@ -73,7 +73,7 @@ def test_checkpoint_checksum_is_verified_before_scoring(tmp_path):
 def test_inputs_digest_follows_weights_not_model_cards(tmp_path):
     """A run's id covers the contents of its inputs: a changed weight file or config is a new run;
     re-measuring the suite (suite.json) or editing a model card (README.md) is not."""
-    from bench.manifest import inputs_digest
+    from bench.store.manifest import inputs_digest
 
     root = tmp_path / "assets"
     (root / "unet").mkdir(parents=True)

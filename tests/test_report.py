@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from bench.analysis import first_crossing, interpolate_at, matched_level, mean_ci, normalised_auc
+from bench.report.analysis import first_crossing, interpolate_at, matched_level, mean_ci, normalised_auc
 
 # run -> (method, seed, x = aesthetic, y = pickscore, gold-aesthetic) at queries 0, 10, 20
 CURVES = {
@@ -18,7 +18,7 @@ CURVES = {
 
 
 def make_db(path):
-    from bench.store import connect
+    from bench.store.database import connect
 
     con = connect(path)
     for run_id, (method, seed, *_rest) in CURVES.items():
@@ -55,7 +55,7 @@ def test_interpolation_auc_and_ci_by_hand():
 def test_t_quantiles_are_the_printed_table_and_welch_by_hand():
     """scipy's quantiles, to 3 decimals, are the printed table (df 1..30; the normal's 1.960 beyond), so the
     leaderboard's numbers did not move when the typed-in table went; Welch's CI checked by hand."""
-    from bench.analysis import t975, welch_ci
+    from bench.report.analysis import t975, welch_ci
 
     printed = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
                2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
@@ -72,7 +72,7 @@ def test_t_quantiles_are_the_printed_table_and_welch_by_hand():
 def test_bootstrap_interval_of_a_skewed_quantity():
     """BCa bootstrap for queries-to-level: it holds the mean, leans toward the long tail, is reproducible, and
     is absent where there is nothing to resample."""
-    from bench.analysis import bootstrap_ci
+    from bench.report.analysis import bootstrap_ci
 
     queries = [100.0, 110.0, 120.0, 130.0, 900.0]  # one slow seed
     low, high = bootstrap_ci(queries)
@@ -85,8 +85,8 @@ def test_bootstrap_interval_of_a_skewed_quantity():
 
 
 def test_leaderboard_on_a_synthetic_database(tmp_path):
-    from bench.report import build_boards
-    from bench.store import connect
+    from bench.report.build import build_boards
+    from bench.store.database import connect
 
     make_db(tmp_path / "b.duckdb")
     con = connect(tmp_path / "b.duckdb", read_only=True)
@@ -132,8 +132,8 @@ def _add_flat_run(con, run_id: str, method: str, xs) -> None:
 
 
 def test_a_method_that_does_not_improve_does_not_pin_the_matched_level(tmp_path):
-    from bench.report import boards_markdown, build_boards
-    from bench.store import connect
+    from bench.report.build import boards_markdown, build_boards
+    from bench.store.database import connect
 
     make_db(tmp_path / "b.duckdb")
     con = connect(tmp_path / "b.duckdb")
@@ -159,8 +159,8 @@ def test_a_method_that_does_not_improve_does_not_pin_the_matched_level(tmp_path)
 def test_a_companion_papers_method_is_placed_at_the_level_but_does_not_set_it(tmp_path):
     """PRDP (the catalog's companion flag) improves a little: B alone sets the level, PRDP is shown as not
     reaching it, and the level it would have set is printed beside."""
-    from bench.report import boards_markdown, build_boards
-    from bench.store import connect
+    from bench.report.build import boards_markdown, build_boards
+    from bench.store.database import connect
 
     make_db(tmp_path / "b.duckdb")
     con = connect(tmp_path / "b.duckdb")
@@ -178,8 +178,8 @@ def test_a_companion_papers_method_is_placed_at_the_level_but_does_not_set_it(tm
 def test_paired_change_pairs_images_by_prompt_and_seed(tmp_path):
     """A small consistent rise on images whose scores spread widely: paired, it is clear;
     the unpaired difference of means would have a CI far wider than the rise."""
-    from bench.analysis import change_verdict, paired_changes
-    from bench.store import connect
+    from bench.report.analysis import change_verdict, paired_changes
+    from bench.store.database import connect
 
     con = connect(tmp_path / "p.duckdb")
     start = {("p0", 0): 1.0, ("p0", 1): 5.0, ("p1", 0): 2.0, ("p1", 1): 8.0}
@@ -207,8 +207,8 @@ def test_gold_shape_separates_rise_then_fall_from_a_fall_and_noise(tmp_path):
     """The overoptimization evidence: B's gold rises 0.5 to its peak at 10 queries, then falls 0.3
     (every image alike, so the CIs are 0); A's two seeds disagree on the direction after the
     peak (over seeds, t(1) = 12.706: flat); D's gold falls from the start, unevenly per image."""
-    from bench.report import build_boards, gold_line, verdict_lines
-    from bench.store import connect
+    from bench.report.build import build_boards, gold_line, verdict_lines
+    from bench.store.database import connect
 
     make_db(tmp_path / "b.duckdb")
     con = connect(tmp_path / "b.duckdb")
@@ -241,7 +241,7 @@ def test_gold_shape_separates_rise_then_fall_from_a_fall_and_noise(tmp_path):
 
 
 def test_report_files_are_byte_identical_when_rebuilt(tmp_path):
-    from bench.report import write_report
+    from bench.report.build import write_report
 
     make_db(tmp_path / "b.duckdb")
     write_report(tmp_path / "b.duckdb", tmp_path / "r1")
@@ -264,7 +264,7 @@ def test_report_renders_in_headless_chromium(tmp_path):
     """The page is rendered by a real browser; the screenshot must not be blank."""
     from PIL import Image, ImageStat
 
-    from bench.report import write_report
+    from bench.report.build import write_report
 
     browser = _chromium()
     assert browser, "chromium is missing: scripts/setup.sh installs Debian's chromium package"
@@ -345,7 +345,7 @@ def test_load_results_gives_tidy_frames(tmp_path):
 
 def _wide_db(path):
     """The toy's full matrix shape: 13 methods, every toy reward, all three prompt sets."""
-    from bench.store import connect
+    from bench.store.database import connect
 
     con = connect(path)
     rewards = ("aesthetic", "pickscore", "hpsv2", "jpeg-compressibility", "gold-aesthetic", "gold-fidelity",
@@ -368,7 +368,7 @@ def test_report_first_screen_summary_role_order_and_no_horizontal_scroll(tmp_pat
     """The summary (verdicts, change, one number per other score at the matched level) comes first;
     prompt sets run seen, unseen, compositional; at 1300 px nothing scrolls sideways (measured by
     Chromium's layout: page width and every table's width against its box)."""
-    from bench.report import write_report
+    from bench.report.build import write_report
 
     _wide_db(tmp_path / "b.duckdb")
     index = write_report(tmp_path / "b.duckdb", tmp_path / "report")
@@ -404,8 +404,8 @@ def test_method_styles_are_fixed_and_distinct():
     """A method keeps its colour in every figure whatever else is plotted; the 13 methods are told apart."""
     import seaborn as sns
 
-    from bench.catalog import methods
-    from bench.report import method_styles
+    from bench.spec.catalog import methods
+    from bench.report.build import method_styles
 
     every = method_styles(methods.names())
     pairs = {(tuple(st["color"]), st["linestyle"]) for st in every.values()}
@@ -431,9 +431,9 @@ def test_figures_are_seaborn_lines_on_the_frames_in_fixed_styles(tmp_path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from bench.figures import mean_path, method_lines, method_styles, themed, wide_points
-    from bench.results import figure_frames
-    from bench.store import connect
+    from bench.report.figures import mean_path, method_lines, method_styles, themed, wide_points
+    from bench.report.frames import figure_frames
+    from bench.store.database import connect
 
     make_db(tmp_path / "b.duckdb")
     con = connect(tmp_path / "b.duckdb", read_only=True)

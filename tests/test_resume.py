@@ -34,7 +34,7 @@ def _result(out, spec):
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
-    from bench.runner import train_run
+    from bench.train.runner import train_run
 
     register_counting_reward()
     out = tmp_path_factory.mktemp("whole")
@@ -48,7 +48,7 @@ def uninterrupted(tmp_path_factory):
 
 @pytest.mark.parametrize("method", ["ddpo-2", "tdpo-r", "alignprop", "dense-dpo"])
 def test_killed_and_resumed_runs_end_bit_for_bit(method, uninterrupted, tmp_path, monkeypatch):
-    import bench.runner as runner
+    import bench.train.runner as runner
 
     register_counting_reward()
     spec = _spec(method)
@@ -79,7 +79,7 @@ def test_killed_and_resumed_runs_end_bit_for_bit(method, uninterrupted, tmp_path
 
 
 def test_restart_discards_the_state(tmp_path, monkeypatch):
-    import bench.runner as runner
+    import bench.train.runner as runner
 
     register_counting_reward()
     spec = _spec("ddpo-2")
@@ -93,7 +93,7 @@ def test_restart_discards_the_state(tmp_path, monkeypatch):
 
 
 def test_a_corrupt_state_is_refused_with_one_line(tmp_path, monkeypatch):
-    import bench.runner as runner
+    import bench.train.runner as runner
     from bench.errors import BenchError
 
     register_counting_reward()
@@ -112,7 +112,7 @@ def test_a_corrupt_state_is_refused_with_one_line(tmp_path, monkeypatch):
 
 
 def test_pack_round_trips_nested_state():
-    from bench.state import pack, unpack
+    from bench.train.state import pack, unpack
 
     obj = {"a": [1, 2.5, None, "x"], 3: {"t": torch.arange(4), (1, 2): (True, torch.ones(2, 2))},
            "n": __import__("numpy").arange(3)}

@@ -20,8 +20,8 @@ from tests.conftest import run_cli
 @pytest.mark.parametrize("method", ["prdp", "dense-dpo", "tdpo", "tdpo-r"])
 def test_training_reward_rises_on_fixed_seeds(tmp_path, method):
     from bench.evaluate import evaluate_checkpoints
-    from bench.prompts import resolve_prompt_set
-    from bench.runner import load_reward
+    from bench.spec.prompts import resolve_prompt_set
+    from bench.train.runner import load_reward
 
     r = run_cli("run", "--methods", method, "--reward", "aesthetic", "--out", str(tmp_path), "--no-progress", "--no-eval")
     assert r.returncode == 0, r.stderr[-3000:]
@@ -45,8 +45,8 @@ def test_ddpo_raises_jpeg_compressibility_within_a_small_budget(tmp_path, method
     ddpo-100 +0.0063 +- 0.0021, ddpo-2 +0.0046 +- 0.0022; ddpo-100 keeps rising to
     +0.027 +- 0.004 at 6,400 queries. The per-epoch training means (+-0.015) hide it."""
     from bench.evaluate import evaluate_checkpoints
-    from bench.prompts import resolve_prompt_set
-    from bench.runner import load_reward
+    from bench.spec.prompts import resolve_prompt_set
+    from bench.train.runner import load_reward
 
     r = run_cli("run", "--methods", method, "--reward", "jpeg-compressibility", "--num-steps", "10",
                 "--budget", "1280", "--out", str(tmp_path), "--no-progress", "--no-eval")

@@ -7,7 +7,7 @@ import pytest
 import torch
 from diffusers import DDIMScheduler
 
-from bench.sampling import ddim_step_with_logprob
+from bench.train.sampling import ddim_step_with_logprob
 
 
 @pytest.fixture

@@ -1,11 +1,11 @@
-"""The scale rule (bench/scale.py) on hand-computed cases, and the fidelity fixes it carries."""
+"""The scale rule (bench/spec/scale.py) on hand-computed cases, and the fidelity fixes it carries."""
 
 import math
 
 import pytest
 
-from bench.catalog import methods
-from bench.scale import SOURCE_LATENT_DIMS, Scale, effective_hparams, ppo_shape, stat_tracker_activity
+from bench.spec.catalog import methods
+from bench.spec.scale import SOURCE_LATENT_DIMS, Scale, effective_hparams, ppo_shape, stat_tracker_activity
 
 TOY = Scale(num_steps=10, samples_per_epoch=32, latent_dims=256, budget=640, multiplier=8.0)
 SD = Scale(num_steps=50, samples_per_epoch=256, latent_dims=SOURCE_LATENT_DIMS, budget=25_600, multiplier=1.0)
@@ -79,7 +79,7 @@ def test_stat_tracker_activity_by_hand():
 
 
 def test_effective_table_lists_every_method():
-    from bench.cli import effective_table
+    from bench.spec.listing import effective_table
 
     title, rows = effective_table("toy")
     assert {r[0] for r in rows} == set(methods.names())

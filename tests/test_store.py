@@ -10,9 +10,9 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from bench import io as bio
+from bench.store import atomic as bio
 from bench.errors import BenchError
-from bench.store import connect, ingest
+from bench.store.database import connect, ingest
 
 
 def write_run(out: Path, run_id: str, status: str, epochs: int, started_at="2026-01-01T00:00:00+00:00"):

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from bench import neurons
+from bench.train import neurons
 from methods.ddpo import ppo_clipped_loss
 from methods.tdpo import KLController, TemporalCritic, clipped_value_loss, kl_penalty, reset_period, temporal_rewards
 from tests.conftest import run_cli
@@ -218,7 +218,7 @@ def _spec(method, num_steps, budget, samples_per_epoch, train_batch_size, multip
 
 def test_exactly_100_optimizer_steps_per_epoch_at_T50(tmp_path, monkeypatch):
     """4 samples, T=50, the reference's updates per query: 200 sample-steps in updates of 2 -> 100 steps of each optimizer."""
-    from bench.runner import train_run
+    from bench.train.runner import train_run
 
     register_counting_reward()
     calls = []
@@ -332,7 +332,7 @@ def test_checkpoints_hold_the_trained_policy_not_a_fresh_reset(tmp_path):
 
     from safetensors.torch import load_file
 
-    from bench.runner import train_run
+    from bench.train.runner import train_run
 
     register_counting_reward()
     spec = _spec("tdpo-policy-reset-active", num_steps=3, budget=16, samples_per_epoch=8, train_batch_size=8,
@@ -355,7 +355,7 @@ def test_checkpoints_hold_the_trained_policy_not_a_fresh_reset(tmp_path):
 def test_kl_variant_logs_its_penalty_to_return_ratio(tmp_path):
     import json
 
-    from bench.runner import train_run
+    from bench.train.runner import train_run
 
     register_counting_reward()
     spec = _spec("tdpo-kl", num_steps=3, budget=16, samples_per_epoch=8, train_batch_size=8, lr=1e-2)

@@ -8,7 +8,8 @@ import torch
 
 from bench.toy.captions import parse_caption
 from bench.toy.gold import gold_aesthetic, image_stats
-from bench.toy.render import COLORS, Obj, Scene, draw, hue_distance, render_dataset
+from bench.toy.render import Obj, Scene, draw, hue_distance, render_dataset
+from bench.toy.vocab import COLORS
 
 
 
@@ -104,7 +105,7 @@ def test_committed_pipeline_loads_through_the_backbone_and_samples():
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel
 
-    from bench.backbone import build_backbone
+    from bench.train.backbone import build_backbone
     from bench.toy.suite import pipeline_dir
 
     bb = build_backbone(str(pipeline_dir()), num_steps=4, guidance_scale=5.0, eta=1.0)
@@ -119,15 +120,15 @@ def test_committed_pipeline_loads_through_the_backbone_and_samples():
 
 @pytest.fixture(scope="module")
 def toy_rewards():
-    from bench.runner import load_reward
+    from bench.train.runner import load_reward
 
     return {n: load_reward(n, "toy", "cpu") for n in ("aesthetic", "pickscore", "hpsv2", "gold-aesthetic",
                                                        "gold-fidelity")}
 
 
 def test_seen_prompt_fidelity_stays_above_the_recorded_rate(toy_rewards):
-    from bench.backbone import build_backbone
-    from bench.prompts import resolve_prompt_set
+    from bench.train.backbone import build_backbone
+    from bench.spec.prompts import resolve_prompt_set
     from bench.toy.suite import pipeline_dir
 
     recorded = suite_json()["toy-seen"]["fidelity_match_rate"]
@@ -179,8 +180,8 @@ def test_rewards_are_deterministic_and_proxies_disagree(toy_rewards):
 
 
 def test_quick_rebuild_runs_end_to_end(tmp_path, monkeypatch):
-    from bench.backbone import build_backbone
-    from bench.runner import load_reward
+    from bench.train.backbone import build_backbone
+    from bench.train.runner import load_reward
     from bench.toy import build
     from bench.toy.suite import pipeline_dir
 
@@ -211,7 +212,7 @@ def test_preference_rewards_use_their_official_formulas():
     """HPSv2 is the cosine of normalised features (no logit scale); PickScore is logit_scale.exp() x cosine."""
     import torch
 
-    from bench.runner import load_reward
+    from bench.train.runner import load_reward
 
     images = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     prompts = ["a red circle", "a blue square", "a red circle", "two green stars"]

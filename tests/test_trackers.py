@@ -18,7 +18,7 @@ def _events(folder):
 
 def test_tensorboard_gets_the_training_metrics_scores_and_grids(tmp_path):
     from bench.evaluate import evaluate_run
-    from bench.runner import run_dir_for, train_run
+    from bench.train.runner import run_dir_for, train_run
 
     register_counting_reward()
     spec = make_spec("ddpo-2", num_steps=2, samples_per_epoch=8, budget=16, num_checkpoints=2, backbone="toy",
@@ -49,7 +49,7 @@ def test_tensorboard_gets_the_training_metrics_scores_and_grids(tmp_path):
 
 
 def test_no_tracker_writes_no_event_files(tmp_path):
-    from bench.runner import run_dir_for, train_run
+    from bench.train.runner import run_dir_for, train_run
 
     register_counting_reward()
     spec = make_spec("ddpo-2", num_steps=2, samples_per_epoch=8, budget=8)

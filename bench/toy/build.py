@@ -198,7 +198,8 @@ def _retrieval_accuracy(clip, tok, seed: int) -> float:
     import numpy as np
     import torch
 
-    from bench.toy.render import COLORS, SHAPES, article, draw, sample_scene
+    from bench.toy.render import draw, sample_scene
+    from bench.toy.vocab import COLORS, SHAPES, article
 
     rng = np.random.default_rng(seed + 99)
     cands = [f"{article(c)} {c} {s}" for c in COLORS for s in SHAPES]
@@ -289,7 +290,7 @@ def _save_pipeline(out: Path, unet, text, vae, tok) -> None:
     import torch
     from diffusers import StableDiffusionPipeline
 
-    from bench.catalog import backbones
+    from bench.spec.catalog import backbones
     from bench.tiny import save_pipeline_dir
     from bench.toy.models import new_scheduler
 
@@ -477,7 +478,7 @@ def main(argv=None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    from bench.backbone import quiet_loading
+    from bench.train.backbone import quiet_loading
 
     quiet_loading()
     cfg = QUICK if args.quick else FULL

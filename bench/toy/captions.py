@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from bench.errors import BenchError
-from bench.toy.render import COLORS, LOCATIONS, PLURALS, SHAPES
+from bench.toy.vocab import COLORS, LOCATIONS, PLURALS, SHAPES
 
 _SINGULAR = {p: s for s, p in PLURALS.items()}
 _NUMBERS = {"a": 1, "an": 1, "two": 2, "three": 3}

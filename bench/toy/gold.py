@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bench.toy.captions import parse_caption
-from bench.toy.render import COLORS, SHAPES
+from bench.toy.vocab import COLORS, SHAPES
 
 PAIRS = [(c, s) for c in COLORS for s in SHAPES]
 PAIR_INDEX = {p: i for i, p in enumerate(PAIRS)}

@@ -5,7 +5,7 @@ CLIPModel / CLIPTextModel), only tiny."""
 from __future__ import annotations
 
 from bench.tiny import word_tokenizer
-from bench.toy.render import vocabulary
+from bench.toy.vocab import vocabulary
 
 TEXT_DIM = 64
 MAX_TOKENS = 16

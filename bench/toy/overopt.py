@@ -42,8 +42,8 @@ def main(argv=None) -> int:
     import torch
 
     from bench.evaluate import evaluate_checkpoints
-    from bench.prompts import resolve_prompt_set
-    from bench.runner import load_reward
+    from bench.spec.prompts import resolve_prompt_set
+    from bench.train.runner import load_reward
     from bench.toy.gold import image_stats
 
     class Saturation:  # a pixel statistic, scored like a reward so it lands in the same rows

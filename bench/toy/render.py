@@ -20,17 +20,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from bench.toy.captions import parse_caption
+from bench.toy.vocab import COLORS, COUNTS, LOCATIONS, PLURALS, SHAPES, article
+
 SIZE = 32
 SUPERSAMPLE = 2  # render at 64x64, box-filter down: cheap antialiasing
 
-SHAPES = ("circle", "square", "triangle", "diamond", "cross", "ring", "star", "bar")
-PLURALS = {"circle": "circles", "square": "squares", "triangle": "triangles", "diamond": "diamonds",
-           "cross": "crosses", "ring": "rings", "star": "stars", "bar": "bars"}
-# Hue in degrees; the names are what captions and the gold fidelity scorer use.
-COLORS = {"red": 0.0, "orange": 30.0, "yellow": 58.0, "green": 120.0, "cyan": 185.0, "blue": 228.0,
-          "purple": 282.0}
-COUNTS = {1: "a", 2: "two", 3: "three"}
-LOCATIONS = ("left", "right", "top", "bottom")
 KINDS = ("single", "location", "count", "pair", "background")
 KIND_WEIGHTS = (0.5, 0.12, 0.14, 0.12, 0.12)
 
@@ -55,16 +50,6 @@ class Scene:
     location: str | None = None
     bg_color: str | None = None
     meta: dict = field(default_factory=dict, compare=False)
-
-
-def article(color: str) -> str:
-    return "an" if color[0] in "aeiou" else "a"
-
-
-def vocabulary() -> list[str]:
-    words = {"a", "an", "and", "on", "the", "background", "two", "three", *LOCATIONS, *SHAPES,
-             *PLURALS.values(), *COLORS}
-    return sorted(words)
 
 
 def hue_distance(a: float, b: float) -> float:
@@ -217,8 +202,6 @@ def scene_for_caption(caption: str, rng: np.random.Generator) -> Scene:
     """A random scene that the caption describes (used to render reference images).
     Rejection sampling: meant for single-object, count, location and background
     captions; a pair caption rarely matches and raises after 1000 tries."""
-    from bench.toy.captions import parse_caption
-
     req = parse_caption(caption)
     for _ in range(1000):
         s = sample_scene(rng, kind=req.kind, color=req.objects[0][0], shape=req.objects[0][1])

@@ -31,16 +31,16 @@ def sample_prompts(backbone, prompts: list[str], per_prompt: int, seed: int) -> 
 
 
 def measure(per_prompt: int = 4, seed: int = 0) -> dict:
-    from bench.backbone import build_backbone
-    from bench.prompts import resolve_prompt_set
-    from bench.runner import load_reward
+    from bench.train.backbone import build_backbone
+    from bench.spec.prompts import resolve_prompt_set
+    from bench.train.runner import load_reward
     from bench.toy.gold import image_stats
     from bench.toy.render import draw, sample_scene
     from bench.toy.suite import pipeline_dir
 
     rewards = {n: load_reward(n, "toy", "cpu") for n in ("aesthetic", "pickscore", "hpsv2", "gold-aesthetic",
                                                           "gold-fidelity")}
-    from bench.catalog import backbones
+    from bench.spec.catalog import backbones
 
     T = backbones.get("toy").meta["defaults"]["num_steps"]  # the bars hold at the suite's default T
     bb = build_backbone(str(pipeline_dir()), num_steps=T, guidance_scale=5.0, eta=1.0)

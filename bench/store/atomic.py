@@ -8,6 +8,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from bench.errors import BenchError
+
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path = Path(path)
@@ -31,3 +33,12 @@ def atomic_write_json(path: Path, obj) -> None:
 
 def atomic_write_jsonl(path: Path, rows) -> None:
     atomic_write_bytes(path, "".join(json.dumps(r, sort_keys=True, default=str) + "\n" for r in rows).encode())
+
+
+def check_out_dir(out: Path) -> None:
+    """--out must be a folder we can write (or create)."""
+    if out.exists() and not out.is_dir():
+        raise BenchError(f"--out {out} is a file, not a folder")
+    parent = out if out.exists() else next((p for p in out.parents if p.exists()), Path("."))
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise BenchError(f"--out {out}: cannot write in {parent} (permission denied)")

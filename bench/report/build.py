@@ -13,15 +13,15 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.analysis import (Curve, GoldShape, change_verdict, gold_shape, interpolate_at, load_curves,
+from bench.report.analysis import (Curve, GoldShape, change_verdict, gold_shape, interpolate_at, load_curves,
                             matched_level, mean_ci, normalised_auc, paired_changes)
-from bench.figures import (GOLD, KL, curve_figures, diagnostics_figure, diversity_figures, kl_figures,  # noqa: F401
+from bench.report.figures import (GOLD, KL, curve_figures, diagnostics_figure, diversity_figures, kl_figures,  # noqa: F401
                            method_styles, themed, training_figures)
-from bench.results import figure_frames
+from bench.report.frames import figure_frames
 
 
 def higher_is_better(reward: str) -> bool:
-    from bench.catalog import rewards
+    from bench.spec.catalog import rewards
 
     if reward == KL:
         return False
@@ -161,13 +161,13 @@ def build_boards(con) -> list[Board]:
 
 
 def _expected_flat(method: str) -> str | None:
-    from bench.catalog import methods
+    from bench.spec.catalog import methods
 
     return methods.get(method).meta.get("expected_not_to_learn") if method in methods else None
 
 
 def _companion(method: str) -> str | None:
-    from bench.catalog import methods
+    from bench.spec.catalog import methods
 
     return methods.get(method).meta.get("companion") if method in methods else None
 
@@ -250,7 +250,7 @@ def boards_frame(boards: list[Board]):
     CI half-width over seeds, and for the skewed 'queries to level' a BCa bootstrap interval (3+ seeds)."""
     import pandas as pd
 
-    from bench.analysis import bootstrap_ci
+    from bench.report.analysis import bootstrap_ci
 
     rows = []
     for b in boards:
@@ -334,7 +334,7 @@ def question_rows(boards: list[Board]) -> list[tuple]:
     """For every board holding TDPO-R and a comparison method with 2+ seeds each: per out-of-domain
     or gold column at the matched level, TDPO-R minus the other method, with a Welch 95% CI over seeds
     and what it says (better / worse / no difference at 95%, in the reward's own direction)."""
-    from bench.analysis import welch_ci
+    from bench.report.analysis import welch_ci
 
     focus, others = QUESTION
     out = []
@@ -420,9 +420,9 @@ def diagnostics(train, folder: Path, styles: dict) -> tuple[list[str], list[tupl
 
 def effective_tables(con) -> list[tuple[str, list[tuple]]]:
     """The scale rule's effective quantities at every scale the stored runs used."""
-    from bench.prompts import resolve_prompt_set
-    from bench.scale import Scale, effective_table_rows
-    from bench.spec import RunSpec
+    from bench.spec.prompts import resolve_prompt_set
+    from bench.spec.scale import Scale, effective_table_rows
+    from bench.spec.runspec import RunSpec
 
     scales = {}
     for (config,) in con.execute("SELECT config FROM runs ORDER BY run_id").fetchall():
@@ -495,7 +495,7 @@ def matched_grids(con, out_dir: Path, boards: list[Board]) -> list[tuple[str, st
 
 
 def _roles() -> dict[str, str]:
-    from bench.catalog import prompt_sets
+    from bench.spec.catalog import prompt_sets
 
     return {e.name: e.meta.get("role", "") for e in prompt_sets.entries()}
 
@@ -504,8 +504,8 @@ def write_report(db_path: Path, report_dir: Path, out_dir: Path | None = None,
                  boards: list[Board] | None = None) -> Path:
     """Leaderboard files, figures and index.html under report_dir; returns the HTML path.
     `boards` (from `build_boards` on the same database) saves building them again."""
-    from bench.scale import EFFECTIVE_HEADER
-    from bench.store import connect
+    from bench.spec.scale import EFFECTIVE_HEADER
+    from bench.store.database import connect
 
     report_dir = Path(report_dir)
     out_dir = Path(out_dir) if out_dir else Path(db_path).parent
@@ -599,7 +599,7 @@ def write_report(db_path: Path, report_dir: Path, out_dir: Path | None = None,
         *[f'<figure><img src="figures/{html.escape(p)}" alt="{html.escape(p)}"></figure>' for p in diag_pngs],
         _table_html(diag_table[0], diag_table[1:]) if diag_table else "<p>No training metrics.</p>",
         "<h2>The scale rule at the runs' scale</h2>",
-        "<p>Every method's source setting mapped to the run's scale by one rule (<code>bench/scale.py</code>; "
+        "<p>Every method's source setting mapped to the run's scale by one rule (<code>bench/spec/scale.py</code>; "
         "<code>python -m bench list methods --effective</code>).</p>",
         *[f"<h3>{html.escape(title)}</h3>" + _table_html(EFFECTIVE_HEADER, rows) for title, rows in effective],
         "<h2>Samples at the matched level</h2>",

@@ -6,7 +6,7 @@ Policy:
   (autocast runs there; slower, for checks).
 - The frozen UNet, VAE and text encoder are cast to the precision; LoRA and the critic stay fp32;
   the UNet runs under autocast. The Gaussian log-prob math (DDIM mean, sigma, log-density) runs
-  in fp32 on the UNet's output (bench.sampling).
+  in fp32 on the UNet's output (bench.train.sampling).
 - Sampling-time and training-time log-probs go through the same path, so the ratio at the old
   parameters is 1 (the runner logs `ratio_at_old` and its largest deviation every epoch).
 - fp16 always trains with dynamic loss scaling: the loss is multiplied by the scale before

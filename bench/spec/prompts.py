@@ -47,7 +47,7 @@ def read_prompt_file(path: str | Path) -> list[str]:
 
 def resolve_prompt_set(name_or_path: str) -> tuple[str, list[str]]:
     """Return (canonical name, prompts) for a registered set name or a file path."""
-    from bench.catalog import REPO_ROOT, prompt_sets
+    from bench.spec.catalog import REPO_ROOT, prompt_sets
 
     if name_or_path in prompt_sets:
         entry = prompt_sets.get(name_or_path)

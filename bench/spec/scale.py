@@ -154,7 +154,7 @@ def stat_tracker_activity(num_prompts: int, scale: Scale, min_count: int, buffer
 def effective_rows(scale: Scale, num_prompts: int) -> list[dict[str, Any]]:
     """One row per registered method: the quantities the rule gives at `scale` (for
     `bench list methods --effective` and the report)."""
-    from bench.catalog import methods
+    from bench.spec.catalog import methods
 
     rows = []
     for entry in methods.entries():

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from bench.errors import BenchError
-from bench.io import atomic_write_bytes
+from bench.store.atomic import atomic_write_bytes
 
 STATE_DIR = "state"
 

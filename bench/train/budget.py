@@ -53,7 +53,7 @@ class CountedReward:
         self.queries = 0
         self.allowance = 0
         self.counts = None
-        """A bench.compute.ComputeCounts to add reward forwards to (the runner shares the backbone's)."""
+        """A bench.train.compute.ComputeCounts to add reward forwards to (the runner shares the backbone's)."""
 
     def allow(self, n: int) -> None:
         self.allowance += n

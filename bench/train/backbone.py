@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 
 from bench.errors import BenchError
-from bench.io import atomic_write_bytes
-from bench.sampling import Trajectory, ddim_mean_std, ddim_step_with_logprob, gaussian_noise, step_kl
+from bench.store.atomic import atomic_write_bytes
+from bench.train.sampling import Trajectory, ddim_mean_std, ddim_step_with_logprob, gaussian_noise, step_kl
 
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 
@@ -71,7 +71,7 @@ class Backbone:
         self.scheduler.set_timesteps(num_steps, device=self.device)
         self.timesteps = self.scheduler.timesteps.clone()
         self._lora_rank: int | None = None
-        from bench.compute import ComputeCounts
+        from bench.train.compute import ComputeCounts
 
         self.counts = ComputeCounts()
 

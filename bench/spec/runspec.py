@@ -71,10 +71,10 @@ class RunSpec:
     """Latent channels x height x width of the backbone (the scale rule's D)."""
     inputs: str = ""
     """Digest of the CONTENTS of what the run reads: its prompts, backbone folder and reward weights
-    (bench/manifest.py). A changed input is a new run."""
+    (bench/store/manifest.py). A changed input is a new run."""
     hparams: tuple[tuple[str, Any], ...] = field(default_factory=tuple)
     """The method's hyperparameters at this run's scale: preset and overrides at the source scale, mapped by
-    the scale rule (bench/scale.py)."""
+    the scale rule (bench/spec/scale.py)."""
 
     # ------------------------------------------------------------------ identity
     def to_dict(self) -> dict[str, Any]:
@@ -146,7 +146,7 @@ def parse_seeds(text: str) -> list[int]:
 
 
 def parse_methods(text: str) -> list[str]:
-    from bench.catalog import methods
+    from bench.spec.catalog import methods
 
     if text.strip() == "all":
         return methods.names()
@@ -213,7 +213,7 @@ INTEGER_HPARAMS = ("stat_buffer_size", "stat_min_count", "num_inner_epochs", "en
 
 def validate_hparams(method: str, hp: dict[str, Any]) -> None:
     """Refuse out-of-range or unknown-choice values (a one-line BenchError), before torch."""
-    from bench.catalog import rewards
+    from bench.spec.catalog import rewards
 
     for key, value in hp.items():
         if isinstance(value, bool):
@@ -246,7 +246,7 @@ def parse_overrides(items: list[str]) -> dict[str, str]:
 
 def scale_for(spec: "RunSpec"):
     """The scale rule's target for a spec."""
-    from bench.scale import Scale
+    from bench.spec.scale import Scale
 
     return Scale(num_steps=spec.num_steps, samples_per_epoch=spec.samples_per_epoch, latent_dims=spec.latent_dims,
                  budget=spec.budget, multiplier=spec.update_multiplier)
@@ -254,11 +254,11 @@ def scale_for(spec: "RunSpec"):
 
 def resolve_hparams(method: str, overrides: dict[str, str], scale) -> tuple[tuple[str, Any], ...]:
     """Preset defaults + overrides (both at the source scale), mapped to `scale` (a
-    bench.scale.Scale) by the scale rule."""
+    bench.spec.scale.Scale) by the scale rule."""
     import math
 
-    from bench.catalog import methods
-    from bench.scale import effective_hparams
+    from bench.spec.catalog import methods
+    from bench.spec.scale import effective_hparams
 
     entry = methods.get(method)
     hp = dict(entry.meta.get("hparams", {}))
@@ -307,7 +307,7 @@ class BackboneInfo:
 
 def resolve_backbone(name: str) -> BackboneInfo:
     """Find a backbone without importing torch. Missing weights raise a one-line BenchError."""
-    from bench.catalog import SD_DEFAULTS, backbones
+    from bench.spec.catalog import SD_DEFAULTS, backbones
 
     if name in backbones:
         entry = backbones.get(name)

@@ -32,37 +32,10 @@ class Results:
     'queries to level', 3+ seeds)."""
 
 
-JOIN_RUN = "JOIN (SELECT run_id, method, seed, reward AS train_reward FROM runs) r USING (run_id)"
-
-
-def curves_frame(con):
-    """Mean score per run, prompt set, checkpoint and reward, long (the points of every curve)."""
-    return con.execute(f"""SELECT run_id, method, seed, train_reward, prompt_set, reward_queries, reward,
-                                  avg(value) AS value, count(*) AS images
-                           FROM scores {JOIN_RUN} GROUP BY ALL ORDER BY ALL""").df()
-
-
-def train_frame(con):
-    return con.execute(f"SELECT * FROM train_metrics {JOIN_RUN} ORDER BY run_id, epoch, metric").df()
-
-
-def sets_frame(con):
-    import pandas as pd
-
-    return con.execute(f"SELECT * FROM eval_metrics {JOIN_RUN} ORDER BY ALL").df() \
-        if _has(con, "eval_metrics") else pd.DataFrame(columns=["run_id", "method", "seed", "train_reward",
-                                                               "prompt_set", "reward_queries", "metric", "value"])
-
-
-def figure_frames(con) -> dict:
-    """The frames every figure of the report is drawn from (the same as `load_results`' curves,
-    train_metrics and eval_metrics)."""
-    return dict(curves=curves_frame(con), train=train_frame(con), sets=sets_frame(con))
-
-
 def load_results(db) -> Results:
-    from bench.report import boards_frame, build_boards
-    from bench.store import open_results
+    from bench.report.build import boards_frame, build_boards
+    from bench.report.frames import JOIN_RUN, figure_frames
+    from bench.store.database import open_results
 
     con = open_results(Path(db))
     try:
@@ -74,7 +47,3 @@ def load_results(db) -> Results:
     finally:
         con.close()
     return Results(runs, checkpoints, frames["train"], scores, frames["sets"], frames["curves"], board)
-
-
-def _has(con, table: str) -> bool:
-    return bool(con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [table]).fetchone()[0])

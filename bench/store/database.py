@@ -48,7 +48,7 @@ SCHEMA = {
         gradient_updates BIGINT,         -- optimizer steps so far
         wall_time_s DOUBLE,              -- seconds since the run started
         path VARCHAR,                    -- LoRA safetensors, relative to the run folder
-        unet_forward BIGINT, unet_backward BIGINT,   -- UNet rows so far (CFG: 2 per latent); bench/compute.py
+        unet_forward BIGINT, unet_backward BIGINT,   -- UNet rows so far (CFG: 2 per latent); bench/train/compute.py
         vae_decodes BIGINT, reward_forwards BIGINT,  -- latents decoded; images through the training reward
         encoder_forwards BIGINT,                     -- images through a reward encoder outside queries (TDPO critic)
         sha256 VARCHAR,                              -- of the LoRA file, verified before it is scored

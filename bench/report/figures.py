@@ -1,4 +1,4 @@
-"""The report's figures: seaborn line plots on the tidy frames of `bench.results`, in one theme
+"""The report's figures: seaborn line plots on the tidy frames of `bench.report.frames`, in one theme
 (`themed`), with one fixed colour and dash per method in every figure (`method_styles`).
 
 Where a method has several seeds, a line is the mean over seeds and its band seaborn's 95% bootstrap
@@ -21,7 +21,7 @@ def method_styles(methods) -> dict:
     Methods outside the catalog follow it in name order."""
     import seaborn as sns
 
-    from bench.catalog import methods as registry
+    from bench.spec.catalog import methods as registry
 
     palette = sns.color_palette("colorblind", 10)
     known = list(registry.names())

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench.registry import Registry
+from bench.spec.registry import Registry
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 methods = Registry("method")
 rewards = Registry("reward")
@@ -23,7 +23,7 @@ studies = Registry("study")
 # `hparams` are the method's source-scale values (its paper or reference code, at SD
 # scale); `--set key=value` overrides them at that scale. `source` states the
 # source's epoch: samples, steps T, optimizer updates and the update's shape. The
-# scale rule (bench/scale.py) maps both to a run's scale, the same way for every
+# scale rule (bench/spec/scale.py) maps both to a run's scale, the same way for every
 # method; `bench list methods --effective` prints the result.
 
 _SD = dict(samples_per_epoch=256, num_steps=50)  # the DDPO/TDPO reference epoch: 8 GPUs x 32 samples, T=50
@@ -224,7 +224,7 @@ prompt_sets.register(
 # --------------------------------------------------------------------------- backbones
 # `defaults` is the scale of a run on this backbone: what a run uses unless the
 # command line says otherwise. `latent_dims` (channels x height x width of the UNet's
-# latents) and `update_multiplier` (m of the scale rule) feed bench/scale.py;
+# latents) and `update_multiplier` (m of the scale rule) feed bench/spec/scale.py;
 # `train_batch_size` is the most sample-steps one UNet call takes (a memory bound:
 # the shape of an update is the scale rule's).
 backbones.register(

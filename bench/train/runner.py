@@ -30,10 +30,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.budget import CountedReward, RewardBudget
+from bench.train.budget import CountedReward, RewardBudget
 from bench.errors import BenchError, RunFailed, check_finite
-from bench.io import atomic_write_bytes, atomic_write_json, atomic_write_jsonl
-from bench.spec import RunSpec
+from bench.store.atomic import atomic_write_bytes, atomic_write_json, atomic_write_jsonl
+from bench.spec.runspec import RunSpec
 
 
 @dataclass
@@ -49,7 +49,7 @@ class TrainContext:
     """Per-process generator for prompts and shuffling."""
     progress: bool = True
     scaler: "object" = None
-    """bench.precision.LossScaler of the run (scales every backward in fp16; identity otherwise)."""
+    """bench.train.precision.LossScaler of the run (scales every backward in fp16; identity otherwise)."""
     timings: dict = None
     """Seconds per phase in the current epoch ('sampling', 'scoring', ...), read and reset by the runner."""
     epoch: int = 0
@@ -144,7 +144,7 @@ class TrainContext:
         final image once with the training reward (len(prompts) reward queries).
         Returns (Trajectory, rewards as a float32 CPU tensor)."""
         crash_point(self.epoch, "mid")
-        from bench.sampling import Trajectory
+        from bench.train.sampling import Trajectory
 
         n, bs = len(prompts), self.spec.sample_batch_size
         with self.bar(n, "sampling") as bar, self.timed("sampling"):
@@ -195,7 +195,7 @@ def optimizer_steps(ctx, groups: list[tuple]) -> bool:
     """One update of several optimizers that share a backward (TDPO: LoRA and critic). With fp16 an
     update whose gradients overflowed is skipped for all of them and the loss scale halved; in fp32
     or bf16 a non-finite gradient stops the run. Returns whether the step was taken."""
-    from bench.precision import LossScaler
+    from bench.train.precision import LossScaler
 
     scaler = getattr(ctx, "scaler", None) or LossScaler("no")
     finite = all([scaler.unscale(params) for _, params, _ in groups])  # unscale every group, always
@@ -218,7 +218,7 @@ def optimizer_steps(ctx, groups: list[tuple]) -> bool:
 
 
 def make_accelerator(mixed_precision: str = "no"):
-    """Process topology only (rank, world size, device): precision is the runner's (bench/precision.py),
+    """Process topology only (rank, world size, device): precision is the runner's (bench/train/precision.py),
     since every backward and step goes through its loss scaling."""
     from accelerate import Accelerator
 
@@ -226,18 +226,18 @@ def make_accelerator(mixed_precision: str = "no"):
 
 
 def backbone_location(spec: RunSpec) -> str:
-    from bench.spec import resolve_backbone
+    from bench.spec.runspec import resolve_backbone
 
     info = resolve_backbone(spec.backbone)
     if info.builder:
-        from bench.registry import load_target
+        from bench.spec.registry import load_target
 
         return str(load_target(info.builder)())
     return info.location
 
 
 def load_reward(name: str, suite: str, device):
-    from bench.catalog import rewards
+    from bench.spec.catalog import rewards
 
     return rewards.get(name).load()(suite=suite, device=device)
 
@@ -255,7 +255,7 @@ def train_run(spec: RunSpec, out_dir: Path, progress: bool = True, accelerator=N
               restart: bool = False, log_with: str | None = None) -> dict:
     """Train one run to its budget. Returns the final `runs` row. `on_progress(n)` is called with
     the reward queries of each finished epoch (the grid's overall progress bar). `log_with`
-    ('tensorboard' or 'wandb') also sends each epoch's metrics to that tracker (bench/trackers.py).
+    ('tensorboard' or 'wandb') also sends each epoch's metrics to that tracker (bench/train/trackers.py).
 
     A run that stopped (a crash, a kill) resumes from the training state saved with its last
     checkpoint: LoRA, optimizer states, every generator, the stat tracker, the critic, replay
@@ -263,11 +263,11 @@ def train_run(spec: RunSpec, out_dir: Path, progress: bool = True, accelerator=N
     uninterrupted run would. `restart` discards that state and starts over."""
     from accelerate.utils import set_seed
 
-    from bench.backbone import build_backbone
-    from bench.catalog import methods
-    from bench.prompts import resolve_prompt_set
-    from bench.provenance import git_commit, package_versions
-    from bench.state import load_state, save_state, state_folder
+    from bench.train.backbone import build_backbone
+    from bench.spec.catalog import methods
+    from bench.spec.prompts import resolve_prompt_set
+    from bench.store.provenance import git_commit, package_versions
+    from bench.train.state import load_state, save_state, state_folder
 
     accelerator = accelerator or make_accelerator(spec.mixed_precision)
     world, rank = accelerator.num_processes, accelerator.process_index
@@ -296,7 +296,7 @@ def train_run(spec: RunSpec, out_dir: Path, progress: bool = True, accelerator=N
                 shutil.rmtree(run_dir / stale, ignore_errors=True)
         atomic_write_json(run_dir / "run.json", run_row)
 
-    from bench.precision import DTYPES, LossScaler, resolve_precision
+    from bench.train.precision import DTYPES, LossScaler, resolve_precision
 
     device = accelerator.device
     precision = resolve_precision(spec.mixed_precision, device)
@@ -337,7 +337,7 @@ def train_run(spec: RunSpec, out_dir: Path, progress: bool = True, accelerator=N
         ckpt_rows = [r for r in _read_jsonl(run_dir / "checkpoints.jsonl") if r["reward_queries"] <= budget.used]
         metric_rows = [r for r in _read_jsonl(run_dir / "metrics.jsonl") if r["epoch"] <= epoch]
 
-    from bench.trackers import Tracker
+    from bench.train.trackers import Tracker
 
     tracker = Tracker(log_with if main else None, run_dir, spec.run_name, spec.to_dict())
 

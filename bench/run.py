@@ -1,0 +1,252 @@
+"""`bench run`: every input validated and the grid of run specs built without torch, then the grid trained,
+evaluated, ingested and reported."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+from bench.errors import BenchError, check_positive
+from bench.quiet import quiet_libraries
+from bench.report.command import print_and_write
+from bench.store.atomic import check_out_dir
+from bench.store.commands import print_summary
+
+
+def apply_study(args) -> None:
+    """Fill the run flags a study presets (and the plain defaults), leaving explicit ones alone."""
+    from bench.spec import catalog
+
+    preset = {}
+    if args.study is not None:
+        study = catalog.studies.get(args.study).meta
+        preset = dict(methods=",".join(study["methods"]), seeds=",".join(map(str, study["seeds"])),
+                      reward=study["reward"], backbone=study["backbone"], budget=str(study["budget"]),
+                      num_checkpoints=study["num_checkpoints"], eval_per_prompt=study["eval_per_prompt"])
+    defaults = dict(methods="all", seeds="0", reward="aesthetic")  # budget, checkpoints: the backbone's
+    for key in ("methods", "seeds", "reward", "backbone", "budget", "num_checkpoints", "eval_per_prompt"):
+        if getattr(args, key, None) is None:
+            setattr(args, key, preset.get(key, defaults.get(key)))
+
+
+def check_launcher(args) -> None:
+    """--launcher ray's flags and its import, checked before anything heavy."""
+    launcher = getattr(args, "launcher", "local")
+    if launcher != "ray":
+        for flag in ("ray_address", "gpus_per_run"):
+            if getattr(args, flag, None) is not None:
+                raise BenchError(f"--{flag.replace('_', '-')} needs --launcher ray")
+        return
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None:
+        raise BenchError("--launcher ray needs Ray, which is not installed: pip install -e .[ray]")
+    gpus = getattr(args, "gpus_per_run", None)
+    if gpus is not None and (gpus < 0 or (gpus > 1 and gpus != int(gpus))):
+        raise BenchError(f"--gpus-per-run {gpus:g}: a fraction up to 1 (runs sharing a GPU) or a whole number")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise BenchError("--launcher ray submits the grid from one driver; do not start it under accelerate "
+                         "launch / torchrun (use --gpus-per-run N for data-parallel runs)")
+
+
+def build_specs(args) -> list:
+    """Validate every input and build the grid of RunSpecs, without torch."""
+    from bench.spec import catalog
+    from bench.errors import did_you_mean
+    from bench.spec.prompts import resolve_prompt_set
+    from bench.spec.runspec import RunSpec, parse_budget, parse_methods, parse_overrides, parse_seeds, \
+        resolve_backbone, resolve_hparams
+
+    apply_study(args)
+    from bench.train.trackers import check_available
+
+    check_available(args.log_with)
+    check_launcher(args)
+    shard = parse_shard(args.shard)
+    method_names = parse_methods(args.methods)
+    dupes = sorted({m for m in method_names if method_names.count(m) > 1})
+    if dupes:
+        raise BenchError(f"--methods names {', '.join(dupes)} twice")
+    reward_entry = catalog.rewards.get(args.reward)
+    if reward_entry.meta.get("eval_only"):
+        raise BenchError(f"{args.reward!r} is a gold reward, for evaluation only; train on a proxy such as "
+                         f"'aesthetic' (see `python -m bench list rewards`)")
+    info = resolve_backbone(args.backbone or catalog.DEFAULT_BACKBONE)
+    d = info.defaults
+    budget = parse_budget(args.budget) if args.budget is not None else d["budget"]
+    if args.eval_per_prompt is None:
+        args.eval_per_prompt = d.get("eval_per_prompt", 1)
+    if args.num_checkpoints is None:
+        args.num_checkpoints = d.get("num_checkpoints", 10)
+    seeds = parse_seeds(args.seeds)
+    for flag in ("num_steps", "guidance_scale", "samples_per_epoch", "train_batch_size", "num_checkpoints",
+                 "lora_rank", "eval_per_prompt", "update_multiplier", "workers", "threads"):
+        check_positive("--" + flag.replace("_", "-"), getattr(args, flag))
+    for flag, most in (("num_steps", 1000), ("lora_rank", 1024), ("eval_per_prompt", 64), ("workers", 256),
+                       ("threads", 1024)):
+        if getattr(args, flag) is not None and getattr(args, flag) > most:
+            raise BenchError(f"--{flag.replace('_', '-')} {getattr(args, flag)} is too large (at most {most}"
+                             + (": the scheduler has 1000 training timesteps)" if flag == "num_steps" else ")"))
+    if args.num_checkpoints > budget:
+        raise BenchError(f"--num-checkpoints {args.num_checkpoints} exceeds the budget of {budget} reward queries: "
+                         f"checkpoints sit at distinct query counts")
+    check_out_dir(Path(args.out))
+    overrides = parse_overrides(args.overrides)
+    known = {k for m in method_names for k in catalog.methods.get(m).meta.get("hparams", {})}
+    for key in overrides:
+        if key not in known:
+            raise did_you_mean(f"hyperparameter (--set) of {','.join(method_names)}", key, known)
+    train_prompts, _ = resolve_prompt_set(args.train_prompts or d["train_prompts"])
+    if args.methods.strip() == "all" and not reward_entry.meta["differentiable"]:
+        skipped = [m for m in method_names if catalog.methods.get(m).meta.get("needs_differentiable_reward")]
+        if skipped:  # 'all' means all that can train on this reward
+            print(f"bench: skipping {', '.join(skipped)}: {args.reward!r} is not differentiable", file=sys.stderr)
+            method_names = [m for m in method_names if m not in skipped]
+    for m in method_names:
+        if catalog.methods.get(m).meta.get("needs_differentiable_reward") and not reward_entry.meta["differentiable"]:
+            raise BenchError(f"method {m!r} backpropagates through the reward, but {args.reward!r} is not "
+                             f"differentiable; choose a differentiable reward (see `python -m bench list rewards`)")
+    from metrics.weights import preflight
+    preflight(args.reward, info.suite)
+
+    from bench.store.manifest import inputs_digest
+    from bench.spec.scale import Scale
+    from metrics.weights import weight_paths
+
+    _, prompt_list = resolve_prompt_set(train_prompts)
+    if info.location:
+        backbone_input = Path(info.location)
+    elif info.suite == "toy":
+        from bench.toy.suite import assets_root
+
+        backbone_input = assets_root()  # the pipeline and every toy reward's weights
+    else:
+        backbone_input = f"built by {info.builder}"  # deterministic, from code
+    inputs = inputs_digest(["\n".join(prompt_list), backbone_input, *weight_paths(args.reward, info.suite)])
+    num_steps = args.num_steps or d["num_steps"]
+    samples_per_epoch = args.samples_per_epoch or d["samples_per_epoch"]
+    multiplier = args.update_multiplier if args.update_multiplier is not None else d["update_multiplier"]
+    scale = Scale(num_steps=num_steps, samples_per_epoch=samples_per_epoch, latent_dims=d["latent_dims"],
+                  budget=budget, multiplier=multiplier)
+    specs = []
+    for m in method_names:
+        hparams = resolve_hparams(m, overrides, scale)
+        for seed in seeds:
+            specs.append(RunSpec(
+                method=m, reward=args.reward, backbone=args.backbone or catalog.DEFAULT_BACKBONE, suite=info.suite,
+                seed=seed, budget=budget, num_checkpoints=args.num_checkpoints, num_steps=num_steps,
+                guidance_scale=args.guidance_scale or d["guidance_scale"], eta=d["eta"],
+                samples_per_epoch=samples_per_epoch,
+                train_batch_size=args.train_batch_size or d["train_batch_size"],
+                sample_batch_size=d["sample_batch_size"], train_prompts=train_prompts,
+                lora_rank=args.lora_rank, mixed_precision=args.mixed_precision, update_multiplier=multiplier,
+                latent_dims=d["latent_dims"], inputs=inputs, hparams=hparams,
+            ))
+    if shard is not None:
+        k, n = shard
+        total = len(specs)
+        specs = [spec for i, spec in enumerate(specs) if i % n == k - 1]
+        if not specs:
+            raise BenchError(f"--shard {k}/{n}: the grid has only {total} run(s), so this slice is empty")
+    return specs
+
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """'K/N' -> (K, N) with 1 <= K <= N."""
+    if text is None:
+        return None
+    import re
+
+    m = re.fullmatch(r"([0-9]{1,6})/([0-9]{1,6})", text.strip())
+    if not m or not 1 <= int(m.group(1)) <= int(m.group(2)):
+        raise BenchError(f"--shard {text!r}: expected K/N with 1 <= K <= N, e.g. 2/4")
+    return int(m.group(1)), int(m.group(2))
+
+
+def _env_threads() -> int | None:
+    """OMP_NUM_THREADS, when the user set it (respected: more threads than cores oversubscribe them)."""
+    try:
+        value = int(os.environ.get("OMP_NUM_THREADS", ""))
+    except ValueError:
+        return None
+    return value if value > 0 else None
+
+
+def cmd_run(args) -> int:
+    specs = build_specs(args)
+    out = Path(args.out)
+    db = Path(args.db) if args.db else out / "bench.duckdb"
+    from bench.store.database import check_db
+
+    busy = check_db(db)  # a bad --db is found now, not after hours of training
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if distributed and args.workers not in (None, 1):
+        raise BenchError("--workers runs independent runs side by side; under accelerate launch / torchrun "
+                         "(one data-parallel run) leave it at 1")
+    quiet_libraries()
+    import torch
+
+    from bench.grid import Estimator, GridOptions, available_cores, default_workers, run_grid
+
+    cuda = torch.cuda.is_available()
+    ray = args.launcher == "ray"
+    if ray:  # a local instance gets one CPU per run slot; a cluster's tasks ask for --threads CPUs (default 1)
+        workers = args.workers or min(available_cores(), len(specs))
+        threads = args.threads or (1 if args.ray_address else max(1, available_cores() // workers))
+    else:
+        workers = 1 if distributed else (args.workers or min(default_workers(cuda), len(specs)))
+        threads = args.threads or _env_threads() or max(1, available_cores() // workers)
+    opts = GridOptions(out=out, db=db, evaluate=not args.no_eval, eval_per_prompt=args.eval_per_prompt,
+                       force=args.force, progress=not args.no_progress, workers=workers, threads=threads,
+                       restart=args.restart, log_with=args.log_with, launcher=args.launcher,
+                       ray_address=args.ray_address, gpus_per_run=args.gpus_per_run)
+    accelerator = None
+    if workers == 1 and not ray:
+        from bench.train.runner import make_accelerator
+
+        accelerator = make_accelerator(specs[0].mixed_precision)
+    main = accelerator is None or accelerator.is_main_process
+    say = print if main else (lambda *a, **k: None)
+    where = f"{accelerator.num_processes} process(es) on {accelerator.device}" if accelerator else \
+        (f"Ray tasks on {args.ray_address}" if args.ray_address else f"Ray tasks on a local instance of {workers} "
+         f"x {threads} CPU(s)") if ray else f"{workers} worker processes"
+    say(f"bench: {len(specs)} run(s) on suite {specs[0].suite!r}, budget {specs[0].budget} reward queries, "
+        f"reward {specs[0].reward!r}, {where}")
+    if busy:
+        say(f"bench: note: {busy}")
+    torch.set_num_threads(threads)
+    estimator = Estimator(out, threads, workers) if main else None
+    t_grid = time.perf_counter()
+    outcomes = run_grid(specs, opts, accelerator, estimator, say)
+    if not main:
+        return 0
+    from bench.store.database import DatabaseBusy, ingest
+
+    try:
+        ingest(db, out, wait_s=60.0)
+    except DatabaseBusy as e:
+        print(f"bench: {e}. Every run's results are in {out / 'runs'}; the summary and the report follow "
+              f"`python -m bench ingest` and `python -m bench report`.", file=sys.stderr)
+        return 1 if any(o.status == "failed" for o in outcomes) else 0
+    print_summary(db, [s.run_name for s in specs])
+    failed = [o for o in outcomes if o.status == "failed"]
+    for o in failed:
+        print(f"bench: FAILED {o.run_id}: {o.error}", file=sys.stderr)
+    report_s = None
+    if not args.no_eval:
+        report_dir = Path(args.report_dir) if args.report_dir else (
+            Path("reports") if args.out == "results" else out / "report")
+        t0 = time.perf_counter()
+        print_and_write(db, report_dir, out, write=not args.no_report)
+        report_s = time.perf_counter() - t0
+        from bench.perf import PHASE_HEADER, phase_rows
+        from bench.text import print_table
+
+        print("\nseconds per phase, summed over runs (also: python -m bench perf --db DB):")
+        print_table(phase_rows(db, out, [s.run_name for s in specs], report_s=report_s), header=PHASE_HEADER)
+    from bench.grid import fmt_seconds
+
+    print(f"bench: grid wall time {fmt_seconds(time.perf_counter() - t_grid)}; results in {db}")
+    return 1 if failed else 0

@@ -1,0 +1,58 @@
+"""`bench list`: registered names (instant, no torch), and the scale rule's effective quantities."""
+
+from __future__ import annotations
+
+from bench.errors import BenchError
+
+KINDS = ("methods", "rewards", "prompts", "backbones", "studies")
+
+
+def cmd_list(kind: str | None, effective: bool = False) -> int:
+    from bench.spec import catalog
+
+    if effective:
+        if kind not in (None, "methods"):
+            raise BenchError("--effective lists methods: use `bench list methods --effective`")
+        print_effective()
+        return 0
+    registries = {"methods": catalog.methods, "rewards": catalog.rewards,
+                  "prompts": catalog.prompt_sets, "backbones": catalog.backbones, "studies": catalog.studies}
+    for k in [kind] if kind else KINDS:
+        print(f"{k}:")
+        width = max(len(e.name) for e in registries[k].entries()) + 2
+        for e in registries[k].entries():
+            extra = ""
+            if k == "rewards":
+                extra = f"  [{'higher' if e.meta['higher_is_better'] else 'lower'} is better" \
+                        f"{', differentiable' if e.meta['differentiable'] else ''}" \
+                        f"{', evaluation only' if e.meta.get('eval_only') else ''}" \
+                        f"{'; suites: ' + ','.join(e.meta['suites']) if e.meta.get('suites') else ''}]"
+                if e.meta.get("scale"):
+                    extra += f"\n  {'':<{width}}scale: {e.meta['scale']}"
+            print(f"  {e.name:<{width}}{e.summary}{extra}")
+    return 0
+
+
+def effective_table(backbone: str) -> tuple[str, list[tuple]]:
+    """The scale rule's effective quantities of every method at a backbone's defaults."""
+    from bench.spec import catalog
+    from bench.spec.prompts import resolve_prompt_set
+    from bench.spec.scale import Scale, effective_table_rows
+
+    d = catalog.backbones.get(backbone).meta["defaults"]
+    scale = Scale(num_steps=d["num_steps"], samples_per_epoch=d["samples_per_epoch"], latent_dims=d["latent_dims"],
+                  budget=d["budget"], multiplier=d["update_multiplier"])
+    return effective_table_rows(scale, len(resolve_prompt_set(d["train_prompts"])[1]), backbone)
+
+
+def print_effective() -> None:
+    from bench.text import print_table
+    from bench.spec.scale import EFFECTIVE_HEADER
+
+    for bb in ("toy", "sd-v1-4"):
+        title, rows = effective_table(bb)
+        print(title)
+        print_table(rows, header=EFFECTIVE_HEADER)
+        print()
+    print("updates/query: optimizer updates per reward query (effective, after whole-number floors); x source: "
+          "that as a multiple of the method's source setting. Rule: bench/spec/scale.py.")
