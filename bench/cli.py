@@ -10,6 +10,7 @@ This module is the parser and the dispatch; each command's body lives beside wha
 from __future__ import annotations
 
 import argparse
+import math
 import re
 import sys
 
@@ -36,8 +37,8 @@ def whole(text: str) -> int:
 def number(text: str) -> float:
     """An ASCII finite decimal number (no nan, inf or Unicode digits)."""
     t = text.strip()
-    if not re.fullmatch(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?", t):
-        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    if not re.fullmatch(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?", t) or not math.isfinite(float(t)):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")  # 1e400 reads as inf
     return float(t)
 
 
@@ -92,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--ray-address", default=None, metavar="ADDR",
                    help="with --launcher ray: an existing cluster, e.g. auto or ray://head:10001; its nodes must "
                         "see --out (a shared file system) (default: start a local Ray instance)")
-    r.add_argument("--gpus-per-run", type=float, default=None, metavar="N",
+    r.add_argument("--gpus-per-run", type=number, default=None, metavar="N",
                    help="with --launcher ray: GPUs each run's task asks for; above 1, one data-parallel run over "
                         "them (default: 1 when the cluster has GPUs, else 0)")
     r.add_argument("--threads", type=whole, default=None,
@@ -157,9 +158,21 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def refuse_empty(parser: argparse.ArgumentParser, args) -> None:
+    """An empty or blank value is an error, never the default (`--backbone ""` must not train the toy)."""
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for action in sub.choices[args.command]._actions:
+        value = getattr(args, action.dest, None)
+        for v in value if isinstance(value, list) else [value]:
+            if isinstance(v, str) and not v.strip() and action.option_strings:
+                raise BenchError(f"{action.option_strings[0]} is empty; give a value or leave the flag out")
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     try:
+        refuse_empty(parser, args)
         if args.command == "list":
             from bench.spec.listing import cmd_list
 
@@ -167,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "completion":
             from bench.completion import completion_script
 
-            sys.stdout.write(completion_script(build_parser(), args.shell))
+            sys.stdout.write(completion_script(parser, args.shell))
             return 0
         # each command's module is imported only when it runs; none imports torch before its checks
         if args.command == "run":

@@ -11,7 +11,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from bench.errors import check_positive
+from bench.errors import BenchError, check_positive
 from bench.quiet import quiet_libraries
 from bench.text import print_table
 
@@ -437,7 +437,10 @@ def cmd_perf(args) -> int:
     info = resolve_backbone(args.backbone or catalog.DEFAULT_BACKBONE)
     if not (args.backbone or "").startswith("sd-v1-4-random"):
         preflight(args.reward, info.suite)
-    check_positive("--batch", args.batch)
+    for flag, most in (("batch", 4096), ("repeat", 1000), ("num_steps", 1000)):
+        value = check_positive("--" + flag.replace("_", "-"), getattr(args, flag))
+        if value is not None and value > most:
+            raise BenchError(f"--{flag.replace('_', '-')} {value} is too large (at most {most})")
     quiet_libraries()
     num_steps = args.num_steps or info.defaults["num_steps"]
     if (args.backbone or "").startswith("sd-v1-4-random"):

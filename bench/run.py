@@ -44,7 +44,7 @@ def check_launcher(args) -> None:
     if importlib.util.find_spec("ray") is None:
         raise BenchError("--launcher ray needs Ray, which is not installed: pip install -e .[ray]")
     gpus = getattr(args, "gpus_per_run", None)
-    if gpus is not None and (gpus < 0 or (gpus > 1 and gpus != int(gpus))):
+    if gpus is not None and (gpus < 0 or gpus > 1024 or (gpus > 1 and gpus != int(gpus))):
         raise BenchError(f"--gpus-per-run {gpus:g}: a fraction up to 1 (runs sharing a GPU) or a whole number")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise BenchError("--launcher ray submits the grid from one driver; do not start it under accelerate "
@@ -85,7 +85,8 @@ def build_specs(args) -> list:
                  "lora_rank", "eval_per_prompt", "update_multiplier", "workers", "threads"):
         check_positive("--" + flag.replace("_", "-"), getattr(args, flag))
     for flag, most in (("num_steps", 1000), ("lora_rank", 1024), ("eval_per_prompt", 64), ("workers", 256),
-                       ("threads", 1024)):
+                       ("threads", 1024), ("guidance_scale", 100), ("samples_per_epoch", 10**6),
+                       ("train_batch_size", 10**6), ("num_checkpoints", 10**4), ("update_multiplier", 10**4)):
         if getattr(args, flag) is not None and getattr(args, flag) > most:
             raise BenchError(f"--{flag.replace('_', '-')} {getattr(args, flag)} is too large (at most {most}"
                              + (": the scheduler has 1000 training timesteps)" if flag == "num_steps" else ")"))

@@ -7,14 +7,14 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from bench.precision import DTYPES, LossScaler, resolve_precision
+from bench.train.precision import DTYPES, LossScaler, resolve_precision
 
 
 def sd_latent_backbone(dtype):
     """A tiny random UNet at SD v1.4's latent size (4 x 64 x 64), in a real Backbone."""
     from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 
-    from bench.backbone import Backbone
+    from bench.train.backbone import Backbone
     from bench.tiny import get_dummy_components
 
     parts = get_dummy_components(["cat", "dog"], seed=0)
@@ -35,7 +35,7 @@ def sd_latent_backbone(dtype):
 def ddpo2_update_grads(bb, traj, precision: str, scaled: bool):
     """The gradient that 2 x 2 rows contribute to one DDPO-2 update at SD scale (128 samples x 50 steps =
     6,400 rows, each weighted 1/6,400), through the harness's backward and unscaling."""
-    from bench.precision import backward
+    from bench.train.precision import backward
     from methods.ddpo import ppo_clipped_loss
 
     ctx = SimpleNamespace(scaler=LossScaler(precision if scaled else "no"))
@@ -66,13 +66,34 @@ def test_fp16_gradients_vanish_unscaled_and_survive_with_loss_scaling():
     assert (unscaled == 0).float().mean() > 0.3 and cos(unscaled, ref, dim=0) < 0.8
     # with the harness's loss scaling it matches fp32 up to fp16's forward rounding (measured cosine 0.984,
     # norm within 2.5%); stated tolerance: cosine > 0.97, norm within 5%
-    assert (scaled == 0).float().mean() == 0
+    # exact zeros: a GEMM's summation order (thread count, instruction set) decides whether a tiny sum rounds to
+    # exactly 0, so the bound is a stated fraction, not "none" (measured 0 here; unscaled: about half)
+    assert (scaled == 0).float().mean() < 0.01
     assert cos(scaled, ref, dim=0) > 0.97 and abs(scaled.norm() / ref.norm() - 1) < 0.05
     # bf16 has fp32's exponent range: nothing underflows, no scaling needed. Its 8-bit mantissa makes a single
     # update's gradient noisy (measured cosine 0.62 to fp32 here): stated tolerance cosine > 0.5, norm within 2x
+    # (exact zeros: measured 0 to 0.01% depending on the CPU and threads; stated bound 1%)
     bf16 = sd_latent_backbone(torch.bfloat16)
     b = ddpo2_update_grads(bf16, traj, "bf16", scaled=True)
-    assert (b == 0).float().mean() == 0
+    assert (b == 0).float().mean() < 0.01
+    assert cos(b, ref, dim=0) > 0.5 and 0.5 < float(b.norm() / ref.norm()) < 2.0
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_bf16_gradients_survive_at_any_thread_count(threads):
+    """The bf16 half of the test above at 1 and 2 torch threads: the statement must not depend on the
+    GEMM's split of its sums (the fp16 half is the slow one; its bounds are the same kind)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        ref_bb = sd_latent_backbone(torch.float32)
+        traj = ref_bb.sample(["cat", "dog"], generator=torch.Generator().manual_seed(0), batch_size=2)
+        ref = ddpo2_update_grads(ref_bb, traj, "no", scaled=False)
+        b = ddpo2_update_grads(sd_latent_backbone(torch.bfloat16), traj, "bf16", scaled=True)
+    finally:
+        torch.set_num_threads(before)
+    cos = torch.nn.functional.cosine_similarity
+    assert (b == 0).float().mean() < 0.01
     assert cos(b, ref, dim=0) > 0.5 and 0.5 < float(b.norm() / ref.norm()) < 2.0
 
 
@@ -104,7 +125,7 @@ def test_auto_is_bf16_on_capable_gpus_and_fp32_on_cpu():
 
 @pytest.mark.parametrize("precision", ["no", "bf16", "fp16"])
 def test_ratio_at_the_old_parameters_is_one_in_every_precision(precision, tmp_path):
-    from bench.runner import train_run
+    from bench.train.runner import train_run
     from tests.helpers import make_spec, register_counting_reward
 
     register_counting_reward()

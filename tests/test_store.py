@@ -87,6 +87,7 @@ def test_ingest_waits_for_another_writer(tmp_path):
     """Another process holding the database only delays ingestion; a lasting lock is a clear error."""
     db = tmp_path / "bench.duckdb"
     write_run(tmp_path, "r1", "finished", epochs=2)
+    connect(db).close()  # a bench database (an empty DuckDB file that is not bench's is refused, not waited for)
     holder = subprocess.Popen([sys.executable, "-c", (
         "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); print('held', flush=True); time.sleep(float(sys.argv[2]))")
         , str(db), "3"], stdout=subprocess.PIPE, text=True)

@@ -334,6 +334,39 @@ def latent_dims_of(folder: Path) -> int | None:
         return None
 
 
+SUITE_DEFAULTS = {
+    "num_steps": (int, 1, 1000), "guidance_scale": (float, 0.0, 100.0), "eta": (float, 0.0, 1.0),
+    "budget": (int, 1, 10**9), "samples_per_epoch": (int, 1, 10**6), "train_batch_size": (int, 1, 10**6),
+    "sample_batch_size": (int, 1, 10**6), "train_prompts": (str, None, None), "latent_dims": (int, 1, 10**9),
+    "update_multiplier": (float, 0.0, 10**4), "eval_per_prompt": (int, 1, 64), "num_checkpoints": (int, 1, 10**4),
+}
+"""The defaults a backbone folder's bench_suite.json may set: (type, lowest, highest). A float's lowest is
+exclusive (a positive number), a whole number's inclusive; eta may be 0 (DDIM)."""
+
+
+def check_suite_defaults(values: dict, where: Path) -> None:
+    """The same checks `bench run` gives its flags, for defaults read from a file: known key, type (a whole
+    number is no bool and no string), finite, in range."""
+    import math
+
+    for key, value in values.items():
+        if key not in SUITE_DEFAULTS:
+            raise did_you_mean(f"default in {where}", key, SUITE_DEFAULTS)
+        kind, low, high = SUITE_DEFAULTS[key]
+        if kind is str:
+            if not isinstance(value, str) or not value.strip():
+                raise BenchError(f"{where}: defaults.{key} must be a non-empty name, got {value!r}")
+            continue
+        ok_type = isinstance(value, int) if kind is int else isinstance(value, (int, float))
+        if isinstance(value, bool) or not ok_type or not math.isfinite(value):
+            what = "a whole number" if kind is int else "a finite number"
+            raise BenchError(f"{where}: defaults.{key} must be {what}, got {value!r}")
+        too_low = value < low if (kind is int or key == "eta") else value <= low
+        if too_low or value > high:
+            raise BenchError(f"{where}: defaults.{key} = {value!r} is out of range "
+                             f"({'from' if kind is int or key == 'eta' else 'above'} {low:g} to {high:g})")
+
+
 def resolve_backbone_location(location: str, suite: str | None, defaults: dict, shown: str) -> BackboneInfo:
     path = Path(location).expanduser()
     if path.exists():
@@ -351,6 +384,7 @@ def resolve_backbone_location(location: str, suite: str | None, defaults: dict, 
             except (ValueError, KeyError, TypeError, AttributeError):
                 raise BenchError(f"{suite_file}: not a bench suite file (needs a 'suite' name)") from None
             safe_component(suite_name, f"suite name in {suite_file}")
+            check_suite_defaults(extra, suite_file)
             return BackboneInfo(shown, suite_name, {**defaults, **extra}, location=str(path.resolve()))
         return BackboneInfo(shown, suite or "sd", dict(defaults), location=str(path.resolve()))
     if location.startswith((".", "/", "~")) or location.count("/") != 1:

@@ -40,5 +40,7 @@ def check_out_dir(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise BenchError(f"--out {out} is a file, not a folder")
     parent = out if out.exists() else next((p for p in out.parents if p.exists()), Path("."))
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+    if not parent.is_dir():
+        raise BenchError(f"--out {out}: {parent} is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
         raise BenchError(f"--out {out}: cannot write in {parent} (permission denied)")

@@ -90,42 +90,142 @@ COLUMNS = {
     "train_metrics": ["run_id", "epoch", "reward_queries", "metric", "value"],
     "scores": ["run_id", "reward_queries", "reward", "prompt_set", "prompt", "sample_index", "eval_seed", "value"],
     "eval_metrics": ["run_id", "reward_queries", "prompt_set", "metric", "value"],
+    "ingested": ["run_id", "file", "signature"],
+    "quarantine": ["run_dir", "reason"],
 }
+
+SCHEMA_VERSION = 1
+"""The results schema's version, recorded in the `bench_meta` table. A database bench wrote before the version
+was recorded (bench's tables, some of today's columns and tables missing) is migrated in one transaction when it
+is next written; a newer version is refused."""
+MIGRATED = {"runs": {"error"}, "checkpoints": {"unet_forward", "unet_backward", "vae_decodes", "reward_forwards",
+                                               "encoder_forwards", "sha256"}}
+"""Columns that older bench databases lack; every other column of a bench table is there since the first."""
+CORE_TABLES = ("runs", "checkpoints", "train_metrics", "scores")
+META = "bench_meta"
 
 
 class DatabaseBusy(BenchError):
     """Another process holds the database's lock (DuckDB allows one writer)."""
 
 
+def _check_file(db_path: Path) -> None:
+    """A --db that exists must be a regular file with DuckDB's magic bytes."""
+    if db_path.is_dir():
+        raise BenchError(f"--db {db_path} is a folder, not a DuckDB file")
+    if not db_path.is_file():
+        raise BenchError(f"--db {db_path} is not a regular file")
+    with open(db_path, "rb") as f:
+        head = f.read(12)
+    if len(head) < 12 or head[8:12] != b"DUCK":
+        raise BenchError(f"--db {db_path} is not a DuckDB database file")
+
+
+def _first_line(e: Exception) -> str:
+    return str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+
+
 def check_db(db_path: Path) -> str | None:
-    """Find a --db problem before any training: a folder, no permission, or not a DuckDB file raise a
-    one-line BenchError; a database held by another process returns a warning (training can go on,
-    ingestion waits)."""
+    """Find a --db problem before any training: a folder, a parent that is not a directory, no permission,
+    not a DuckDB file, a truncated or corrupt one, or another program's database raise a one-line BenchError;
+    a bench database held by another process returns a warning (training can go on, ingestion waits).
+    Nothing is written: an existing file is only opened read-only."""
     import os
 
     db_path = Path(db_path)
-    if db_path.is_dir():
-        raise BenchError(f"--db {db_path} is a folder, not a DuckDB file")
     parent = db_path.parent if db_path.parent.exists() else next((p for p in db_path.parents if p.exists()), Path("."))
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise BenchError(f"--db {db_path}: cannot write in {parent} (permission denied)")
-    if db_path.exists():
+    if not parent.is_dir():
+        raise BenchError(f"--db {db_path}: {parent} is not a directory")
+    if db_path.exists() or db_path.is_symlink():
+        _check_file(db_path)
         if not os.access(db_path, os.R_OK | os.W_OK):
             raise BenchError(f"--db {db_path}: permission denied (it must be readable and writable)")
-        with open(db_path, "rb") as f:
-            head = f.read(12)
-        if len(head) < 12 or head[8:12] != b"DUCK":
-            raise BenchError(f"--db {db_path} is not a DuckDB database file")
         import duckdb
 
         try:
-            duckdb.connect(str(db_path)).close()
-        except duckdb.IOException as e:
+            con = duckdb.connect(str(db_path), read_only=True)
+        except duckdb.Error as e:
             if "lock" in str(e).lower():
                 return (f"{db_path} is held by another process ({_holder(e)}); training goes on and results are "
                         f"ingested once it is free (or later with `python -m bench ingest`)")
-            raise BenchError(f"--db {db_path}: {str(e).splitlines()[0][:200]}") from None
+            raise BenchError(f"--db {db_path} cannot be read as a DuckDB database (truncated or corrupt?): "
+                             f"{_first_line(e)}") from None
+        try:
+            schema_state(con, db_path)
+        finally:
+            con.close()
+    elif not os.access(parent, os.W_OK | os.X_OK):
+        raise BenchError(f"--db {db_path}: cannot write in {parent} (permission denied)")
     return None
+
+
+def _table_columns(con) -> dict[str, set[str]]:
+    rows = con.execute("SELECT table_name, column_name FROM information_schema.columns "
+                       "WHERE table_schema = 'main'").fetchall()
+    out: dict[str, set[str]] = {}
+    for table, column in rows:
+        out.setdefault(table, set()).add(column)
+    return out
+
+
+def schema_state(con, db_path: Path) -> str:
+    """'current' for a bench results database of SCHEMA_VERSION, 'older' for one bench wrote before (it is
+    migrated when next written), and a one-line BenchError for anything else: another program's database,
+    bench's table names with other columns, an empty database, or a newer schema. Reads only."""
+    import duckdb
+
+    try:
+        cols = _table_columns(con)
+        version = None
+        if META in cols:
+            if cols[META] != {"key", "value"}:
+                raise BenchError(f"{db_path} is not a bench results database (its {META} table is not bench's)")
+            row = con.execute(f"SELECT value FROM {META} WHERE key = 'schema_version'").fetchone()
+            version = row[0] if row else None
+    except duckdb.Error as e:
+        raise BenchError(f"{db_path} cannot be read as a DuckDB database: {_first_line(e)}") from None
+    tables = set(cols) - {META}
+    if not tables:
+        raise BenchError(f"{db_path} holds no bench results (no tables); pass a new --db path and bench creates it")
+    foreign = sorted(tables - set(COLUMNS))
+    if foreign:
+        raise BenchError(f"{db_path} is not a bench results database: it holds tables bench does not own "
+                         f"({', '.join(foreign[:5])}{', ...' if len(foreign) > 5 else ''}); pass another --db")
+    missing = [t for t in CORE_TABLES if t not in tables]
+    if missing:
+        raise BenchError(f"{db_path} holds no bench results (no {missing[0]} table); pass another --db")
+    for table in sorted(tables):
+        want = set(COLUMNS[table])
+        if not want - MIGRATED.get(table, set()) <= cols[table] <= want:
+            odd = sorted(cols[table] - want) or sorted(want - MIGRATED.get(table, set()) - cols[table])
+            raise BenchError(f"{db_path} is not a bench results database: its {table!r} table has other columns "
+                             f"({', '.join(odd[:5])}); pass another --db")
+    if version is not None:
+        if not str(version).isdigit():
+            raise BenchError(f"{db_path}: its bench schema version {version!r} is not a number")
+        if int(version) > SCHEMA_VERSION:
+            raise BenchError(f"{db_path} has bench schema version {version}, newer than this harness's "
+                             f"{SCHEMA_VERSION}; use a newer bench to read it")
+    complete = tables == set(COLUMNS) and all(cols[t] == set(COLUMNS[t]) for t in tables)
+    return "current" if version is not None and int(version) == SCHEMA_VERSION and complete else "older"
+
+
+def _migrate(con) -> None:
+    """Create what a new or older bench database lacks, and record the schema version: one transaction."""
+    con.execute("BEGIN TRANSACTION")
+    try:
+        for table, cols in SCHEMA.items():
+            con.execute(f"CREATE TABLE IF NOT EXISTS {table} ({cols})")
+        con.execute("ALTER TABLE runs ADD COLUMN IF NOT EXISTS error VARCHAR")
+        for col, kind in (("unet_forward", "BIGINT"), ("unet_backward", "BIGINT"), ("vae_decodes", "BIGINT"),
+                          ("reward_forwards", "BIGINT"), ("encoder_forwards", "BIGINT"), ("sha256", "VARCHAR")):
+            con.execute(f"ALTER TABLE checkpoints ADD COLUMN IF NOT EXISTS {col} {kind}")  # databases from before
+        con.execute(f"CREATE TABLE IF NOT EXISTS {META} (key VARCHAR PRIMARY KEY, value VARCHAR)")
+        con.execute(f"INSERT OR REPLACE INTO {META} VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
 
 
 def _holder(e) -> str:
@@ -136,32 +236,52 @@ def _holder(e) -> str:
 
 
 def connect(db_path: Path, read_only: bool = False, wait_s: float = 30.0):
-    """Open the database, waiting up to `wait_s` if another process holds its lock (then DatabaseBusy)."""
+    """Open a bench results database, waiting up to `wait_s` if another process holds its lock (then
+    DatabaseBusy). An existing file is first opened read-only and checked (`schema_state`): a database that
+    is not bench's is refused before anything is written to it. A new file gets today's schema; an older
+    bench schema is migrated in one transaction."""
+    db_path = Path(db_path)
+    existed = db_path.exists()
+    if read_only and not existed:
+        raise BenchError(f"no results database at {db_path}")
+    if existed:
+        _check_file(db_path)
+        con = _open(db_path, True, wait_s)
+        try:
+            state = schema_state(con, db_path)
+        except BaseException:
+            con.close()
+            raise
+        if read_only:
+            return con
+        con.close()
+        if state == "current":
+            return _open(db_path, False, wait_s)
+    parent = db_path.parent
+    if parent.exists() and not parent.is_dir():
+        raise BenchError(f"--db {db_path}: {parent} is not a directory")
+    parent.mkdir(parents=True, exist_ok=True)
+    con = _open(db_path, False, wait_s)
+    _migrate(con)
+    return con
+
+
+def _open(db_path: Path, read_only: bool, wait_s: float):
     import duckdb
 
-    db_path = Path(db_path)
-    if read_only and not db_path.exists():
-        raise BenchError(f"no results database at {db_path}")
-    db_path.parent.mkdir(parents=True, exist_ok=True)
     deadline = time.monotonic() + wait_s
     while True:
         try:
             con = duckdb.connect(str(db_path), read_only=read_only)
             break
-        except duckdb.IOException as e:
+        except duckdb.Error as e:
             if "lock" not in str(e).lower():
-                raise BenchError(f"cannot open {db_path}: {str(e).splitlines()[0][:200]}") from None
+                raise BenchError(f"cannot open {db_path} as a DuckDB database (truncated or corrupt?): "
+                                 f"{_first_line(e)}") from None
             if time.monotonic() > deadline:
                 raise DatabaseBusy(f"cannot open {db_path}: another process holds it ({_holder(e)}); the run "
                                    f"folders are kept, run `python -m bench ingest` later") from None
             time.sleep(0.5)
-    if not read_only:
-        for table, cols in SCHEMA.items():
-            con.execute(f"CREATE TABLE IF NOT EXISTS {table} ({cols})")
-        con.execute("ALTER TABLE runs ADD COLUMN IF NOT EXISTS error VARCHAR")
-        for col, kind in (("unet_forward", "BIGINT"), ("unet_backward", "BIGINT"), ("vae_decodes", "BIGINT"),
-                          ("reward_forwards", "BIGINT"), ("encoder_forwards", "BIGINT"), ("sha256", "VARCHAR")):
-            con.execute(f"ALTER TABLE checkpoints ADD COLUMN IF NOT EXISTS {col} {kind}")  # databases from before
     return con
 
 
@@ -170,18 +290,7 @@ def open_results(db_path: Path):
     db_path = Path(db_path)
     if not db_path.exists():
         raise BenchError(f"no results database at {db_path}; run `python -m bench run` first or pass --db")
-    if db_path.is_dir():
-        raise BenchError(f"--db {db_path} is a folder, not a DuckDB file")
-    with open(db_path, "rb") as f:
-        head = f.read(12)
-    if len(head) < 12 or head[8:12] != b"DUCK":
-        raise BenchError(f"--db {db_path} is not a DuckDB database file")
-    con = connect(db_path, read_only=True, wait_s=10.0)
-    have = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
-    if not {"runs", "checkpoints", "train_metrics", "scores"} <= have:
-        con.close()
-        raise BenchError(f"{db_path} holds no bench results (no runs table); run `python -m bench run` first")
-    return con
+    return connect(db_path, read_only=True, wait_s=10.0)  # checked: a bench results database, or one line
 
 
 def _timestamp(value):

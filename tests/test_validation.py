@@ -1,0 +1,137 @@
+"""One validation path for every value: every numeric and name-valued option of every subcommand gets the
+same classes of bad value, and each must end with exit 2 and one line before anything heavy runs; values a
+backbone folder's bench_suite.json sets get the same checks."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT
+
+# Every case runs in one child process: main() per case, with the first heavy step (library quieting, just
+# before torch) replaced by an exit 99, so a value that is wrongly accepted fails the test instead of training.
+HARNESS = r"""
+import json, sys
+import bench.evaluate, bench.perf, bench.report.command, bench.run
+def heavy():
+    raise SystemExit(99)
+for m in (bench.evaluate, bench.perf, bench.report.command, bench.run):
+    m.quiet_libraries = heavy
+from bench.cli import main
+import contextlib, io
+results = []
+for args in json.loads(sys.stdin.read()):
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            rc = main(args)
+        except SystemExit as e:
+            rc = e.code
+    results.append([rc, err.getvalue(), "torch" in sys.modules])
+print(json.dumps(results))
+"""
+
+BAD = {"nan": "nan", "inf": "inf", "minus zero": "-0", "zero": "0", "negative": "-3", "huge": "1" + "0" * 30,
+       "huge float": "1e400", "non-ASCII digits": "\u0663", "empty": "", "whitespace": "   "}
+ALLOWED = {("run", "--gpus-per-run"): {"zero", "minus zero"}}  # zero GPUs per Ray task is a real setting
+
+
+def _numeric_options():
+    from bench.cli import build_parser, number, whole
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    out = []
+    for name, p in sub.choices.items():
+        for a in p._actions:
+            if a.option_strings and a.type in (whole, number):
+                out.append((name, a.option_strings[0]))
+    return out
+
+
+# string options whose value is a number or a list of numbers, parsed by the harness itself
+PARSED = [("run", "--budget"), ("run", "--seeds")]
+NAMES = [("run", "--methods"), ("run", "--reward"), ("run", "--backbone"), ("run", "--study"),
+         ("run", "--train-prompts"), ("run", "--log-with"), ("run", "--out"), ("run", "--db"),
+         ("run", "--report-dir"), ("run", "--shard"), ("run", "--set"), ("eval", "--rewards"), ("eval", "--db"),
+         ("perf", "--backbone"), ("perf", "--reward"), ("perf", "--db"), ("report", "--db"), ("report", "--out"),
+         ("ingest", "--db"), ("runs", "--db")]
+
+
+def _cases(tmp):
+    context = {"run": ["--methods", "ddpo-2", "--out", str(tmp / "out")], "eval": ["--out", str(tmp / "out")],
+               "perf": [], "report": ["--out", str(tmp / "rep")], "ingest": ["--out", str(tmp / "out")],
+               "runs": ["--out", str(tmp / "out")], "list": []}
+    cases = []
+    for command, flag in _numeric_options() + PARSED:
+        extra = ["--launcher", "ray"] if flag in ("--gpus-per-run", "--ray-address") else []
+        for label, value in BAD.items():
+            if label in ALLOWED.get((command, flag), set()):
+                continue
+            if flag == "--seeds" and label in ("zero", "minus zero"):
+                continue  # seed 0 is a seed
+            cases.append(((command, flag, label), [command, *context[command], *extra, f"{flag}={value}"]))
+    for command, flag in NAMES:
+        for label in ("empty", "whitespace"):
+            args = [a for a in context[command] if a != flag]
+            if flag in args:
+                i = args.index(flag)
+                del args[i:i + 2]
+            cases.append(((command, flag, label), [command, *args, f"{flag}={BAD[label]}"]))
+    return cases
+
+
+def test_every_option_refuses_every_class_of_bad_value(tmp_path):
+    cases = _cases(tmp_path)
+    assert len(_numeric_options()) >= 14 and len(cases) >= 190
+    before = sorted(tmp_path.rglob("*"))
+    r = subprocess.run([sys.executable, "-c", HARNESS], input=json.dumps([a for _, a in cases]), cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    results = json.loads(r.stdout.strip().splitlines()[-1])
+    wrong = []
+    for (case, args), (rc, err, heavy) in zip(cases, results):
+        lines = [line for line in err.splitlines() if line.strip()]
+        if rc != 2 or len(lines) != 1 or not lines[0].startswith("error: ") or "Traceback" in err or heavy:
+            wrong.append((case, rc, err[-300:]))
+    assert not wrong, wrong[:10]
+    assert sorted(tmp_path.rglob("*")) == before  # nothing left behind
+
+
+def _suite_folder(tmp_path, defaults):
+    folder = tmp_path / "pipe"
+    folder.mkdir()
+    (folder / "model_index.json").write_text("{}")
+    (folder / "bench_suite.json").write_text(json.dumps({"suite": "mine", "defaults": defaults}))
+    return folder
+
+
+@pytest.mark.parametrize("defaults,words", [
+    ({"budget": "640"}, "defaults.budget must be a whole number, got '640'"),
+    ({"budget": 0}, "defaults.budget = 0 is out of range"),
+    ({"budget": True}, "defaults.budget must be a whole number"),
+    ({"num_steps": 10.5}, "defaults.num_steps must be a whole number"),
+    ({"num_steps": 5000}, "out of range (from 1 to 1000)"),
+    ({"guidance_scale": -1.0}, "defaults.guidance_scale = -1.0 is out of range"),
+    ({"eta": 1.5}, "defaults.eta = 1.5 is out of range"),
+    ({"update_multiplier": 0}, "defaults.update_multiplier = 0 is out of range"),
+    ({"train_prompts": ""}, "defaults.train_prompts must be a non-empty name"),
+    ({"samples_per_epok": 32}, "Did you mean 'samples_per_epoch'"),
+])
+def test_a_backbone_folders_defaults_get_the_flags_checks(tmp_path, defaults, words):
+    from bench.errors import BenchError
+    from bench.spec.runspec import resolve_backbone
+
+    folder = _suite_folder(tmp_path, defaults)
+    with pytest.raises(BenchError, match="bench_suite.json") as e:
+        resolve_backbone(str(folder))
+    assert words in str(e.value), str(e.value)
+
+
+def test_a_backbone_folders_good_defaults_pass(tmp_path):
+    from bench.spec.runspec import resolve_backbone
+
+    info = resolve_backbone(str(_suite_folder(tmp_path, {"budget": 640, "eta": 0.0, "guidance_scale": 7})))
+    assert info.suite == "mine" and info.defaults["budget"] == 640 and info.defaults["eta"] == 0.0
