@@ -107,18 +107,21 @@ def load_clip_from_open_clip(state: dict[str, torch.Tensor], arch: dict = VIT_H_
     """A CLIPModel holding an open_clip state dict, every key accounted for (strict)."""
     from transformers import CLIPModel
 
-    model = CLIPModel(clip_config(arch))
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise BenchError("not an HPSv2 checkpoint: it holds no state dict of tensors")
     mapped = map_open_clip_state(state)
-    own = model.state_dict()
+    with torch.device("meta"):  # the keys and shapes, checked before the (986M-parameter) model is built
+        own = {k: tuple(v.shape) for k, v in CLIPModel(clip_config(arch)).state_dict().items()}
     missing = [k for k in own if k not in mapped and not k.endswith("position_ids")]
     unexpected = [k for k in mapped if k not in own]
     if missing or unexpected:
         raise BenchError(f"HPSv2 checkpoint does not fit ViT-H-14: {len(missing)} missing keys "
                          f"(e.g. {missing[:1]}), {len(unexpected)} unexpected (e.g. {unexpected[:1]})")
-    bad = [k for k in mapped if tuple(mapped[k].shape) != tuple(own[k].shape)]
+    bad = [k for k in mapped if tuple(mapped[k].shape) != own[k]]
     if bad:
         raise BenchError(f"HPSv2 checkpoint key {bad[0]} has shape {tuple(mapped[bad[0]].shape)}, the model "
-                         f"expects {tuple(own[bad[0]].shape)}")
+                         f"expects {own[bad[0]]}")
+    model = CLIPModel(clip_config(arch))
     model.load_state_dict({k: v.float() for k, v in mapped.items()}, strict=False)
     return model.eval().requires_grad_(False)
 
@@ -196,10 +199,14 @@ def load_native(version: str = "v2.0", device="cpu", path: Path | None = None, a
     from metrics.clip_bpe import clip_tokenizer
 
     path = path or checkpoint_path(version)
+    from metrics.weights import check_checkpoint_file
+
+    check_checkpoint_file(path, "HPSv2")
     try:
         blob = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as e:  # not a checkpoint torch can read without unpickling arbitrary objects
-        raise BenchError(f"cannot read HPSv2 checkpoint {path}: {str(e).splitlines()[0][:160]}") from None
+    except Exception:  # torch's own words would advise weights_only=False: never passed on
+        raise BenchError(f"{path} is not an HPSv2 checkpoint: torch cannot read it as plain tensors "
+                         f"(weights_only=True)") from None
     state = blob["state_dict"] if isinstance(blob, dict) and "state_dict" in blob else blob
     model = load_clip_from_open_clip(state, arch)
     name = "hpsv2" if version == "v2.0" else "hpsv2.1"

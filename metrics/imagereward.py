@@ -193,12 +193,14 @@ def blip_tokenizer(folder_or_vocab):
 def load_imagereward(suite: str = "sd", device="cpu", **_) -> ImageRewardModel:
     if suite != "sd":
         raise BenchError(f"the imagereward reward has weights for suite 'sd' only, not {suite!r}")
-    from metrics.weights import bert_tokenizer_folder, imagereward_checkpoint
+    from metrics.weights import bert_tokenizer_folder, check_checkpoint_file, imagereward_checkpoint
 
     path = imagereward_checkpoint()
     tok_dir = bert_tokenizer_folder()
+    check_checkpoint_file(path, "ImageReward")
     try:
         state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise BenchError(f"cannot read ImageReward checkpoint {path}: {str(e).splitlines()[0][:160]}") from None
+    except Exception:  # torch's own words would advise weights_only=False: never passed on
+        raise BenchError(f"{path} is not an ImageReward checkpoint: torch cannot read it as plain tensors "
+                         f"(weights_only=True)") from None
     return build(state, blip_tokenizer(tok_dir), device=device)

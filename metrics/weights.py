@@ -49,6 +49,23 @@ def bpe_path() -> Path:
                      f"the {CLIP_BPE_WHEEL} wheel without installing it) or set BENCH_CLIP_BPE=/path/to/{CLIP_BPE_FILE}")
 
 
+def check_checkpoint_file(path: Path, what: str) -> None:
+    """An official .pt is a torch zip archive holding data.pkl: anything else is refused by its format, before
+    torch reads it (a text file, a truncated download)."""
+    import zipfile
+
+    path = Path(path)
+    if not path.is_file():
+        raise BenchError(f"{what} checkpoint {path} is not a regular file")
+    try:
+        with zipfile.ZipFile(path) as z:
+            ok = any(n.endswith("/data.pkl") or n == "data.pkl" for n in z.namelist())
+    except (zipfile.BadZipFile, OSError):
+        ok = False
+    if not ok:
+        raise BenchError(f"{path} is not an {what} checkpoint (not a torch checkpoint archive)")
+
+
 def resolve_hf_folder(location: str, what: str, env: str) -> Path:
     """A local folder, or the cached snapshot of a Hugging Face model id."""
     from bench.spec.runspec import find_in_hf_cache, hf_cache_dir
@@ -156,10 +173,10 @@ def preflight(reward: str, suite: str) -> None:
     if reward == "aesthetic" and suite == "sd":
         aesthetic_paths(suite)
     if suite == "sd" and reward in ("hpsv2", "hpsv2.1"):
-        hpsv2_checkpoint("v2.0" if reward == "hpsv2" else "v2.1")
+        check_checkpoint_file(hpsv2_checkpoint("v2.0" if reward == "hpsv2" else "v2.1"), "HPSv2")
         bpe_path()
     if suite == "sd" and reward == "imagereward":
-        imagereward_checkpoint()
+        check_checkpoint_file(imagereward_checkpoint(), "ImageReward")
         bert_tokenizer_folder()
     if suite == "toy":
         from bench.toy.suite import REBUILD, assets_root

@@ -135,3 +135,63 @@ def test_a_backbone_folders_good_defaults_pass(tmp_path):
 
     info = resolve_backbone(str(_suite_folder(tmp_path, {"budget": 640, "eta": 0.0, "guidance_scale": 7})))
     assert info.suite == "mine" and info.defaults["budget"] == 640 and info.defaults["eta"] == 0.0
+
+
+def test_a_fifo_prompt_file_is_not_a_regular_file(tmp_path):
+    import os
+
+    from bench.errors import BenchError
+    from bench.spec.prompts import read_prompt_file
+
+    fifo = tmp_path / "prompts.txt"
+    os.mkfifo(fifo)
+    with pytest.raises(BenchError, match="is not a regular file"):
+        read_prompt_file(fifo)  # refused without opening it (opening a FIFO would block)
+
+
+@pytest.mark.parametrize("content", [b"just some text\n", b"PK\x03\x04 truncated zip", b""])
+def test_a_file_that_is_not_an_hpsv2_checkpoint_is_named_so_without_torchs_advice(tmp_path, content):
+    from bench.errors import BenchError
+    from metrics.hpsv2 import load_native
+
+    path = tmp_path / "HPS_v2_compressed.pt"
+    path.write_bytes(content)
+    with pytest.raises(BenchError) as e:
+        load_native("v2.0", path=path)
+    msg = str(e.value)
+    assert "is not an HPSv2 checkpoint" in msg and "weights_only=False" not in msg and "\x1b" not in msg, msg
+
+
+def test_a_torch_file_with_other_keys_is_refused_before_the_model_is_built(tmp_path, monkeypatch):
+    import torch
+    import transformers
+
+    from bench.errors import BenchError
+    from metrics.hpsv2 import load_native
+
+    path = tmp_path / "other.pt"
+    torch.save({"state_dict": {"visual.conv1.weight": torch.zeros(2, 3, 4, 4)}}, path)  # maps, but far too few
+    built = []
+    init = transformers.CLIPModel.__init__
+
+    def spy(self, *a, **k):
+        built.append(torch.empty(0).device.type)
+        init(self, *a, **k)
+
+    monkeypatch.setattr(transformers.CLIPModel, "__init__", spy)
+    with pytest.raises(BenchError, match="does not fit ViT-H-14"):
+        load_native("v2.0", path=path)
+    assert built == ["meta"]  # only the shape-only model: the full one is never built for a wrong file
+
+
+def test_preflight_refuses_a_text_file_as_hpsv2_weights_before_torch(tmp_path):
+    bad = tmp_path / "HPS_v2_compressed.pt"
+    bad.write_text("not weights\n")
+    code = ("import sys; from bench.cli import main; rc = main(sys.argv[1:]); "
+            "print('HEAVY=' + str('torch' in sys.modules)); sys.exit(rc)")
+    r = subprocess.run([sys.executable, "-c", code, "run", "--reward", "hpsv2", "--backbone", "sd-v1-4-random",
+                        "--methods", "ddpo-2", "--out", str(tmp_path / "out")], cwd=ROOT, capture_output=True,
+                       text=True, timeout=120, env={**__import__("os").environ, "BENCH_HPSV2": str(bad)})
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and "is not an HPSv2 checkpoint" in lines[0], r.stderr
+    assert "HEAVY=False" in r.stdout

@@ -18,6 +18,8 @@ def read_prompt_file(path: str | Path) -> list[str]:
     path = Path(path)
     if path.is_dir():
         raise BenchError(f"prompt file {path} is a folder")
+    if path.exists() and not path.is_file():  # a FIFO or a device: never opened (it could block)
+        raise BenchError(f"prompt file {path} is not a regular file")
     if not path.is_file():
         raise BenchError(f"prompt file not found: {path}")
     try:
