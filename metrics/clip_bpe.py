@@ -14,6 +14,7 @@ merge (the file's first line is a header; CLIP uses 49152 - 256 - 2 merges), the
 from __future__ import annotations
 
 import gzip
+import html
 from pathlib import Path
 
 from metrics.weights import bpe_path
@@ -49,3 +50,19 @@ def clip_tokenizer(context_length: int = 77, path: Path | None = None):
     vocab, merges = vocabulary(path)
     return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=context_length, unk_token="<|endoftext|>",
                          bos_token="<|startoftext|>", eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+
+
+def clean_text(text: str) -> str:
+    """open_clip's cleaning before BPE (HPSv2's tokenizer does the same): ftfy's fix_text (mojibake, curly
+    quotes, ligatures, full-width letters; NFC), HTML entities unescaped twice, whitespace collapsed, lower
+    case. Without it "caf\u00c3\u00a9", "&amp;" or "\ufb01sh" get other token ids than the official code's."""
+    import ftfy
+
+    text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()
+    return " ".join(text.split()).lower()
+
+
+def tokenize(tokenizer, texts: list[str], context_length: int = 77):
+    """Token ids as open_clip makes them: cleaned text, <|startoftext|> ... <|endoftext|>, padded, truncated."""
+    return tokenizer([clean_text(t) for t in texts], padding="max_length", max_length=context_length,
+                     truncation=True, return_tensors="pt").input_ids

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from bench.errors import BenchError
 from metrics.aesthetic import CLIP_MEAN, CLIP_STD
 from metrics.base import Reward, to_uint8
+from metrics.clip_bpe import tokenize
 
 VIT_H_14 = dict(
     vision=dict(hidden_size=1280, num_hidden_layers=32, num_attention_heads=16, intermediate_size=5120,
@@ -164,8 +165,7 @@ class HPSv2Reward(Reward):
     def text_features(self, prompts: list[str]) -> torch.Tensor:
         missing = [p for p in dict.fromkeys(prompts) if p not in self._text]
         if missing:
-            ids = self.tokenizer(missing, padding="max_length", max_length=77, truncation=True,
-                                 return_tensors="pt").input_ids.to(self.device)
+            ids = tokenize(self.tokenizer, missing).to(self.device)  # with open_clip's text cleaning
             self._text.update(zip(missing, self._normed(self.clip.get_text_features(input_ids=ids))))
         return torch.stack([self._text[p] for p in prompts])
 

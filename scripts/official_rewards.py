@@ -6,6 +6,8 @@ ImageReward and torchvision, which the project's environment cannot hold). Write
 - hpsv2.json / imagereward.json: a reduced architecture, its parameter names and shapes, the seed of the
   shared weight rule, the inputs (seeded uint8 images, prompts, a synthetic BERT vocabulary) and the
   official scores;
+- clip_tokens.json: HPSv2's own tokenizer (open_clip's, with its ftfy / html cleaning) on prompts that are
+  not plain ASCII, for the native tokenizer's text-cleaning test;
 - full_keys.json.gz: the parameter names and shapes of the FULL-size models (open_clip ViT-H-14, ImageReward
   v1.0), built on the meta device, for the exact key-mapping test.
 
@@ -186,6 +188,27 @@ def full_keys(tmp: Path) -> dict:
             "imagereward_v1": [(k, list(v.shape)) for k, v in ir.state_dict().items()]}
 
 
+NON_ASCII_PROMPTS = [
+    "a photo of a cat\u2019s \u201cbest\u201d hat",      # curly quotes
+    "salt &amp; pepper on a plate",                          # an HTML entity
+    "&lt;b&gt;bold&lt;/b&gt; dog",                           # entities that unescape to markup
+    "\ufb01sh and chips",                                   # the fi ligature
+    "\uff23\uff21\uff34 in a hat",                          # full-width letters
+    "caf\u00c3\u00a9 at night",                              # mojibake (UTF-8 read as Latin-1)
+    "cafe\u0301 latte art",                                 # a combining accent (NFC)
+    "  many\t spaces \n and\u00a0nbsp  ",                    # whitespace of every kind
+    "UPPER Case MiXeD",
+    "\u00fcber-cool na\u00efve r\u00e9sum\u00e9",
+]
+
+
+def clip_tokens() -> dict:
+    from hpsv2.src.open_clip import get_tokenizer
+
+    tokenizer = get_tokenizer("ViT-H-14")
+    return {"prompts": NON_ASCII_PROMPTS, "input_ids": tokenizer(NON_ASCII_PROMPTS).tolist()}
+
+
 def main() -> int:
     import tempfile
 
@@ -201,6 +224,8 @@ def main() -> int:
         print("hpsv2.json written", file=sys.stderr)
         (args.out / "imagereward.json").write_text(json.dumps(imagereward_golden(tmp)) + "\n")
         print("imagereward.json written", file=sys.stderr)
+        (args.out / "clip_tokens.json").write_text(json.dumps(clip_tokens(), ensure_ascii=True) + "\n")
+        print("clip_tokens.json written", file=sys.stderr)
         with gzip.open(args.out / "full_keys.json.gz", "wt") as f:
             json.dump(full_keys(tmp), f)
         print("full_keys.json.gz written", file=sys.stderr)

@@ -29,3 +29,24 @@ def test_vocabulary_layout():
 def test_pads_with_end_of_text_to_77(tok):
     ids = tok(["hello world"], padding="max_length", max_length=77, truncation=True).input_ids[0]
     assert len(ids) == 77 and ids[:4] == [49406, 3306, 1002, 49407] and set(ids[4:]) == {49407}
+
+
+def test_text_is_cleaned_as_the_official_tokenizer_does(tok):
+    """Prompts that are not plain ASCII (curly quotes, HTML entities, ligatures, full-width letters, mojibake,
+    combining accents, odd whitespace) get HPSv2's official token ids (tests/golden/clip_tokens.json, written by
+    scripts/check_official_rewards.sh from hpsv2's bundled open_clip tokenizer)."""
+    import json
+
+    from metrics.clip_bpe import tokenize
+    from tests.conftest import ROOT
+
+    def upto_eos(ids):  # open_clip pads with 0, ours with <|endoftext|>; CLIP reads nothing past the first eos
+        ids = list(ids)
+        return ids[:ids.index(49407) + 1]
+
+    golden = json.loads((ROOT / "tests" / "golden" / "clip_tokens.json").read_text())
+    want = [upto_eos(g) for g in golden["input_ids"]]
+    assert [upto_eos(ids) for ids in tokenize(tok, golden["prompts"]).tolist()] == want
+    # without the cleaning most of these differ: the golden ids test the cleaning, not only the BPE
+    raw = [upto_eos(ids) for ids in tok(golden["prompts"], truncation=True, max_length=77).input_ids]
+    assert sum(r != g for r, g in zip(raw, want)) >= 5, [p for p, r, g in zip(golden["prompts"], raw, want) if r != g]

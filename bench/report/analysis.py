@@ -239,3 +239,171 @@ def change_verdict(mean: float | None, ci: float | None, higher_is_better: bool 
     if better + ci < 0:
         return "worsens"
     return "flat"
+
+
+# ------------------------------------------------------------------------------ comparisons that fit the design
+@dataclass
+class Comparison:
+    """One method minus another on one score, over seeds."""
+    diff: float
+    ci: float
+    """Half-width of the 95% CI."""
+    p: float
+    """Two-sided p-value of 'no difference'."""
+    n: int
+    """Seeds (pairs for a paired comparison)."""
+    mdd: float
+    """Minimum detectable difference: the true difference this design finds at 95% confidence with 80% power,
+    given the observed spread: (t_0.975 + t_0.80) x the standard error, at the design's degrees of freedom."""
+    paired: bool
+
+    @property
+    def equivalence_bound(self) -> float:
+        """When the CI includes 0: the data rule out a difference larger than this (the CI's farther end)."""
+        return abs(self.diff) + self.ci
+
+
+def _mdd(se: float, df: float, alpha: float = 0.05, power: float = 0.8) -> float:
+    from scipy import stats
+
+    return float((stats.t.ppf(1 - alpha / 2, df) + stats.t.ppf(power, df)) * se)
+
+
+def paired_comparison(a, b) -> Comparison:
+    """a - b paired by seed (a[i] and b[i] share seed i): the seed's own luck cancels, which is what makes
+    methods that are bit-identical until they diverge (TDPO and TDPO-R before the first reset) comparable.
+    Student t on the n - 1 differences' spread. Needs 2+ pairs."""
+    from scipy import stats
+
+    d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    n = len(d)
+    m = float(d.mean())
+    se = float(d.std(ddof=1)) / math.sqrt(n)
+    if se == 0:
+        return Comparison(m, 0.0, 0.0 if m else 1.0, n, 0.0, True)
+    p = float(2 * stats.t.sf(abs(m) / se, n - 1))
+    return Comparison(m, t975(n - 1) * se, p, n, _mdd(se, n - 1), True)
+
+
+def welch_comparison(a, b) -> Comparison:
+    """a - b over independent seeds (Welch: unequal variances, Welch-Satterthwaite degrees of freedom)."""
+    from scipy import stats
+
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+    diff, ci = welch_ci(a, b)
+    if va + vb == 0:
+        return Comparison(diff, 0.0, 0.0 if diff else 1.0, min(len(a), len(b)), 0.0, False)
+    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+    se = math.sqrt(va + vb)
+    return Comparison(diff, ci, float(2 * stats.t.sf(abs(diff) / se, df)), min(len(a), len(b)), _mdd(se, df), False)
+
+
+def holm(pvalues: list[float]) -> list[float]:
+    """Holm's step-down adjusted p-values (family-wise error at the nominal level), in the input's order:
+    the i-th smallest p times (m - i + 1), made monotone, capped at 1."""
+    m = len(pvalues)
+    order = sorted(range(m), key=lambda i: pvalues[i])
+    adjusted = [0.0] * m
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * pvalues[i]))
+        adjusted[i] = running
+    return adjusted
+
+
+def seeds_for_half_width(sd: float, half_width: float, most: int = 1000) -> int | None:
+    """The fewest pairs n whose paired 95% CI half-width, t_0.975(n - 1) x sd / sqrt(n), is at most
+    `half_width` (the study's power rule); None beyond `most`."""
+    from scipy import stats
+
+    for n in range(2, most + 1):
+        if stats.t.ppf(0.975, n - 1) * sd / math.sqrt(n) <= half_width:
+            return n
+    return None
+
+
+# ------------------------------------------------------------------------------ the gold peak, chosen and tested apart
+def split_half_shape(curves: list[np.ndarray], queries: list[int]) -> tuple[str, int, tuple, tuple]:
+    """The gold curve's shape with the peak chosen on one half of the evaluation images and tested on the
+    other, so the choice does not bias the test toward 'rises then falls'.
+
+    `curves`: one array per seed, checkpoints x images, the images in a fixed order shared by every seed and
+    checkpoint (same prompt and evaluation seed in the same column). Even columns choose the peak (the highest
+    mean over seeds, earliest on ties); odd columns test it: the paired change from query 0 to the peak (rise)
+    and from the peak to the last checkpoint (fall), each over the seeds' mean changes (2+ seeds) or over the
+    images (1 seed). Returns (shape, peak queries, rise (mean, CI), fall (mean, CI))."""
+    select = np.mean([c[:, 0::2].mean(axis=1) for c in curves], axis=0)
+    peak = int(max(range(len(select)), key=lambda i: (select[i], -i)))
+    last = len(queries) - 1
+
+    def change(i: int, j: int) -> tuple[float | None, float | None]:
+        if i == j:
+            return 0.0, None
+        per_seed = [c[j, 1::2] - c[i, 1::2] for c in curves]
+        return mean_ci(per_seed[0]) if len(per_seed) == 1 else mean_ci([d.mean() for d in per_seed])
+
+    rise, fall, total = change(0, peak), change(peak, last), change(0, last)
+    up = lambda c: c[1] is not None and c[0] - c[1] > 0
+    down = lambda c: c[1] is not None and c[0] + c[1] < 0
+    shape = "rises then falls" if up(rise) and down(fall) else "falls" if down(total) else \
+        "rises" if up(total) else "flat"
+    return shape, queries[peak], rise, fall
+
+
+# ------------------------------------------------------------------------------ overoptimization coefficients
+R2_BAR = 0.5
+"""Below this R², a fitted form describes the run poorly: its coefficients are reported but not ranked on."""
+
+
+@dataclass
+class GaoFit:
+    """Gao, Schulman and Hilton (2022): gold gain against d = sqrt(KL to the initial policy).
+    RL form: R(d) = d (alpha - beta ln d); best-of-n form: R(d) = d (alpha - beta d)."""
+    form: str
+    alpha: float
+    beta: float
+    r2: float
+    d_peak: float | None
+    """Where the fitted curve peaks (RL: exp(alpha / beta - 1); best-of-n: alpha / (2 beta)); None when beta <= 0
+    (no peak: the curve never turns down)."""
+    gain_peak: float | None
+    """The fitted gold gain at the peak (RL: beta d*; best-of-n: alpha^2 / (4 beta))."""
+
+    @property
+    def kl_peak(self) -> float | None:
+        return None if self.d_peak is None else self.d_peak ** 2
+
+
+def gao_fit(d, gain, form: str = "rl") -> GaoFit | None:
+    """Least squares of gain on the form's two terms (linear in alpha and beta, no intercept: R(0) = 0).
+    Points at d = 0 are kept (they fit exactly). None with fewer than 3 points at d > 0."""
+    d, gain = np.asarray(d, dtype=float), np.asarray(gain, dtype=float)
+    if np.sum(d > 0) < 3:
+        return None
+    if form == "rl":
+        with np.errstate(divide="ignore", invalid="ignore"):
+            dlog = np.where(d > 0, d * np.log(np.where(d > 0, d, 1.0)), 0.0)
+        design = np.stack([d, -dlog], axis=1)
+    elif form == "bon":
+        design = np.stack([d, -d * d], axis=1)
+    else:
+        raise ValueError(form)
+    (alpha, beta), *_ = np.linalg.lstsq(design, gain, rcond=None)
+    fitted = design @ np.array([alpha, beta])
+    ss_tot = float(((gain - gain.mean()) ** 2).sum())
+    r2 = 1.0 - float(((gain - fitted) ** 2).sum()) / ss_tot if ss_tot > 0 else 0.0
+    alpha, beta = float(alpha), float(beta)
+    if beta <= 0:
+        return GaoFit(form, alpha, beta, r2, None, None)
+    if form == "rl":
+        d_peak = math.exp(alpha / beta - 1.0) if alpha / beta - 1.0 < 700 else None
+        return GaoFit(form, alpha, beta, r2, d_peak, None if d_peak is None else beta * d_peak)
+    return GaoFit(form, alpha, beta, r2, alpha / (2 * beta), alpha ** 2 / (4 * beta))
+
+
+def gao_curve(fit: GaoFit, d) -> np.ndarray:
+    d = np.asarray(d, dtype=float)
+    if fit.form == "rl":
+        return d * (fit.alpha - fit.beta * np.log(np.where(d > 0, d, 1.0)))
+    return d * (fit.alpha - fit.beta * d)

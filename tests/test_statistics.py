@@ -1,0 +1,102 @@
+"""The statistics of a fair comparison, each against hand-computed values or synthetic data with a known
+answer: the paired-by-seed CI, the minimum detectable difference, Holm's adjustment, the power rule, the
+split-half gold-peak test and Gao et al.'s overoptimization fits."""
+
+import math
+
+import numpy as np
+import pytest
+
+from bench.report.analysis import (gao_curve, gao_fit, holm, paired_comparison, seeds_for_half_width,
+                                   split_half_shape, welch_comparison)
+
+
+def test_paired_ci_and_mdd_by_hand():
+    # differences 0.5, 1.0, 0.1, 0.9: mean 0.625, sd sqrt(0.5075 / 3) = 0.41130, se 0.20565
+    c = paired_comparison([1, 2, 3, 4], [0.5, 1.0, 2.9, 3.1])
+    assert c.paired and c.n == 4 and c.diff == pytest.approx(0.625)
+    assert c.ci == pytest.approx(3.182 * 0.205649, rel=1e-4)                  # t_0.975(3) = 3.182
+    assert c.mdd == pytest.approx((3.182446 + 0.978472) * 0.205649, rel=1e-4)  # t_0.80(3) = 0.978
+    assert c.p == pytest.approx(0.0559, abs=2e-4)                            # t = 3.039 on 3 df
+    assert c.equivalence_bound == pytest.approx(0.625 + c.ci)
+
+
+def test_pairing_removes_the_seeds_shared_luck():
+    """Two methods that share each seed's luck (a large seed effect) and differ by a constant 0.1: the
+    paired CI is tight and excludes 0; Welch, blind to the pairing, cannot see it."""
+    seed_luck = np.array([0.0, 1.0, -1.0, 0.5, -0.5])
+    a, b = seed_luck + 0.1 + np.array([0.01, -0.01, 0.0, 0.01, -0.01]), seed_luck
+    paired, welch = paired_comparison(a, b), welch_comparison(a, b)
+    assert paired.diff == pytest.approx(0.1) and paired.diff - paired.ci > 0
+    assert welch.diff == pytest.approx(0.1) and welch.diff - welch.ci < 0 and welch.mdd > 10 * paired.mdd
+
+
+def test_mdd_matches_the_closed_form_and_shrinks_with_root_n():
+    from scipy import stats
+
+    rng = np.random.default_rng(0)
+    d = rng.normal(size=10)
+    c = paired_comparison(d, np.zeros(10))
+    se = d.std(ddof=1) / math.sqrt(10)
+    assert c.mdd == pytest.approx((stats.t.ppf(0.975, 9) + stats.t.ppf(0.8, 9)) * se)
+    # sd 1, n = 10: (2.2622 + 0.8834) / sqrt(10) = 0.9947
+    assert (stats.t.ppf(0.975, 9) + stats.t.ppf(0.8, 9)) / math.sqrt(10) == pytest.approx(0.9947, abs=1e-4)
+
+
+def test_holm_by_hand():
+    assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    assert holm([0.5, 0.001]) == pytest.approx([0.5, 0.002])
+    assert holm([0.6, 0.6, 0.6]) == pytest.approx([1.0, 1.0, 1.0])  # capped at 1
+
+
+def test_power_rule_by_hand():
+    # sd 0.3, target 0.15: n = 17 gives 2.120 * 0.3 / 4.123 = 0.154, n = 18 gives 2.110 * 0.3 / 4.243 = 0.149
+    assert seeds_for_half_width(0.3, 0.15) == 18
+    # sd 0.1: n = 4 gives 3.182 * 0.1 / 2 = 0.159, n = 5 gives 2.776 * 0.1 / 2.236 = 0.124
+    assert seeds_for_half_width(0.1, 0.15) == 5
+    assert seeds_for_half_width(10.0, 0.01, most=50) is None
+
+
+def _curves(rise_then_fall: bool, seeds=3, images=64, noise=0.05, seed=0):
+    rng = np.random.default_rng(seed)
+    truth = np.array([0.0, 0.5, 1.0, 0.4, -0.2]) if rise_then_fall else np.zeros(5)
+    return [truth[:, None] + rng.normal(0, noise, size=(5, images)) + rng.normal(0, 0.3, size=(1, images))
+            for _ in range(seeds)]
+
+
+def test_split_half_peak_finds_a_real_rise_then_fall():
+    shape, peak, rise, fall = split_half_shape(_curves(True), [0, 100, 200, 300, 400])
+    assert shape == "rises then falls" and peak == 200
+    assert rise[0] == pytest.approx(1.0, abs=0.05) and fall[0] == pytest.approx(-1.2, abs=0.05)
+
+
+def test_split_half_peak_on_pure_noise_is_not_rise_then_fall():
+    """Choosing the peak on the images it is tested on makes noise look like a peak; on held-out images the
+    rate of false 'rises then falls' stays near the nominal level."""
+    false_calls = sum(split_half_shape(_curves(False, noise=0.2, seed=s), [0, 1, 2, 3, 4])[0] == "rises then falls"
+                      for s in range(60))
+    assert false_calls <= 3
+
+
+def test_gao_fits_recover_known_coefficients():
+    d = np.linspace(0, 4, 12)
+    rl = gao_fit(d, d * (1.5 - 0.4 * np.log(np.where(d > 0, d, 1.0))), "rl")
+    assert (rl.alpha, rl.beta, rl.r2) == pytest.approx((1.5, 0.4, 1.0))
+    assert rl.d_peak == pytest.approx(math.exp(1.5 / 0.4 - 1)) and rl.gain_peak == pytest.approx(0.4 * rl.d_peak)
+    assert rl.kl_peak == pytest.approx(rl.d_peak ** 2)
+    bon = gao_fit(d, d * (1.2 - 0.3 * d), "bon")
+    assert (bon.alpha, bon.beta, bon.d_peak, bon.gain_peak) == pytest.approx((1.2, 0.3, 2.0, 1.2))
+    # with noise the RL data fit the RL form better than the best-of-n form, and vice versa
+    rng = np.random.default_rng(1)
+    noisy_rl = d * (1.5 - 0.9 * np.log(np.where(d > 0, d, 1.0))) + rng.normal(0, 0.02, d.shape)
+    assert gao_fit(d, noisy_rl, "rl").r2 > gao_fit(d, noisy_rl, "bon").r2
+    noisy_bon = d * (1.2 - 0.3 * d) + rng.normal(0, 0.02, d.shape)
+    assert gao_fit(d, noisy_bon, "bon").r2 > gao_fit(d, noisy_bon, "rl").r2
+    assert np.allclose(gao_curve(bon, d), d * (1.2 - 0.3 * d))
+
+
+def test_gao_fit_without_a_turn_has_no_peak_and_needs_three_points():
+    d = np.array([0.0, 1.0, 2.0, 3.0])
+    rising = gao_fit(d, 0.5 * d + 0.1 * d * d, "bon")  # beta < 0: the curve never turns down
+    assert rising.beta < 0 and rising.d_peak is None and rising.gain_peak is None
+    assert gao_fit([0.0, 1.0, 2.0], [0.0, 0.1, 0.2], "rl") is None
