@@ -124,6 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     rp = sub.add_parser("report", help="write the HTML report, figures and leaderboard from the database")
     rp.add_argument("--db", default="results/bench.duckdb", help="DuckDB file (default: results/bench.duckdb)")
     rp.add_argument("--out", default="reports", help="report folder (default: reports)")
+    rp.add_argument("--study", default=None, help="judge the runs by this study's declared comparison plan "
+                    "(see `bench list studies`) (default: the main command's plan)")
 
     pf = sub.add_parser("perf", help="speed and memory of the main code paths (a table)")
     pf.add_argument("--backbone", default=None,

@@ -240,7 +240,7 @@ def cmd_run(args) -> int:
         report_dir = Path(args.report_dir) if args.report_dir else (
             Path("reports") if args.out == "results" else out / "report")
         t0 = time.perf_counter()
-        print_and_write(db, report_dir, out, write=not args.no_report)
+        print_and_write(db, report_dir, out, write=not args.no_report, study=args.study)
         report_s = time.perf_counter() - t0
         from bench.perf import PHASE_HEADER, phase_rows
         from bench.text import print_table

@@ -203,23 +203,39 @@ def test_paired_change_pairs_images_by_prompt_and_seed(tmp_path):
     assert change_verdict(1.0, None) == "-"
 
 
-def test_gold_shape_separates_rise_then_fall_from_a_fall_and_noise(tmp_path):
-    """The overoptimization evidence: B's gold rises 0.5 to its peak at 10 queries, then falls 0.3
-    (every image alike, so the CIs are 0); A's two seeds disagree on the direction after the
-    peak (over seeds, t(1) = 12.706: flat); D's gold falls from the start, unevenly per image."""
-    from bench.report.build import build_boards, gold_line, verdict_lines
+def _gold_db(path, runs: dict):
+    """runs: run_id -> (method, seed, gold per checkpoint (0, 10, 20) per image (4 images)); aesthetic rises
+    1 -> 3 -> 5 on every image, pickscore constant."""
     from bench.store.database import connect
 
-    make_db(tmp_path / "b.duckdb")
-    con = connect(tmp_path / "b.duckdb")
-    con.execute("INSERT INTO runs (run_id, config_hash, method, reward, backbone, suite, seed, budget, status) "
-                "VALUES ('D_s0', 'h', 'D', 'aesthetic', 'toy', 'toy', 0, 20, 'finished')")
-    for q, x, g in zip((0, 10, 20), (1.0, 3.0, 5.0), (5.0, 4.0, 3.0)):
-        for i, (d, spread) in enumerate(((-0.5, 0.0), (0.5, 1.0)) * 2):  # images 1 and 3 fall twice as fast
-            for reward, v in (("aesthetic", x + d), ("pickscore", 10.0 + d),
-                              ("gold-aesthetic", g + d - spread * (5.0 - g))):
-                con.execute("INSERT INTO scores VALUES ('D_s0', ?, ?, 'toy-seen', 'a red circle', ?, 1, ?)",
-                            [q, reward, i, v])
+    con = connect(path)
+    for run_id, (method, seed, gold) in runs.items():
+        con.execute("INSERT INTO runs (run_id, config_hash, method, reward, backbone, suite, seed, budget, status) "
+                    "VALUES (?, 'h', ?, 'aesthetic', 'toy', 'toy', ?, 20, 'finished')", [run_id, method, seed])
+        for k, q in enumerate((0, 10, 20)):
+            for i in range(4):
+                for reward, v in (("aesthetic", 1.0 + 2 * k), ("pickscore", 10.0), ("gold-aesthetic", gold[k][i])):
+                    con.execute("INSERT INTO scores VALUES (?, ?, ?, 'toy-seen', 'a red circle', ?, 1, ?)",
+                                [run_id, q, reward, i, v])
+    return con
+
+
+def test_gold_shape_picks_the_peak_on_one_half_and_tests_it_on_the_other(tmp_path):
+    """The overoptimization evidence, split-half: images 0 and 2 choose the peak, images 1 and 3 test it.
+    B rises 0.5 to its peak at 10 queries, then falls 0.3, on every image (CIs 0); A's two seeds disagree on
+    the rise (over seeds, t(1) = 12.706: flat); D falls from the start, images 1 and 3 twice as fast; E has a
+    peak at 10 only on the images that choose it: on the others it is flat, and the test says so (choosing the
+    peak on the tested images would have called it 'rises then falls')."""
+    from bench.report.build import build_boards, gold_line, verdict_lines
+
+    same = lambda *g: [[v] * 4 for v in g]
+    con = _gold_db(tmp_path / "g.duckdb", {
+        "B_s0": ("B", 0, same(5.0, 5.5, 5.2)),
+        "A_s0": ("A", 0, same(5.0, 7.0, 6.0)),
+        "A_s1": ("A", 1, same(5.0, 6.0, 6.5)),
+        "D_s0": ("D", 0, [[5.0] * 4, [4.5, 4.0, 4.5, 4.0], [4.0, 3.0, 4.0, 3.0]]),
+        "E_s0": ("E", 0, [[5.0] * 4, [6.0, 5.0, 6.0, 5.0], [5.0, 5.0, 5.0, 5.0]]),
+    })
     (board,) = build_boards(con)
     con.close()
     shapes = board.gold_shapes["gold-aesthetic"]
@@ -227,16 +243,17 @@ def test_gold_shape_separates_rise_then_fall_from_a_fall_and_noise(tmp_path):
     assert (b.shape, b.peak_queries) == ("rises then falls", 10)
     assert b.rise == (pytest.approx(0.5), pytest.approx(0.0)) and b.fall == (pytest.approx(-0.3), pytest.approx(0.0))
     a = shapes["A"]
-    # mean curve over seeds (5, 6.5, 6.25): peak at 10; rises 2 and 1 over seeds: 1.5 ± 12.706 * 0.7071 / sqrt(2)
+    # the selection half's mean curve over seeds (5, 6.5, 6.25) peaks at 10; the test half's rises are 2 and 1
     assert a.peak_queries == 10 and a.rise == (pytest.approx(1.5), pytest.approx(12.706 * 0.70710678 / 2 ** 0.5))
     assert a.shape == "flat"
     d = shapes["D"]
-    # peak at the pretrained model; per image the total changes are -2, -4, -2, -4: mean -3, sd 1.1547, t(3) = 3.182
-    assert d.peak_queries == 0 and d.shape == "falls"
-    assert d.total == (pytest.approx(-3.0), pytest.approx(3.182 * 1.1547005 / 2))
+    # peak at the pretrained model; on the test images (1, 3) the total change is -2 on both: CI 0
+    assert d.peak_queries == 0 and d.shape == "falls" and d.total == (pytest.approx(-2.0), pytest.approx(0.0))
+    e = shapes["E"]
+    assert e.peak_queries == 10 and e.rise == (pytest.approx(0.0), pytest.approx(0.0)) and e.shape == "flat"
     line = gold_line("gold-aesthetic", "toy-seen", shapes)
     assert line == ("gold-aesthetic on toy-seen (paired, 95% CI): rises then falls: B (peak at 10: +0.50 ± 0.00, "
-                    "then -0.30 ± 0.00); falls: D; flat: A")
+                    "then -0.30 ± 0.00); falls: D; flat: A, E")
     assert line in verdict_lines([board])
 
 
@@ -249,7 +266,7 @@ def test_report_files_are_byte_identical_when_rebuilt(tmp_path):
     for name in ("leaderboard.md", "leaderboard.csv", "leaderboard.html", "index.html"):
         assert (tmp_path / "r1" / name).read_bytes() == (tmp_path / "r2" / name).read_bytes(), name
     md = (tmp_path / "r1" / "leaderboard.md").read_text()
-    assert "| B | 1 | improves | 3.000 | 2.000 ± 0.000 | 20 |" in md
+    assert "| B | 1 | improves (image-level, seed variance not included) | 3.000 | 2.000 ± 0.000 | 20 |" in md
     figs = json.loads((tmp_path / "r1" / "report.json").read_text())["figures"]
     assert "cross_reward_aesthetic_toy-seen.png" in figs and "gold_vs_proxy_aesthetic_toy-seen.png" in figs
     assert all((tmp_path / "r1" / "figures" / f).stat().st_size > 1000 for f in figs)
@@ -395,8 +412,9 @@ def test_report_first_screen_summary_role_order_and_no_horizontal_scroll(tmp_pat
                          check=True, capture_output=True, text=True, timeout=120).stdout
     start = dom.rindex('<pre id="m">') + len('<pre id="m">')  # the element, not the script's text
     m = json.loads(html.unescape(dom[start:dom.index("</pre>", start)]))
-    # the summary, two tables per board (3 prompt sets), the runs table; each fits its box
-    assert m["page"] <= 1300 and len(m["tables"]) == 8
+    # the summary, two tables per board (3 prompt sets), the overoptimization coefficients, the runs table;
+    # each fits its box
+    assert m["page"] <= 1300 and len(m["tables"]) == 9
     assert all(w <= box for w, box in m["tables"]), m["tables"]
 
 

@@ -65,7 +65,7 @@ def _curves(rise_then_fall: bool, seeds=3, images=64, noise=0.05, seed=0):
 
 
 def test_split_half_peak_finds_a_real_rise_then_fall():
-    shape, peak, rise, fall = split_half_shape(_curves(True), [0, 100, 200, 300, 400])
+    shape, peak, rise, fall, _ = split_half_shape(_curves(True), [0, 100, 200, 300, 400])
     assert shape == "rises then falls" and peak == 200
     assert rise[0] == pytest.approx(1.0, abs=0.05) and fall[0] == pytest.approx(-1.2, abs=0.05)
 
@@ -100,3 +100,79 @@ def test_gao_fit_without_a_turn_has_no_peak_and_needs_three_points():
     rising = gao_fit(d, 0.5 * d + 0.1 * d * d, "bon")  # beta < 0: the curve never turns down
     assert rising.beta < 0 and rising.d_peak is None and rising.gain_peak is None
     assert gao_fit([0.0, 1.0, 2.0], [0.0, 0.1, 0.2], "rl") is None
+
+
+# ------------------------------------------------------------------------------ in the report
+D = [0.0, 0.5, 1.0, 1.5, 2.0]  # sqrt(KL) at queries 0, 10, 20, 30, 40
+
+
+def _gain(d, alpha, beta):
+    return d * (alpha - beta * math.log(d)) if d > 0 else 0.0
+
+
+def _comparison_db(path):
+    """tdpo-r, tdpo on seeds 0-2 and ddpo-100 on seeds 3-5. Aesthetic rises 1, 2, 3, 4, 5 for every run
+    (matched level 5, reached at the last checkpoint). Gold: 5 + the seed's luck (shared by the methods that
+    ran that seed) + Gao's RL curve with the method's alpha, beta; tdpo-r's alpha is 0.1 larger than tdpo's."""
+    from bench.store.database import connect
+
+    luck = {0: 0.0, 1: 0.8, 2: -0.6, 3: 0.3, 4: -0.4, 5: 0.1}
+    spec = {"tdpo-r": (1.6, 0.4, (0, 1, 2)), "tdpo": (1.5, 0.4, (0, 1, 2)), "ddpo-100": (1.5, 0.4, (3, 4, 5))}
+    con = connect(path)
+    for method, (alpha, beta, seeds) in spec.items():
+        for s in seeds:
+            run_id = f"{method}_s{s}"
+            con.execute("INSERT INTO runs (run_id, config_hash, method, reward, backbone, suite, seed, budget, "
+                        "status) VALUES (?, 'h', ?, 'aesthetic', 'toy', 'toy', ?, 40, 'finished')", [run_id, method, s])
+            for k, d in enumerate(D):
+                q = 10 * k
+                gold = 5.0 + luck[s] + _gain(d, alpha, beta)
+                for reward, v in (("aesthetic", 1.0 + k), ("gold-aesthetic", gold), ("kl-to-pretrained", d * d),
+                                  ("pickscore", 10.0 + 0.01 * s + 0.001 * k * (method == "tdpo-r"))):
+                    for i in range(4):
+                        con.execute("INSERT INTO scores VALUES (?, ?, ?, 'toy-seen', 'a red circle', ?, 1, ?)",
+                                    [run_id, q, reward, i, v])
+    return con
+
+
+def test_the_report_pairs_by_seed_labels_the_primary_and_holm_adjusts_the_rest(tmp_path):
+    from bench.report.build import build_boards, comparison_rows, primary_sentences
+    from bench.spec.catalog import OVEROPT_PLAN
+
+    con = _comparison_db(tmp_path / "c.duckdb")
+    boards = build_boards(con, OVEROPT_PLAN)
+    con.close()
+    rows = {(r["focus"], r["other"], r["score"]): r for r in comparison_rows(boards, OVEROPT_PLAN)}
+    vs_tdpo = rows["tdpo-r", "tdpo", "gold-aesthetic"]
+    # at the level (d = 2): 2 (1.6 - 0.4 ln 2) - 2 (1.5 - 0.4 ln 2) = 0.2 on every seed; the luck cancels
+    assert vs_tdpo["primary"] and vs_tdpo["comp"].paired and vs_tdpo["comp"].n == 3
+    assert vs_tdpo["comp"].diff == pytest.approx(0.2) and vs_tdpo["comp"].ci == pytest.approx(0.0, abs=1e-9)
+    assert vs_tdpo["says"] == "tdpo-r better"
+    vs_ddpo = rows["tdpo-r", "ddpo-100", "gold-aesthetic"]
+    # other seeds: Welch, and the seeds' luck (sd about 0.7) swamps the 0.2
+    assert vs_ddpo["primary"] and not vs_ddpo["comp"].paired and vs_ddpo["comp"].ci > 0.5
+    assert vs_ddpo["says"].startswith("no difference larger than")
+    assert float(vs_ddpo["says"].split()[-1]) == pytest.approx(abs(vs_ddpo["comp"].diff) + vs_ddpo["comp"].ci,
+                                                               rel=1e-2)
+    pick = rows["tdpo-r", "tdpo", "pickscore"]  # exploratory: Holm over the exploratory rows
+    assert not pick["primary"] and pick["p_holm"] >= pick["comp"].p
+    exploratory = sorted(r["comp"].p for r in rows.values() if not r["primary"])
+    adjusted = sorted(r["p_holm"] for r in rows.values() if not r["primary"])
+    assert adjusted[0] == pytest.approx(min(1.0, 2 * exploratory[0]))
+    sentences = primary_sentences(list(rows.values()), OVEROPT_PLAN)
+    assert len(sentences) == 2 and any("could have detected one of" in s for s in sentences)
+
+
+def test_the_report_fits_gaos_coefficients_per_run(tmp_path):
+    from bench.report.build import build_boards, gao_rows
+
+    con = _comparison_db(tmp_path / "c.duckdb")
+    (board,) = build_boards(con)
+    con.close()
+    fits = board.gao["gold-aesthetic"]["tdpo-r"]
+    assert [s for s, _, _ in fits] == [0, 1, 2]
+    for _, rl, bon in fits:  # exact RL data: the RL form recovers it and fits better than best-of-n
+        assert (rl.alpha, rl.beta, rl.r2) == pytest.approx((1.6, 0.4, 1.0)) and bon.r2 < 1.0
+    row = next(r for r in gao_rows([board]) if r[3] == "tdpo-r")
+    assert row[5].startswith("1.6 ") and row[6].startswith("0.4 ") and row[-1] == "RL"  # mean [bootstrap]
+    assert float(row[7].split()[0]) == pytest.approx(math.exp(1.6 / 0.4 - 1), rel=1e-2)  # d* = e^3

@@ -57,6 +57,7 @@ NAMES = [("run", "--methods"), ("run", "--reward"), ("run", "--backbone"), ("run
          ("run", "--train-prompts"), ("run", "--log-with"), ("run", "--out"), ("run", "--db"),
          ("run", "--report-dir"), ("run", "--shard"), ("run", "--set"), ("eval", "--rewards"), ("eval", "--db"),
          ("perf", "--backbone"), ("perf", "--reward"), ("perf", "--db"), ("report", "--db"), ("report", "--out"),
+         ("report", "--study"),
          ("ingest", "--db"), ("runs", "--db")]
 
 

@@ -199,33 +199,31 @@ class GoldShape:
     """Paired change from query 0 to the final checkpoint."""
 
 
+def image_matrix(con, run_ids: list[str], reward: str, prompt_set: str, queries: list[int]) -> list[np.ndarray]:
+    """Per run, its scores as checkpoints x images, the images (prompt, sample index, evaluation seed) in one
+    sorted order shared by every run and checkpoint (those every run has at every checkpoint)."""
+    per_run = []
+    for run_id in run_ids:
+        rows = con.execute("SELECT reward_queries, prompt, sample_index, eval_seed, value FROM scores "
+                           "WHERE run_id = ? AND reward = ? AND prompt_set = ?", [run_id, reward, prompt_set]).fetchall()
+        per_run.append({(q, (p, i, s)): v for q, p, i, s, v in rows})
+    keys = sorted(set.intersection(*({k for q2, k in d if q2 == q} for d in per_run for q in queries)))
+    return [np.array([[d[(q, k)] for k in keys] for q in queries], dtype=float) for d in per_run]
+
+
 def gold_shape(con, runs: list[Curve], gold: str) -> GoldShape | None:
-    """Classify a method's gold curve on one prompt set. The peak is the checkpoint with the
-    highest mean over seeds; 'rises then falls' needs both the rise to it and the fall after it
-    to exclude zero. (The peak is chosen on the same images, so the two CIs are optimistic by
-    the selection; the report says so.)"""
+    """Classify a method's gold curve on one prompt set with the split-half test (`split_half_shape`): the
+    peak is chosen on half of the evaluation images and the rise to it and fall after it are tested on the
+    other half, so choosing the peak does not bias the test. Needs 4+ images per checkpoint."""
     if not runs or any(gold not in c.scores for c in runs):
         return None
     queries = runs[0].queries
     if any(c.queries != queries for c in runs) or len(queries) < 2:
         return None
-    curve = [sum(c.scores[gold][i] for c in runs) / len(runs) for i in range(len(queries))]
-    peak = queries[max(range(len(curve)), key=lambda i: (curve[i], -i))]
-    ids, pset = [c.run_id for c in runs], runs[0].prompt_set
-    rise = paired_change(con, ids, gold, pset, 0, peak) if peak != queries[0] else (0.0, None)
-    fall = paired_change(con, ids, gold, pset, peak, queries[-1]) if peak != queries[-1] else (0.0, None)
-    total = paired_change(con, ids, gold, pset, queries[0], queries[-1])
-    sig_up = lambda c: c[0] is not None and c[1] is not None and c[0] - c[1] > 0
-    sig_down = lambda c: c[0] is not None and c[1] is not None and c[0] + c[1] < 0
-    if sig_up(rise) and sig_down(fall):
-        shape = "rises then falls"
-    elif sig_down(total):
-        shape = "falls"
-    elif sig_up(total):
-        shape = "rises"
-    else:
-        shape = "flat"
-    return GoldShape(shape, peak, rise, fall, total)
+    arrays = image_matrix(con, [c.run_id for c in runs], gold, runs[0].prompt_set, queries)
+    if arrays[0].shape[1] < 4:
+        return None
+    return GoldShape(*split_half_shape(arrays, queries))
 
 
 def change_verdict(mean: float | None, ci: float | None, higher_is_better: bool = True) -> str:
@@ -324,7 +322,7 @@ def seeds_for_half_width(sd: float, half_width: float, most: int = 1000) -> int 
 
 
 # ------------------------------------------------------------------------------ the gold peak, chosen and tested apart
-def split_half_shape(curves: list[np.ndarray], queries: list[int]) -> tuple[str, int, tuple, tuple]:
+def split_half_shape(curves: list[np.ndarray], queries: list[int]) -> tuple[str, int, tuple, tuple, tuple]:
     """The gold curve's shape with the peak chosen on one half of the evaluation images and tested on the
     other, so the choice does not bias the test toward 'rises then falls'.
 
@@ -332,7 +330,7 @@ def split_half_shape(curves: list[np.ndarray], queries: list[int]) -> tuple[str,
     checkpoint (same prompt and evaluation seed in the same column). Even columns choose the peak (the highest
     mean over seeds, earliest on ties); odd columns test it: the paired change from query 0 to the peak (rise)
     and from the peak to the last checkpoint (fall), each over the seeds' mean changes (2+ seeds) or over the
-    images (1 seed). Returns (shape, peak queries, rise (mean, CI), fall (mean, CI))."""
+    images (1 seed). Returns (shape, peak queries, rise, fall, total), each change as (mean, 95% CI)."""
     select = np.mean([c[:, 0::2].mean(axis=1) for c in curves], axis=0)
     peak = int(max(range(len(select)), key=lambda i: (select[i], -i)))
     last = len(queries) - 1
@@ -348,7 +346,7 @@ def split_half_shape(curves: list[np.ndarray], queries: list[int]) -> tuple[str,
     down = lambda c: c[1] is not None and c[0] + c[1] < 0
     shape = "rises then falls" if up(rise) and down(fall) else "falls" if down(total) else \
         "rises" if up(total) else "flat"
-    return shape, queries[peak], rise, fall
+    return shape, queries[peak], rise, fall, total
 
 
 # ------------------------------------------------------------------------------ overoptimization coefficients

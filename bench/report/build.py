@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import html
 import json
+import math
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.report.analysis import (Curve, GoldShape, change_verdict, gold_shape, interpolate_at, load_curves,
-                            matched_level, mean_ci, normalised_auc, paired_changes)
-from bench.report.figures import (GOLD, KL, curve_figures, diagnostics_figure, diversity_figures, kl_figures,  # noqa: F401
-                           method_styles, themed, training_figures)
+from bench.report.analysis import (R2_BAR, Curve, GaoFit, GoldShape, change_verdict, gao_fit, gold_shape,
+                                   interpolate_at, load_curves, matched_level, mean_ci, normalised_auc,
+                                   paired_changes)
+from bench.report.figures import (GOLD, KL, curve_figures, diagnostics_figure, diversity_figures,  # noqa: F401
+                                  gao_figures, kl_figures, method_styles, themed, training_figures)
 from bench.report.frames import figure_frames
+from bench.spec.plan import ComparisonPlan
 
 
 def higher_is_better(reward: str) -> bool:
@@ -62,6 +65,10 @@ class Board:
     """The prompt set whose verdicts chose `level_methods` (the seen set when there is one)."""
     gold_shapes: dict[str, dict[str, GoldShape]] = field(default_factory=dict)
     """gold reward -> method -> how its curve moved (rises then falls, falls, rises, flat)."""
+    seeds: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    """method -> its runs' seeds, in the order of every Cell's values (for comparisons paired by seed)."""
+    gao: dict[str, dict[str, list[tuple[int, GaoFit | None, GaoFit | None]]]] = field(default_factory=dict)
+    """gold reward -> method -> per seed (seed, RL fit, best-of-n fit) of the gold gain against sqrt(KL)."""
 
 
 def _agg(values: list[float | None]) -> Cell:
@@ -84,7 +91,12 @@ def change_cell(con, runs: list[Curve], reward: str) -> Cell:
     return Cell(*mean_ci([sum(d) / len(d) for d in per_run]))
 
 
-def build_boards(con) -> list[Board]:
+def build_boards(con, plan: ComparisonPlan | None = None) -> list[Board]:
+    """The leaderboards, one per training reward and prompt set, under `plan`'s matched-level rule (the main
+    command's plan when none is given)."""
+    from bench.spec.catalog import MAIN_PLAN
+
+    plan = plan or MAIN_PLAN
     curves = load_curves(con)
     order = {"seen": 0, "unseen": 1, "compositional": 2}
     roles = _roles()
@@ -115,7 +127,8 @@ def build_boards(con) -> list[Board]:
         # The level answers the benchmark's question, the TDPO paper's (at one in-domain score, which method
         # keeps out-of-domain and gold scores?), so that paper's methods set it. A companion paper's method
         # (PRDP, dense DPO) is placed where it reaches the level; the level it would have set is kept.
-        setters = [m for m in improving if not _companion(m)] or improving
+        setters = ([m for m in improving if not _companion(m)] or improving) if plan.level_setters == "paper" \
+            else improving
         level = matched_level([xs[c.run_id] for c in group if c.method in setters])
         with_companions = matched_level([xs[c.run_id] for c in group if c.method in improving])
         present = set.intersection(*(set(c.scores) for c in group))
@@ -145,10 +158,13 @@ def build_boards(con) -> list[Board]:
             for g in gold:
                 cells.append(_agg([max(c.scores[g]) - c.scores[g][-1] for c in runs]))
             board.rows.append((method, len(runs), cells))
+            board.seeds[method] = tuple(c.seed for c in runs)
             for g in gold:
                 shape = gold_shape(con, runs, g)
                 if shape is not None:
                     board.gold_shapes.setdefault(g, {})[method] = shape
+                if KL in present:
+                    board.gao.setdefault(g, {})[method] = [(c.seed, *_gao_fits(c, g)) for c in runs]
         # sort by the first non-gold out-of-domain score at the matched level, best first (its own direction)
         if others:
             first = next((r for r in others if r not in GOLD), others[0])
@@ -158,6 +174,13 @@ def build_boards(con) -> list[Board]:
                                              -s * (row[2][key_col].mean or 0.0), row[0]))
         boards.append(board)
     return boards
+
+
+def _gao_fits(c: Curve, gold: str) -> tuple[GaoFit | None, GaoFit | None]:
+    """Gao et al.'s two forms fitted to one run: gold gain over query 0 against d = sqrt(KL to pretrained)."""
+    d = [math.sqrt(max(k, 0.0)) for k in c.scores[KL]]
+    gain = [v - c.scores[gold][0] for v in c.scores[gold]]
+    return gao_fit(d, gain, "rl"), gao_fit(d, gain, "bon")
 
 
 def _expected_flat(method: str) -> str | None:
@@ -222,8 +245,10 @@ def verdict_lines(boards: list[Board]) -> list[str]:
         for method, _, _ in b.rows:
             by.setdefault(b.verdicts.get(method, "-"), []).append(method)
         parts = [f"{v}: {', '.join(sorted(by[v]))}" for v in ("improves", "flat", "worsens", "-") if v in by]
+        one_seed = sorted(m for m, n, _ in b.rows if n == 1)
         lines.append(f"{b.train_reward} on {b.prompt_set}, final checkpoint vs query 0 (paired fixed seeds, "
-                     f"95% CI): " + "; ".join(parts))
+                     f"95% CI): " + "; ".join(parts)
+                     + (f" [one seed ({', '.join(one_seed)}): {IMAGE_LEVEL}]" if one_seed else ""))
         for g, shapes in b.gold_shapes.items():
             lines.append(gold_line(g, b.prompt_set, shapes))
     return lines
@@ -257,7 +282,7 @@ def boards_frame(boards: list[Board]):
         for method, n, cells in b.rows:
             for col, c in zip(b.columns, cells):
                 boot = bootstrap_ci(c.values) if col == "queries to level" and c.mean is not None else None
-                rows.append((b.train_reward, b.prompt_set, b.level, method, n, b.verdicts.get(method, "-"), col,
+                rows.append((b.train_reward, b.prompt_set, b.level, method, n, verdict_text(b, method, n), col,
                              c.mean, c.ci, *(boot or (None, None))))
     return pd.DataFrame(rows, columns=["train_reward", "prompt_set", "matched_level", "method", "seeds", "verdict",
                                        "column", "mean", "ci95", "boot_low", "boot_high"]).astype(
@@ -266,6 +291,16 @@ def boards_frame(boards: list[Board]):
 
 def boards_csv(boards: list[Board]) -> str:
     return boards_frame(boards).to_csv(index=False, float_format="%.6g", lineterminator="\n")
+
+
+IMAGE_LEVEL = "image-level, seed variance not included"
+"""What a one-seed verdict's CI leaves out: it is over the evaluation images of one run."""
+
+
+def verdict_text(b: Board, method: str, n: int) -> str:
+    """The verdict, labelled when it rests on one seed (its CI is over images, not seeds)."""
+    v = b.verdicts.get(method, "-")
+    return f"{v} ({IMAGE_LEVEL})" if n == 1 and v != "-" else v
 
 
 def _cell_text(b: Board, cells: list[Cell], i: int) -> str:
@@ -277,7 +312,7 @@ def board_frame(b: Board, keep: list[int], lead: list[str]):
     kept ones; every table of the report (Markdown, HTML) is written from such a frame."""
     rows = []
     for method, n, cells in b.rows:
-        first = {"method": method, "seeds": str(n), "verdict": b.verdicts.get(method, "-")}
+        first = {"method": method, "seeds": str(n), "verdict": verdict_text(b, method, n)}
         rows.append([first[k] for k in lead] + [_cell_text(b, cells, i) for i in keep])
     return _frame(lead + [b.columns[i] for i in keep], rows)
 
@@ -324,26 +359,21 @@ def summary_html(boards: list[Board]) -> str:
 
 
 # ------------------------------------------------------------------------------ figures
-# ------------------------------------------------------------------------------ the paper's question
-QUESTION = ("tdpo-r", ("tdpo", "ddpo-100"))
-"""TDPO paper's question: at a matched in-domain level, does TDPO-R keep out-of-domain and gold scores
-better than TDPO and DDPO-100?"""
+# ------------------------------------------------------------------------------ the declared comparisons
+def comparison_rows(boards: list[Board], plan: ComparisonPlan) -> list[dict]:
+    """Every comparison the plan's pairs allow: per board and score at the matched level (KL aside), the
+    first method minus the second over seeds, paired by seed when both ran the same seeds (else Welch), with
+    its p-value and minimum detectable difference (80% power, 95% confidence). The plan's primary score and
+    prompt set are primary; everything else is exploratory, its p-values Holm-adjusted as one family. Where a
+    CI includes 0, the data rule out differences beyond its farther end ('no difference larger than X')."""
+    from bench.report.analysis import holm, paired_comparison, welch_comparison
 
-
-def question_rows(boards: list[Board]) -> list[tuple]:
-    """For every board holding TDPO-R and a comparison method with 2+ seeds each: per out-of-domain
-    or gold column at the matched level, TDPO-R minus the other method, with a Welch 95% CI over seeds
-    and what it says (better / worse / no difference at 95%, in the reward's own direction)."""
-    from bench.report.analysis import welch_ci
-
-    focus, others = QUESTION
+    roles = _roles()
     out = []
     for b in boards:
         rows = {m: cells for m, _, cells in b.rows}
-        if focus not in rows:
-            continue
-        for other in others:
-            if other not in rows:
+        for focus, other in plan.primary:
+            if focus not in rows or other not in rows:
                 continue
             for i, col in enumerate(b.columns):
                 if not col.endswith(" @ level") or col.startswith(KL):
@@ -351,16 +381,92 @@ def question_rows(boards: list[Board]) -> list[tuple]:
                 a, c = rows[focus][i].values, rows[other][i].values
                 if len(a) < 2 or len(c) < 2:
                     continue
-                diff, ci = welch_ci(list(a), list(c))
-                better = diff if higher_is_better(col[:-len(" @ level")]) else -diff
-                says = "TDPO-R better" if better - ci > 0 else ("TDPO-R worse" if better + ci < 0 else "no difference")
-                out.append((b.train_reward, b.prompt_set, col[:-len(" @ level")], f"{focus} - {other}",
-                            f"{diff:+.4f} ± {ci:.4f}", f"{len(a)} vs {len(c)}", says))
+                score = col[:-len(" @ level")]
+                paired = b.seeds.get(focus) == b.seeds.get(other)
+                comp = paired_comparison(a, c) if paired else welch_comparison(a, c)
+                out.append(dict(primary=plan.is_primary(focus, other, score, roles.get(b.prompt_set, "")),
+                                train_reward=b.train_reward, prompt_set=b.prompt_set, score=score,
+                                focus=focus, other=other, comp=comp, better_up=higher_is_better(score)))
+    exploratory = [r for r in out if not r["primary"]]
+    for r, adj in zip(exploratory, holm([r["comp"].p for r in exploratory])):
+        r["p_holm"] = adj
+    for r in out:
+        comp, up = r["comp"], 1.0 if r["better_up"] else -1.0
+        significant = comp.p < 0.05 if r["primary"] else r["p_holm"] < 0.05
+        if significant and comp.ci < abs(comp.diff):
+            r["says"] = f"{r['focus']} {'better' if up * comp.diff > 0 else 'worse'}"
+        else:
+            r["says"] = f"no difference larger than {comp.equivalence_bound:.3g}"
+    return sorted(out, key=lambda r: not r["primary"])
+
+
+COMPARISON_HEADER = ("role", "trained on", "prompts", "score at the matched level", "difference", "seeds",
+                     "mean ± 95% CI", "design", "p", "p (Holm)", "min. detectable (80% power)", "at 95%")
+
+
+def comparison_table(rows: list[dict]) -> list[tuple]:
+    return [("primary" if r["primary"] else "exploratory", r["train_reward"], r["prompt_set"], r["score"],
+             f"{r['focus']} - {r['other']}", str(r["comp"].n), f"{r['comp'].diff:+.4f} ± {r['comp'].ci:.4f}",
+             "paired by seed" if r["comp"].paired else "Welch", f"{r['comp'].p:.3g}",
+             "-" if r["primary"] else f"{r['p_holm']:.3g}", f"{r['comp'].mdd:.3g}", r["says"]) for r in rows]
+
+
+def primary_sentences(rows: list[dict], plan: ComparisonPlan) -> list[str]:
+    """The plan's question answered in words, one sentence per primary comparison."""
+    out = []
+    for r in rows:
+        if not r["primary"]:
+            continue
+        c = r["comp"]
+        design = "paired by seed" if c.paired else "Welch"
+        if r["says"].startswith("no difference"):
+            verdict = (f"no difference at 95% ({c.diff:+.3f} ± {c.ci:.3f}, {design}, {c.n} seeds): the data rule out "
+                       f"a difference larger than {c.equivalence_bound:.3g} and could have detected one of "
+                       f"{c.mdd:.3g} with 80% power")
+        else:
+            verdict = (f"{r['says']} ({c.diff:+.3f} ± {c.ci:.3f}, {design}, {c.n} seeds, p = {c.p:.3g})")
+        out.append(f"{r['score']} at the matched level on {r['prompt_set']}, {r['focus']} - {r['other']}: {verdict}.")
     return out
 
 
-QUESTION_HEADER = ("trained on", "prompts", "score at the matched level", "difference", "mean ± 95% CI (Welch)",
-                   "seeds", "at 95%")
+def gao_rows(boards: list[Board]) -> list[tuple]:
+    """Per board, gold reward and method: Gao et al.'s RL-form coefficients (mean over seeds, with a BCa
+    bootstrap 95% interval over seeds from 3 seeds on), the fitted peak, the KL and gold gain there, and how
+    well each form fits. A form whose mean R² is below R2_BAR is marked and not ranked on."""
+    from bench.report.analysis import bootstrap_ci
+
+    def stat(values):
+        vals = [v for v in values if v is not None]
+        if not vals:
+            return "-"
+        m = sum(vals) / len(vals)
+        boot = bootstrap_ci(vals) if len(vals) == len(values) else None
+        return f"{m:.3g}" + (f" [{boot[0]:.3g}, {boot[1]:.3g}]" if boot else "")
+
+    out = []
+    roles = _roles()
+    for b in boards:
+        if roles.get(b.prompt_set) not in ("seen", None):
+            continue
+        for g, per_method in b.gao.items():
+            for method, fits in sorted(per_method.items()):
+                rl = [f[1] for f in fits]
+                bon = [f[2] for f in fits]
+                if any(f is None for f in rl + bon):
+                    continue
+                r2_rl = sum(f.r2 for f in rl) / len(rl)
+                r2_bon = sum(f.r2 for f in bon) / len(bon)
+                better = "RL" if r2_rl >= r2_bon else "best-of-n"
+                poor = max(r2_rl, r2_bon) < R2_BAR
+                out.append((b.train_reward, b.prompt_set, g, method, str(len(fits)), stat([f.alpha for f in rl]),
+                            stat([f.beta for f in rl]), stat([f.d_peak for f in rl]), stat([f.kl_peak for f in rl]),
+                            stat([f.gain_peak for f in rl]), f"{r2_rl:.2f}", f"{r2_bon:.2f}",
+                            f"poor fit (R² < {R2_BAR:g}): not ranked" if poor else better))
+    return out
+
+
+GAO_HEADER = ("trained on", "prompts", "gold", "method", "seeds", "alpha (RL)", "beta (RL)", "d* = sqrt(KL) at peak",
+              "KL at peak", "gold gain at peak", "R² RL", "R² best-of-n", "better form")
 
 
 # ------------------------------------------------------------------------------ overoptimization, diversity, compute, diagnostics
@@ -501,17 +607,21 @@ def _roles() -> dict[str, str]:
 
 
 def write_report(db_path: Path, report_dir: Path, out_dir: Path | None = None,
-                 boards: list[Board] | None = None) -> Path:
+                 boards: list[Board] | None = None, plan: ComparisonPlan | None = None) -> Path:
     """Leaderboard files, figures and index.html under report_dir; returns the HTML path.
-    `boards` (from `build_boards` on the same database) saves building them again."""
+    `boards` (from `build_boards` on the same database and plan) saves building them again; `plan`: the
+    comparison plan whose rules judge the runs (the main command's when None)."""
+    from bench.spec.catalog import MAIN_PLAN
     from bench.spec.scale import EFFECTIVE_HEADER
     from bench.store.database import connect
+
+    plan = plan or MAIN_PLAN
 
     report_dir = Path(report_dir)
     out_dir = Path(out_dir) if out_dir else Path(db_path).parent
     con = connect(db_path, read_only=True)
     try:
-        boards = build_boards(con) if boards is None else boards
+        boards = build_boards(con, plan) if boards is None else boards
         fig_dir = report_dir / "figures"
         if fig_dir.exists():
             shutil.rmtree(fig_dir)
@@ -523,8 +633,11 @@ def write_report(db_path: Path, report_dir: Path, out_dir: Path | None = None,
             kl_pngs = kl_figures(frames["curves"], fig_dir, styles)
             div_pngs = diversity_figures(frames["sets"], fig_dir, styles)
             diag_pngs, diag_table = diagnostics(frames["train"], fig_dir, styles)
+            gao_pngs = gao_figures(frames["curves"], _mean_gao(boards), fig_dir, styles)
         compute = compute_rows(con)
-        question = question_rows(boards)
+        comparisons = comparison_rows(boards, plan)
+        question = comparison_table(comparisons)
+        gao = gao_rows(boards)
         effective = effective_tables(con)
         grids = matched_grids(con, out_dir, boards)
         runs = con.execute("SELECT run_id, method, reward, suite, seed, budget, status FROM runs ORDER BY run_id").fetchall()
@@ -532,9 +645,13 @@ def write_report(db_path: Path, report_dir: Path, out_dir: Path | None = None,
         con.close()
     report_dir.mkdir(parents=True, exist_ok=True)
     md = boards_markdown(boards)
+    if gao:
+        md = ("### overoptimization coefficients (Gao et al. 2022: gold gain = d (alpha - beta ln d), d = sqrt(KL))"
+              "\n\n" + _table_md(GAO_HEADER, gao) + "\n" + md)
     if question:
-        md = ("### the paper's question: TDPO-R against TDPO and DDPO-100 at the matched level\n\n"
-              + _table_md(QUESTION_HEADER, question) + "\n" + md)
+        md = (f"### the declared comparisons (plan {plan.label}; exploratory p-values Holm-adjusted)\n\n"
+              + "".join(f"- {s}\n" for s in primary_sentences(comparisons, plan)) + "\n"
+              + _table_md(COMPARISON_HEADER, question) + "\n" + md)
     if compute:
         md += "\n### compute at the final checkpoint (mean over seeds)\n\n" + _table_md(COMPUTE_HEADER, compute)
     (report_dir / "leaderboard.md").write_text(md)
@@ -555,16 +672,26 @@ def write_report(db_path: Path, report_dir: Path, out_dir: Path | None = None,
         "<h1>Reward overoptimization report</h1>",
         f"<p>{len(runs)} run(s): " + html.escape(", ".join(sorted({r[1] for r in runs}))) + ". Built from "
         f"<code>{html.escape(str(db_path))}</code>.</p>",
+        f"<p>Comparison plan <b>{html.escape(plan.label)}</b>, declared {html.escape(plan.declared)}. Primary: "
+        + html.escape(", ".join(f"{a} vs {b}" for a, b in plan.primary)) + f" on {html.escape(plan.primary_score)} "
+        f"at the matched level, {html.escape(plan.primary_prompts)} prompts; everything else is exploratory.</p>",
+        *(["<h2>The question</h2>", *[f"<p><b>{html.escape(s)}</b></p>" for s in primary_sentences(comparisons, plan)],
+           *[f'<figure><img src="figures/{html.escape(p)}" alt="{html.escape(p)}"></figure>' for p in gao_pngs
+             if p in _primary_figures(boards, plan)]]
+          if question or gao_pngs else []),
         *(["<h2>Summary</h2>", *[f"<p>{html.escape(line)}</p>" for line in verdict_lines(boards)],
             summary_html(boards)] if boards else []),
         "<p><small>Scores are means over fixed-seed evaluation images; ± is the 95% confidence interval over "
         "seeds (shown only with two or more seeds), except in the <i>change</i> column: with one seed, its "
         "interval is over the paired evaluation images. The verdict says whether that interval of the in-domain "
         "change from query 0 to the final checkpoint excludes zero.</small></p>",
-        *(["<h2>The paper's question</h2>",
-            "<p>At the matched in-domain level, does TDPO-R keep out-of-domain and gold scores better than TDPO "
-            "and DDPO-100? Differences of means over seeds, with Welch 95% confidence intervals.</p>",
-            _table_html(QUESTION_HEADER, question)] if question else []),
+        *(["<h2>The declared comparisons</h2>",
+            "<p>At the matched in-domain level: the first method minus the second, over seeds; paired by seed when "
+            "both ran the same seeds (their shared luck cancels), Welch otherwise. <i>min. detectable</i>: the "
+            "difference this design finds with 80% power at 95% confidence. Where the interval includes zero, "
+            "the data rule out differences beyond its farther end. Exploratory p-values are Holm-adjusted as one "
+            "family; only the primary comparisons answer the plan's question.</p>",
+            _table_html(COMPARISON_HEADER, question)] if question else []),
         "<h2>Leaderboard</h2>",
         *(["<p><small>A gold score <em>rises then falls</em> when the paired change from query 0 to its peak "
            "and from the peak to the final checkpoint both exclude zero. The peak is picked on the same "
@@ -573,6 +700,16 @@ def write_report(db_path: Path, report_dir: Path, out_dir: Path | None = None,
         board_html or "<p>No evaluation scores yet: run <code>python -m bench eval</code>.</p>",
         "<h2>Figures</h2>",
         *[f'<figure><img src="figures/{html.escape(p)}" alt="{html.escape(p)}"></figure>' for p in pngs],
+        "<h2>Overoptimization coefficients</h2>",
+        "<p>Gao, Schulman and Hilton (2022) found that, under RL, the gold reward gained follows "
+        "R(d) = d (α − β ln d) with d = sqrt(KL to the initial policy), and under best-of-n R(d) = d (α − β d). "
+        "Both are fitted per run (least squares over its checkpoints, R(0) = 0), then summarised over seeds "
+        f"(mean, BCa bootstrap 95% interval from 3 seeds). A form with R² below {R2_BAR:g} is marked and not "
+        "ranked on. KL is an imperfect yardstick across methods (Gao et al. say so too): read these beside gold "
+        "against the proxy.</p>",
+        _table_html(GAO_HEADER, gao) if gao else "<p>No fits (needs KL and a gold reward, 3+ checkpoints).</p>",
+        *[f'<figure><img src="figures/{html.escape(p)}" alt="{html.escape(p)}"></figure>' for p in gao_pngs
+          if p.endswith(".png")],
         "<h2>Overoptimization against KL to the pretrained model</h2>",
         "<p>Each reward against the KL of the fine-tuned policy to the pretrained one, summed over the denoising "
         "steps of each evaluation trajectory (closed form: the two DDIM steps share sigma), as Gao et al. (2022) "
@@ -613,6 +750,26 @@ def write_report(db_path: Path, report_dir: Path, out_dir: Path | None = None,
     index.write_text(_page("Reward overoptimization report", "\n".join(body)))
     (report_dir / "report.json").write_text(json.dumps({"figures": pngs, "grids": [g[:3] for g in grids]}, indent=1))
     return index
+
+
+def _primary_figures(boards: list[Board], plan: ComparisonPlan) -> set[str]:
+    """The Gao figures of the plan's primary score on its primary prompts: the report's first figure."""
+    roles = _roles()
+    return {f"gao_{plan.primary_score}_{b.train_reward}_{b.prompt_set}.png" for b in boards
+            if roles.get(b.prompt_set) == plan.primary_prompts}
+
+
+def _mean_gao(boards: list[Board]) -> dict:
+    """(train reward, prompt set, gold) -> {method: (mean alpha, mean beta)} of the RL form, for the figure."""
+    out = {}
+    for b in boards:
+        for g, per_method in b.gao.items():
+            for method, fits in per_method.items():
+                rl = [f[1] for f in fits]
+                if rl and all(f is not None for f in rl):
+                    out.setdefault((b.train_reward, b.prompt_set, g), {})[method] = (
+                        sum(f.alpha for f in rl) / len(rl), sum(f.beta for f in rl) / len(rl))
+    return out
 
 
 def _page(title: str, body: str) -> str:

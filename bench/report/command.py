@@ -8,16 +8,25 @@ from bench.quiet import quiet_libraries
 from bench.store.atomic import check_out_dir
 
 
-def print_and_write(db: Path, report_dir: Path, out: Path, write: bool = True) -> None:
-    from bench.report.build import boards_markdown, build_boards, verdict_lines, write_report
+def plan_of(study: str | None):
+    """The comparison plan a study declared, or the main command's (no study)."""
+    from bench.spec import catalog
+
+    return catalog.studies.get(study).meta["plan"] if study else catalog.MAIN_PLAN
+
+
+def print_and_write(db: Path, report_dir: Path, out: Path, write: bool = True, study: str | None = None) -> None:
+    from bench.report.build import (boards_markdown, build_boards, comparison_rows, primary_sentences,
+                                    verdict_lines, write_report)
     from bench.store.database import connect
 
+    plan = plan_of(study)
     con = connect(db, read_only=True)
     try:
-        boards = build_boards(con)
+        boards = build_boards(con, plan)
     finally:
         con.close()
-    index = write_report(db, report_dir, out, boards=boards) if write else None
+    index = write_report(db, report_dir, out, boards=boards, plan=plan) if write else None
     table = boards_markdown(boards, compact=True).rstrip()
     print()
     print(table or "(no evaluation scores)")
@@ -25,6 +34,11 @@ def print_and_write(db: Path, report_dir: Path, out: Path, write: bool = True) -
         print(f"(full tables, with AUCs and every prompt set: {report_dir / 'leaderboard.md'})")
     for line in verdict_lines(boards):
         print(line)
+    sentences = primary_sentences(comparison_rows(boards, plan), plan)
+    if sentences:
+        print(f"primary comparisons (plan {plan.label}, paired by seed where the seeds match):")
+        for s in sentences:
+            print("  " + s)
     print(f"\nbench: report at {index}" if write else f"\nbench: no report written (--no-report); "
           f"`python -m bench report --db {db}` builds it")
 
@@ -35,6 +49,7 @@ def cmd_report(args) -> int:
 
     open_results(db).close()
     check_out_dir(Path(args.out))
+    plan_of(args.study)  # did-you-mean before anything heavy
     quiet_libraries()
-    print_and_write(db, Path(args.out), db.parent)
+    print_and_write(db, Path(args.out), db.parent, study=args.study)
     return 0

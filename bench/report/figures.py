@@ -280,3 +280,43 @@ def diagnostics_figure(diag, folder: Path, styles: dict, metrics: list[str], tol
     pngs = [save(fig, folder, "diagnostics")[0]]
     plt.close(fig)
     return pngs
+
+
+def gao_figures(curves, fits: dict, folder: Path, styles: dict) -> list[str]:
+    """Gold gain over query 0 against d = sqrt(KL to the pretrained model), per method: the seeds' mean per
+    checkpoint (markers) and Gao et al.'s RL form d (alpha - beta ln d) at the seeds' mean coefficients (line).
+    `fits`: (train_reward, prompt_set, gold) -> {method: (alpha, beta)}. One figure per key."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    points = wide_points(curves)
+    pngs = []
+    if points.empty or KL not in points.columns:
+        return pngs
+    for (train_reward, pset, gold), per_method in sorted(fits.items()):
+        group = points[(points["train_reward"] == train_reward) & (points["prompt_set"] == pset)]
+        group = group.dropna(subset=[KL, gold])
+        if group.empty or not per_method:
+            continue
+        group = group.assign(d=np.sqrt(group[KL].clip(lower=0.0)))
+        start = group[group["reward_queries"] == 0].set_index("run_id")[gold]
+        group = group.assign(gain=group[gold] - group["run_id"].map(start))
+        fig, ax = plt.subplots(figsize=(6.4, 4.2))
+        means = mean_path(group[group["method"].isin(list(per_method))], ["d", "gain"])
+        for method, (alpha, beta) in sorted(per_method.items()):
+            mine = means[means["method"] == method]
+            if mine.empty:
+                continue
+            style = styles.get(method, {"color": None, "linestyle": "-"})
+            ax.scatter(mine["d"], mine["gain"], s=14, color=style["color"], zorder=3)
+            d = np.linspace(1e-4, max(float(mine["d"].max()), 1e-3) * 1.05, 100)
+            ax.plot(d, d * (alpha - beta * np.log(d)), color=style["color"], linestyle=style["linestyle"],
+                    linewidth=1.2)
+        ax.axhline(0.0, color="#888", linewidth=0.8)
+        ax.set_xlabel("d = sqrt(KL to pretrained)")
+        ax.set_ylabel(f"{gold} gain over query 0")
+        ax.set_title(f"{gold} vs d, fitted d(α − β ln d) — trained on {train_reward}, {pset}", fontsize=9)
+        legend(fig, styles, list(per_method), outside=True)
+        pngs.append(save(fig, folder, f"gao_{gold}_{train_reward}_{pset}")[0])
+        plt.close(fig)
+    return pngs

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from bench.spec.plan import ComparisonPlan
 from bench.spec.registry import Registry
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -265,14 +266,37 @@ backbones.register(
 DEFAULT_BACKBONE = "toy"
 SD_DEFAULTS = backbones.get("sd-v1-4").meta["defaults"]
 
+# --------------------------------------------------------------------------- comparison plans
+# Declared before the runs they judge (bench/spec/plan.py); a changed rule is a new version.
+MAIN_PLAN = ComparisonPlan(
+    name="main", version=1,
+    declared="2026-11-22, AFTER the 1,280-query main run it judges was seen (the level rule was changed then: "
+             "PRDP, moving +0.04, pinned the level at the pretrained model); it stays version 1 until the scale "
+             "rule gives PRDP the same footing, when 'all' becomes version 2",
+    level_setters="paper", primary=(("tdpo-r", "tdpo"), ("tdpo-r", "ddpo-100")), primary_score="gold-aesthetic",
+    primary_prompts="seen")
+OVEROPT_PLAN = ComparisonPlan(
+    name="overoptimization", version=2,
+    declared="2026-12-02, before any run of this version (version 1: 3 seeds, Welch CIs, no primary comparison, "
+             "run 2026-11-22)",
+    level_setters="paper", primary=(("tdpo-r", "tdpo"), ("tdpo-r", "ddpo-100")), primary_score="gold-aesthetic",
+    primary_prompts="seen", seeds=7,
+    power_rule="the fewest seeds n with t_0.975(n-1) sd / sqrt(n) <= 0.15 gold points on each primary paired "
+               "difference, capped at what fits in about 3 hours on 2 cores (4 methods x 6.5 min per run over 2 "
+               "workers: 7 seeds). sd from version 1's Welch CIs (3 vs 3 seeds, read at 4 degrees of freedom, the "
+               "conservative end): TDPO-R - TDPO 0.143 (n = 7, half-width 0.133 at 7), TDPO-R - DDPO-100 0.418 "
+               "(n = 33; at the cap of 7 the expected half-width is 0.39, so that comparison stays underpowered "
+               "and the report gives its minimum detectable difference)")
+
 # --------------------------------------------------------------------------- studies
 # `bench run --study NAME` runs a preset grid; explicit flags override its settings.
 studies.register(
     "overoptimization", "",
-    "the TDPO paper's question on the toy: DDPO-100, TDPO, TDPO-R and AlignProp, 3 seeds, to the budget where gold "
+    "the TDPO paper's question on the toy: DDPO-100, TDPO, TDPO-R and AlignProp, 7 seeds (plan v2), to the budget where gold "
     "aesthetics peaks and falls for the DDPO family; the report compares TDPO-R with TDPO and DDPO-100 at the "
     "matched level with CIs over seeds",
-    methods=("ddpo-100", "tdpo", "tdpo-r", "alignprop"), seeds=(0, 1, 2), reward="aesthetic", backbone="toy",
+    methods=("ddpo-100", "tdpo", "tdpo-r", "alignprop"), seeds=tuple(range(OVEROPT_PLAN.seeds)), reward="aesthetic",
+    backbone="toy", plan=OVEROPT_PLAN,
     # 1920, by one rule: the smallest multiple of the default checkpoint spacing (320 queries) at which the probe
     # (DDPO-100, seed 0, run to 2560) shows gold aesthetics past its peak AND below its pretrained value by more
     # than one paired standard error: 6.98 -> 7.24 at 960 -> 6.95 at 1600 (-0.04 +- 0.23, not yet) -> 6.63 at
