@@ -136,6 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     pf.add_argument("--repeat", type=whole, default=2, help="timed repetitions after a warm-up (default 2)")
     pf.add_argument("--levers", action="store_true",
                     help="also measure each lever of the fast toy default against the old path (a ratio table)")
+    pf.add_argument("--floor", action="store_true",
+                    help="with --db: each phase's UNet rows, their cost at this machine's large-batch rate "
+                         "(measured in the same call), the measured seconds and the ratio")
     pf.add_argument("--db", default=None,
                     help="instead of micro-benchmarks, the seconds per phase (sampling, critic encoding, training, "
                          "scoring, evaluation, report) of the runs stored in this database (default: none: micro-benchmarks)")

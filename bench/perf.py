@@ -145,6 +145,115 @@ def phase_rows(db_path, out_dir, run_ids: list[str] | None = None, report_s: flo
 PHASE_HEADER = ("method", *PHASES, "evaluation", "seconds")
 
 
+# ------------------------------------------------------------------------------ the FLOP floor of stored runs
+FLOOR_HEADER = ("phase", "UNet forward rows", "UNet backward rows", "encoder rows", "floor s", "measured s",
+                "measured / floor")
+FLOOR_BATCH = 128
+"""Latents per call of the large-batch rate: a guided call is 2 x 128 UNet rows, near the CPU's best per row."""
+
+
+def floor_costs(spec, threads: int = 1, repeat: int = 2) -> dict[str, float]:
+    """Seconds per UNet row forward, per UNet row backward (LoRA attached, gradients to LoRA only, as in
+    training) and per image through the training reward's image encoder, all at FLOOR_BATCH latents per call
+    on `threads` threads: the large-batch rate of this machine, measured now."""
+    import torch
+
+    from bench.train.backbone import build_backbone
+    from bench.train.runner import backbone_location, load_reward
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        bb = build_backbone(backbone_location(spec), spec.num_steps, spec.guidance_scale, spec.eta)
+        bb.add_lora(spec.lora_rank)
+        traj = bb.sample(["a"] * FLOOR_BATCH, generator=torch.Generator().manual_seed(0), batch_size=FLOOR_BATCH)
+        steps = torch.zeros(FLOOR_BATCH, dtype=torch.long)
+
+        def forward():
+            with torch.no_grad():
+                bb.log_prob(traj, steps)
+
+        fwd = _timed(forward, repeat) / (2 * FLOOR_BATCH)
+        both = _timed(lambda: bb.log_prob(traj, steps).sum().backward(), repeat) / (2 * FLOOR_BATCH)
+        encoder = None
+        reward = load_reward(spec.reward, spec.suite, "cpu")
+        encode = reward.image_encoder() if hasattr(reward, "image_encoder") else None
+        if encode is not None:  # a reward without one (JPEG) has no critic encoding to cost
+            with torch.no_grad():
+                encoder = _timed(lambda: encode(traj.images), repeat) / FLOOR_BATCH
+    finally:
+        torch.set_num_threads(before)
+    return {"forward": fwd, "backward": max(both - fwd, 0.0), "encoder": encoder or 0.0}
+
+
+def floor_rows(db_path, out_dir, threads: int = 1, repeat: int = 2) -> tuple[list[tuple], dict]:
+    """Per phase of the stored runs: the UNet rows the work needed (forward, backward) and the critic's
+    encoder rows, their cost at this machine's large-batch rate (`floor_costs`, measured in this call),
+    the measured seconds, and measured / floor; the whole grid last.
+
+    Rows, from the compute counters and the evaluation matrix: sampling, 2 T per image sampled (classifier-
+    free guidance); training, the rest of the counted forward rows and every backward row (AlignProp's
+    sampling with gradients is its training); evaluation, 2 T per evaluation image after query 0 (twice
+    that with KL to the pretrained model, which runs the UNet again), plus the shared query-0 images once.
+    Not in the floor: VAE decoding, reward scoring, Python overhead (that is what the ratio shows)."""
+    import json
+
+    from bench.spec.catalog import methods
+    from bench.spec.runspec import RunSpec
+    from bench.store.database import connect
+
+    con = connect(Path(db_path), read_only=True)
+    try:
+        runs = con.execute("SELECT run_id, method, config FROM runs WHERE status = 'finished' ORDER BY run_id").fetchall()
+        finals = {r[0]: r[1:] for r in con.execute(
+            "SELECT run_id, arg_max(sampled_images, reward_queries), arg_max(unet_forward, reward_queries), "
+            "arg_max(unet_backward, reward_queries), arg_max(encoder_forwards, reward_queries) FROM checkpoints "
+            "GROUP BY run_id").fetchall()}
+        times = {(r, m): v for r, m, v in con.execute(
+            "SELECT run_id, metric, sum(value) FROM train_metrics WHERE metric LIKE 'time_%_s' GROUP BY ALL").fetchall()}
+        eval_images = {(r, kl): n for r, kl, n in con.execute(
+            "SELECT run_id, reward = 'kl-to-pretrained', count(*) FROM scores WHERE reward_queries > 0 AND reward IN "
+            "(SELECT min(reward) FROM scores) OR (reward_queries > 0 AND reward = 'kl-to-pretrained') GROUP BY ALL"
+        ).fetchall()}
+        query0 = con.execute("SELECT count(DISTINCT (prompt_set, prompt, sample_index, eval_seed)) FROM scores "
+                             "WHERE reward_queries = 0").fetchone()[0]
+    finally:
+        con.close()
+    if not runs:
+        raise BenchError(f"{db_path} holds no finished runs")
+    specs = {r: RunSpec.from_dict(json.loads(c) if isinstance(c, str) else c) for r, _, c in runs}
+    first = specs[runs[0][0]]
+    costs = floor_costs(first, threads, repeat)
+    phase = {k: [0, 0, 0, 0.0] for k in ("sampling", "training", "critic encoding", "evaluation")}
+    for run_id, method, _ in runs:
+        spec = specs[run_id]
+        sampled, fwd, bwd, enc = (int(v or 0) for v in finals.get(run_id, (0, 0, 0, 0)))
+        per_image = 2 * spec.num_steps
+        # AlignProp samples with gradients: that sampling is its training (and is timed as such)
+        sampling = 0 if methods.get(method).meta.get("kind") == "alignprop" else sampled * per_image
+        phase["sampling"][0] += sampling
+        phase["training"][0] += max(fwd - sampling, 0)
+        phase["training"][1] += bwd
+        phase["critic encoding"][2] += enc
+        ev = eval_images.get((run_id, False), 0)
+        phase["evaluation"][0] += ev * per_image + eval_images.get((run_id, True), 0) * per_image
+        f = Path(out_dir) / "runs" / run_id / "eval_timing.json"
+        phase["evaluation"][3] += json.loads(f.read_text())["seconds"] if f.is_file() else 0.0
+        phase["sampling"][3] += times.get((run_id, "time_sampling_s"), 0.0)
+        phase["training"][3] += times.get((run_id, "time_training_s"), 0.0)
+        phase["critic encoding"][3] += times.get((run_id, "time_critic_encoding_s"), 0.0)
+    phase["evaluation"][0] += query0 * 2 * first.num_steps
+    rows, total = [], [0, 0, 0, 0.0, 0.0]
+    for name, (fwd, bwd, enc, seconds) in phase.items():
+        floor = fwd * costs["forward"] + bwd * costs["backward"] + enc * costs["encoder"]
+        total = [total[0] + fwd, total[1] + bwd, total[2] + enc, total[3] + floor, total[4] + seconds]
+        rows.append((name, f"{fwd:,}", f"{bwd:,}", f"{enc:,}", f"{floor:.1f}", f"{seconds:.1f}",
+                     f"{seconds / floor:.2f}x" if floor > 0 else "-"))
+    rows.append(("whole grid", f"{total[0]:,}", f"{total[1]:,}", f"{total[2]:,}", f"{total[3]:.1f}", f"{total[4]:.1f}",
+                 f"{total[4] / total[3]:.2f}x" if total[3] > 0 else "-"))
+    return rows, {"costs": costs, "ratio": total[4] / total[3] if total[3] > 0 else None, "threads": threads}
+
+
 # ------------------------------------------------------------------------------ levers (issue: the 10-minute default)
 LEVER_HEADER = ("lever", "today's path", "lever", "seconds today", "seconds lever", "speed-up", "kept")
 
@@ -420,12 +529,27 @@ def run_sd_perf(backbone_name: str, num_steps: int, batch: int, repeat: int = 1)
 
 # ------------------------------------------------------------------------------ the command
 def cmd_perf(args) -> int:
+    if args.floor and not args.db:
+        raise BenchError("--floor needs --db: the FLOP floor of stored runs (a planned grid's is not computed yet)")
     if args.db:
         db = Path(args.db)
         from bench.store.database import open_results
 
         open_results(db).close()
+        check_positive("--repeat", args.repeat)
         quiet_libraries()
+        if args.floor:
+            rows, summary = floor_rows(db, db.parent, repeat=args.repeat)
+            c = summary["costs"]
+            print(f"bench perf --floor: the runs in {db} against this machine's large-batch rate, measured now on "
+                  f"{summary['threads']} thread (UNet row forward {1e3 * c['forward']:.2f} ms, backward "
+                  f"{1e3 * c['backward']:.2f} ms, encoder image {1e3 * c['encoder']:.2f} ms at {FLOOR_BATCH} "
+                  f"latents per call)")
+            print_table(rows, header=FLOOR_HEADER)
+            print("measured: seconds of per-run work, summed over runs (each run on one thread in the default "
+                  "grid); floor: the same rows at the large-batch rate. Not in the floor: decoding, scoring, "
+                  "Python overhead.")
+            return 0
         print(f"bench perf: seconds per phase of the runs in {db}")
         print_table(phase_rows(db, db.parent), header=PHASE_HEADER)
         return 0

@@ -37,7 +37,17 @@ def test_run_ddpo_jpeg_end_to_end(tmp_path):
     rewards = con.execute("select value from train_metrics where metric = 'reward_mean'").fetchall()
     assert all(-10 < v < 0 for (v,) in rewards)  # minus kB of a 32x32 JPEG
     n_rows = con.execute("select (select count(*) from checkpoints) + (select count(*) from train_metrics)").fetchone()[0]
+    fwd, bwd = con.execute("select sum(f), sum(b) from (select arg_max(unet_forward, reward_queries) f, "
+                           "arg_max(unet_backward, reward_queries) b from checkpoints group by run_id)").fetchone()
     con.close()
+    # the FLOP floor's rows: sampling is 2 runs x 48 images x 2 T (CFG) = 768 forward rows, training the rest
+    from bench.perf import floor_rows
+
+    rows, summary = floor_rows(db, tmp_path, repeat=1)
+    table = {r[0]: r for r in rows}
+    assert table["sampling"][1:3] == ("768", "0") and table["training"][1:3] == (f"{fwd - 768:,}", f"{bwd:,}")
+    assert table["evaluation"][1] == "0" and table["whole grid"][1] == f"{fwd:,}"  # --no-eval
+    assert summary["costs"]["forward"] > 0 and summary["costs"]["backward"] > 0 and summary["ratio"] > 0
 
     again = run_cli(*args)
     assert again.returncode == 0 and again.stdout.count("skip ") == 2, again.stdout
