@@ -485,3 +485,23 @@ def test_figures_are_seaborn_lines_on_the_frames_in_fixed_styles(tmp_path):
         method_lines(ax, zigzag, "x", "y", styles, path=True)
         assert list(ax.lines[0].get_xdata()) == [1.0, 3.0, 2.0] and not ax.collections
         plt.close(fig)
+
+
+def test_an_outlier_method_is_drawn_off_scale_so_the_others_stay_readable():
+    """Three methods move the proxy by 1 and 1.5; AlignProp by 3 in x and 3 in y (10x the others' y span):
+    the axes cover the others, AlignProp is named as off scale on the axis it dominates."""
+    import pandas as pd
+
+    from bench.report.figures import inlier_limits
+
+    rows = []
+    for method, dx, dy in (("a", 1.0, 0.2), ("b", 1.5, 0.3), ("alignprop", 3.0, -3.0)):
+        for k in range(3):
+            rows.append({"method": method, "reward_queries": 10 * k, "x": 7 + dx * k / 2, "y": 7 + dy * k / 2})
+    means = pd.DataFrame(rows)
+    xlim, ylim, off = inlier_limits(means, "x", "y")
+    assert off == {"y": ["alignprop"]}           # x: 3 is only 2x the next span (1.5): not an outlier
+    assert xlim == pytest.approx((7 - 0.08 * 3, 10 + 0.08 * 3))
+    assert ylim == pytest.approx((7 - 0.08 * 0.3, 7.3 + 0.08 * 0.3))
+    two = means[means["method"] != "b"]
+    assert inlier_limits(two, "x", "y")[2] == {}  # with two methods nothing is an outlier

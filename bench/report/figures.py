@@ -130,6 +130,38 @@ def mean_path(points, columns: list[str]):
     return out[out["n"] == out["method"].map(seeds)].drop(columns="n")
 
 
+OUTLIER_FACTOR = 2.5
+"""A method whose path spans more than this many times the next-widest method's span on an axis is drawn off
+scale there, so the others' paths stay readable (AlignProp moves the toy's proxy 7 -> 10 within a few queries)."""
+
+
+def inlier_limits(means, x: str, y: str, pad: float = 0.08) -> tuple[tuple, tuple, dict[str, list[str]]]:
+    """Axis limits that every method's path fits, except an outlier's (see OUTLIER_FACTOR): ((x0, x1), (y0, y1),
+    {axis: [outlier methods]}). With fewer than three methods nothing is an outlier."""
+    limits, outliers = [], {}
+    for col in (x, y):
+        spans = means.groupby("method")[col].agg(lambda v: float(v.max() - v.min())).sort_values(ascending=False)
+        out = []
+        if len(spans) >= 3 and spans.iloc[0] > OUTLIER_FACTOR * max(spans.iloc[1], 1e-12):
+            out = [spans.index[0]]
+        kept = means[~means["method"].isin(out)][col]
+        lo, hi = float(kept.min()), float(kept.max())
+        margin = pad * (hi - lo) if hi > lo else max(abs(hi), 1.0) * 0.05
+        limits.append((lo - margin, hi + margin))
+        if out:
+            outliers[col] = out
+    return limits[0], limits[1], outliers
+
+
+def _mark_off_scale(ax, means, outliers: dict, x: str, y: str) -> None:
+    """Say which method runs off the axes, and how far (its last point)."""
+    notes = []
+    for method in sorted({m for ms in outliers.values() for m in ms}):
+        last = means[means["method"] == method].iloc[-1]
+        notes.append(f"{method} off scale: ends at {x} {last[x]:.3g}, {y} {last[y]:.3g}")
+    ax.text(0.01, 0.01, "\n".join(notes), transform=ax.transAxes, fontsize=6, va="bottom", ha="left", color="#444")
+
+
 def curve_figures(curves, folder: Path, styles: dict) -> list[str]:
     """Per training reward and prompt set: cross-reward curves, gold against proxy, and the in-domain
     score against reward queries (the sample efficiency on the fixed evaluation seeds)."""
@@ -154,6 +186,11 @@ def curve_figures(curves, folder: Path, styles: dict) -> list[str]:
                 method_lines(ax, means, train_reward, r, styles, path=True)
                 start = means[means["reward_queries"] == 0]
                 ax.plot(start[train_reward], start[r], ls="none", marker="*", ms=11, color="black", zorder=5)
+                xlim, ylim, off = inlier_limits(means, train_reward, r)
+                if off:  # the others' paths at a readable scale; the outlier is drawn, clipped, and named
+                    ax.set_xlim(*xlim)
+                    ax.set_ylim(*ylim)
+                    _mark_off_scale(ax, means, off, train_reward, r)
                 ax.set_xlabel(f"{train_reward} (in-domain)")
                 ax.set_ylabel(r)
                 ax.set_title(f"{r} vs {train_reward} — {pset}", fontsize=9)
@@ -284,10 +321,13 @@ def diagnostics_figure(diag, folder: Path, styles: dict, metrics: list[str], tol
 
 def gao_figures(curves, fits: dict, folder: Path, styles: dict) -> list[str]:
     """Gold gain over query 0 against d = sqrt(KL to the pretrained model), per method: the seeds' mean per
-    checkpoint (markers) and Gao et al.'s RL form d (alpha - beta ln d) at the seeds' mean coefficients (line).
+    checkpoint (markers, with the 95% CI over seeds from 2 seeds) and Gao et al.'s RL form d (alpha - beta ln d)
+    at the seeds' mean coefficients (line).
     `fits`: (train_reward, prompt_set, gold) -> {method: (alpha, beta)}. One figure per key."""
     import matplotlib.pyplot as plt
     import numpy as np
+
+    from bench.report.analysis import t975
 
     points = wide_points(curves)
     pngs = []
@@ -309,6 +349,12 @@ def gao_figures(curves, fits: dict, folder: Path, styles: dict) -> list[str]:
                 continue
             style = styles.get(method, {"color": None, "linestyle": "-"})
             ax.scatter(mine["d"], mine["gain"], s=14, color=style["color"], zorder=3)
+            per_q = group[group["method"] == method].groupby("reward_queries")["gain"]
+            n = per_q.count()
+            if int(n.min()) >= 2:  # 95% CI over seeds of the gain at each checkpoint
+                half = per_q.std(ddof=1) / np.sqrt(n) * [t975(k - 1) for k in n]
+                ax.errorbar(mine["d"], mine["gain"], yerr=half.reindex(mine["reward_queries"]).to_numpy(),
+                            fmt="none", ecolor=style["color"], elinewidth=0.8, capsize=2)
             d = np.linspace(1e-4, max(float(mine["d"].max()), 1e-3) * 1.05, 100)
             ax.plot(d, d * (alpha - beta * np.log(d)), color=style["color"], linestyle=style["linestyle"],
                     linewidth=1.2)
