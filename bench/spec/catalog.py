@@ -117,6 +117,17 @@ _tdpo("tdpo-policy-reset-active", "TDPO with a periodic reset of the policy's ac
       policy_reset="active")
 
 methods.register(
+    "grpo", "methods.grpo:GRPO",
+    "GRPO as DanceGRPO runs SD v1.4: 16 images per prompt from one shared initial noise, group-normalised "
+    "advantages, PPO clip 1e-4 on every step but the last, 2 updates per epoch, lr 1e-5",
+    kind="ppo", log_ratio_bounds=("clip_range",), companion="DanceGRPO (Xue et al. 2025), SD v1.4 recipe",
+    # 8 GPUs x 4 prompts x 16 images = 512 per epoch; batch 4, accumulation 8 x 49 micro-steps: 2 updates of
+    # 256 samples x the 49 trained steps (the last DDIM step is never trained)
+    source=dict(samples_per_epoch=512, num_steps=50, updates_per_epoch=2, update_steps=49, trains_last_step=False),
+    hparams=dict(lr=1e-5, weight_decay=1e-4, adam_beta1=0.9, adam_beta2=0.999, adam_eps=1e-8, max_grad_norm=1.0,
+                 clip_range=1e-4, adv_clip_max=5.0, images_per_prompt=16, num_inner_epochs=1),
+)
+methods.register(
     "prdp", "methods.prdp:PRDP",
     "PRDP: regress same-prompt reward differences / beta onto trajectory log-ratio differences, per-step proximal clip",
     kind="prdp", log_ratio_bounds=("clip_range",), companion="PRDP paper (Deng et al., CVPR 2024)",

@@ -22,7 +22,8 @@ The rule, the same for every method
    query) pairs.
 3. **An update keeps the source's shape** as far as whole numbers allow: it
    spans the same fraction of the denoising steps, tau = round(tau0 * T/T0)
-   (at least 1), and the rest of its size is samples, b = round(S*T/(U*tau))
+   (at least 1; T counts the steps the method trains: GRPO never trains the
+   last one, so T - 1 there), and the rest of its size is samples, b = round(S*T/(U*tau))
    (at least 1, at most S). Floors of one sample, one step, one prompt group
    or one pair are the only place where the effective multiplier can fall
    below m; `bench list methods --effective` shows where they bind.
@@ -88,11 +89,20 @@ def _round(x: float) -> int:
     return int(math.floor(x + 0.5))  # half up, so the rule does not depend on banker's rounding
 
 
+def trained_steps(src: dict, num_steps: int) -> tuple[int, int]:
+    """(source's, run's) denoising steps a method trains on: all T, or T - 1 for a method that never trains
+    the last step (GRPO: `trains_last_step` False in its source)."""
+    drop = 0 if src.get("trains_last_step", True) else 1
+    return src["num_steps"] - drop, num_steps - drop
+
+
 def ppo_shape(src: dict, scale: Scale) -> tuple[int, int, float]:
-    """(samples b, steps tau, updates per epoch U) of one policy-gradient update at `scale`."""
-    T, S = scale.num_steps, scale.samples_per_epoch
+    """(samples b, steps tau, updates per epoch U) of one policy-gradient update at `scale`; the steps are the
+    ones the method trains (`trained_steps`)."""
+    T0, T = trained_steps(src, scale.num_steps)
+    S = scale.samples_per_epoch
     U = scale.multiplier * src["updates_per_epoch"] * S / src["samples_per_epoch"]
-    tau = min(T, max(1, _round(src["update_steps"] * T / src["num_steps"])))
+    tau = min(T, max(1, _round(src["update_steps"] * T / T0)))
     b = min(S, max(1, _round(S * T / (U * tau))))
     return b, tau, U
 
@@ -165,7 +175,7 @@ def effective_rows(scale: Scale, num_prompts: int) -> list[dict[str, Any]]:
         S, T = scale.samples_per_epoch, scale.num_steps
         if kind == "ppo":
             b, tau, _ = ppo_shape(src, scale)
-            per_epoch = math.ceil(S * T / (b * tau))
+            per_epoch = math.ceil(S * trained_steps(src, T)[1] / (b * tau))
             row["update"] = f"{b} samples x {tau} steps"
         elif kind == "alignprop":
             per_epoch = math.ceil(S / hp["update_samples"])

@@ -139,10 +139,10 @@ class TrainContext:
             p.grad = flat[offset:offset + n].view_as(p).clone()
             offset += n
 
-    def sample_and_score(self, prompts: list[str]):
-        """Sample one trajectory per prompt with the current policy, then score each
-        final image once with the training reward (len(prompts) reward queries).
-        Returns (Trajectory, rewards as a float32 CPU tensor)."""
+    def sample_and_score(self, prompts: list[str], latents: torch.Tensor | None = None):
+        """Sample one trajectory per prompt with the current policy (from `latents`, one initial noise per
+        prompt, when given: GRPO shares one), then score each final image once with the training reward
+        (len(prompts) reward queries). Returns (Trajectory, rewards as a float32 CPU tensor)."""
         crash_point(self.epoch, "mid")
         from bench.train.sampling import Trajectory
 
@@ -150,7 +150,8 @@ class TrainContext:
         with self.bar(n, "sampling") as bar, self.timed("sampling"):
             parts = []
             for s in range(0, n, bs):
-                parts.append(self.backbone.sample(prompts[s:s + bs], generator=self.generator, batch_size=bs))
+                parts.append(self.backbone.sample(prompts[s:s + bs], generator=self.generator, batch_size=bs,
+                                                  latents=None if latents is None else latents[s:s + bs]))
                 bar.update(len(parts[-1]))
         traj = Trajectory.cat(parts)
         check_finite("sampled latents", traj.next_latents[:, -1])
