@@ -164,7 +164,8 @@ def evaluate_checkpoints(run_dir: Path, rewards: dict, prompt_sets: dict[str, li
                                     kl=step_kl if kl else None)
                 if set_metrics is not None and set_rows is not None:
                     with scoring_threads():
-                        set_rows += _set_rows(spec.run_name, q, set_name, set_metrics(images, keys))
+                        set_rows += _set_rows(spec.run_name, q, set_name,
+                                              set_metrics(images, keys, traj.next_latents[:, -1]))
     if shard is not None:
         atomic_write_jsonl(run_dir / "scores" / f"{shard}.jsonl", rows)
     return rows
@@ -191,13 +192,14 @@ def shared_query0_rows(cache: Path, spec, rewards: dict, prompt_sets: dict[str, 
         fresh: list[dict] = []
         fresh_sets: list[dict] = []
         for set_name, prompts in prompt_sets.items():
-            images, keys = sample_fixed(bb, set_name, prompts, per_prompt, eval_seed)
+            traj, keys = sample_fixed_traj(bb, set_name, prompts, per_prompt, eval_seed)
+            images = traj.images
             if set_name == grid_set:
                 save_grid(images, cache / "grid.png")
             fresh += _score_rows("", 0, {r: rewards[r] for r in missing}, set_name, images, keys, eval_seed)
             if want_sets:
                 with scoring_threads():
-                    fresh_sets += _set_rows("", 0, set_name, set_metrics(images, keys))
+                    fresh_sets += _set_rows("", 0, set_name, set_metrics(images, keys, traj.next_latents[:, -1]))
         for r in missing:
             atomic_write_jsonl(cache / f"{r}.jsonl", [row for row in fresh if row["reward"] == r])
         if want_sets:
@@ -310,7 +312,9 @@ def evaluate_run(run_dir: Path, reward_names: list[str] | None = None, per_promp
     names = reward_names or suite_rewards(spec.suite)
     missing = [r for r in names if force or not (run_dir / "scores" / f"{r}.jsonl").is_file()]
     kl = extras and (force or not (run_dir / "scores" / f"{KL_METRIC}.jsonl").is_file())
-    diversity = extras and per_prompt >= 2 and (force or not (run_dir / "eval_metrics" / f"{DIVERSITY}.jsonl").is_file())
+    # set-level metrics: diversity (needs 2+ images per prompt; a metric without them is left out) and the
+    # image-statistics drift (any number)
+    diversity = extras and (force or not (run_dir / "eval_metrics" / f"{DIVERSITY}.jsonl").is_file())
     if not (missing or kl or diversity):
         return []
     sets = {name: resolve_prompt_set(name)[1] for name in suite_prompt_sets(spec.suite)}

@@ -54,16 +54,20 @@ def attribute_entropy(labels: list, prompts: list[str]) -> float | None:
 
 
 def set_metrics_fn(suite: str, device="cpu"):
-    """The set-level metrics of a suite: `f(images, keys) -> {metric: value}` (see module docstring).
-    Embeddings come from the suite's aesthetic CLIP image encoder."""
+    """The set-level metrics of a suite: `f(images, keys, final latents) -> {metric: value}` (see module
+    docstring), with the image-statistics drift of metrics/drift.py. Embeddings come from the suite's aesthetic
+    CLIP image encoder."""
     from bench.train.runner import load_reward
 
     encoder = load_reward("aesthetic", suite, device).image_encoder()
     gold = load_reward("gold-fidelity", suite, device) if suite == "toy" else None
 
-    def metrics(images: torch.Tensor, keys) -> dict:
+    def metrics(images: torch.Tensor, keys, latents: torch.Tensor | None = None) -> dict:
+        from metrics.drift import drift_metrics
+
         prompts = [p for p, _ in keys]
-        out = {"diversity_cosine": pairwise_cosine_distance(encoder(images), prompts)}
+        out = {"diversity_cosine": pairwise_cosine_distance(encoder(images), prompts),
+               **drift_metrics(images, latents)}
         if gold is not None:
             from bench.toy.gold import predicted_attributes
 

@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from bench.spec.runspec import RunSpec
 from tests.helpers import CountingReward, make_spec, register_counting_reward
 
@@ -83,3 +85,26 @@ def test_scores_do_not_depend_on_the_process_thread_count():
     finally:
         torch.set_num_threads(before)
     assert [r["value"] for r in one] == [r["value"] for r in two]
+
+
+def test_drift_metrics_on_images_of_known_brightness_and_saturation():
+    """Grey 0.5: luma 0.5, saturation 0; pure red: luma 0.299, saturation 1; black: 0 and 0 (not NaN); a
+    latent of 2s: x0^2 = 4. The set means are the means over images."""
+    import torch
+
+    from metrics.drift import drift_metrics
+
+    grey = torch.full((1, 3, 4, 4), 0.5)
+    red = torch.zeros(1, 3, 4, 4)
+    red[:, 0] = 1.0
+    black = torch.zeros(1, 3, 4, 4)
+    m = drift_metrics(torch.cat([grey, red, black]), torch.full((3, 4, 2, 2), 2.0))
+    assert m["drift_brightness"] == pytest.approx((0.5 + 0.299 + 0.0) / 3)
+    assert m["drift_saturation"] == pytest.approx((0.0 + 1.0 + 0.0) / 3)
+    assert m["drift_latent_sq"] == pytest.approx(4.0)
+    assert "drift_latent_sq" not in drift_metrics(grey)
+    # half the pixels of a grey image turned pure blue: luma (0.5 + 0.114) / 2, saturation 1/2
+    half = grey.clone()
+    half[:, :, :2] = torch.tensor([0.0, 0.0, 1.0]).view(1, 3, 1, 1)
+    h = drift_metrics(half)
+    assert h["drift_brightness"] == pytest.approx((0.5 + 0.114) / 2) and h["drift_saturation"] == pytest.approx(0.5)

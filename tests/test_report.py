@@ -326,7 +326,11 @@ def test_run_evaluates_every_checkpoint_then_eval_adds_a_reward_and_reproduces(t
     con = duckdb.connect(str(tmp_path / "bench.duckdb"), read_only=True)
     counts = con.execute("""select reward, prompt_set, count(distinct run_id), count(distinct reward_queries), count(*)
                             from scores group by 1, 2 order by 1, 2""").fetchall()
+    # the image-statistics drift of every checkpoint and prompt set (diversity needs 2+ images per prompt: none)
+    drift = con.execute("""select metric, count(*), min(value) from eval_metrics group by 1 order by 1""").fetchall()
     con.close()
+    assert [(m, n) for m, n, _ in drift] == [("drift_brightness", 18), ("drift_latent_sq", 18),
+                                             ("drift_saturation", 18)] and all(v > 0 for _, _, v in drift)
     rewards = ["aesthetic", "gold-aesthetic", "gold-fidelity", "hpsv2", "jpeg-compressibility", "kl-to-pretrained",
                "pickscore"]
     sets = {"toy-compositional": 4, "toy-seen": 48, "toy-unseen": 8}

@@ -465,6 +465,29 @@ def gao_rows(boards: list[Board]) -> list[tuple]:
     return out
 
 
+def drift_rows(sets) -> list[tuple]:
+    """Per training reward, prompt set and method, each image-statistics drift metric's change from query 0 to
+    the final checkpoint (the same evaluation images, so the change is paired), mean over seeds ± 95% CI."""
+    if sets.empty:
+        return []
+    sub = sets[sets["metric"].str.startswith("drift_")]
+    out = []
+    for (train_reward, pset, method), g in sub.groupby(["train_reward", "prompt_set", "method"], sort=True):
+        cells = []
+        for metric in ("drift_brightness", "drift_saturation", "drift_latent_sq"):
+            changes = []
+            for _, run in g[g["metric"] == metric].groupby("run_id"):
+                run = run.sort_values("reward_queries")
+                if len(run) >= 2 and int(run["reward_queries"].iloc[0]) == 0:
+                    changes.append(float(run["value"].iloc[-1] - run["value"].iloc[0]))
+            cells.append(Cell(*mean_ci(changes)).text(4) if changes else "-")
+        out.append((train_reward, pset, method, *cells))
+    return out
+
+
+DRIFT_HEADER = ("trained on", "prompts", "method", "brightness change", "saturation change", "x0² change")
+
+
 GAO_HEADER = ("trained on", "prompts", "gold", "method", "seeds", "alpha (RL)", "beta (RL)", "d* = sqrt(KL) at peak",
               "KL at peak", "gold gain at peak", "R² RL", "R² best-of-n", "better form")
 
@@ -638,6 +661,7 @@ def write_report(db_path: Path, report_dir: Path, out_dir: Path | None = None,
         comparisons = comparison_rows(boards, plan)
         question = comparison_table(comparisons)
         gao = gao_rows(boards)
+        drift = drift_rows(frames["sets"])
         effective = effective_tables(con)
         grids = matched_grids(con, out_dir, boards)
         runs = con.execute("SELECT run_id, method, reward, suite, seed, budget, status FROM runs ORDER BY run_id").fetchall()
@@ -722,6 +746,12 @@ def write_report(db_path: Path, report_dir: Path, out_dir: Path | None = None,
         "more evaluation images per prompt (<code>--eval-per-prompt</code>).</p>",
         *([f'<figure><img src="figures/{html.escape(p)}" alt="{html.escape(p)}"></figure>' for p in div_pngs]
           or ["<p>No diversity measured (one evaluation image per prompt).</p>"]),
+        *(["<h3>Image-statistics drift</h3>",
+           "<p>Mean brightness (luma), HSV saturation and squared final latent x0² of the evaluation images "
+           "(<code>metrics/drift.py</code>), as changes from query 0 to the final checkpoint on the same images "
+           "(mean over seeds ± 95% CI): brightness creep (reported against DiffusionNFT) and the toy proxy's "
+           "saturation hack show here, with the curves in the drift figures above.</p>",
+           _table_html(DRIFT_HEADER, drift)] if drift else []),
         "<h2>Compute</h2>",
         "<p>What each method had spent at its final checkpoint besides reward queries (rows: classifier-free "
         "guidance counts two per latent; gradient checkpointing's recomputation counts as a forward). The TDPO "

@@ -286,16 +286,20 @@ def diversity_figures(sets, folder: Path, styles: dict) -> list[str]:
     if sets.empty:
         return pngs
     for (train_reward, pset), sub in sets.groupby(["train_reward", "prompt_set"], sort=True):
-        metrics = sorted(set(sub["metric"]))
-        fig, axes = plt.subplots(1, len(metrics), figsize=(3.8 * len(metrics), 3.3), squeeze=False)
-        for ax, metric in zip(axes[0], metrics):
-            method_lines(ax, sub[sub["metric"] == metric], "reward_queries", "value", styles, lw=1.3)
-            ax.set_xlabel("reward queries")
-            ax.set_ylabel(metric)
-            ax.set_title(f"{metric} — {pset}", fontsize=9)
-        legend(axes[0][-1], styles, sub["method"])
-        pngs.append(save(fig, folder, f"diversity_{train_reward}_{pset}")[0])
-        plt.close(fig)
+        # diversity, then the image-statistics drift (metrics/drift.py) in a figure of its own
+        for kind, metrics in (("diversity", sorted(m for m in set(sub["metric"]) if not m.startswith("drift_"))),
+                              ("drift", sorted(m for m in set(sub["metric"]) if m.startswith("drift_")))):
+            if not metrics:
+                continue
+            fig, axes = plt.subplots(1, len(metrics), figsize=(3.8 * len(metrics), 3.3), squeeze=False)
+            for ax, metric in zip(axes[0], metrics):
+                method_lines(ax, sub[sub["metric"] == metric], "reward_queries", "value", styles, lw=1.3)
+                ax.set_xlabel("reward queries")
+                ax.set_ylabel(metric)
+                ax.set_title(f"{metric} — {pset}", fontsize=9)
+            legend(axes[0][-1], styles, sub["method"])
+            pngs.append(save(fig, folder, f"{kind}_{train_reward}_{pset}")[0])
+            plt.close(fig)
     return pngs
 
 
