@@ -114,18 +114,21 @@ class DDPO:
         return out
 
     def train_epoch(self, n: int, epoch: int) -> dict:
-        ctx, hp = self.ctx, self.hp
+        ctx = self.ctx
         prompts = ctx.sample_prompts(n)
         traj, rewards = ctx.sample_and_score(prompts)
         all_prompts, all_rewards = ctx.gather(traj.prompts, rewards)
         adv = torch.as_tensor(self.advantages(all_prompts, all_rewards)[ctx.local_slice(n)], dtype=torch.float32,
                               device=ctx.device)
         check_finite("advantages", adv)
+        return self.run_updates(traj, adv, rewards, all_rewards, n)
 
+    def run_updates(self, traj, adv, rewards, all_rewards, n: int) -> dict:
+        """The epoch's PPO updates (`num_inner_epochs` passes of `update_windows`), then its metrics."""
         stats = {"loss": [], "approx_kl": [], "clipfrac": [], "ratio_mean": [], "ratio_maxdev": []}
         self.optimizer.zero_grad(set_to_none=True)
-        plan = [w for _ in range(hp["num_inner_epochs"]) for w in self.update_windows(n)]
-        with ctx.bar(len(plan), "training") as bar:
+        plan = [w for _ in range(self.hp["num_inner_epochs"]) for w in self.update_windows(n)]
+        with self.ctx.bar(len(plan), "training") as bar:
             for window in plan:
                 for k, v in self.window_loss(traj, window, adv).items():
                     stats[k].append(v)

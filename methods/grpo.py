@@ -84,19 +84,4 @@ class GRPO(DDPO):
         adv = torch.as_tensor(group_advantages(rewards.numpy(), sizes, hp["adv_clip_max"]), dtype=torch.float32,
                               device=ctx.device)
         check_finite("advantages", adv)
-        stats = {"loss": [], "approx_kl": [], "clipfrac": [], "ratio_mean": [], "ratio_maxdev": []}
-        self.optimizer.zero_grad(set_to_none=True)
-        plan = [w for _ in range(hp["num_inner_epochs"]) for w in self.update_windows(n)]
-        with ctx.bar(len(plan), "training") as bar:
-            for window in plan:
-                for k, v in self.window_loss(traj, window, adv).items():
-                    stats[k].append(v)
-                self._step()
-                bar.update(1)
-        return {
-            "reward_mean": float(np.mean(all_rewards)), "reward_std": float(np.std(all_rewards)),
-            "reward_min": float(np.min(all_rewards)), "reward_max": float(np.max(all_rewards)),
-            "loss": float(np.mean(stats["loss"])), "approx_kl": float(np.mean(stats["approx_kl"])),
-            "clipfrac": float(np.mean(stats["clipfrac"])), "local_reward_mean": float(rewards.float().mean()),
-            "ratio_at_old": stats["ratio_mean"][0], "ratio_at_old_maxdev": stats["ratio_maxdev"][0],
-        }
+        return self.run_updates(traj, adv, rewards, all_rewards, n)

@@ -70,7 +70,7 @@ class FakeBackbone:
     def trainable_parameters(self):
         return [self.w]
 
-    def sample(self, prompts, generator=None, batch_size=16):
+    def sample(self, prompts, generator=None, batch_size=16, latents=None):
         n, T = len(prompts), self.num_steps
         ids = torch.arange(self.sampled, self.sampled + n, dtype=torch.float32).view(n, 1, 1).expand(n, T, 1).clone()
         self.sampled += n

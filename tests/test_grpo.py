@@ -33,7 +33,7 @@ class SharedNoiseBackbone(FakeBackbone):
 
     def sample(self, prompts, generator=None, batch_size=16, latents=None):
         self.latents_seen.append(latents)
-        return super().sample(prompts, generator, batch_size)
+        return super().sample(prompts, generator, batch_size, latents)
 
 
 def make_grpo(T, S, multiplier):
