@@ -86,7 +86,8 @@ def test_effective_table_lists_every_method():
     by = {r[0]: r for r in rows}
     # the toy default: T=10, S=32, m=16: ddpo-100 U=200, tau 3, b=round(320/600)=1 (the floor: 8.56x);
     # tdpo U=200, tau 1, b=round(1.6)=2 -> 160 updates (12.80x)
-    assert by["ddpo-100"][3] == "1 samples x 3 steps" and by["tdpo"][3] == "2 samples x 1 steps"
+    assert by["ddpo-100"][4] == "1 samples x 3 steps" and by["tdpo"][4] == "2 samples x 1 steps"
+    assert by["ddpo-100"][3] == "floor: one sample per update" and by["ddpo-2"][3] == "-"
     assert by["ddpo-2"][2] == "16.00x" and by["tdpo"][2] == "12.80x" and by["ddpo-100"][2] == "8.56x"
     assert "m=16" in title
 
@@ -99,3 +100,30 @@ def test_list_methods_effective_cli():
     assert "updates/query" in r.stdout and "sd-v1-4:" in r.stdout and "toy:" in r.stdout
     assert "kl coef 62.5" in r.stdout or "kl coef" in r.stdout
     assert math.isfinite(float(r.stdout.split("ddpo-100")[1].split()[0]))
+
+
+@pytest.mark.parametrize("T,S,D,m", [(10, 32, 4 * 8 * 8, 16.0), (50, 256, 4 * 64 * 64, 1.0), (20, 64, 4 * 16 * 16, 8.0),
+                                      (6, 16, 4 * 8 * 8, 4.0)])
+def test_every_method_below_m_says_why(T, S, D, m):
+    """At the toy and SD defaults and two other scales: every method gets m times its source's updates per
+    query, or its row says why not: a floor (one sample, chain or prompt group per update) or rounding. At SD
+    scale (m = 1) nothing is below m. The hand-checked toy rows: DDPO-100 would need 0.53 samples per update
+    (floor, 8.56x); the TDPO family 1.6 samples, rounded to 2 (12.8x); PRDP one prompt group (3.2x)."""
+    from bench.spec.scale import Scale, effective_rows
+
+    rows = {r["method"]: r for r in effective_rows(Scale(num_steps=T, samples_per_epoch=S, latent_dims=D,
+                                                         multiplier=m), 48)}
+    for name, r in rows.items():
+        if r["multiple_of_source"] < m * (1 - 1e-9):
+            assert r["below_m"].startswith(("floor:", "rounding")), (name, r)
+        else:
+            assert r["below_m"] == "", (name, r)
+    if m == 1.0:
+        assert all(not r["below_m"] for r in rows.values())
+    if (T, S, m) == (10, 32, 16.0):
+        assert rows["ddpo-100"]["multiple_of_source"] == pytest.approx(8.5625, rel=1e-3)
+        assert rows["ddpo-100"]["below_m"] == "floor: one sample per update"
+        assert rows["tdpo-r"]["below_m"] == "rounding: 2 samples for 1.6"
+        assert rows["tdpo-r"]["multiple_of_source"] == pytest.approx(12.8)
+        assert rows["prdp"]["below_m"] == "floor: one prompt group per update"
+        assert rows["grpo"]["below_m"] == "" and rows["ddpo-2"]["below_m"] == ""

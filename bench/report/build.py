@@ -566,6 +566,18 @@ def effective_tables(con) -> list[tuple[str, list[tuple]]]:
     return [effective_table_rows(sc, n, bb) for sc, n, bb in scales]
 
 
+def below_m_line(effective: list[tuple[str, list[tuple]]], present: set[str]) -> str:
+    """The methods of these runs whose updates per reward query fall below m times their source's, with the
+    multiple and why (a floor or rounding): a confound to read beside their results."""
+    parts = []
+    for title, rows in effective:
+        for r in rows:
+            if r[0] in present and r[3] != "-":
+                parts.append(f"{r[0]} {r[2]} ({r[3]})")
+    return ("Updates per reward query below m x the source's (read their results with it): "
+            + "; ".join(parts) + ".") if parts else ""
+
+
 def _frame(header, rows):
     import pandas as pd
 
@@ -668,7 +680,8 @@ def write_report(db_path: Path, report_dir: Path, out_dir: Path | None = None,
     finally:
         con.close()
     report_dir.mkdir(parents=True, exist_ok=True)
-    md = boards_markdown(boards)
+    below_m = below_m_line(effective, {r[1] for r in runs})
+    md = (f"{below_m}\n\n" if below_m else "") + boards_markdown(boards)
     if gao:
         md = ("### overoptimization coefficients (Gao et al. 2022: gold gain = d (alpha - beta ln d), d = sqrt(KL))"
               "\n\n" + _table_md(GAO_HEADER, gao) + "\n" + md)
@@ -717,6 +730,7 @@ def write_report(db_path: Path, report_dir: Path, out_dir: Path | None = None,
             "family; only the primary comparisons answer the plan's question.</p>",
             _table_html(COMPARISON_HEADER, question)] if question else []),
         "<h2>Leaderboard</h2>",
+        *([f"<p><b>{html.escape(below_m)}</b></p>"] if below_m else []),
         *(["<p><small>A gold score <em>rises then falls</em> when the paired change from query 0 to its peak "
            "and from the peak to the final checkpoint both exclude zero. The peak is picked on the same "
            "evaluation images, so those two intervals are somewhat optimistic.</small></p>"]

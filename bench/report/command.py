@@ -16,20 +16,23 @@ def plan_of(study: str | None):
 
 
 def print_and_write(db: Path, report_dir: Path, out: Path, write: bool = True, study: str | None = None) -> None:
-    from bench.report.build import (boards_markdown, build_boards, comparison_rows, primary_sentences,
-                                    verdict_lines, write_report)
+    from bench.report.build import (below_m_line, boards_markdown, build_boards, comparison_rows, effective_tables,
+                                    primary_sentences, verdict_lines, write_report)
     from bench.store.database import connect
 
     plan = plan_of(study)
     con = connect(db, read_only=True)
     try:
         boards = build_boards(con, plan)
+        below_m = below_m_line(effective_tables(con), {m for (m,) in con.execute("SELECT method FROM runs").fetchall()})
     finally:
         con.close()
     index = write_report(db, report_dir, out, boards=boards, plan=plan) if write else None
     table = boards_markdown(boards, compact=True).rstrip()
     print()
     print(table or "(no evaluation scores)")
+    if below_m:
+        print(below_m)
     if write:
         print(f"(full tables, with AUCs and every prompt set: {report_dir / 'leaderboard.md'})")
     for line in verdict_lines(boards):

@@ -55,4 +55,6 @@ def print_effective() -> None:
         print_table(rows, header=EFFECTIVE_HEADER)
         print()
     print("updates/query: optimizer updates per reward query (effective, after whole-number floors); x source: "
-          "that as a multiple of the method's source setting. Rule: bench/spec/scale.py.")
+          "that as a multiple of the method's source setting; below m because: a floor (an update cannot be "
+          "smaller than one sample, chain or prompt group) or rounding to whole samples, updates or pairs. "
+          "Rule: bench/spec/scale.py.")

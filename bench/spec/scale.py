@@ -167,19 +167,26 @@ def effective_rows(scale: Scale, num_prompts: int) -> list[dict[str, Any]]:
     from bench.spec.catalog import methods
 
     rows = []
+    m = scale.multiplier
     for entry in methods.entries():
         src = entry.meta["source"]
         hp = effective_hparams(entry, entry.meta["hparams"], scale)
         kind = entry.meta["kind"]
         row = {"method": entry.name, "updates_per_query": hp["updates_per_query"]}
         S, T = scale.samples_per_epoch, scale.num_steps
+        why = ""
         if kind == "ppo":
-            b, tau, _ = ppo_shape(src, scale)
+            b, tau, U = ppo_shape(src, scale)
             per_epoch = math.ceil(S * trained_steps(src, T)[1] / (b * tau))
             row["update"] = f"{b} samples x {tau} steps"
+            ideal = S * trained_steps(src, T)[1] / (U * tau)  # samples per update for exactly m x source
+            why = "floor: one sample per update" if ideal < 1 else f"rounding: {b} samples for {ideal:.3g}"
         elif kind == "alignprop":
             per_epoch = math.ceil(S / hp["update_samples"])
             row["update"] = f"{hp['update_samples']} chains (last K steps)"
+            ideal = S / (m * src["updates_per_epoch"] * S / src["samples_per_epoch"])
+            why = "floor: one chain per update" if ideal < 1 else f"rounding: {hp['update_samples']} chains for " \
+                f"{ideal:.3g}"
         elif kind == "prdp":
             groups = max(1, S // hp["images_per_prompt"])
             if hp.get("update_data") == "whole":
@@ -188,12 +195,16 @@ def effective_rows(scale: Scale, num_prompts: int) -> list[dict[str, Any]]:
             else:
                 per_epoch = min(groups, max(1, _round(hp["updates_per_epoch"])))  # at most one update per group
                 row["update"] = f"{groups / per_epoch:.3g} group(s) of {hp['images_per_prompt']}"
+                why = "floor: one prompt group per update" if hp["updates_per_epoch"] > groups else "rounding"
         else:
             per_epoch = max(1, _round(hp["updates_per_query"] * S))
             row["update"] = f"{hp['pairs_per_step']} pairs x {hp['steps_per_pair']} step(s)"
+            why = "rounding: whole updates per epoch and pairs per update"
         row["effective_updates_per_query"] = per_epoch / S
         row["multiple_of_source"] = row["effective_updates_per_query"] / (src["updates_per_epoch"] /
                                                                           src["samples_per_epoch"])
+        # below m: a floor (an update cannot be smaller than one sample, chain or prompt group) or rounding
+        row["below_m"] = why if row["multiple_of_source"] < m * (1 - 1e-9) else ""
         row["clip"] = ", ".join(f"{k} {hp[k]:.3g}" for k in entry.meta.get("log_ratio_bounds", ())) or "-"
         row["reset_every"] = hp.get("reset_every") if (hp.get("critic_reset", "none") != "none"
                                                         or hp.get("policy_reset", "none") != "none") else "-"
@@ -208,7 +219,7 @@ def effective_rows(scale: Scale, num_prompts: int) -> list[dict[str, Any]]:
     return rows
 
 
-EFFECTIVE_HEADER = ("method", "updates/query", "x source", "one update", "reset every (epochs)",
+EFFECTIVE_HEADER = ("method", "updates/query", "x source", "below m because", "one update", "reset every (epochs)",
                     "stat tracker active", "clip ranges")
 
 
@@ -219,6 +230,6 @@ def effective_table_rows(scale: Scale, num_prompts: int, name: str) -> tuple[str
     rows = []
     for r in effective_rows(scale, num_prompts):
         rows.append((r["method"], f"{r['effective_updates_per_query']:.3g}", f"{r['multiple_of_source']:.2f}x",
-                     r["update"], str(r["reset_every"]),
+                     r["below_m"] or "-", r["update"], str(r["reset_every"]),
                      "-" if r["stat_tracker"] is None else f"{100 * r['stat_tracker']:.0f}%", r["clip"]))
     return title, rows
