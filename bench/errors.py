@@ -53,3 +53,17 @@ def check_positive(name: str, value):
     if value is not None and not (math.isfinite(value) and value > 0):  # NaN compares false: refuse it too
         raise BenchError(f"{name} must be a positive finite number, got {value}")
     return value
+
+
+def env_whole(name: str, default: int | None, lowest: int = 1, highest: int = 1 << 16) -> int | None:
+    """A whole number from the environment, checked as a flag is (ASCII digits, in range); unset or empty (the
+    shell's way of unsetting) gives `default`."""
+    import os
+    import re
+
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    if not re.fullmatch(r"[0-9]{1,9}", text) or not lowest <= int(text) <= highest:
+        raise BenchError(f"environment variable {name}={text!r} must be a whole number from {lowest} to {highest}")
+    return int(text)

@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench.errors import BenchError, check_positive
+from bench.errors import BenchError, check_positive, env_whole
 from bench.quiet import quiet_libraries
 from bench.report.command import print_and_write
 from bench.store.atomic import check_out_dir
@@ -46,7 +46,7 @@ def check_launcher(args) -> None:
     gpus = getattr(args, "gpus_per_run", None)
     if gpus is not None and (gpus < 0 or gpus > 1024 or (gpus > 1 and gpus != int(gpus))):
         raise BenchError(f"--gpus-per-run {gpus:g}: a fraction up to 1 (runs sharing a GPU) or a whole number")
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if env_whole("WORLD_SIZE", 1) > 1:
         raise BenchError("--launcher ray submits the grid from one driver; do not start it under accelerate "
                          "launch / torchrun (use --gpus-per-run N for data-parallel runs)")
 
@@ -60,6 +60,7 @@ def build_specs(args) -> list:
         resolve_backbone, resolve_hparams
 
     apply_study(args)
+    _env_threads()  # the environment's numbers are checked here too, before anything heavy
     from bench.train.trackers import check_available
 
     check_available(args.log_with)
@@ -168,11 +169,7 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
 
 def _env_threads() -> int | None:
     """OMP_NUM_THREADS, when the user set it (respected: more threads than cores oversubscribe them)."""
-    try:
-        value = int(os.environ.get("OMP_NUM_THREADS", ""))
-    except ValueError:
-        return None
-    return value if value > 0 else None
+    return env_whole("OMP_NUM_THREADS", None, 1, 1024)
 
 
 def cmd_run(args) -> int:
@@ -182,7 +179,7 @@ def cmd_run(args) -> int:
     from bench.store.database import check_db
 
     busy = check_db(db)  # a bad --db is found now, not after hours of training
-    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    distributed = env_whole("WORLD_SIZE", 1) > 1
     if distributed and args.workers not in (None, 1):
         raise BenchError("--workers runs independent runs side by side; under accelerate launch / torchrun "
                          "(one data-parallel run) leave it at 1")

@@ -196,3 +196,17 @@ def test_preflight_refuses_a_text_file_as_hpsv2_weights_before_torch(tmp_path):
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 2 and len(lines) == 1 and "is not an HPSv2 checkpoint" in lines[0], r.stderr
     assert "HEAVY=False" in r.stdout
+
+
+@pytest.mark.parametrize("name,value", [("WORLD_SIZE", "abc"), ("WORLD_SIZE", "0"), ("OMP_NUM_THREADS", "\u0663"),
+                                        ("OMP_NUM_THREADS", "-1"), ("OMP_NUM_THREADS", "1e3")])
+def test_numbers_from_the_environment_get_the_same_checks(tmp_path, name, value):
+    import os
+
+    code = ("import sys; from bench.cli import main; rc = main(sys.argv[1:]); "
+            "print('HEAVY=' + str('torch' in sys.modules)); sys.exit(rc)")
+    r = subprocess.run([sys.executable, "-c", code, "run", "--methods", "ddpo-2", "--out", str(tmp_path / "out")],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120, env={**os.environ, name: value})
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and f"environment variable {name}=" in lines[0], r.stderr
+    assert "HEAVY=False" in r.stdout and not (tmp_path / "out").exists()
