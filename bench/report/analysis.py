@@ -171,19 +171,6 @@ def paired_changes(con, run_id: str, reward: str, prompt_set: str,
     return [r[0] for r in rows]
 
 
-def paired_change(con, run_ids: list[str], reward: str, prompt_set: str,
-                  q_from: int = 0, q_to: int | None = None) -> tuple[float | None, float | None]:
-    """Mean and 95% CI of the paired change between two checkpoints. One run: over the
-    evaluation images (the seed's own noise only); two or more: over the runs' mean changes
-    (run-to-run noise). (None, None) when a run lacks either checkpoint."""
-    per_run = [paired_changes(con, r, reward, prompt_set, q_from, q_to) for r in run_ids]
-    if not per_run or not all(per_run):
-        return None, None
-    if len(per_run) == 1:
-        return mean_ci(per_run[0])
-    return mean_ci([sum(d) / len(d) for d in per_run])
-
-
 @dataclass
 class GoldShape:
     """How a gold (ground-truth) score moved during a run: the evidence for overoptimization."""

@@ -672,6 +672,7 @@ def write_report(db_path: Path, report_dir: Path, out_dir: Path | None = None,
         compute = compute_rows(con)
         comparisons = comparison_rows(boards, plan)
         question = comparison_table(comparisons)
+        sentences = primary_sentences(comparisons, plan)
         gao = gao_rows(boards)
         drift = drift_rows(frames["sets"])
         effective = effective_tables(con)
@@ -680,6 +681,7 @@ def write_report(db_path: Path, report_dir: Path, out_dir: Path | None = None,
     finally:
         con.close()
     report_dir.mkdir(parents=True, exist_ok=True)
+    first_figures = _primary_figures(boards, plan)
     below_m = below_m_line(effective, {r[1] for r in runs})
     md = (f"{below_m}\n\n" if below_m else "") + boards_markdown(boards)
     if gao:
@@ -687,7 +689,7 @@ def write_report(db_path: Path, report_dir: Path, out_dir: Path | None = None,
               "\n\n" + _table_md(GAO_HEADER, gao) + "\n" + md)
     if question:
         md = (f"### the declared comparisons (plan {plan.label}; exploratory p-values Holm-adjusted)\n\n"
-              + "".join(f"- {s}\n" for s in primary_sentences(comparisons, plan)) + "\n"
+              + "".join(f"- {s}\n" for s in sentences) + "\n"
               + _table_md(COMPARISON_HEADER, question) + "\n" + md)
     if compute:
         md += "\n### compute at the final checkpoint (mean over seeds)\n\n" + _table_md(COMPUTE_HEADER, compute)
@@ -712,9 +714,9 @@ def write_report(db_path: Path, report_dir: Path, out_dir: Path | None = None,
         f"<p>Comparison plan <b>{html.escape(plan.label)}</b>, declared {html.escape(plan.declared)}. Primary: "
         + html.escape(", ".join(f"{a} vs {b}" for a, b in plan.primary)) + f" on {html.escape(plan.primary_score)} "
         f"at the matched level, {html.escape(plan.primary_prompts)} prompts; everything else is exploratory.</p>",
-        *(["<h2>The question</h2>", *[f"<p><b>{html.escape(s)}</b></p>" for s in primary_sentences(comparisons, plan)],
+        *(["<h2>The question</h2>", *[f"<p><b>{html.escape(s)}</b></p>" for s in sentences],
            *[f'<figure><img src="figures/{html.escape(p)}" alt="{html.escape(p)}"></figure>' for p in gao_pngs
-             if p in _primary_figures(boards, plan)]]
+             if p in first_figures]]
           if question or gao_pngs else []),
         *(["<h2>Summary</h2>", *[f"<p>{html.escape(line)}</p>" for line in verdict_lines(boards)],
             summary_html(boards)] if boards else []),
