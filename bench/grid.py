@@ -534,24 +534,26 @@ class Estimator:
 
         kind = methods.get(spec.method).meta["kind"]
         if kind == "ppo":
-            b, tau = hp["update_samples"], hp["update_steps"]
-            windows = math.ceil(S * T / (b * tau))
-            rows = b * tau
+            rows = hp.get("update_rows", hp["update_samples"] * hp["update_steps"])  # the rule's exact size
+            windows = S * T / rows
             train = windows * math.ceil(rows / tb) * fb(min(rows, tb))
             if spec.method.startswith("tdpo"):
                 train += S * T * 2 * c["decode"]  # decode + encoder per state
                 if hp.get("kl_penalty_coef"):
                     train += T * fwd(S)
         elif kind == "alignprop":
-            b = hp["update_samples"]
+            b = hp.get("update_chains", hp["update_samples"])
             k_mean = (T + 1) / 2
             train = math.ceil(S / b) * (T * fwd(b) + k_mean * (fwd(b) + fb(b))) - sampling
         elif kind == "prdp":
-            groups = max(1, S // hp["images_per_prompt"])
-            updates = min(groups, max(1, round(hp["updates_per_epoch"])))
-            train = T * fwd(S) + (updates - 1) * T * fwd(S / updates) + math.ceil(S * T / tb) * fb(min(tb, S * T))
+            K = max(1.0, hp["updates_per_epoch"])
+            if hp.get("update_data", "whole") == "whole":  # every update: a no-grad pass and a backward pass
+                train = T * fwd(S) + (K - 1) * T * fwd(S) + K * math.ceil(S * T / tb) * fb(min(tb, S * T))
+            else:
+                K = min(max(1, S // hp["images_per_prompt"]), K)
+                train = T * fwd(S) + (K - 1) * T * fwd(S / K) + math.ceil(S * T / tb) * fb(min(tb, S * T))
         else:  # dense
-            updates = max(1, round(hp["updates_per_query"] * S))
+            updates = hp["updates_per_query"] * S
             P = hp["pairs_per_step"] * hp["steps_per_pair"]
             train = updates * 2 * (fwd(P) + fb(P))
         per_epoch = sampling + max(0.0, train)

@@ -46,9 +46,11 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from bench.errors import BenchError, check_finite
+from bench.spec.scale import updates_this_epoch
 from bench.train.precision import backward
 from bench.train.runner import crash_point, make_adamw, optimizer_step
 from bench.train.sampling import ddim_step
+from bench.train.updates import window_sizes
 
 
 def reward_target(hp: dict, reward_name: str) -> float | None:
@@ -154,8 +156,8 @@ class AlignProp:
         prompts = ctx.sample_prompts(n)
         rewards, losses, ks = [], [], []
         with ctx.bar(n, "sample+backprop") as bar:
-            for start in range(0, n, self.batch):  # one update per `batch` chains
-                chunk = prompts[start:start + self.batch]
+            for start, size in self.updates(n):
+                chunk = prompts[start:start + size]
                 k = self.draw_k(len(chunk))
                 self.optimizer.zero_grad(set_to_none=True)
                 for s in range(0, len(chunk), spec.train_batch_size):  # fused calls, as memory allows
@@ -178,6 +180,17 @@ class AlignProp:
             "reward_min": float(np.min(all_rewards)), "reward_max": float(np.max(all_rewards)),
             "loss": float(np.mean(losses)), "backprop_steps_mean": float(np.mean(ks)),
         }
+
+    def updates(self, n: int) -> list[tuple[int, int]]:
+        """(first chain, chains) of each update this epoch: `batch` chains each where the rule's size is whole,
+        else the seeded schedule of sizes whose mean is exact (bench/train/updates.py)."""
+        z = float(self.hp.get("update_chains", self.batch * self.ctx.world_size)) / self.ctx.world_size
+        if abs(z - self.batch) < 1e-9:
+            return [(s, min(self.batch, n - s)) for s in range(0, n, self.batch)]
+        k = updates_this_epoch(self.ctx.queries_before, n * self.ctx.world_size, self.hp["updates_per_query"],
+                               most=n)
+        sizes = window_sizes(self.ctx.rng, n, k)
+        return [(sum(sizes[:i]), size) for i, size in enumerate(sizes)]
 
     def _step(self) -> None:
         optimizer_step(self.ctx, self.optimizer, self.params, self.hp["max_grad_norm"])

@@ -31,7 +31,7 @@ from bench.errors import check_finite
 from bench.train.precision import backward
 from bench.train.runner import make_adamw, optimizer_step
 from bench.train.stat_tracker import PerPromptStatTracker, batch_normalize
-from bench.train.updates import epoch_permutations, windows
+from bench.train.updates import epoch_permutations, epoch_windows
 
 
 def ppo_clipped_loss(log_prob, old_log_prob, advantages, clip_range: float, adv_clip_max: float):
@@ -90,7 +90,7 @@ class DDPO:
     def update_windows(self, n: int) -> list:
         """This epoch's updates (one inner epoch), drawing the references' shuffles from ctx.rng."""
         perm, t_perm = epoch_permutations(self.ctx.rng, n, self.ctx.spec.num_steps)
-        return windows(perm, t_perm, self.batch, self.accumulation, "minibatch")
+        return epoch_windows(self.ctx, perm, t_perm, self.batch, self.accumulation, "minibatch", n)
 
     def window_loss(self, traj, window, adv) -> dict:
         """Backpropagate one update's PPO loss (mean over its rows), in fused calls. Returns its statistics."""

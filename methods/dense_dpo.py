@@ -26,10 +26,12 @@ Defaults are the reference's multi-prompt mode (gamma 0.9, beta_tilde 12.5,
 delta 5e-4, M 1, 12 rollouts per prompt with 5 kept, lr 2e-5, weight decay
 1.5e-3, clip 0.05, 32 pairs per update, 4,000 updates per 2,000 collected
 prompts), mapped by the scale rule (bench/spec/scale.py): updates per query are m
-times the reference's (4,000 / 24,000), every kept group is used for the
-reference's 64 pair draws on average, so an update holds 32/m pairs (4 on the
-toy, m = 8; 32 at SD scale, m = 1); delta scales with sqrt(D0/D); gamma keeps its
-horizon, gamma^(50/T). Choices the sources leave open, recorded here:
+times the reference's (4,000 / 24,000; 85.3 per toy epoch, so epochs alternate
+85 and 86 updates), every kept group is used for the reference's 64 pair draws
+on average, so an update holds 32/m pairs (2 on the toy, m = 16; 32 at SD scale,
+m = 1; a fractional count alternates whole ones); delta scales with sqrt(D0/D)
+and beta_tilde with sqrt(D/D0) (the clamped log-ratio is worth the same logit at
+every scale: 12.5 / 8 on the toy); gamma keeps its horizon, gamma^(50/T). Choices the sources leave open, recorded here:
 - log-prob scale: per-step Gaussian log-density AVERAGED over latent dims
   (the reference's convention, on which delta is stated);
 - CFG scale and LoRA rank are the run's (common to every method), not the
@@ -48,6 +50,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.errors import check_finite
+from bench.spec.scale import half_up, updates_this_epoch
 from bench.train.precision import backward
 from bench.train.runner import make_adamw, optimizer_step
 from bench.train.sampling import Trajectory
@@ -107,6 +110,12 @@ class DenseDPO:
         for fields_, r in state["buffer"]:
             self.buffer.append((Trajectory(**fields_), r))
 
+    def pairs_this_update(self) -> int:
+        """The rule's pairs per update (a real number): whole counts whose running total is always the rounded
+        mean times the updates so far."""
+        p, g = float(self.hp["pairs_per_step"]), self.gradient_updates
+        return max(1, half_up(p * (g + 1)) - half_up(p * g))
+
     def sample_steps(self, n_pairs: int) -> torch.Tensor:
         """(n_pairs, M) step indices, k = 0 the noisiest."""
         k = self.ctx.rng.choice(len(self.p_steps), size=(n_pairs, self.hp["steps_per_pair"]), p=self.p_steps)
@@ -138,14 +147,15 @@ class DenseDPO:
             self.buffer.append((traj.index(kept), rewards[kept].clone()))
             new_groups.append(len(self.buffer) - 1)
 
-        updates = max(1, int(np.floor(hp["updates_per_query"] * n * ctx.world_size + 0.5)))
+        # the scale rule's updates per query, exact over the run (the fraction carries across epochs)
+        updates = updates_this_epoch(ctx.queries_before, n * ctx.world_size, hp["updates_per_query"])
         stats = {"loss": [], "accuracy": [], "logit_gap": [], "clamp_fraction": []}
         ratio_at_old = None
         with ctx.bar(updates, "training") as bar:
             for _ in range(updates):
                 if not self.buffer:
                     break
-                picks = ctx.rng.integers(0, len(self.buffer), size=hp["pairs_per_step"])
+                picks = ctx.rng.integers(0, len(self.buffer), size=self.pairs_this_update())
                 win, lose = [], []
                 for p in picks:
                     group, r = self.buffer[p]

@@ -28,7 +28,7 @@ import torch
 
 from bench.errors import check_finite
 from bench.train.runner import make_adamw
-from bench.train.updates import windows
+from bench.train.updates import epoch_windows
 from methods.ddpo import DDPO, local_update_samples
 
 
@@ -72,7 +72,7 @@ class GRPO(DDPO):
         """Every (sample, step) pair but the last step's, steps in a random order per sample, samples in order."""
         trained = self.ctx.spec.num_steps - 1
         t_perm = torch.as_tensor(np.stack([self.ctx.rng.permutation(trained) for _ in range(n)]))
-        return windows(torch.arange(n), t_perm, self.batch, self.accumulation, "minibatch")
+        return epoch_windows(self.ctx, torch.arange(n), t_perm, self.batch, self.accumulation, "minibatch", n)
 
     def train_epoch(self, n: int, epoch: int) -> dict:
         ctx, hp = self.ctx, self.hp

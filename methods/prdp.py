@@ -14,11 +14,12 @@ Per epoch (online):
 2. per-step log-ratios under theta_old, r_hat_old[i, t] = log pi_old - log pi_ref,
    from the sampling-time log-probs and one pass of the frozen pretrained UNet
    (LoRA disabled) over the same stored steps, with the same CFG;
-3. K updates (the scale rule's updates per epoch); with `update_data=groups`
-   (default) each takes a disjoint share of the epoch's prompt groups, with
-   `update_data=whole` each takes every group (PPO-style: the proximal clip then
-   bounds drift on the very pairs being fit). Each update uses all pairs (a, b)
-   of its groups with r_a > r_b (ties dropped):
+3. K gradient steps (the paper's algorithm; K from the scale rule, m times the
+   paper's 10 per 512 images, its fraction carried across epochs), each on all
+   pairs (a, b) of the epoch's groups with r_a > r_b (ties dropped), so the
+   proximal clip bounds drift on the very pairs being fit
+   (`update_data=groups`, an ablation, gives each update a disjoint share of the
+   groups instead):
        r_hat(i)      = mean_t r_hat[i, t]
        r_hat_clip(i) = mean_t clamp(r_hat[i, t], r_hat_old[i, t] - eps, r_hat_old[i, t] + eps)
        loss = mean_pairs max((dr_hat - dr/beta)^2, (dr_hat_clip - dr/beta)^2)
@@ -36,23 +37,22 @@ Choices the sources leave open (there is no public PRDP code):
   latent dimensions (the DDPO convention of this harness), and the trajectory
   log-ratio is the MEAN over the T steps (the paper's JAX listing averages over
   T, absorbing T into beta);
-- beta: the paper's 3e-5 belongs to a log-prob convention it does not state. On
-  this one it puts the target (dr / beta, ~1e4 for aesthetic gaps of ~0.5) far
-  beyond what the per-step clip lets the ratios reach, so what ran was a
-  clipped ascent on reward differences, not the regression. `beta=auto` sets it
-  by the scale rule on the training reward's own scale: the KL-regularised
-  optimum is pi_ref * exp(r / beta_nats); with beta_nats = sigma_w (the
-  within-prompt standard deviation of the first epoch's rewards, pooled over
-  its groups) it reweights each trajectory by exp(its within-prompt z-score)
-  and gains about one sigma. Our log-ratios are averaged over D latent dims and
-  T steps, so beta = sigma_w * D * T. It is fixed after the first epoch and
-  logged (`beta`), with the mean log-ratio gap of the pairs, the mean target
-  and their quotient (`ratio_gap`, `target_gap`, `gap_to_target`);
+- beta: the paper's 3e-5 (Table 4, small scale), mapped by the scale rule's
+  conversion of the log-prob convention: the target dr / beta is a log-ratio,
+  and log-ratio bounds (the clip eps) scale with sqrt(D0/D), so beta scales
+  with sqrt(D/D0) (3e-5 / 8 on the toy) and a pair's target stays the same
+  number of clip ranges at every scale. As in the paper's own setting, targets
+  are then far beyond what the per-step clip lets one epoch reach, so PRDP runs
+  as a trust-region ascent on within-prompt reward differences; `gap_to_target`
+  (logged with `ratio_gap`, `target_gap` and `beta`) shows how far. `beta=auto`
+  (an ablation, not the default: it re-derives a source coefficient from the
+  run's own rewards) sets beta_nats = sigma_w, the within-prompt standard
+  deviation of the first epoch's rewards, i.e. beta = sigma_w * D * T in this
+  convention, where the optimum pi_ref * exp(r / beta_nats) gains about one
+  sigma;
 - B = 16 images per prompt (the small scale of Table 4; a per-prompt count, kept
-  by the scale rule); updates per epoch from the scale rule, at most one per
-  prompt group with `update_data=groups` (each update needs whole groups); a
-  final group cut short by a checkpoint mark is scored (it spends its queries)
-  and paired like any other;
+  by the scale rule); a final group cut short by a checkpoint mark is scored
+  (it spends its queries) and paired like any other;
 - LoRA (rank from the run spec) instead of the full UNet, so lr is the LoRA
   rate of DDPO-2 (3e-4) rather than the full-UNet 1e-5.
 """
@@ -65,6 +65,7 @@ import numpy as np
 import torch
 
 from bench.errors import check_finite
+from bench.spec.scale import updates_this_epoch
 from bench.train.precision import backward
 from bench.train.runner import make_adamw, optimizer_step
 from bench.train.sampling import Trajectory
@@ -148,19 +149,19 @@ class PRDP:
         return sigma * self.hp["beta_nats_per_unit"]
 
     def plan(self, groups_in_epoch: list[int], n: int) -> list[list[int]]:
-        """The groups of each update this epoch."""
-        hp = self.hp
-        share = n / (self.ctx.spec.samples_per_epoch / self.ctx.world_size)  # an epoch cut short: fewer updates
-        U = hp["updates_per_epoch"] * share
-        order = [groups_in_epoch[i] for i in self.ctx.rng.permutation(len(groups_in_epoch))]
+        """The groups of each update this epoch: K updates (the scale rule's count, its fraction carried across
+        epochs), each on all of the epoch's pairs (`update_data=whole`, the paper's algorithm) or on a disjoint
+        share of its groups (`groups`, an ablation: at most one update per group)."""
+        hp, ctx = self.hp, self.ctx
+        order = [groups_in_epoch[i] for i in ctx.rng.permutation(len(groups_in_epoch))]
         if not order:
             return []
+        K = updates_this_epoch(ctx.queries_before, n * ctx.world_size, hp["updates_per_query"])
         if hp["update_data"] == "whole":
-            return [order] * max(1, int(np.floor(U + 0.5)))
+            return [order] * K
         if hp["update_data"] != "groups":
-            raise ValueError(f"unknown update_data {hp['update_data']!r}: use groups or whole")
-        k = min(len(order), max(1, int(np.floor(U + 0.5))))  # at most one update per group
-        return [list(part) for part in np.array_split(order, k)]
+            raise ValueError(f"unknown update_data {hp['update_data']!r}: use whole or groups")
+        return [list(part) for part in np.array_split(order, min(len(order), K))]
 
     def train_epoch(self, n: int, epoch: int) -> dict:
         ctx, hp = self.ctx, self.hp

@@ -99,7 +99,7 @@ from bench.train.precision import backward
 from bench.train.runner import make_adamw, optimizer_steps
 from bench.train.sampling import Trajectory
 from bench.train.stat_tracker import PerPromptStatTracker, batch_normalize
-from bench.train.updates import epoch_permutations, windows
+from bench.train.updates import epoch_permutations, epoch_windows
 from methods.ddpo import local_update_samples
 
 
@@ -397,7 +397,7 @@ class TDPO:
         plan = []
         for _ in range(hp["num_inner_epochs"]):
             perm, t_perm = epoch_permutations(ctx.rng, n, spec.num_steps)
-            plan += windows(perm, t_perm, self.batch, self.accumulation, "timestep")  # timestep OUTER
+            plan += epoch_windows(ctx, perm, t_perm, self.batch, self.accumulation, "timestep", n)  # timestep OUTER
         with ctx.bar(len(plan), "training") as bar:
             for window in plan:
                 for k, v in self.window_loss(traj, window, embeds, residuals, returns_t, temporal_t).items():

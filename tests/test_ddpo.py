@@ -103,7 +103,7 @@ def make_ddpo(method, T, samples_per_epoch, train_batch_size=256, multiplier=8.0
         sample_prompts=lambda n: ["p%d" % (i % 3) for i in range(n)],
         gather=lambda p, r: (list(p), r.numpy()), local_slice=lambda n: slice(0, n),
         sync_gradients=lambda params: None, bar=lambda total, desc: nullcontext(SimpleNamespace(update=lambda k: 0)),
-        timed=lambda phase: nullcontext(), epoch=1,
+        timed=lambda phase: nullcontext(), epoch=1, queries_before=0,
     )
     from bench.train.runner import TrainContext
 
@@ -125,16 +125,18 @@ def _updates(ddpo, bb, n):
     return per_update, metrics
 
 
-# Table 1 at SD scale (S=256, T=50, m=1), and the scale rule's shapes at the toy's S=32, m=8:
-# updates per epoch U = m * U0 * S / 256; an update spans round(tau0 * T / 50) steps, the rest samples.
-@pytest.mark.parametrize("method,T,S,m,samples,steps,updates", [
-    ("ddpo-2", 50, 256, 1.0, 128, 50, 2),        # accumulation 16 x T: 128 samples x all 50 steps
-    ("ddpo-100", 50, 256, 1.0, 8, 16, 100),      # accumulation 16: 8 samples x 16 consecutive steps
-    ("ddpo-2", 10, 32, 8.0, 16, 10, 2),
-    ("ddpo-100", 10, 32, 8.0, 1, 3, 107),        # 320 sample-steps in updates of 1 x 3 (the last one 1 x 2)
-    ("ddpo-100", 20, 32, 8.0, 1, 6, 107),
+# Table 1 at SD scale (S=256, T=50, m=1), and the scale rule's shapes at the toy's S=32, m=8 or 16:
+# updates per epoch U = m * U0 * S / 256; an update is z = S*T/U rows, spanning round(tau0 * T / 50) steps
+# (or one sample over z steps where z is smaller); a fractional z alternates floor(z) and ceil(z) rows.
+@pytest.mark.parametrize("method,T,S,m,samples,steps,updates,sizes", [
+    ("ddpo-2", 50, 256, 1.0, 128, 50, 2, {6400}),       # accumulation 16 x T: 128 samples x all 50 steps
+    ("ddpo-100", 50, 256, 1.0, 8, 16, 100, {128}),      # accumulation 16: 8 samples x 16 consecutive steps
+    ("ddpo-2", 10, 32, 8.0, 16, 10, 2, {160}),
+    ("ddpo-100", 10, 32, 8.0, 1, 3, 100, {3, 4}),       # z = 3.2: 80 updates of 3 rows, 20 of 4
+    ("ddpo-100", 20, 32, 8.0, 1, 6, 100, {6, 7}),       # z = 6.4: 60 of 6, 40 of 7
+    ("ddpo-100", 10, 32, 16.0, 1, 3, 200, {1, 2}),      # the toy default, z = 1.6 < 3 steps: one sample's steps
 ])
-def test_update_shapes_follow_the_scale_rule(method, T, S, m, samples, steps, updates):
+def test_update_shapes_follow_the_scale_rule(method, T, S, m, samples, steps, updates, sizes):
     ddpo, bb, counter = make_ddpo(method, T, samples_per_epoch=S, multiplier=m)
     assert (ddpo.batch, ddpo.accumulation) == (samples, steps)
     per_update, metrics = _updates(ddpo, bb, S)
@@ -143,12 +145,13 @@ def test_update_shapes_follow_the_scale_rule(method, T, S, m, samples, steps, up
     # every (sample, timestep) pair is trained on exactly once per inner epoch
     every = sorted(r for u in per_update for r in u)
     assert every == [(i, j) for i in range(S) for j in range(T)]
-    # an update is `samples` samples x `steps` consecutive micro-steps (minibatch outer, timestep inner)
-    full = [u for u in per_update if len(u) == samples * steps]
-    assert len(full) >= updates - 1
+    assert {len(u) for u in per_update} == sizes
+    if len(sizes) == 2:  # the mean is exact: S * T / U rows
+        assert sum(len(u) for u in per_update) / len(per_update) == pytest.approx(S * T / updates)
     if steps == T:  # DDPO-2: each update holds whole trajectories
-        assert all(len({i for i, _ in u}) == samples for u in full)
-    if samples == 1:  # DDPO-100 on the toy: one sample's consecutive (permuted) steps, crossing into the next
+        assert all(len({i for i, _ in u}) == samples for u in per_update)
+    if samples == 1:  # one sample's consecutive (permuted) steps, crossing into the next sample at most once
+        assert all(len({i for i, _ in u}) <= 2 for u in per_update)
         assert sum(len({i for i, _ in u}) == 1 for u in per_update) >= updates - S
     assert set(metrics) >= {"reward_mean", "loss", "approx_kl", "clipfrac"}
 

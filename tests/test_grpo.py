@@ -87,7 +87,7 @@ def test_the_scale_rule_gives_the_reference_update_and_16x_at_the_toy(T, S, m, s
     from bench.spec.scale import Scale, effective_rows, ppo_shape
 
     scale = Scale(num_steps=T, samples_per_epoch=S, latent_dims=4 * 64 * 64, multiplier=m)
-    b, tau, U = ppo_shape(methods.get("grpo").meta["source"], scale)
-    assert (b, tau, U) == (samples, steps, updates)
+    b, tau, z, U = ppo_shape(methods.get("grpo").meta["source"], scale)
+    assert (b, tau, U) == (samples, steps, updates) and z == samples * steps
     row = next(r for r in effective_rows(scale, 45) if r["method"] == "grpo")
     assert row["multiple_of_source"] == pytest.approx(m)

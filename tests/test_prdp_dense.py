@@ -120,20 +120,43 @@ def test_prdp_beta_is_set_on_the_rewards_own_scale():
 
 
 def test_prdp_update_plans():
+    """K updates per epoch by the schedule (round(K x queries so far), the fraction carried), each on every
+    group (the paper); the `groups` ablation splits the groups, at most one update each."""
     from methods.prdp import PRDP
 
     method = PRDP.__new__(PRDP)
-    spec = type("S", (), {"samples_per_epoch": 64})()
-    method.ctx = type("C", (), {"spec": spec, "world_size": 1, "rng": np.random.default_rng(0)})()
-    method.hp = {"updates_per_epoch": 2.6, "update_data": "groups"}
+    method.ctx = type("C", (), {"world_size": 1, "rng": np.random.default_rng(0), "queries_before": 0})()
+    method.hp = {"updates_per_query": 2.6 / 64, "update_data": "groups"}
     plan = method.plan([0, 1, 2, 3], 64)
     assert len(plan) == 3 and sorted(g for p in plan for g in p) == [0, 1, 2, 3]  # disjoint, round(2.6) updates
-    method.hp = {"updates_per_epoch": 8.0, "update_data": "groups"}
+    method.hp = {"updates_per_query": 8.0 / 64, "update_data": "groups"}
     assert len(method.plan([0, 1, 2, 3], 64)) == 4  # at most one update per group
-    method.hp = {"updates_per_epoch": 8.0, "update_data": "whole"}
+    method.hp = {"updates_per_query": 8.0 / 64, "update_data": "whole"}
     whole = method.plan([0, 1, 2, 3], 64)
-    assert len(whole) == 8 and all(sorted(p) == [0, 1, 2, 3] for p in whole)  # PPO-style: every update sees all
+    assert len(whole) == 8 and all(sorted(p) == [0, 1, 2, 3] for p in whole)  # every update sees every pair
     assert len(method.plan([0, 1], 32)) == 4  # an epoch cut to half makes half the updates
+    # 2.6 per 64 queries: epochs after 0, 64, 128 queries get round(2.6) = 3, round(5.2) - 3 = 2, 8 - 5 = 3
+    method.hp = {"updates_per_query": 2.6 / 64, "update_data": "whole"}
+    counts = []
+    for q in (0, 64, 128):
+        method.ctx.queries_before = q
+        counts.append(len(method.plan([0, 1, 2, 3], 64)))
+    assert counts == [3, 2, 3]
+
+
+def test_dense_dpo_pairs_per_update_alternate_to_an_exact_mean():
+    """2.5 pairs per update: 3, 2, 3, 2 (running total round(2.5 k)); whole counts stay whole."""
+    method = DenseDPO.__new__(DenseDPO)
+    got = []
+    for p in (2.5, 2.0, 1.0 / 3 + 1):
+        method.hp = {"pairs_per_step": p}
+        seq = []
+        for g in range(6):
+            method.gradient_updates = g
+            seq.append(method.pairs_this_update())
+        got.append(seq)
+    assert got[0] == [3, 2, 3, 2, 3, 2] and got[1] == [2] * 6
+    assert got[2] == [1, 2, 1, 1, 2, 1] and sum(got[2]) == 8  # 6 x 4/3
 
 
 def test_prdp_logs_beta_and_the_gap_to_target(tmp_path):
@@ -143,7 +166,9 @@ def test_prdp_logs_beta_and_the_gap_to_target(tmp_path):
     from tests.helpers import make_spec, register_counting_reward
 
     register_counting_reward()
-    spec = make_spec("prdp", num_steps=3, samples_per_epoch=16, budget=32, overrides={"lr": "1e-2"})
+    # update_data=groups with one group per epoch: one update, so epoch 1's gap is taken at theta_old
+    spec = make_spec("prdp", num_steps=3, samples_per_epoch=16, budget=32,
+                     overrides={"lr": "1e-2", "update_data": "groups"})
     train_run(spec, tmp_path, progress=False)
     rows = [json.loads(line) for line in (tmp_path / "runs" / spec.run_name / "metrics.jsonl").read_text().splitlines()]
     got = {(r["epoch"], r["metric"]): r["value"] for r in rows}
@@ -233,7 +258,8 @@ def test_prdp_and_dense_dpo_end_to_end_on_toy(tmp_path):
     pairs = con.execute("""select min(t.value) from train_metrics t join runs r using (run_id)
                            where r.method = 'prdp' and t.metric = 'pairs'""").fetchone()[0]
     con.close()
-    # 2 epochs of 16 at m = 16 (the toy's): PRDP one group of 16 per epoch -> 1 update each (the one-group
-    # floor of 5); dense-DPO 16 * 4000/24000 updates per query -> round(42.7) = 43 per epoch
-    assert rows == [("dense-dpo", 32, 86, 3), ("prdp", 32, 2, 3)]
+    # 2 epochs of 16 at m = 16 (the toy's): PRDP 16 * 10 / 512 * 16 = 5 updates per epoch, each on all pairs
+    # of its one group; dense-DPO 16 * 4000/24000 updates per query: round(42.67) = 43, then
+    # round(85.33) - 43 = 42 (the fraction carried: exactly the rule's 85.33 over the run, rounded)
+    assert rows == [("dense-dpo", 32, 85, 3), ("prdp", 32, 10, 3)]
     assert pairs >= 110  # all C(16, 2) = 120 same-prompt pairs, minus ties

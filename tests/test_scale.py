@@ -18,24 +18,29 @@ def eff(method, scale, **over):
 
 def test_sd_scale_is_the_source_setting():
     """At the source's own scale the rule is the identity: Table 1 of the TDPO paper."""
-    assert ppo_shape(methods.get("ddpo-2").meta["source"], SD) == (128, 50, 2.0)
-    assert ppo_shape(methods.get("ddpo-100").meta["source"], SD) == (8, 16, 100.0)
-    assert ppo_shape(methods.get("tdpo").meta["source"], SD) == (128, 1, 100.0)
+    # (loop width b, steps tau, rows z = S*T/U, updates U): every update whole, b * tau == z
+    assert ppo_shape(methods.get("ddpo-2").meta["source"], SD) == (128, 50, 6400.0, 2.0)
+    assert ppo_shape(methods.get("ddpo-100").meta["source"], SD) == (8, 16, 128.0, 100.0)
+    assert ppo_shape(methods.get("tdpo").meta["source"], SD) == (128, 1, 128.0, 100.0)
     for m in ("ddpo-2", "tdpo-r", "prdp"):
         assert eff(m, SD)["clip_range"] == methods.get(m).meta["hparams"]["clip_range"]
     assert eff("dense-dpo", SD)["pairs_per_step"] == 32 and eff("dense-dpo", SD)["delta"] == 5e-4
     assert eff("tdpo-r", SD)["reset_every"] == 10  # every 10 of 100 epochs
     assert eff("alignprop", SD)["update_samples"] == 128
+    assert eff("prdp", SD)["beta"] == 3e-5 and eff("dense-dpo", SD)["beta_tilde"] == 12.5
 
 
 def test_toy_shapes_by_hand():
     # updates per epoch U = m * U0 * S / S0 = 8 * U0 * 32 / 256 = U0
-    # ddpo-2: U = 2, tau = round(50 * 10/50) = 10, b = round(32 * 10 / (2 * 10)) = 16
-    assert ppo_shape(methods.get("ddpo-2").meta["source"], TOY) == (16, 10, 2.0)
-    # ddpo-100: U = 100, tau = round(16 * 10/50) = round(3.2) = 3, b = round(320 / 300) = 1
-    assert ppo_shape(methods.get("ddpo-100").meta["source"], TOY) == (1, 3, 100.0)
-    # tdpo: U = 100, tau = max(1, round(0.2)) = 1, b = round(320 / 100) = 3
-    assert ppo_shape(methods.get("tdpo").meta["source"], TOY) == (3, 1, 100.0)
+    # ddpo-2: U = 2, z = 320 / 2 = 160 rows, tau = round(50 * 10/50) = 10, b = 160 / 10 = 16 (whole)
+    assert ppo_shape(methods.get("ddpo-2").meta["source"], TOY) == (16, 10, 160.0, 2.0)
+    # ddpo-100: U = 100, z = 3.2 rows, tau = round(16 * 10/50) = 3, b = round(3.2 / 3) = 1: not whole (3 != 3.2)
+    assert ppo_shape(methods.get("ddpo-100").meta["source"], TOY) == (1, 3, 3.2, 100.0)
+    # tdpo: U = 100, z = 3.2, tau = max(1, round(0.2)) = 1, b = round(3.2) = 3: not whole
+    assert ppo_shape(methods.get("tdpo").meta["source"], TOY) == (3, 1, 3.2, 100.0)
+    # the shape yields to the size: at m = 16, z = 1.6 < tau = 3 -> one sample (b = 1) over 1.6 steps
+    assert ppo_shape(methods.get("ddpo-100").meta["source"], Scale(10, 32, 256, 640, 16.0)) == (1, 3, 1.6, 200.0)
+    assert eff("ddpo-100", TOY)["update_rows"] == pytest.approx(3.2)
     # updates per query are m times the source's for every method
     for m in ("ddpo-2", "ddpo-100", "tdpo", "alignprop", "prdp", "dense-dpo"):
         src = methods.get(m).meta["source"]
@@ -63,9 +68,15 @@ def test_pairs_discounts_periods_and_coefficients():
     assert eff("tdpo-kl", TOY)["kl_penalty_coef"] == pytest.approx(62.5)
     assert eff("tdpo-kl", SD)["kl_penalty_coef"] == pytest.approx(100.0)
     assert eff("tdpo", TOY)["kl_penalty_coef"] == 0.0
-    # PRDP: updates per epoch 8 * 10 * 32 / 512 = 5; beta = sigma * D * T: D * T = 256 * 10
+    # PRDP: updates per epoch 8 * 10 * 32 / 512 = 5; beta 3e-5 * sqrt(256 / 16384) = 3.75e-6, so a pair's
+    # target dr / beta stays the same number of clip ranges (clip 1e-6 * 8): (dr / beta) / clip is invariant
     assert eff("prdp", TOY)["updates_per_epoch"] == pytest.approx(5.0)
-    assert eff("prdp", TOY)["beta_nats_per_unit"] == 2560
+    assert eff("prdp", TOY)["beta"] == pytest.approx(3.75e-6)
+    assert (0.5 / eff("prdp", TOY)["beta"]) / eff("prdp", TOY)["clip_range"] == pytest.approx((0.5 / 3e-5) / 1e-6)
+    assert eff("prdp", TOY, beta="auto")["beta"] == "auto"  # the ablation: set from the first epoch's rewards
+    assert eff("prdp", TOY)["beta_nats_per_unit"] == 2560  # beta=auto: sigma * D * T
+    # dense DPO: beta_tilde 12.5 / 8, so beta_tilde * delta (the largest logit of a clamped log-ratio) is kept
+    assert eff("dense-dpo", TOY)["beta_tilde"] * eff("dense-dpo", TOY)["delta"] == pytest.approx(12.5 * 5e-4)
     # a numeric override at the source scale goes through the same rule
     assert eff("ddpo-2", TOY, clip_range=2e-4)["clip_range"] == pytest.approx(1.6e-3)
 
@@ -84,11 +95,11 @@ def test_effective_table_lists_every_method():
     title, rows = effective_table("toy")
     assert {r[0] for r in rows} == set(methods.names())
     by = {r[0]: r for r in rows}
-    # the toy default: T=10, S=32, m=16: ddpo-100 U=200, tau 3, b=round(320/600)=1 (the floor: 8.56x);
-    # tdpo U=200, tau 1, b=round(1.6)=2 -> 160 updates (12.80x)
-    assert by["ddpo-100"][4] == "1 samples x 3 steps" and by["tdpo"][4] == "2 samples x 1 steps"
-    assert by["ddpo-100"][3] == "floor: one sample per update" and by["ddpo-2"][3] == "-"
-    assert by["ddpo-2"][2] == "16.00x" and by["tdpo"][2] == "12.80x" and by["ddpo-100"][2] == "8.56x"
+    # the toy default: T=10, S=32, m=16: ddpo-100 U=200, z=1.6 rows < tau 3 -> one sample over 1.6 steps;
+    # tdpo U=200, z=1.6 -> 1.6 samples x 1 step on average (schedules of 1 and 2): 16x, no floor anywhere
+    assert by["ddpo-100"][4] == "1 sample x 1.6 steps" and by["tdpo"][4] == "1.6 samples x 1 steps"
+    assert by["ddpo-2"][4] == "8 samples x 10 steps" and by["dense-dpo"][4] == "2 pairs x 1 step(s)"
+    assert all(r[2] == "16.00x" and r[3] == "-" for r in rows), rows
     assert "m=16" in title
 
 
@@ -103,27 +114,31 @@ def test_list_methods_effective_cli():
 
 
 @pytest.mark.parametrize("T,S,D,m", [(10, 32, 4 * 8 * 8, 16.0), (50, 256, 4 * 64 * 64, 1.0), (20, 64, 4 * 16 * 16, 8.0),
-                                      (6, 16, 4 * 8 * 8, 4.0)])
-def test_every_method_below_m_says_why(T, S, D, m):
-    """At the toy and SD defaults and two other scales: every method gets m times its source's updates per
-    query, or its row says why not: a floor (one sample, chain or prompt group per update) or rounding. At SD
-    scale (m = 1) nothing is below m. The hand-checked toy rows: DDPO-100 would need 0.53 samples per update
-    (floor, 8.56x); the TDPO family 1.6 samples, rounded to 2 (12.8x); PRDP one prompt group (3.2x)."""
+                                      (6, 16, 4 * 8 * 8, 4.0), (10, 32, 4 * 8 * 8, 64.0)])
+def test_every_method_gets_m_or_a_marked_floor(T, S, D, m):
+    """At the toy and SD defaults and three other scales, the run's updates (simulated by the schedule the
+    methods follow) are m times the source's per query, or the row names a floor. m = 64 on the toy: DDPO-100
+    and the TDPO family would need 0.4 sample-steps per update (floor: one), dense DPO 0.5 pairs."""
     from bench.spec.scale import Scale, effective_rows
 
     rows = {r["method"]: r for r in effective_rows(Scale(num_steps=T, samples_per_epoch=S, latent_dims=D,
                                                          multiplier=m), 48)}
     for name, r in rows.items():
-        if r["multiple_of_source"] < m * (1 - 1e-9):
-            assert r["below_m"].startswith(("floor:", "rounding")), (name, r)
+        if r["below_m"].startswith("floor:"):
+            assert r["multiple_of_source"] < m, (name, r)
+        elif r["below_m"]:  # an update holds at most one epoch's on-policy data
+            assert r["below_m"].startswith("ceiling:") and r["multiple_of_source"] > m, (name, r)
         else:
-            assert r["below_m"] == "", (name, r)
-    if m == 1.0:
-        assert all(not r["below_m"] for r in rows.values())
-    if (T, S, m) == (10, 32, 16.0):
-        assert rows["ddpo-100"]["multiple_of_source"] == pytest.approx(8.5625, rel=1e-3)
-        assert rows["ddpo-100"]["below_m"] == "floor: one sample per update"
-        assert rows["tdpo-r"]["below_m"] == "rounding: 2 samples for 1.6"
-        assert rows["tdpo-r"]["multiple_of_source"] == pytest.approx(12.8)
-        assert rows["prdp"]["below_m"] == "floor: one prompt group per update"
-        assert rows["grpo"]["below_m"] == "" and rows["ddpo-2"]["below_m"] == ""
+            assert r["multiple_of_source"] == pytest.approx(m, rel=1e-3), (name, r)
+    if m == 64.0:
+        # a floor of one sample-step per update: T = 10 updates per sample, against 6.25 * 4 = 25 wanted
+        assert rows["tdpo"]["below_m"] == "floor: one sample-step per update"
+        assert rows["tdpo"]["effective_updates_per_query"] == pytest.approx(10)
+        assert rows["dense-dpo"]["below_m"] == "floor: one pair per update"
+        assert rows["ddpo-2"]["below_m"] == ""
+    elif (T, S, m) == (6, 16, 4.0):
+        # ddpo-2 wants 4 * 2 * 16 / 256 = 0.5 updates per epoch: one per epoch is the ceiling, 8x its source
+        assert rows["ddpo-2"]["below_m"].startswith("ceiling:")
+        assert rows["ddpo-2"]["multiple_of_source"] == pytest.approx(8.0)
+    else:
+        assert not any(r["below_m"] for r in rows.values()), rows

@@ -130,17 +130,18 @@ methods.register(
 methods.register(
     "prdp", "methods.prdp:PRDP",
     "PRDP: regress same-prompt reward differences / beta onto trajectory log-ratio differences, per-step proximal clip",
-    kind="prdp", log_ratio_bounds=("clip_range",), companion="PRDP paper (Deng et al., CVPR 2024)",
+    kind="prdp", log_ratio_bounds=("clip_range",), log_ratio_coefficients=("beta",),
+    companion="PRDP paper (Deng et al., CVPR 2024)",
     # small-scale setting (PRDP Table 4): N=32 prompts x B=16 images, K=10 updates per epoch
     source=dict(samples_per_epoch=512, num_steps=50, updates_per_epoch=10),
     hparams=dict(lr=3e-4, weight_decay=1e-4, adam_beta1=0.9, adam_beta2=0.999, adam_eps=1e-8, max_grad_norm=1.0,
-                 beta="auto", clip_range=1e-6, images_per_prompt=16,
-                 update_data="groups"),  # groups: each update a disjoint share of the prompt groups; whole: PPO-style
+                 beta=3e-5, clip_range=1e-6, images_per_prompt=16,
+                 update_data="whole"),  # whole: K steps on all the epoch's pairs (the paper); groups: an ablation
 )
 methods.register(
     "dense-dpo", "methods.dense_dpo:DenseDPO",
     "temporally discounted dense-reward DPO: Bradley-Terry on gamma^k-sampled, clamped per-step log-ratios",
-    kind="dense", log_ratio_bounds=("delta",), per_step_discounts=("gamma",),
+    kind="dense", log_ratio_bounds=("delta",), log_ratio_coefficients=("beta_tilde",), per_step_discounts=("gamma",),
     companion="dense-reward paper (Yang, Chen & Zhou, ICML 2024)",
     # multi-prompt mode of the reference: 2,000 prompts x 12 rollouts per collection, 4,000 updates of 32 pairs
     source=dict(samples_per_epoch=24_000, num_steps=50, updates_per_epoch=4000, pairs_per_step=32),

@@ -54,7 +54,7 @@ def print_effective() -> None:
         print(title)
         print_table(rows, header=EFFECTIVE_HEADER)
         print()
-    print("updates/query: optimizer updates per reward query (effective, after whole-number floors); x source: "
-          "that as a multiple of the method's source setting; below m because: a floor (an update cannot be "
-          "smaller than one sample, chain or prompt group) or rounding to whole samples, updates or pairs. "
-          "Rule: bench/spec/scale.py.")
+    print("updates/query: optimizer updates per reward query over the run (the schedule the methods follow); "
+          "x source: that as a multiple of the method's source setting; not m because: a floor (an update cannot "
+          "be smaller than one sample-step, chain or pair) or a ceiling (nor hold more than one epoch's samples). "
+          "Fractional sizes alternate whole ones in a seeded order. Rule: bench/spec/scale.py.")

@@ -18,15 +18,23 @@ The rule, the same for every method
 2. **Every datum is used as often as in the source.** A policy-gradient epoch is
    one pass over its S x T (sample, step) pairs, split into U updates; a
    pairwise method keeps the source's pair uses per prompt group. So an update's
-   size follows from U: S*T/U sample-steps, or (pair uses per query)/(updates per
-   query) pairs.
-3. **An update keeps the source's shape** as far as whole numbers allow: it
-   spans the same fraction of the denoising steps, tau = round(tau0 * T/T0)
+   size follows from U: z = S*T/U sample-steps, or (pair uses per query)/(updates
+   per query) pairs.
+3. **The size is exact; the shape yields first.** An update spans the same
+   fraction of the denoising steps as in the source, tau = round(tau0 * T/T0)
    (at least 1; T counts the steps the method trains: GRPO never trains the
-   last one, so T - 1 there), and the rest of its size is samples, b = round(S*T/(U*tau))
-   (at least 1, at most S). Floors of one sample, one step, one prompt group
-   or one pair are the only place where the effective multiplier can fall
-   below m; `bench list methods --effective` shows where they bind.
+   last one, so T - 1 there), and the rest of its size is samples, z / tau.
+   Where z < tau (DDPO-100 on the toy: 1.6 sample-steps for a 3-step shape),
+   the update is one sample over z steps. Where a size is not a whole number
+   (1.6 samples, 2.67 pairs), updates take q and q + 1 in a seeded order whose
+   mean is exact and which uses every datum once per epoch, and the number of
+   updates carries its fraction across epochs (bench/train/updates.py).
+   The effective multiplier leaves m only at a floor (an update cannot be
+   smaller than one sample-step, one chain or one pair) or a ceiling (an
+   update never holds more than its epoch's on-policy samples: small m at small
+   S). `bench list methods --effective` marks where one binds, and the report
+   prints such a method's multiplier beside its results. At the toy default
+   and at SD scale none binds.
 4. **Per-prompt counts stay counts**: the stat tracker's buffer and minimum
    count, images per prompt, rollouts and kept rollouts per prompt. A prompt's
    statistics then build up after the same number of queries per prompt as in
@@ -40,19 +48,17 @@ The rule, the same for every method
 6. **Per-step discounts keep their horizon**: gamma -> gamma^(T0/T).
 7. **Periods in epochs keep their share of the run**: TDPO-R resets every 10
    of 100 epochs, i.e. every tenth of the run.
-8. **Coefficients the sources leave open are set on the run's own scale**:
-   - TDPO-KL (the reference ships coefficient 0): the trajectory's total
-     penalty equals 0.1, a tenth of a normalised return, when every step's
-     log-ratio to the pretrained policy equals one clip range:
-     coef * 0.2 * T * clip = 0.1;
-   - PRDP (beta 3e-5 in the paper, on a log-prob convention it does not state):
-     PRDP maximises E[r] - beta KL, whose optimum tilts the reference policy by
-     exp(r / beta). beta is set to sigma, the within-prompt standard deviation
-     of the training reward (measured on the run's first epoch), per nat of
-     trajectory KL: the optimum reweights each trajectory by exp(its
-     within-prompt z-score) and gains about one sigma of reward. In this
-     harness's convention (log-probs averaged over D latent dims and T steps)
-     that is beta = sigma * D * T.
+8. **Coefficients on a log-ratio get the inverse conversion**: PRDP's beta
+   turns a reward difference into a target log-ratio (dr / beta), and dense
+   DPO's beta_tilde turns a log-ratio into a logit. Both are multiplied by
+   sqrt(D/D0), so that a target stays the same number of clip ranges, and a
+   clamped log-ratio the same logit, at every scale. No source coefficient is
+   re-derived from a run's own reward statistics (PRDP's `beta=auto`, the
+   within-prompt standard deviation of the first epoch, is an opt-in ablation).
+9. **Coefficients the sources leave open are set on the run's own scale**:
+   TDPO-KL (the reference ships coefficient 0): the trajectory's total penalty
+   equals 0.1, a tenth of a normalised return, when every step's log-ratio to
+   the pretrained policy equals one clip range: coef * 0.2 * T * clip = 0.1.
 """
 
 from __future__ import annotations
@@ -96,15 +102,39 @@ def trained_steps(src: dict, num_steps: int) -> tuple[int, int]:
     return src["num_steps"] - drop, num_steps - drop
 
 
-def ppo_shape(src: dict, scale: Scale) -> tuple[int, int, float]:
-    """(samples b, steps tau, updates per epoch U) of one policy-gradient update at `scale`; the steps are the
-    ones the method trains (`trained_steps`)."""
+def ppo_shape(src: dict, scale: Scale) -> tuple[int, int, float, float]:
+    """(loop width b, steps tau, rows z, updates per epoch U) of one policy-gradient update at `scale`.
+
+    z = S*T/U sample-steps is the update's exact size (at least 1, the floor, and at most the epoch's S*T, the
+    ceiling: an update never waits for the next epoch's samples); the steps are the ones the
+    method trains (`trained_steps`). The update spans tau steps and z / tau samples on average; where that is
+    under one sample, it is one sample over z steps (b = 1; the windows then cut one sample's steps). b, a
+    whole number, is the minibatch width of the method's loop; where b * tau != z the updates follow the
+    seeded schedule of sizes (bench/train/updates.py)."""
     T0, T = trained_steps(src, scale.num_steps)
     S = scale.samples_per_epoch
     U = scale.multiplier * src["updates_per_epoch"] * S / src["samples_per_epoch"]
+    z = min(S * T, max(1.0, S * T / U))  # floor one sample-step; ceiling one epoch's on-policy data
     tau = min(T, max(1, _round(src["update_steps"] * T / T0)))
-    b = min(S, max(1, _round(S * T / (U * tau))))
-    return b, tau, U
+    b = 1 if z < tau else min(S, _round(z / tau))  # z < tau: the shape yields, one sample over z steps
+    return b, tau, z, U
+
+
+def half_up(x: float) -> int:
+    """Round half up, robust to a last-bit error in a product such as 6.25 * 32 (pure Python)."""
+    return int(math.floor(x + 0.5 + 1e-9))
+
+
+def updates_this_epoch(queries_before: int, queries: int, per_query: float, most: int | None = None) -> int:
+    """Whole updates for an epoch of `queries` reward queries (all processes) after `queries_before`, such that
+    the run's updates so far are always round(per_query x queries so far): the fraction carries over epochs.
+    At least 1 (an epoch's data is never dropped), at most `most` (a floor: one row, chain or pair each)."""
+    k = max(1, half_up(per_query * (queries_before + queries)) - half_up(per_query * queries_before))
+    return k if most is None else min(most, k)
+
+
+def _whole(x: float) -> bool:
+    return abs(x - round(x)) < 1e-9
 
 
 def effective_hparams(entry, hp: dict[str, Any], scale: Scale) -> dict[str, Any]:
@@ -118,18 +148,24 @@ def effective_hparams(entry, hp: dict[str, Any], scale: Scale) -> dict[str, Any]
     bound = math.sqrt(SOURCE_LATENT_DIMS / scale.latent_dims)
     for key in entry.meta.get("log_ratio_bounds", ()):
         out[key] = hp[key] * bound
+    for key in entry.meta.get("log_ratio_coefficients", ()):
+        if not isinstance(hp[key], str):  # "auto" (PRDP's opt-in ablation) is set by the run
+            out[key] = hp[key] / bound
+    S = scale.samples_per_epoch
     if kind == "ppo":
-        b, tau, _ = ppo_shape(src, scale)
-        out["update_samples"], out["update_steps"] = b, tau
+        b, tau, z, _ = ppo_shape(src, scale)
+        out["update_samples"], out["update_steps"], out["update_rows"] = b, tau, z
     elif kind == "alignprop":
-        U = m * src["updates_per_epoch"] * scale.samples_per_epoch / src["samples_per_epoch"]
-        out["update_samples"] = min(scale.samples_per_epoch, max(1, _round(scale.samples_per_epoch / U)))
+        z = min(S, max(1.0, S / (m * src["updates_per_epoch"] * S / src["samples_per_epoch"])))  # chains/update
+        out["update_samples"], out["update_chains"] = min(S, _round(z)), z
     elif kind == "prdp":
-        out["updates_per_epoch"] = m * src["updates_per_epoch"] * scale.samples_per_epoch / src["samples_per_epoch"]
-        out["beta_nats_per_unit"] = scale.latent_dims * scale.num_steps  # beta = sigma * D * T
+        out["updates_per_epoch"] = m * src["updates_per_epoch"] * S / src["samples_per_epoch"]
+        out["beta_nats_per_unit"] = scale.latent_dims * scale.num_steps  # beta=auto: sigma * D * T
     elif kind == "dense":
         pair_uses_per_query = src["updates_per_epoch"] * src["pairs_per_step"] / src["samples_per_epoch"]
-        out["pairs_per_step"] = max(1, _round(pair_uses_per_query / out["updates_per_query"]))
+        # an update cannot hold less than one pair: where m x source would need it, updates are capped
+        out["updates_per_query"] = min(out["updates_per_query"], pair_uses_per_query)
+        out["pairs_per_step"] = pair_uses_per_query / out["updates_per_query"]
     if "gamma" in entry.meta.get("per_step_discounts", ()):
         out["gamma"] = hp["gamma"] ** (src["num_steps"] / scale.num_steps)
     if out.get("reset_every") == "auto":
@@ -161,6 +197,18 @@ def stat_tracker_activity(num_prompts: int, scale: Scale, min_count: int, buffer
     return own / total if total else 0.0
 
 
+def _run_updates(scale: Scale, per_epoch: int | None, per_query: float, most=None) -> int:
+    """Optimizer updates of a whole run at `scale`: `per_epoch` fixed (the references' windows), or the
+    schedule the methods follow (bench/train/updates.py: updates_this_epoch, `most(n)` a floor's cap)."""
+    total = used = 0
+    while used < scale.budget:
+        n = min(scale.samples_per_epoch, scale.budget - used)
+        total += per_epoch if per_epoch is not None else \
+            updates_this_epoch(used, n, per_query, most=None if most is None else most(n))
+        used += n
+    return total
+
+
 def effective_rows(scale: Scale, num_prompts: int) -> list[dict[str, Any]]:
     """One row per registered method: the quantities the rule gives at `scale` (for
     `bench list methods --effective` and the report)."""
@@ -174,37 +222,49 @@ def effective_rows(scale: Scale, num_prompts: int) -> list[dict[str, Any]]:
         kind = entry.meta["kind"]
         row = {"method": entry.name, "updates_per_query": hp["updates_per_query"]}
         S, T = scale.samples_per_epoch, scale.num_steps
-        why = ""
+        upq, most, why = hp["updates_per_query"], None, ""
         if kind == "ppo":
-            b, tau, U = ppo_shape(src, scale)
-            per_epoch = math.ceil(S * trained_steps(src, T)[1] / (b * tau))
-            row["update"] = f"{b} samples x {tau} steps"
-            ideal = S * trained_steps(src, T)[1] / (U * tau)  # samples per update for exactly m x source
-            why = "floor: one sample per update" if ideal < 1 else f"rounding: {b} samples for {ideal:.3g}"
+            b, tau, z, U = ppo_shape(src, scale)
+            Tt = trained_steps(src, T)[1]
+            ideal = S * Tt / U  # sample-steps per update for exactly m x source
+            if _whole(z) and int(round(z)) == b * tau:
+                per_epoch = math.ceil(S * Tt / (b * tau))  # the references' windows
+                row["update"] = f"{b} samples x {tau} steps"
+            else:
+                per_epoch, most = None, lambda n: n * Tt
+                row["update"] = f"1 sample x {z:.3g} steps" if b == 1 and z < tau else \
+                    f"{z / tau:.3g} samples x {tau} steps"
+            why = "floor: one sample-step per update" if ideal < 1 else ""
         elif kind == "alignprop":
-            per_epoch = math.ceil(S / hp["update_samples"])
-            row["update"] = f"{hp['update_samples']} chains (last K steps)"
+            z = hp["update_chains"]
+            if _whole(z):
+                per_epoch = math.ceil(S / hp["update_samples"])
+            else:
+                per_epoch, most = None, lambda n: n
+            row["update"] = f"{z:.3g} chains (last K steps)"
             ideal = S / (m * src["updates_per_epoch"] * S / src["samples_per_epoch"])
-            why = "floor: one chain per update" if ideal < 1 else f"rounding: {hp['update_samples']} chains for " \
-                f"{ideal:.3g}"
+            why = "floor: one chain per update" if ideal < 1 else ""
         elif kind == "prdp":
             groups = max(1, S // hp["images_per_prompt"])
-            if hp.get("update_data") == "whole":
-                per_epoch = max(1, _round(hp["updates_per_epoch"]))
-                row["update"] = f"{groups} groups of {hp['images_per_prompt']} (whole epoch)"
+            per_epoch = None
+            if hp.get("update_data", "whole") == "whole":
+                row["update"] = f"all pairs of {groups} groups of {hp['images_per_prompt']} (K per epoch)"
             else:
-                per_epoch = min(groups, max(1, _round(hp["updates_per_epoch"])))  # at most one update per group
-                row["update"] = f"{groups / per_epoch:.3g} group(s) of {hp['images_per_prompt']}"
-                why = "floor: one prompt group per update" if hp["updates_per_epoch"] > groups else "rounding"
+                most = lambda n: max(1, n // hp["images_per_prompt"])  # noqa: E731  one update per group at most
+                row["update"] = f"a share of {groups} groups of {hp['images_per_prompt']}"
+                why = "floor: one prompt group per update (update_data=groups)"
         else:
-            per_epoch = max(1, _round(hp["updates_per_query"] * S))
-            row["update"] = f"{hp['pairs_per_step']} pairs x {hp['steps_per_pair']} step(s)"
-            why = "rounding: whole updates per epoch and pairs per update"
-        row["effective_updates_per_query"] = per_epoch / S
+            per_epoch = None
+            row["update"] = f"{hp['pairs_per_step']:.3g} pairs x {hp['steps_per_pair']} step(s)"
+            why = "floor: one pair per update" if hp["pairs_per_step"] <= 1 and \
+                upq < m * src["updates_per_epoch"] / src["samples_per_epoch"] else ""
+        row["effective_updates_per_query"] = _run_updates(scale, per_epoch, upq, most) / scale.budget
         row["multiple_of_source"] = row["effective_updates_per_query"] / (src["updates_per_epoch"] /
                                                                           src["samples_per_epoch"])
-        # below m: a floor (an update cannot be smaller than one sample, chain or prompt group) or rounding
-        row["below_m"] = why if row["multiple_of_source"] < m * (1 - 1e-9) else ""
+        off = abs(row["multiple_of_source"] / m - 1) > 1e-3  # the rule's m; a schedule is exact over the run
+        if off and not why:
+            why = "ceiling: an update holds at most one epoch's data" if row["multiple_of_source"] > m else "?"
+        row["below_m"] = why if off else ""
         row["clip"] = ", ".join(f"{k} {hp[k]:.3g}" for k in entry.meta.get("log_ratio_bounds", ())) or "-"
         row["reset_every"] = hp.get("reset_every") if (hp.get("critic_reset", "none") != "none"
                                                         or hp.get("policy_reset", "none") != "none") else "-"
@@ -219,7 +279,7 @@ def effective_rows(scale: Scale, num_prompts: int) -> list[dict[str, Any]]:
     return rows
 
 
-EFFECTIVE_HEADER = ("method", "updates/query", "x source", "below m because", "one update", "reset every (epochs)",
+EFFECTIVE_HEADER = ("method", "updates/query", "x source", "not m because", "one update", "reset every (epochs)",
                     "stat tracker active", "clip ranges")
 
 

@@ -54,6 +54,9 @@ class TrainContext:
     """Seconds per phase in the current epoch ('sampling', 'scoring', ...), read and reset by the runner."""
     epoch: int = 0
     """The epoch being trained (1-based; set by the runner)."""
+    queries_before: int = 0
+    """Reward queries of the run (all processes) before the epoch being trained (set by the runner): the
+    update schedules carry fractions of an update across epochs with it."""
     grad_norms: list = None
     """The policy's gradient norm (before clipping) of every update this epoch; read and reset by the runner."""
 
@@ -375,6 +378,7 @@ def train_run(spec: RunSpec, out_dir: Path, progress: bool = True, accelerator=N
             before = reward.queries
             ctx.timings.clear()
             ctx.epoch = epoch + 1
+            ctx.queries_before = budget.used
             skipped_before = ctx.scaler.skipped
             t0 = time.time()
             metrics = method.train_epoch(n_local, epoch)
