@@ -31,9 +31,10 @@ def test_run_ddpo_jpeg_end_to_end(tmp_path):
     assert set(epochs.values()) == {4}
     updates = dict(con.execute("select r.method, max(c.gradient_updates) from checkpoints c join runs r using (run_id) "
                                "group by 1").fetchall())
-    # the scale rule at T=4, S=16, m=8: ddpo-2 makes 8 * 2 * 16/256 = 1 update per epoch of 16 samples x 4 steps;
-    # ddpo-100 8 * 100 * 16/256 = 50, each 1 sample x round(16 * 4/50) = 1 step; an epoch of 12 makes 1 and 48
-    assert updates == {"ddpo-2": 4 * 1, "ddpo-100": 4 * 48}
+    # the scale rule at T=4, S=16, m=8: ddpo-2 makes 8 * 2 * 16/256 = 1 update per epoch of 16 samples x 4 steps
+    # (whole: an epoch cut to 12 still makes 1, its data is never dropped); ddpo-100 8 * 100/256 = 3.125 updates
+    # per query, each 64/50 = 1.28 sample-steps (1 or 2 rows): exactly 3.125 * 48 = 150 over the run
+    assert updates == {"ddpo-2": 4 * 1, "ddpo-100": 150}
     rewards = con.execute("select value from train_metrics where metric = 'reward_mean'").fetchall()
     assert all(-10 < v < 0 for (v,) in rewards)  # minus kB of a 32x32 JPEG
     n_rows = con.execute("select (select count(*) from checkpoints) + (select count(*) from train_metrics)").fetchone()[0]

@@ -182,7 +182,7 @@ def _coerce(value: str, like: Any) -> Any:
 
 
 NUMERIC_OR_AUTO = ("beta", "kl_penalty_coef", "reset_every", "reward_target")
-"""Hyperparameters whose preset is 'auto' (set by the scale rule) and that take a number otherwise."""
+"""Hyperparameters that take 'auto' (set by the scale rule or the run) or a number, whatever their preset."""
 
 _POS = ("> 0", lambda v: v > 0)
 _NONNEG = (">= 0", lambda v: v >= 0)
@@ -265,8 +265,8 @@ def resolve_hparams(method: str, overrides: dict[str, str], scale) -> tuple[tupl
     for key, raw in overrides.items():
         if key not in hp:
             continue  # checked against the union of all selected methods by the caller
-        try:
-            value = _coerce(raw, hp[key])
+        try:  # a NUMERIC_OR_AUTO key takes "auto" or a number, whatever its preset
+            value = _coerce(raw, "auto" if key in NUMERIC_OR_AUTO else hp[key])
         except ValueError:
             raise BenchError(f"--set {key}={raw}: expected a {type(hp[key]).__name__}") from None
         if isinstance(value, float) and not math.isfinite(value):
