@@ -280,31 +280,48 @@ SD_DEFAULTS = backbones.get("sd-v1-4").meta["defaults"]
 
 # --------------------------------------------------------------------------- comparison plans
 # Declared before the runs they judge (bench/spec/plan.py); a changed rule is a new version.
-MAIN_PLAN = ComparisonPlan(
+MAIN_PLAN_V1 = ComparisonPlan(
     name="main", version=1,
     declared="2026-11-22, AFTER the 1,280-query main run it judges was seen (the level rule was changed then: "
-             "PRDP, moving +0.04, pinned the level at the pretrained model); it stays version 1 until the scale "
-             "rule gives PRDP the same footing, when 'all' becomes version 2",
+             "PRDP, moving +0.04, pinned the level at the pretrained model); it judged the main runs up to fe47a8d",
     level_setters="paper", primary=(("tdpo-r", "tdpo"), ("tdpo-r", "ddpo-100")), primary_score="gold-aesthetic",
     primary_prompts="seen")
-OVEROPT_PLAN = ComparisonPlan(
+MAIN_PLAN = ComparisonPlan(
+    name="main", version=2,
+    declared="2026-12-02, before any run of this version: the scale rule gives every method exactly m x its "
+             "source's updates per reward query (seeded schedules of update sizes, fractions carried across "
+             "epochs; no floor binds on the toy) and PRDP its paper's K steps per epoch with beta converted like "
+             "the clip ranges, so every method that improves its training reward sets the level ('all'), PRDP "
+             "and dense DPO included",
+    level_setters="all", primary=(("tdpo-r", "tdpo"), ("tdpo-r", "ddpo-100")), primary_score="gold-aesthetic",
+    primary_prompts="seen")
+OVEROPT_PLAN_V2 = ComparisonPlan(
     name="overoptimization", version=2,
     declared="2026-12-02, before any run of this version (version 1: 3 seeds, Welch CIs, no primary comparison, "
-             "run 2026-11-22)",
+             "run 2026-11-22); never run: superseded by version 3 when the scale rule changed",
     level_setters="paper", primary=(("tdpo-r", "tdpo"), ("tdpo-r", "ddpo-100")), primary_score="gold-aesthetic",
     primary_prompts="seen", seeds=7,
     power_rule="the fewest seeds n with t_0.975(n-1) sd / sqrt(n) <= 0.15 gold points on each primary paired "
-               "difference, capped at what fits in about 3 hours on 2 cores (4 methods x 6.5 min per run over 2 "
-               "workers: 7 seeds). sd from version 1's Welch CIs (3 vs 3 seeds, read at 4 degrees of freedom, the "
-               "conservative end): TDPO-R - TDPO 0.143 (n = 7, half-width 0.133 at 7), TDPO-R - DDPO-100 0.418 "
-               "(n = 33; at the cap of 7 the expected half-width is 0.39, so that comparison stays underpowered "
-               "and the report gives its minimum detectable difference)")
+               "difference, capped at what fits in about 3 hours on 2 cores")
+OVEROPT_PLAN = ComparisonPlan(
+    name="overoptimization", version=3,
+    declared="2026-12-02, before any run of this version; it differs from version 2 only in the runs it judges: "
+             "the scale rule now gives DDPO-100 and the TDPO family exactly 16x their sources' updates per query "
+             "(version 2's runs would have had 8.56x and 12.8x)",
+    level_setters="paper", primary=(("tdpo-r", "tdpo"), ("tdpo-r", "ddpo-100")), primary_score="gold-aesthetic",
+    primary_prompts="seen", seeds=7,
+    power_rule="the fewest seeds n with t_0.975(n-1) sd / sqrt(n) <= 0.15 gold points on each primary paired "
+               "difference, capped at what fits in about 3 hours on 2 cores (4 methods x N seeds over 2 workers). "
+               "sd from version 1's Welch CIs (3 vs 3 seeds, read at 4 degrees of freedom, the conservative end): "
+               "TDPO-R - TDPO 0.143 (n = 7, half-width 0.133 at 7), TDPO-R - DDPO-100 0.418 (n = 33; at the cap "
+               "of 7 the expected half-width is 0.39, so that comparison stays underpowered and the report gives "
+               "its minimum detectable difference)")
 
 # --------------------------------------------------------------------------- studies
 # `bench run --study NAME` runs a preset grid; explicit flags override its settings.
 studies.register(
     "overoptimization", "",
-    "the TDPO paper's question on the toy: DDPO-100, TDPO, TDPO-R and AlignProp, 7 seeds (plan v2), to the budget where gold "
+    "the TDPO paper's question on the toy: DDPO-100, TDPO, TDPO-R and AlignProp, 7 seeds (plan v3), to the budget where gold "
     "aesthetics peaks and falls for the DDPO family; the report compares TDPO-R with TDPO and DDPO-100 at the "
     "matched level with CIs over seeds",
     methods=("ddpo-100", "tdpo", "tdpo-r", "alignprop"), seeds=tuple(range(OVEROPT_PLAN.seeds)), reward="aesthetic",
