@@ -157,16 +157,22 @@ def test_a_method_that_does_not_improve_does_not_pin_the_matched_level(tmp_path)
 
 
 def test_a_companion_papers_method_is_placed_at_the_level_but_does_not_set_it(tmp_path):
-    """PRDP (the catalog's companion flag) improves a little: B alone sets the level, PRDP is shown as not
-    reaching it, and the level it would have set is printed beside."""
+    """Under a 'paper' level rule (main plan v1) PRDP (the catalog's companion flag) improves a little: B alone
+    sets the level, PRDP is shown as not reaching it, and the level it would have set is printed beside. Under
+    main plan v2 ('all', the default now) PRDP sets it with B."""
     from bench.report.build import boards_markdown, build_boards
+    from bench.spec.catalog import MAIN_PLAN, MAIN_PLAN_V1
     from bench.store.database import connect
 
     make_db(tmp_path / "b.duckdb")
     con = connect(tmp_path / "b.duckdb")
     _add_flat_run(con, "P_s0", "prdp", (1.0, 1.2, 1.5))  # both images +0.5: the paired change is clear
-    (board,) = build_boards(con)
+    (board,) = build_boards(con, MAIN_PLAN_V1)
+    (board_v2,) = build_boards(con)
     con.close()
+    assert MAIN_PLAN.level_setters == "all" and MAIN_PLAN.version == 2
+    assert sorted(board_v2.level_methods) == ["B", "prdp"] and board_v2.level == 1.5
+    assert board_v2.level_with_companions is None
     assert board.verdicts["prdp"] == "improves"
     assert board.level_methods == ["B"] and board.level == 3 and board.level_with_companions == 1.5
     rows = {m: dict(zip(board.columns, cells)) for m, _, cells in board.rows}
