@@ -217,7 +217,9 @@ def test_fused_update_has_the_unfused_gradient(backbone):
         scale = max(float(g.abs().max()) for g in unfused)
         assert scale > 0
         for a, b in zip(params, unfused):
-            torch.testing.assert_close(a.grad, b, rtol=1e-5, atol=1e-5 * scale)
+            # fp32 sums over 40 rows in another order: measured up to 6e-5 relative on an element 1e-3 of the
+            # largest (AMD Zen 3, AVX2); a wrong weighting or a missed row is off by 1/T or more
+            torch.testing.assert_close(a.grad, b, rtol=1e-5, atol=1e-4 * scale)
 
 
 def test_update_moves_log_probs_towards_the_advantage(backbone):

@@ -179,21 +179,61 @@ def test_rewards_are_deterministic_and_proxies_disagree(toy_rewards):
     assert proxy[1] > proxy[0] and gold[1] < gold[0], (proxy, gold)
 
 
-def test_quick_rebuild_runs_end_to_end(tmp_path, monkeypatch):
+def test_quick_rebuild_runs_end_to_end(tmp_path, monkeypatch, capsys):
+    """A quick build of a frontier candidate (thin-8x8), loaded like the committed suite, then set beside the
+    committed build by the frontier table."""
     from bench.train.backbone import build_backbone
     from bench.train.runner import load_reward
-    from bench.toy import build
-    from bench.toy.suite import pipeline_dir
+    from bench.toy import build, frontier
+    from bench.toy.suite import DEFAULT_ASSETS, pipeline_dir
 
-    assert build.main(["--quick", "--out", str(tmp_path)]) == 0
+    assert build.main(["--quick", "--out", str(tmp_path), "--unet", "thin-8x8"]) == 0
     monkeypatch.setenv("BENCH_TOY_ASSETS", str(tmp_path))
     assert pipeline_dir() == tmp_path / "pipeline"
     report = json.loads((tmp_path / "suite.json").read_text())
     assert set(report) >= {"toy-seen", "toy-unseen", "toy-compositional", "spearman", "saturation_sweep"}
+    config = json.loads((tmp_path / "pipeline" / "unet" / "config.json").read_text())
+    assert config["block_out_channels"] == [32, 96, 128]
     bb = build_backbone(str(pipeline_dir()), num_steps=2, guidance_scale=5.0, eta=1.0)
     images = bb.sample(["a red circle"], generator=torch.Generator().manual_seed(0)).images
     for name in ("aesthetic", "pickscore", "hpsv2", "gold-fidelity"):
         assert load_reward(name, "toy", "cpu").score(images, ["a red circle"]).shape == (1,)
+    capsys.readouterr()
+    assert frontier.main([str(DEFAULT_ASSETS), str(tmp_path), "--repeat", "1"]) == 0
+    rows = [line.split(" | ") for line in capsys.readouterr().out.splitlines()[2:]]
+    committed = json.loads((DEFAULT_ASSETS / "suite.json").read_text())["toy-seen"]
+    assert rows[0][3] == "4.73M" and rows[0][5] == "1.00"  # the reference against itself
+    assert rows[0][9] == f"{100 * committed['fidelity_match_rate']:.1f}% ({committed['n']})"
+    assert rows[0][10] == ("meets |" if committed["fidelity_match_rate"] >= 0.6 else "fails |")
+    # the 8x8 level at half the channels: its convs cost a quarter to a half of the reference's, and that level
+    # holds most of the FLOPs
+    assert 0.5 < float(rows[1][5]) < 0.75 and rows[1][1] == "(32, 96, 128)"
+    assert rows[1][9] == f"{100 * report['toy-seen']['fidelity_match_rate']:.1f}% ({report['toy-seen']['n']})"
+
+
+def test_build_refuses_an_unknown_unet_before_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys; from bench.toy import build; rc = build.main(['--unet', 'wide']); "
+            "print(rc, 'torch' in sys.modules)")
+    from tests.conftest import ROOT
+
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert r.stdout.split() == ["2", "False"]
+    assert r.stderr.strip().splitlines() == ["error: unknown --unet 'wide'; choose from base, no-attn-8x8, narrow-8x8, "
+                                             "narrow-no-attn-8x8, thin-8x8"]
+
+
+def test_the_build_rebuilds_the_committed_unet_architecture():
+    from bench.toy.models import new_unet
+    from bench.toy.suite import DEFAULT_ASSETS
+
+    committed = json.loads((DEFAULT_ASSETS / "pipeline" / "unet" / "config.json").read_text())
+    built = new_unet("base").config
+    for key in ("block_out_channels", "down_block_types", "up_block_types", "layers_per_block",
+                "cross_attention_dim", "attention_head_dim", "norm_num_groups", "sample_size"):
+        assert list(built[key]) == committed[key] if isinstance(committed[key], list) else built[key] == committed[key]
 
 
 def test_clip_similarity_rewards_have_a_matching_differentiable_path(toy_rewards):

@@ -19,6 +19,8 @@ import sys
 import time
 from pathlib import Path
 
+from bench.toy.models import UNET_CONFIGS
+
 WORK = "_work"  # intermediate models (the VAE and base CLIP also live inside the final assets); not committed
 STEPS = ("vae", "clip", "unet", "gold", "aesthetic", "prefs", "report")
 DEFAULT_OUT = Path(__file__).resolve().parent / "assets"
@@ -220,6 +222,7 @@ def _as_tensor(x):
 
 
 def step_unet(out: Path, cfg: dict, seed: int) -> None:
+    """The denoiser (cfg["unet"] names its configuration) and the text encoder, trained jointly."""
     import torch
     from diffusers import AutoencoderKL, DDPMScheduler
     from transformers import CLIPModel, CLIPTextModel
@@ -249,7 +252,7 @@ def step_unet(out: Path, cfg: dict, seed: int) -> None:
     sf = vae.config.scaling_factor
     noise_sched = DDPMScheduler.from_config(new_scheduler().config)
     torch.manual_seed(seed)
-    unet = new_unet().train()
+    unet = new_unet(cfg["unet"]).train()
     text.train()
     params = [{"params": unet.parameters()}, {"params": text.parameters(), "lr_scale": 0.3}]
     opt = torch.optim.AdamW(params, lr=5e-4, weight_decay=1e-4)
@@ -468,7 +471,12 @@ def main(argv=None) -> int:
     ap.add_argument("--force", action="store_true", help="redo steps whose output already exists")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--unet", default="base", help="the denoiser's configuration (bench/toy/models.py UNET_CONFIGS): "
+                                                   + ", ".join(UNET_CONFIGS))
     args = ap.parse_args(argv)
+    if args.unet not in UNET_CONFIGS:
+        print(f"error: unknown --unet {args.unet!r}; choose from {', '.join(UNET_CONFIGS)}", file=sys.stderr)
+        return 2
     steps = [s.strip() for s in args.only.split(",") if s.strip()]
     bad = [s for s in steps if s not in STEPS]
     if bad:
@@ -481,7 +489,7 @@ def main(argv=None) -> int:
     from bench.train.backbone import quiet_loading
 
     quiet_loading()
-    cfg = QUICK if args.quick else FULL
+    cfg = dict(QUICK if args.quick else FULL, unet=args.unet)
     args.out.mkdir(parents=True, exist_ok=True)
     marker = {"vae": f"{WORK}/vae", "clip": f"{WORK}/clip", "unet": "pipeline", "gold": "gold-fidelity", "aesthetic": "aesthetic",
               "prefs": "hpsv2", "report": "suite.json"}

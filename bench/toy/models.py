@@ -4,7 +4,6 @@ CLIPModel / CLIPTextModel), only tiny."""
 
 from __future__ import annotations
 
-from bench.tiny import word_tokenizer
 from bench.toy.vocab import vocabulary
 
 TEXT_DIM = 64
@@ -12,6 +11,8 @@ MAX_TOKENS = 16
 
 
 def toy_tokenizer():
+    from bench.tiny import word_tokenizer  # torch: only when a model is built, so the build's flags check first
+
     return word_tokenizer(vocabulary(), max_length=MAX_TOKENS)
 
 
@@ -39,16 +40,34 @@ def new_vae():
     )
 
 
-def new_unet():
+# The toy denoiser and the leaner candidates of its frontier (README, "Toy suite"). Levels run 8x8, 4x4, 2x2;
+# "base" is the committed model. The candidates cut where the FLOPs are: the 8x8 level (the first channel
+# width, and its attention) holds most of them.
+UNET_CONFIGS = {
+    "base": dict(block_out_channels=(64, 96, 128),
+                 down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+                 up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D")),
+    "no-attn-8x8": dict(block_out_channels=(64, 96, 128),
+                        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+                        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D")),
+    "narrow-8x8": dict(block_out_channels=(48, 96, 128), norm_num_groups=16,
+                       down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+                       up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D")),
+    "narrow-no-attn-8x8": dict(block_out_channels=(48, 96, 128), norm_num_groups=16,
+                               down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+                               up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D")),
+    "thin-8x8": dict(block_out_channels=(32, 96, 128),
+                     down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+                     up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D")),
+}
+
+
+def new_unet(name: str = "base"):
     from diffusers import UNet2DConditionModel
 
-    return UNet2DConditionModel(
-        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
-        block_out_channels=(64, 96, 128),
-        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=TEXT_DIM, attention_head_dim=8, norm_num_groups=32,
-    )
+    cfg = dict(norm_num_groups=32) | UNET_CONFIGS[name]
+    return UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
+                                cross_attention_dim=TEXT_DIM, attention_head_dim=8, **cfg)
 
 
 def new_scheduler():
