@@ -552,6 +552,12 @@ class Estimator:
             else:
                 K = min(max(1, S // hp["images_per_prompt"]), K)
                 train = T * fwd(S) + (K - 1) * T * fwd(S / K) + math.ceil(S * T / tb) * fb(min(tb, S * T))
+        elif kind == "nft":  # every row: theta forward+backward, old (and base) forward; guidance 1 is one pass
+            rows = S * hp["levels_per_sample"]
+            cfg = 0.5 if hp["train_guidance"] == 1.0 else 1.0
+            passes = 2 if hp["ref_coef"] else 1
+            train = math.ceil(rows / tb) * (fb(min(rows, tb)) + passes * fwd(min(rows, tb))) * cfg
+            sampling *= 0.5 if hp["rollout_guidance"] == 1.0 else 1.0
         else:  # dense
             updates = hp["updates_per_query"] * S
             P = hp["pairs_per_step"] * hp["steps_per_pair"]

@@ -7,6 +7,7 @@ import torch
 
 from tests.helpers import make_spec, register_counting_reward
 
+RESUMED = ["ddpo-2", "tdpo-r", "alignprop", "dense-dpo", "diffusion-nft"]
 TIMING = {"epoch_time_s", "time_sampling_s", "time_scoring_s", "time_training_s", "time_critic_encoding_s"}
 
 
@@ -15,9 +16,10 @@ class Killed(BaseException):
 
 
 def _spec(method):
-    # 4 epochs of 8, checkpoints at 16 and 32: a snapshot after epoch 2
+    # 4 epochs of 8, checkpoints at 16 and 32: a snapshot after epoch 2. DiffusionNFT at m = 24: one update per
+    # 48 images, so the snapshot at 16 holds 16 waiting images that the update in epoch 3 trains on
     return make_spec(method, num_steps=2, samples_per_epoch=8, budget=32, num_checkpoints=2, sample_batch_size=8,
-                     overrides={"lr": "1e-2"})
+                     overrides={"lr": "1e-2"}, multiplier=24.0 if method == "diffusion-nft" else 8.0)
 
 
 def _result(out, spec):
@@ -39,14 +41,14 @@ def uninterrupted(tmp_path_factory):
     register_counting_reward()
     out = tmp_path_factory.mktemp("whole")
     results = {}
-    for method in ("ddpo-2", "tdpo-r", "alignprop", "dense-dpo"):
+    for method in RESUMED:
         spec = _spec(method)
         train_run(spec, out, progress=False)
         results[method] = _result(out, spec)
     return results
 
 
-@pytest.mark.parametrize("method", ["ddpo-2", "tdpo-r", "alignprop", "dense-dpo"])
+@pytest.mark.parametrize("method", RESUMED)
 def test_killed_and_resumed_runs_end_bit_for_bit(method, uninterrupted, tmp_path, monkeypatch):
     import bench.train.runner as runner
 

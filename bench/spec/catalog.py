@@ -149,6 +149,21 @@ methods.register(
                  gamma=0.9, beta_tilde=12.5, delta=5e-4, steps_per_pair=1,
                  rollouts_per_prompt=12, kept_per_prompt=5),
 )
+methods.register(
+    "diffusion-nft", "methods.nft:DiffusionNFT",
+    "DiffusionNFT ported to epsilon prediction: implicit positive/negative predictions mixed by r in x0 space on "
+    "freshly noised final latents, adaptive weights, a soft-updated old policy that samples; no log-probs",
+    kind="nft", companion="DiffusionNFT (Zheng et al. 2025), flow-matching recipe ported to epsilon prediction",
+    # scripts/train_nft_sd3.py: 48 prompts x 24 images = 1,152 per epoch, ONE optimizer step per epoch, a 10-step
+    # sampler whose grid gives the loss's noise levels (int(0.99 x 10) = 9 per sample)
+    source=dict(samples_per_epoch=1152, num_steps=10, updates_per_epoch=1, level_fraction=0.99),
+    hparams=dict(lr=3e-4, weight_decay=1e-4, adam_beta1=0.9, adam_beta2=0.999, adam_eps=1e-8, max_grad_norm=1.0,
+                 nft_beta=1.0, loss_weight=5.0, ref_coef=1e-4, adv_clip_max=5.0, std_eps=1e-4, images_per_prompt=24,
+                 old_decay_per_update=1e-3, old_decay_max=0.5, rollout_eta=0.0, rollout_guidance=1.0,
+                 train_guidance=1.0),
+    not_in_all="its guidance (the recipe is CFG-free; SD v1.x at guidance 1 is weak) is not yet decided on the "
+               "development reward",
+)
 
 # --------------------------------------------------------------------------- rewards
 rewards.register(

@@ -29,6 +29,11 @@ The rule, the same for every method
    (1.6 samples, 2.67 pairs), updates take q and q + 1 in a seeded order whose
    mean is exact and which uses every datum once per epoch, and the number of
    updates carries its fraction across epochs (bench/train/updates.py).
+   DiffusionNFT's update is one per 1,152 images at source scale (m x that
+   is more than an epoch on the toy): its epochs' samples wait in a buffer
+   and an update comes when the run's count says so (least=0), on all of
+   them; a run holds a whole number of such updates, so its multiplier is m
+   up to that rounding (`--effective`: "whole updates in the run").
    The effective multiplier leaves m only at a floor (an update cannot be
    smaller than one sample-step, one chain or one pair) or a ceiling (an
    update never holds more than its epoch's on-policy samples: small m at small
@@ -125,12 +130,21 @@ def half_up(x: float) -> int:
     return int(math.floor(x + 0.5 + 1e-9))
 
 
-def updates_this_epoch(queries_before: int, queries: int, per_query: float, most: int | None = None) -> int:
+def updates_this_epoch(queries_before: int, queries: int, per_query: float, most: int | None = None,
+                       least: int = 1) -> int:
     """Whole updates for an epoch of `queries` reward queries (all processes) after `queries_before`, such that
     the run's updates so far are always round(per_query x queries so far): the fraction carries over epochs.
-    At least 1 (an epoch's data is never dropped), at most `most` (a floor: one row, chain or pair each)."""
-    k = max(1, half_up(per_query * (queries_before + queries)) - half_up(per_query * queries_before))
+    At least `least`: 1 where an epoch's data is used by that epoch's updates and would otherwise be dropped,
+    0 for DiffusionNFT, whose data waits in a buffer for the next update. At most `most` (a floor: one row,
+    chain or pair each)."""
+    k = max(least, half_up(per_query * (queries_before + queries)) - half_up(per_query * queries_before))
     return k if most is None else min(most, k)
+
+
+def nft_levels(src: dict, num_steps: int) -> int:
+    """Noise levels per sample in DiffusionNFT's loss: int(0.99 T) of the rollout grid's T (9 of 10 in the
+    source, 49 of 50 at SD's T), at least 1."""
+    return max(1, int(src["level_fraction"] * num_steps))
 
 
 def _whole(x: float) -> bool:
@@ -161,6 +175,8 @@ def effective_hparams(entry, hp: dict[str, Any], scale: Scale) -> dict[str, Any]
     elif kind == "prdp":
         out["updates_per_epoch"] = m * src["updates_per_epoch"] * S / src["samples_per_epoch"]
         out["beta_nats_per_unit"] = scale.latent_dims * scale.num_steps  # beta=auto: sigma * D * T
+    elif kind == "nft":
+        out["levels_per_sample"] = nft_levels(src, scale.num_steps)
     elif kind == "dense":
         pair_uses_per_query = src["updates_per_epoch"] * src["pairs_per_step"] / src["samples_per_epoch"]
         # an update cannot hold less than one pair: where m x source would need it, updates are capped
@@ -197,14 +213,14 @@ def stat_tracker_activity(num_prompts: int, scale: Scale, min_count: int, buffer
     return own / total if total else 0.0
 
 
-def _run_updates(scale: Scale, per_epoch: int | None, per_query: float, most=None) -> int:
+def _run_updates(scale: Scale, per_epoch: int | None, per_query: float, most=None, least: int = 1) -> int:
     """Optimizer updates of a whole run at `scale`: `per_epoch` fixed (the references' windows), or the
     schedule the methods follow (bench/train/updates.py: updates_this_epoch, `most(n)` a floor's cap)."""
     total = used = 0
     while used < scale.budget:
         n = min(scale.samples_per_epoch, scale.budget - used)
         total += per_epoch if per_epoch is not None else \
-            updates_this_epoch(used, n, per_query, most=None if most is None else most(n))
+            updates_this_epoch(used, n, per_query, most=None if most is None else most(n), least=least)
         used += n
     return total
 
@@ -222,7 +238,7 @@ def effective_rows(scale: Scale, num_prompts: int) -> list[dict[str, Any]]:
         kind = entry.meta["kind"]
         row = {"method": entry.name, "updates_per_query": hp["updates_per_query"]}
         S, T = scale.samples_per_epoch, scale.num_steps
-        upq, most, why = hp["updates_per_query"], None, ""
+        upq, most, why, least = hp["updates_per_query"], None, "", 1
         if kind == "ppo":
             b, tau, z, U = ppo_shape(src, scale)
             Tt = trained_steps(src, T)[1]
@@ -253,16 +269,23 @@ def effective_rows(scale: Scale, num_prompts: int) -> list[dict[str, Any]]:
                 most = lambda n: max(1, n // hp["images_per_prompt"])  # noqa: E731  one update per group at most
                 row["update"] = f"a share of {groups} groups of {hp['images_per_prompt']}"
                 why = "floor: one prompt group per update (update_data=groups)"
+        elif kind == "nft":
+            per_epoch, least = None, 0
+            row["update"] = f"{1 / upq:.3g} images x {hp['levels_per_sample']} noise levels"
         else:
             per_epoch = None
             row["update"] = f"{hp['pairs_per_step']:.3g} pairs x {hp['steps_per_pair']} step(s)"
             why = "floor: one pair per update" if hp["pairs_per_step"] <= 1 and \
                 upq < m * src["updates_per_epoch"] / src["samples_per_epoch"] else ""
-        row["effective_updates_per_query"] = _run_updates(scale, per_epoch, upq, most) / scale.budget
+        total = _run_updates(scale, per_epoch, upq, most, least)
+        row["effective_updates_per_query"] = total / scale.budget
         row["multiple_of_source"] = row["effective_updates_per_query"] / (src["updates_per_epoch"] /
                                                                           src["samples_per_epoch"])
         off = abs(row["multiple_of_source"] / m - 1) > 1e-3  # the rule's m; a schedule is exact over the run
-        if off and not why:
+        if off and not why and least == 0 and total == half_up(upq * scale.budget):
+            # updates that wait for their data (DiffusionNFT): the run holds a whole number of them
+            why = f"whole updates in the run: {upq * scale.budget:.3g} -> {total}"
+        elif off and not why:
             why = "ceiling: an update holds at most one epoch's data" if row["multiple_of_source"] > m else "?"
         row["below_m"] = why if off else ""
         row["clip"] = ", ".join(f"{k} {hp[k]:.3g}" for k in entry.meta.get("log_ratio_bounds", ())) or "-"

@@ -177,6 +177,22 @@ class Backbone:
         eps_uncond, eps_cond = self.counts.unet_output(out).float().chunk(2)
         return eps_uncond + self.guidance_scale * (eps_cond - eps_uncond)
 
+    def guided_noise(self, latents, timesteps, cond, uncond, guidance_scale: float) -> torch.Tensor:
+        """`predict_noise` at another guidance than the run's. At guidance 1 (classifier-free guidance off,
+        DiffusionNFT's recipe) the unconditional pass would be multiplied by zero: one conditional pass."""
+        if guidance_scale != 1.0:
+            saved, self.guidance_scale = self.guidance_scale, guidance_scale
+            try:
+                return self.predict_noise(latents, timesteps, cond, uncond)
+            finally:
+                self.guidance_scale = saved
+        t = torch.as_tensor(timesteps, device=self.device)
+        if t.ndim == 0:
+            t = t.expand(latents.shape[0])
+        with self.autocast():
+            out = self.unet(latents.to(self.weight_dtype), t, encoder_hidden_states=cond).sample
+        return self.counts.unet_output(out).float()
+
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Latents -> images in [0, 1], float32, (B, 3, H, W)."""
@@ -203,11 +219,15 @@ class Backbone:
     @torch.no_grad()
     def sample(self, prompts: list[str], generator: torch.Generator | None = None,
                batch_size: int = 16, latents: torch.Tensor | None = None,
-               kl_to_pretrained: bool = False) -> Trajectory:
+               kl_to_pretrained: bool = False, eta: float | None = None,
+               guidance_scale: float | None = None) -> Trajectory:
         """Sample trajectories with DDIM(eta) + CFG and record each step's log-prob.
         `generator` is one generator for the whole call, or a list with one per prompt.
         With `kl_to_pretrained`, each step also runs the UNet with LoRA disabled and the
-        trajectory records the summed closed-form step KL to the pretrained policy."""
+        trajectory records the summed closed-form step KL to the pretrained policy.
+        `eta` and `guidance_scale` replace the run's for this call (DiffusionNFT's rollouts); at eta 0 a step
+        is deterministic and has no density: its log-probs are NaN, so that no loss can use them unnoticed."""
+        eta = self.eta if eta is None else eta
         parts = []
         for start in range(0, len(prompts), batch_size):
             chunk = prompts[start:start + batch_size]
@@ -217,14 +237,19 @@ class Backbone:
             xs, nexts, lps = [], [], []
             kl = torch.zeros(len(chunk), device=self.device) if kl_to_pretrained else None
             for t in self.timesteps:
-                eps = self.predict_noise(x, t, cond, uncond)
+                eps = self.predict_noise(x, t, cond, uncond) if guidance_scale is None else \
+                    self.guided_noise(x, t, cond, uncond, guidance_scale)
                 if kl_to_pretrained:
                     with self.pretrained():
                         eps_ref = self.predict_noise(x, t, cond, uncond)
-                    mean, std = ddim_mean_std(self.scheduler, eps, t, x, self.eta)
-                    ref_mean, _ = ddim_mean_std(self.scheduler, eps_ref, t, x, self.eta)
+                    mean, std = ddim_mean_std(self.scheduler, eps, t, x, eta)
+                    ref_mean, _ = ddim_mean_std(self.scheduler, eps_ref, t, x, eta)
                     kl += step_kl(mean, ref_mean, std)
-                x_next, lp = ddim_step_with_logprob(self.scheduler, eps, t, x, eta=self.eta, generator=gen)
+                if eta == 0:
+                    x_next = ddim_mean_std(self.scheduler, eps, t, x, 0.0)[0].to(x.dtype)
+                    lp = torch.full((len(chunk),), float("nan"), device=self.device)
+                else:
+                    x_next, lp = ddim_step_with_logprob(self.scheduler, eps, t, x, eta=eta, generator=gen)
                 xs.append(x)
                 nexts.append(x_next)
                 lps.append(lp)

@@ -142,10 +142,11 @@ class TrainContext:
             p.grad = flat[offset:offset + n].view_as(p).clone()
             offset += n
 
-    def sample_and_score(self, prompts: list[str], latents: torch.Tensor | None = None):
+    def sample_and_score(self, prompts: list[str], latents: torch.Tensor | None = None, **sampler):
         """Sample one trajectory per prompt with the current policy (from `latents`, one initial noise per
         prompt, when given: GRPO shares one), then score each final image once with the training reward
-        (len(prompts) reward queries). Returns (Trajectory, rewards as a float32 CPU tensor)."""
+        (len(prompts) reward queries). Returns (Trajectory, rewards as a float32 CPU tensor). `sampler`
+        (eta, guidance_scale) replaces the run's sampling settings (DiffusionNFT's deterministic rollouts)."""
         crash_point(self.epoch, "mid")
         from bench.train.sampling import Trajectory
 
@@ -154,7 +155,8 @@ class TrainContext:
             parts = []
             for s in range(0, n, bs):
                 parts.append(self.backbone.sample(prompts[s:s + bs], generator=self.generator, batch_size=bs,
-                                                  latents=None if latents is None else latents[s:s + bs]))
+                                                  latents=None if latents is None else latents[s:s + bs],
+                                                  **sampler))
                 bar.update(len(parts[-1]))
         traj = Trajectory.cat(parts)
         check_finite("sampled latents", traj.next_latents[:, -1])
