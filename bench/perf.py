@@ -152,10 +152,11 @@ FLOOR_BATCH = 128
 """Latents per call of the large-batch rate: a guided call is 2 x 128 UNet rows, near the CPU's best per row."""
 
 
-def floor_costs(spec, threads: int = 1, repeat: int = 2) -> dict[str, float]:
+def floor_costs(spec, threads: int = 1, repeat: int = 2, batch: int = FLOOR_BATCH) -> dict[str, float]:
     """Seconds per UNet row forward, per UNet row backward (LoRA attached, gradients to LoRA only, as in
-    training) and per image through the training reward's image encoder, all at FLOOR_BATCH latents per call
-    on `threads` threads: the large-batch rate of this machine, measured now."""
+    training) and per image through the training reward's image encoder, all at `batch` (FLOOR_BATCH)
+    latents per call on `threads` threads: the large-batch rate of this machine, measured now. A smaller
+    `batch` only makes a cheaper, slower-rate probe (tests)."""
     import torch
 
     from bench.train.backbone import build_backbone
@@ -166,27 +167,28 @@ def floor_costs(spec, threads: int = 1, repeat: int = 2) -> dict[str, float]:
     try:
         bb = build_backbone(backbone_location(spec), spec.num_steps, spec.guidance_scale, spec.eta)
         bb.add_lora(spec.lora_rank)
-        traj = bb.sample(["a"] * FLOOR_BATCH, generator=torch.Generator().manual_seed(0), batch_size=FLOOR_BATCH)
-        steps = torch.zeros(FLOOR_BATCH, dtype=torch.long)
+        traj = bb.sample(["a"] * batch, generator=torch.Generator().manual_seed(0), batch_size=batch)
+        steps = torch.zeros(batch, dtype=torch.long)
 
         def forward():
             with torch.no_grad():
                 bb.log_prob(traj, steps)
 
-        fwd = _timed(forward, repeat) / (2 * FLOOR_BATCH)
-        both = _timed(lambda: bb.log_prob(traj, steps).sum().backward(), repeat) / (2 * FLOOR_BATCH)
+        fwd = _timed(forward, repeat) / (2 * batch)
+        both = _timed(lambda: bb.log_prob(traj, steps).sum().backward(), repeat) / (2 * batch)
         encoder = None
         reward = load_reward(spec.reward, spec.suite, "cpu")
         encode = reward.image_encoder() if hasattr(reward, "image_encoder") else None
         if encode is not None:  # a reward without one (JPEG) has no critic encoding to cost
             with torch.no_grad():
-                encoder = _timed(lambda: encode(traj.images), repeat) / FLOOR_BATCH
+                encoder = _timed(lambda: encode(traj.images), repeat) / batch
     finally:
         torch.set_num_threads(before)
     return {"forward": fwd, "backward": max(both - fwd, 0.0), "encoder": encoder or 0.0}
 
 
-def floor_rows(db_path, out_dir, threads: int = 1, repeat: int = 2) -> tuple[list[tuple], dict]:
+def floor_rows(db_path, out_dir, threads: int = 1, repeat: int = 2,
+               batch: int = FLOOR_BATCH) -> tuple[list[tuple], dict]:
     """Per phase of the stored runs: the UNet rows the work needed (forward, backward) and the critic's
     encoder rows, their cost at this machine's large-batch rate (`floor_costs`, measured in this call),
     the measured seconds, and measured / floor; the whole grid last.
@@ -223,7 +225,7 @@ def floor_rows(db_path, out_dir, threads: int = 1, repeat: int = 2) -> tuple[lis
         raise BenchError(f"{db_path} holds no finished runs")
     specs = {r: RunSpec.from_dict(json.loads(c) if isinstance(c, str) else c) for r, _, c in runs}
     first = specs[runs[0][0]]
-    costs = floor_costs(first, threads, repeat)
+    costs = floor_costs(first, threads, repeat, batch)
     phase = {k: [0, 0, 0, 0.0] for k in ("sampling", "training", "critic encoding", "evaluation")}
     for run_id, method, _ in runs:
         spec = specs[run_id]

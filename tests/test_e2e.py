@@ -44,7 +44,7 @@ def test_run_ddpo_jpeg_end_to_end(tmp_path):
     # the FLOP floor's rows: sampling is 2 runs x 48 images x 2 T (CFG) = 768 forward rows, training the rest
     from bench.perf import floor_rows
 
-    rows, summary = floor_rows(db, tmp_path, repeat=1)
+    rows, summary = floor_rows(db, tmp_path, repeat=1, batch=8)  # a small probe: the rows are under test
     table = {r[0]: r for r in rows}
     assert table["sampling"][1:3] == ("768", "0") and table["training"][1:3] == (f"{fwd - 768:,}", f"{bwd:,}")
     assert table["evaluation"][1] == "0" and table["whole grid"][1] == f"{fwd:,}"  # --no-eval

@@ -25,43 +25,56 @@ def _rows(db):
     return ckpt, metrics, scores
 
 
-def test_workers_and_ray_give_the_serial_results(tmp_path):
-    """Local worker processes and Ray tasks (a local Ray instance, 2 CPUs) land the serial run's rows."""
-    common = ["run", "--methods", "ddpo-100,tdpo-r", "--reward", "aesthetic", "--budget", "16", "--num-steps", "2",
-              "--samples-per-epoch", "8", "--num-checkpoints", "1", "--threads", "1", "--no-progress",
-              "--eval-per-prompt", "1", "--no-report"]
-    serial = run_cli(*common, "--workers", "1", "--out", str(tmp_path / "serial"))
+_GRID = ["run", "--methods", "ddpo-100,tdpo-r", "--reward", "aesthetic", "--budget", "16", "--num-steps", "2",
+         "--samples-per-epoch", "8", "--num-checkpoints", "1", "--threads", "1", "--no-progress",
+         "--eval-per-prompt", "1", "--no-report"]
+
+
+def _load_safetensors(path):  # tensors and metadata (safetensors orders its header's metadata keys arbitrarily)
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+
+
+def test_workers_give_the_serial_results(tmp_path):
+    """Local worker processes land the serial run's rows and checkpoints, bit for bit."""
+    import torch
+
+    serial = run_cli(*_GRID, "--workers", "1", "--out", str(tmp_path / "serial"))
     assert serial.returncode == 0, serial.stderr[-2000:]
     # --no-report: the leaderboard is printed, no report folder written
     assert "| ddpo-100 | 1 |" in serial.stdout and "no report written (--no-report)" in serial.stdout
     assert not (tmp_path / "serial" / "report").exists()
-    parallel = run_cli(*common, "--workers", "2", "--out", str(tmp_path / "parallel"))
+    parallel = run_cli(*_GRID, "--workers", "2", "--out", str(tmp_path / "parallel"))
     assert parallel.returncode == 0, parallel.stderr[-2000:]
     assert "2 worker(s) x 1 thread(s)" in parallel.stdout
-    ray = run_cli(*common, "--launcher", "ray", "--workers", "2", "--out", str(tmp_path / "ray"))
-    assert ray.returncode == 0, ray.stderr[-2000:]
-    assert "Ray tasks on a local instance of 2 x 1 CPU(s)" in ray.stdout
     a, b = _rows(tmp_path / "serial" / "bench.duckdb"), _rows(tmp_path / "parallel" / "bench.duckdb")
-    c = _rows(tmp_path / "ray" / "bench.duckdb")
     assert a[0] and a[1] and a[2]
     assert a == b  # checkpoints, training metrics and every evaluation score, bit for bit
-    assert a == c
-    # re-submitting the grid trains nothing: both runs are planned as finished and Ray is not started
-    again = run_cli(*common, "--launcher", "ray", "--workers", "2", "--out", str(tmp_path / "ray"))
+    # re-submitting the finished grid to Ray trains nothing: both runs are planned as finished
+    again = run_cli(*_GRID, "--launcher", "ray", "--workers", "2", "--out", str(tmp_path / "parallel"))
     assert again.returncode == 0, again.stderr[-2000:]
     assert "0 to train, 0 to resume, 0 to evaluate only, 2 finished" in again.stdout
-    import torch
-    from safetensors import safe_open
-
-    def load(path):  # tensors and metadata (safetensors orders its header's metadata keys arbitrarily)
-        with safe_open(str(path), framework="pt") as f:
-            return f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
     for run in (tmp_path / "serial" / "runs").iterdir():
         for f in (run / "checkpoints").iterdir():
-            meta_a, ta = load(f)
-            meta_b, tb = load(tmp_path / "parallel" / "runs" / run.name / "checkpoints" / f.name)
+            meta_a, ta = _load_safetensors(f)
+            meta_b, tb = _load_safetensors(tmp_path / "parallel" / "runs" / run.name / "checkpoints" / f.name)
             assert meta_a == meta_b and ta.keys() == tb.keys()
             assert all(torch.equal(ta[k], tb[k]) for k in ta)
+
+
+@pytest.mark.slow
+def test_ray_gives_the_serial_results(tmp_path):
+    """Ray tasks (a local Ray instance, 2 CPUs) land the serial run's rows. Slow: it trains the grid twice;
+    Ray's launch and a failing task are checked in the default suite (test_a_failed_ray_task...)."""
+    serial = run_cli(*_GRID, "--workers", "1", "--out", str(tmp_path / "serial"))
+    assert serial.returncode == 0, serial.stderr[-2000:]
+    ray = run_cli(*_GRID, "--launcher", "ray", "--workers", "2", "--out", str(tmp_path / "ray"))
+    assert ray.returncode == 0, ray.stderr[-2000:]
+    assert "Ray tasks on a local instance of 2 x 1 CPU(s)" in ray.stdout
+    a, c = _rows(tmp_path / "serial" / "bench.duckdb"), _rows(tmp_path / "ray" / "bench.duckdb")
+    assert a[0] and a == c
 
 
 def test_shared_query0_evaluation_equals_a_per_run_one(tmp_path):
@@ -106,6 +119,47 @@ def test_plan_lists_runs_with_estimates_and_skips_finished(tmp_path):
     assert "~" in line and "dense-dpo_aesthetic_toy_s0_" in line
     again = run_cli(*args)
     assert "0 to train" in again.stdout and "skip " in again.stdout
+
+
+def test_the_calibration_is_cached_per_setting_and_measured_again_when_bad_or_stale(tmp_path, monkeypatch):
+    import os
+
+    import bench.grid as grid
+    import bench.train.backbone as backbone
+    from tests.helpers import make_spec
+
+    monkeypatch.setattr(grid, "estimates_dir", lambda: tmp_path / "estimates")
+    spec = make_spec("ddpo-2", num_steps=2, samples_per_epoch=8, budget=8)
+    calls = []
+    real = backbone.build_backbone
+    monkeypatch.setattr(backbone, "build_backbone", lambda *a, **k: calls.append(1) or real(*a, **k))
+    first = grid.Estimator(tmp_path / "out", 1, 1)._calibrate(spec)
+    files = list((tmp_path / "estimates").glob("*.json"))
+    assert len(calls) == 1 and len(files) == 1 and first["fwd"][1] > 0 and first["fb"][1] > 0
+    assert grid.Estimator(tmp_path / "out", 1, 1)._calibrate(spec) == first and len(calls) == 1  # read back
+    # another T, guidance or thread count is another file (another calibration)
+    from bench.train.runner import backbone_location
+
+    est, where = grid.Estimator(tmp_path / "out", 1, 1), backbone_location(spec)
+    assert est._calibration_file(spec, where) == files[0]
+    for other in (make_spec("ddpo-2", num_steps=3, samples_per_epoch=8, budget=8),
+                  type(spec)(**{**spec.__dict__, "guidance_scale": 1.0})):
+        assert est._calibration_file(other, where) != files[0]
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(before + 1)
+    try:
+        assert est._calibration_file(spec, where) != files[0]
+    finally:
+        torch.set_num_threads(before)
+    files[0].write_text('{"fwd": [NaN, 1], "fb": [1, 1], "decode": 1}')  # not finite: measured again
+    grid.Estimator(tmp_path / "out", 1, 1)._calibrate(spec)
+    assert len(calls) == 2 and "NaN" not in files[0].read_text()
+    old = files[0].stat().st_mtime - grid.CALIBRATION_MAX_AGE_S - 60  # stale: measured again
+    os.utime(files[0], (old, old))
+    grid.Estimator(tmp_path / "out", 1, 1)._calibrate(spec)
+    assert len(calls) == 3
 
 
 @pytest.mark.parametrize("loads,workers,expected", [([5, 3, 2], 1, 10), ([5, 3, 2], 2, 5), ([4, 4, 4, 4], 2, 8)])
