@@ -3,7 +3,8 @@ matching to the epsilon-prediction DDIM UNet. Facts, and the derivation of the p
 one), in ../shared/reference/grpo-nft-facts.md.
 
 Rollouts. The OLD policy (a second LoRA state) samples with deterministic DDIM (`rollout_eta` 0: the source's
-sampler is a deterministic ODE) at `rollout_guidance` (1: the recipe is CFG-free). NFT needs no log-probs: only
+sampler is a deterministic ODE) at `rollout_guidance` (1: the recipe is CFG-free; kept after a declared decision
+on the development reward, where it beat guidance 5, see the README). NFT needs no log-probs: only
 each final latent x0, its prompt and its reward are kept. Prompts come in groups of `images_per_prompt` (24; a
 count, kept by the scale rule).
 

@@ -40,24 +40,28 @@ def test_counted_reward_refuses_queries_beyond_the_allowance():
     assert r.queries == 2
 
 
-def test_every_method_spends_exactly_the_budget(tmp_path, tiny_dir):
-    """Each method, with a counting reward, makes exactly N queries and hits the same marks."""
+def _every_method():
     from bench.spec.catalog import methods
+
+    return methods.names()
+
+
+@pytest.mark.parametrize("method", _every_method())
+def test_every_method_spends_exactly_the_budget(method, tmp_path, tiny_dir):
+    """Each method, with a counting reward, makes exactly N queries and hits the same marks (one test per
+    method, so pytest-xdist spreads them)."""
     from bench.train.runner import train_run
 
     register_counting_reward()
-    marks_by_method = {}
-    for method in methods.names():
-        CountingReward.calls.clear()
-        # DiffusionNFT updates once per 1152 / m images: at m = 1 this run would end before its first update
-        spec = make_spec(method, num_steps=3, samples_per_epoch=16, budget=40, num_checkpoints=4,
-                         multiplier=100.0 if method == "diffusion-nft" else 1.0)
-        train_run(spec, tmp_path, progress=False)
-        assert sum(CountingReward.calls) == 40, method
-        run_dir = tmp_path / "runs" / spec.run_name
-        rows = [json.loads(l) for l in (run_dir / "checkpoints.jsonl").read_text().splitlines()]
-        marks_by_method[method] = [r["reward_queries"] for r in rows]
-        assert all((run_dir / r["path"]).is_file() for r in rows)
-        assert json.loads((run_dir / "run.json").read_text())["status"] == "finished"
-        assert rows[-1]["sampled_images"] == 40 and rows[-1]["gradient_updates"] > 0
-    assert all(m == [0, 10, 20, 30, 40] for m in marks_by_method.values()), marks_by_method
+    CountingReward.calls.clear()
+    # DiffusionNFT updates once per 1152 / m images: at m = 1 this run would end before its first update
+    spec = make_spec(method, num_steps=3, samples_per_epoch=16, budget=40, num_checkpoints=4,
+                     multiplier=100.0 if method == "diffusion-nft" else 1.0)
+    train_run(spec, tmp_path, progress=False)
+    assert sum(CountingReward.calls) == 40, method
+    run_dir = tmp_path / "runs" / spec.run_name
+    rows = [json.loads(l) for l in (run_dir / "checkpoints.jsonl").read_text().splitlines()]
+    assert all((run_dir / r["path"]).is_file() for r in rows)
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "finished"
+    assert rows[-1]["sampled_images"] == 40 and rows[-1]["gradient_updates"] > 0
+    assert [r["reward_queries"] for r in rows] == [0, 10, 20, 30, 40]

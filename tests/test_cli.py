@@ -261,7 +261,7 @@ def test_every_flag_has_help_with_its_default():
 
 def test_shards_split_the_grid_deterministically_and_cover_it_once(tmp_path):
     """--shard K/N keeps runs i with i % N == K-1: the N slices are disjoint, cover the grid, and
-    do not depend on which machine builds them (28 runs: 14 methods x 2 seeds, N = 4 -> 7, 7, 7, 7)."""
+    do not depend on which machine builds them (30 runs: 15 methods x 2 seeds, N = 4 -> 8, 8, 7, 7)."""
     from bench.cli import build_parser
     from bench.run import build_specs
 
@@ -271,8 +271,8 @@ def test_shards_split_the_grid_deterministically_and_cover_it_once(tmp_path):
 
     full = names()
     shards = [names("--shard", f"{k}/4") for k in range(1, 5)]
-    assert len(full) == 28 and [len(s) for s in shards] == [7, 7, 7, 7]
-    assert sorted(sum(shards, [])) == sorted(full) and len(set(sum(shards, []))) == 28
+    assert len(full) == 30 and [len(s) for s in shards] == [8, 8, 7, 7]
+    assert sorted(sum(shards, [])) == sorted(full) and len(set(sum(shards, []))) == 30
     assert shards[1] == full[1::4] and names("--shard", "2/4") == shards[1]
 
 
