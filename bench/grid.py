@@ -452,8 +452,10 @@ def _run_ray(todo: list[Planned], opts: GridOptions, threads: int, bar: OverallB
 
 
 # ------------------------------------------------------------------------------ estimates
-CALIBRATION_VERSION = 1
+CALIBRATION_VERSION = 2
 """Bumped when the timed calls change, so that no cached calibration outlives the code that measured it."""
+CALIBRATION_STEPS = 2
+"""Denoising steps of the trajectory whose latents the calibration times (the cost of a call is the same at any T)."""
 CALIBRATION_MAX_AGE_S = 7 * 86400
 """A cached calibration older than this is measured again (the machine's load or settings may have changed)."""
 
@@ -524,12 +526,12 @@ class Estimator:
         except OSError:
             pass
         ident = json.dumps([CALIBRATION_VERSION, str(Path(location).resolve()), [(str(f), f.stat().st_mtime_ns)
-                            for f in files], spec.num_steps, spec.guidance_scale, spec.eta, spec.lora_rank,
+                            for f in files], spec.guidance_scale, spec.eta, spec.lora_rank,
                             torch.get_num_threads(), torch.__version__, platform.machine(), cpu])
         return estimates_dir() / f"{hashlib.sha256(ident.encode()).hexdigest()[:24]}.json"
 
     def _calibrate(self, spec) -> dict:
-        key = (spec.backbone, spec.num_steps)
+        key = (spec.backbone, spec.guidance_scale, spec.eta, spec.lora_rank)
         if key in self._costs:
             return self._costs[key]
         from bench.train.runner import backbone_location
@@ -550,7 +552,8 @@ class Estimator:
 
         from bench.train.backbone import build_backbone
 
-        bb = build_backbone(location, spec.num_steps, spec.guidance_scale, spec.eta)
+        # a UNet call costs the same at every timestep: 2 denoising steps give the latents to time, at any T
+        bb = build_backbone(location, CALIBRATION_STEPS, spec.guidance_scale, spec.eta)
         bb.add_lora(spec.lora_rank)
         traj = bb.sample(["a"] * 32, generator=torch.Generator().manual_seed(0), batch_size=32)
 

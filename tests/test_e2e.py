@@ -8,8 +8,8 @@ from tests.conftest import run_cli
 
 
 def test_run_ddpo_jpeg_end_to_end(tmp_path):
-    args = ["run", "--methods", "ddpo-2,ddpo-100", "--reward", "jpeg-compressibility", "--budget", "48",
-            "--num-steps", "4", "--samples-per-epoch", "16", "--train-batch-size", "8", "--num-checkpoints", "4",
+    args = ["run", "--methods", "ddpo-2,ddpo-100", "--reward", "jpeg-compressibility", "--budget", "24",
+            "--num-steps", "4", "--samples-per-epoch", "16", "--train-batch-size", "8", "--num-checkpoints", "2",
             "--update-multiplier", "8", "--out", str(tmp_path), "--no-progress", "--no-eval"]
     r = run_cli(*args)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -18,35 +18,35 @@ def test_run_ddpo_jpeg_end_to_end(tmp_path):
     runs = con.execute("select run_id, method, status, suite, budget, config, package_versions, git_commit "
                        "from runs order by method").fetchall()
     assert [(m, s, su, b) for _, m, s, su, b, *_ in runs] == [
-        ("ddpo-100", "finished", "toy", 48), ("ddpo-2", "finished", "toy", 48)]
+        ("ddpo-100", "finished", "toy", 24), ("ddpo-2", "finished", "toy", 24)]
     for run_id, method, *_, config, versions, commit in runs:
         cfg = json.loads(config)
         assert cfg["method"] == method and cfg["num_steps"] == 4 and cfg["hparams"]["lr"] in (3e-4, 1e-4)
         assert json.loads(versions)["torch"] and commit
         assert run_id.startswith(f"{method}_jpeg-compressibility_toy_s0_")
     marks = con.execute("select run_id, list(reward_queries order by reward_queries) from checkpoints group by 1").fetchall()
-    assert all(m == [0, 12, 24, 36, 48] for _, m in marks) and len(marks) == 2
-    # epochs of 16 are cut at the marks 12, 24, ...: 4 epochs of 12
+    assert all(m == [0, 12, 24] for _, m in marks) and len(marks) == 2
+    # epochs of 16 are cut at the marks 12, 24: 2 epochs of 12
     epochs = dict(con.execute("select run_id, count(distinct epoch) from train_metrics group by 1").fetchall())
-    assert set(epochs.values()) == {4}
+    assert set(epochs.values()) == {2}
     updates = dict(con.execute("select r.method, max(c.gradient_updates) from checkpoints c join runs r using (run_id) "
                                "group by 1").fetchall())
     # the scale rule at T=4, S=16, m=8: ddpo-2 makes 8 * 2 * 16/256 = 1 update per epoch of 16 samples x 4 steps
     # (whole: an epoch cut to 12 still makes 1, its data is never dropped); ddpo-100 8 * 100/256 = 3.125 updates
-    # per query, each 64/50 = 1.28 sample-steps (1 or 2 rows): exactly 3.125 * 48 = 150 over the run
-    assert updates == {"ddpo-2": 4 * 1, "ddpo-100": 150}
+    # per query, each 64/50 = 1.28 sample-steps (1 or 2 rows): exactly 3.125 * 24 = 75 over the run
+    assert updates == {"ddpo-2": 2 * 1, "ddpo-100": 75}
     rewards = con.execute("select value from train_metrics where metric = 'reward_mean'").fetchall()
     assert all(-10 < v < 0 for (v,) in rewards)  # minus kB of a 32x32 JPEG
     n_rows = con.execute("select (select count(*) from checkpoints) + (select count(*) from train_metrics)").fetchone()[0]
     fwd, bwd = con.execute("select sum(f), sum(b) from (select arg_max(unet_forward, reward_queries) f, "
                            "arg_max(unet_backward, reward_queries) b from checkpoints group by run_id)").fetchone()
     con.close()
-    # the FLOP floor's rows: sampling is 2 runs x 48 images x 2 T (CFG) = 768 forward rows, training the rest
+    # the FLOP floor's rows: sampling is 2 runs x 24 images x 2 T (CFG) = 384 forward rows, training the rest
     from bench.perf import floor_rows
 
     rows, summary = floor_rows(db, tmp_path, repeat=1, batch=8)  # a small probe: the rows are under test
     table = {r[0]: r for r in rows}
-    assert table["sampling"][1:3] == ("768", "0") and table["training"][1:3] == (f"{fwd - 768:,}", f"{bwd:,}")
+    assert table["sampling"][1:3] == ("384", "0") and table["training"][1:3] == (f"{fwd - 384:,}", f"{bwd:,}")
     assert table["evaluation"][1] == "0" and table["whole grid"][1] == f"{fwd:,}"  # --no-eval
     assert summary["costs"]["forward"] > 0 and summary["costs"]["backward"] > 0 and summary["ratio"] > 0
 

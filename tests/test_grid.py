@@ -138,13 +138,15 @@ def test_the_calibration_is_cached_per_setting_and_measured_again_when_bad_or_st
     files = list((tmp_path / "estimates").glob("*.json"))
     assert len(calls) == 1 and len(files) == 1 and first["fwd"][1] > 0 and first["fb"][1] > 0
     assert grid.Estimator(tmp_path / "out", 1, 1)._calibrate(spec) == first and len(calls) == 1  # read back
-    # another T, guidance or thread count is another file (another calibration)
+    # another guidance or thread count is another file (another calibration); another T is not (a UNet call
+    # costs the same at every timestep)
     from bench.train.runner import backbone_location
 
     est, where = grid.Estimator(tmp_path / "out", 1, 1), backbone_location(spec)
     assert est._calibration_file(spec, where) == files[0]
-    for other in (make_spec("ddpo-2", num_steps=3, samples_per_epoch=8, budget=8),
-                  type(spec)(**{**spec.__dict__, "guidance_scale": 1.0})):
+    assert est._calibration_file(make_spec("ddpo-2", num_steps=7, samples_per_epoch=8, budget=8), where) == files[0]
+    for other in (type(spec)(**{**spec.__dict__, "guidance_scale": 1.0}),
+                  type(spec)(**{**spec.__dict__, "lora_rank": spec.lora_rank + 1})):
         assert est._calibration_file(other, where) != files[0]
     import torch
 

@@ -81,7 +81,10 @@ def test_fp16_gradients_vanish_unscaled_and_survive_with_loss_scaling(size):
     # 0.49-0.50 at 32 x 32 on AMD Zen 3 (AVX2), where bf16 GEMMs round elsewhere. Stated tolerance: cosine > 0.35,
     # still far from chance (9,984 LoRA parameters: an unrelated direction has |cosine| about 1/sqrt(n) = 0.01), and
     # norm within 2x
-    # (exact zeros: measured 0 to 0.01% depending on the CPU and threads; stated bound 1%)
+    # (exact zeros: measured 0 to 0.01% depending on the CPU and threads; stated bound 1%). At 32 x 32 the
+    # thread-count test below checks exactly this, at 1 and 2 threads
+    if size == 32:
+        return
     bf16 = sd_latent_backbone(torch.bfloat16, size)
     b = ddpo2_update_grads(bf16, traj, "bf16", scaled=True)
     assert (b == 0).float().mean() < 0.01

@@ -17,9 +17,11 @@ class Killed(BaseException):
 
 def _spec(method):
     # 4 epochs of 8, checkpoints at 16 and 32: a snapshot after epoch 2. DiffusionNFT at m = 24: one update per
-    # 48 images, so the snapshot at 16 holds 16 waiting images that the update in epoch 3 trains on
+    # 48 images, so the snapshot at 16 holds 16 waiting images that the update in epoch 3 trains on. Dense DPO at
+    # m = 2 (2.7 updates per epoch, a fraction still carried across the snapshot): its updates are the costly ones
+    m = {"diffusion-nft": 24.0, "dense-dpo": 2.0}.get(method, 8.0)
     return make_spec(method, num_steps=2, samples_per_epoch=8, budget=32, num_checkpoints=2, sample_batch_size=8,
-                     overrides={"lr": "1e-2"}, multiplier=24.0 if method == "diffusion-nft" else 8.0)
+                     overrides={"lr": "1e-2"}, multiplier=m)
 
 
 def _result(out, spec):
