@@ -92,10 +92,14 @@ def panel_grid(plt, n: int, cols: int = 3):
 
 
 def save(fig, folder: Path, name: str) -> list[str]:
+    """PNG and PDF, cropped to the figure's tight box. The box is measured once (one draw) and given to both
+    saves: `bbox_inches="tight"` would draw the figure again for each file, a quarter of a report's time."""
     folder.mkdir(parents=True, exist_ok=True)
+    fig.set_dpi(110)
+    box = fig.get_tightbbox(fig.canvas.get_renderer()).padded(0.1)  # matplotlib's tight box and its pad_inches
     files = []
     for ext in ("png", "pdf"):
-        fig.savefig(folder / f"{name}.{ext}", dpi=110, bbox_inches="tight", metadata={"CreationDate": None}
+        fig.savefig(folder / f"{name}.{ext}", dpi=110, bbox_inches=box, metadata={"CreationDate": None}
                     if ext == "pdf" else {"Software": None})
         files.append(f"{name}.{ext}")
     return files
