@@ -8,6 +8,8 @@ import torch
 from tests.helpers import make_spec, register_counting_reward
 
 RESUMED = ["ddpo-2", "tdpo-r", "alignprop", "dense-dpo", "diffusion-nft"]
+# one pytest-xdist worker runs them all: the module fixture `uninterrupted` is built once (pyproject's --dist)
+pytestmark = pytest.mark.xdist_group("resume")
 TIMING = {"epoch_time_s", "time_sampling_s", "time_scoring_s", "time_training_s", "time_critic_encoding_s"}
 
 
