@@ -28,6 +28,8 @@ def _rows(db):
 _GRID = ["run", "--methods", "ddpo-100,tdpo-r", "--reward", "aesthetic", "--budget", "16", "--num-steps", "2",
          "--samples-per-epoch", "8", "--num-checkpoints", "1", "--threads", "1", "--no-progress",
          "--eval-per-prompt", "1", "--no-report"]
+# evaluation in a worker is the serial evaluation (test_shared_query0_...); the slow Ray test compares its scores
+_TRAIN_ONLY = [*_GRID, "--no-eval"]
 
 
 def _load_safetensors(path):  # tensors and metadata (safetensors orders its header's metadata keys arbitrarily)
@@ -38,7 +40,8 @@ def _load_safetensors(path):  # tensors and metadata (safetensors orders its hea
 
 
 def test_workers_give_the_serial_results(tmp_path):
-    """Local worker processes land the serial run's rows and checkpoints, bit for bit."""
+    """Local worker processes land the serial run's rows and checkpoints, bit for bit (the serial grid is also
+    evaluated, for --no-report's printed leaderboard; the workers' grid trains only)."""
     import torch
 
     serial = run_cli(*_GRID, "--workers", "1", "--out", str(tmp_path / "serial"))
@@ -46,14 +49,14 @@ def test_workers_give_the_serial_results(tmp_path):
     # --no-report: the leaderboard is printed, no report folder written
     assert "| ddpo-100 | 1 |" in serial.stdout and "no report written (--no-report)" in serial.stdout
     assert not (tmp_path / "serial" / "report").exists()
-    parallel = run_cli(*_GRID, "--workers", "2", "--out", str(tmp_path / "parallel"))
+    parallel = run_cli(*_TRAIN_ONLY, "--workers", "2", "--out", str(tmp_path / "parallel"))
     assert parallel.returncode == 0, parallel.stderr[-2000:]
     assert "2 worker(s) x 1 thread(s)" in parallel.stdout
     a, b = _rows(tmp_path / "serial" / "bench.duckdb"), _rows(tmp_path / "parallel" / "bench.duckdb")
-    assert a[0] and a[1] and a[2]
-    assert a == b  # checkpoints, training metrics and every evaluation score, bit for bit
+    assert a[0] and a[1] and a[2] and not b[2]
+    assert a[:2] == b[:2]  # checkpoints and training metrics, bit for bit
     # re-submitting the finished grid to Ray trains nothing: both runs are planned as finished
-    again = run_cli(*_GRID, "--launcher", "ray", "--workers", "2", "--out", str(tmp_path / "parallel"))
+    again = run_cli(*_TRAIN_ONLY, "--launcher", "ray", "--workers", "2", "--out", str(tmp_path / "parallel"))
     assert again.returncode == 0, again.stderr[-2000:]
     assert "0 to train, 0 to resume, 0 to evaluate only, 2 finished" in again.stdout
     for run in (tmp_path / "serial" / "runs").iterdir():

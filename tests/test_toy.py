@@ -179,9 +179,11 @@ def test_rewards_are_deterministic_and_proxies_disagree(toy_rewards):
     assert proxy[1] > proxy[0] and gold[1] < gold[0], (proxy, gold)
 
 
+@pytest.mark.slow
 def test_quick_rebuild_runs_end_to_end(tmp_path, monkeypatch, capsys):
     """A quick build of a frontier candidate (thin-8x8), loaded like the committed suite, then set beside the
-    committed build by the frontier table."""
+    committed build by the frontier table. Slow (about 45 s of the 6-minute budget on a 2-core Zen 3): the
+    default suite checks the build's UNet architectures and its refusal of unknown names."""
     from bench.train.backbone import build_backbone
     from bench.train.runner import load_reward
     from bench.toy import build, frontier
