@@ -467,6 +467,20 @@ def estimates_dir() -> Path:
     return cache_root() / "estimates"
 
 
+def _read_calibration(path: Path) -> dict | None:
+    """A cached calibration, or None when it is absent, older than CALIBRATION_MAX_AGE_S, unreadable or not
+    finite: then it is measured again (an estimate never fails a run)."""
+    try:
+        if time.time() - path.stat().st_mtime > CALIBRATION_MAX_AGE_S:
+            return None
+        raw = json.loads(path.read_text())
+        cost = {"fwd": tuple(map(float, raw["fwd"])), "fb": tuple(map(float, raw["fb"])),
+                "decode": float(raw["decode"])}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return cost if all(math.isfinite(v) for v in (*cost["fwd"], *cost["fb"], cost["decode"])) else None
+
+
 class Estimator:
     """Seconds a run will take: from timings stored in earlier run folders of the same setting
     (same method, backbone, T, samples per epoch, multiplier, threads) when there are any, else
@@ -538,16 +552,10 @@ class Estimator:
 
         location = backbone_location(spec)
         cached = self._calibration_file(spec, location)
-        try:
-            if time.time() - cached.stat().st_mtime > CALIBRATION_MAX_AGE_S:
-                raise OSError("stale")
-            cost = json.loads(cached.read_text())
-            cost = {"fwd": tuple(cost["fwd"]), "fb": tuple(cost["fb"]), "decode": float(cost["decode"])}
-            if all(math.isfinite(v) for v in (*cost["fwd"], *cost["fb"], cost["decode"])):
-                self._costs[key] = cost
-                return cost
-        except (OSError, ValueError, KeyError, TypeError):
-            pass  # absent or unreadable: calibrate (an estimate never fails a run)
+        cost = _read_calibration(cached)
+        if cost is not None:
+            self._costs[key] = cost
+            return cost
         import torch
 
         from bench.train.backbone import build_backbone
@@ -582,13 +590,13 @@ class Estimator:
         # cores shared by workers: a worker's thread count slows each call by about cores / (workers*threads) ≤ 1
         cost = {"fwd": (f1, (f32 - f1) / 31), "fb": (b1, (b32 - b1) / 31), "decode": decode}
         self._costs[key] = cost
+        tmp = cached.with_suffix(f".{os.getpid()}.tmp")
         try:  # written whole (a temporary file renamed), so a concurrent plan reads the old file or this one
             cached.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cached.with_suffix(f".{os.getpid()}.tmp")
             tmp.write_text(json.dumps(cost))
             os.replace(tmp, cached)
         except OSError:
-            pass  # a read-only cache only costs the next plan its calibration
+            tmp.unlink(missing_ok=True)  # a read-only cache only costs the next plan its calibration
         return cost
 
     def _model_train(self, spec) -> float:
