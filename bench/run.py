@@ -133,9 +133,12 @@ def build_specs(args) -> list:
     scale = Scale(num_steps=num_steps, samples_per_epoch=samples_per_epoch, latent_dims=d["latent_dims"],
                   budget=budget, multiplier=multiplier)
     specs = []
-    for m in method_names:
-        hparams = resolve_hparams(m, overrides, scale)
-        for seed in seeds:
+    hparams_of = {m: resolve_hparams(m, overrides, scale) for m in method_names}
+    # Seed-major, so that a grid stopped part-way (a study over several sessions) holds whole seeds: every
+    # method on seed 0, then seed 1, ..., which is what the paired-by-seed comparisons need.
+    for seed in seeds:
+        for m in method_names:
+            hparams = hparams_of[m]
             specs.append(RunSpec(
                 method=m, reward=args.reward, backbone=args.backbone or catalog.DEFAULT_BACKBONE, suite=info.suite,
                 seed=seed, budget=budget, num_checkpoints=args.num_checkpoints, num_steps=num_steps,

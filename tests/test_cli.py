@@ -274,6 +274,8 @@ def test_shards_split_the_grid_deterministically_and_cover_it_once(tmp_path):
     assert len(full) == 30 and [len(s) for s in shards] == [8, 8, 7, 7]
     assert sorted(sum(shards, [])) == sorted(full) and len(set(sum(shards, []))) == 30
     assert shards[1] == full[1::4] and names("--shard", "2/4") == shards[1]
+    # seed-major: all 15 methods on seed 0 come first, so a grid stopped part-way holds whole seeds
+    assert all("_s0_" in n for n in full[:15]) and all("_s1_" in n for n in full[15:])
 
 
 def test_bash_completion_completes_commands_flags_and_names(tmp_path):
