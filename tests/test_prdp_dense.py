@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from methods.dense_dpo import DenseDPO, bt_loss, dpo_logits, keep_sorted, kept_positions, step_distribution
-from methods.prdp import PRDP, prdp_loss, prompt_pairs
+from methods.prdp import PRDP, pair_agreement, prdp_loss, prompt_pairs
 from tests.conftest import run_cli
 
 
@@ -20,6 +20,14 @@ def test_pairs_are_same_prompt_ordered_and_ties_dropped():
     assert a.tolist() == [1, 1] and b.tolist() == [0, 2]
     a, b = prompt_pairs(np.array([0, 1]), np.array([1.0, 0.0]))
     assert len(a) == 0  # different prompts never pair
+
+
+def test_pair_agreement_counts_pairs_ordered_like_their_rewards_and_ties_as_half():
+    ratio = np.array([0.3, 0.1, 0.1, -0.2])
+    a, b = np.array([0, 1, 3]), np.array([1, 2, 0])  # ordered (0.2 > 0), tied (0), reversed (-0.5 < 0)
+    assert pair_agreement(ratio, a, b) == pytest.approx((1 + 0.5 + 0) / 3)
+    assert pair_agreement(ratio, a[:1], b[:1]) == 1.0 and pair_agreement(ratio, a[2:], b[2:]) == 0.0
+    assert pair_agreement(ratio, a[:0], b[:0]) is None
 
 
 def test_prdp_loss_is_zero_at_the_optimum():
@@ -177,6 +185,9 @@ def test_prdp_logs_beta_and_the_gap_to_target(tmp_path):
     assert got[(1, "ratio_gap")] == pytest.approx(0.0, abs=1e-7)  # epoch 1: theta_old is the pretrained policy
     assert got[(2, "ratio_gap")] != 0
     assert got[(2, "gap_to_target")] == pytest.approx(got[(2, "ratio_gap")] / got[(2, "target_gap")])
+    # every epoch logs the share of its pairs ordered like their rewards, a fraction of a pair count
+    assert all(0 <= got[(e, "pair_agreement")] <= 1 for e in (1, 2))
+    assert got[(1, "pair_agreement")] * got[(1, "pairs")] % 0.5 == pytest.approx(0, abs=1e-9)
 
 
 # ------------------------------------------------------------------ dense-reward DPO
