@@ -26,6 +26,13 @@ if str(ROOT) not in sys.path:
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: longer than CI should wait for; run with -m slow")
+    config.addinivalue_line("markers", "heavy: one of the longest default tests; collected first (see below)")
+
+
+def pytest_collection_modifyitems(config, items):
+    """The longest tests first (a stable sort): xdist hands tests out in collection order, so the workers then
+    end together on short tests rather than one idling while the other finishes a long one."""
+    items.sort(key=lambda item: item.get_closest_marker("heavy") is None)
 
 
 @pytest.fixture(scope="session")

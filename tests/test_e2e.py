@@ -3,10 +3,12 @@
 import json
 
 import duckdb
+import pytest
 
 from tests.conftest import run_cli
 
 
+@pytest.mark.heavy
 def test_run_ddpo_jpeg_end_to_end(tmp_path):
     args = ["run", "--methods", "ddpo-2,ddpo-100", "--reward", "jpeg-compressibility", "--budget", "24",
             "--num-steps", "4", "--samples-per-epoch", "16", "--train-batch-size", "8", "--num-checkpoints", "2",
@@ -58,6 +60,7 @@ def test_run_ddpo_jpeg_end_to_end(tmp_path):
     assert "reward@last" in again.stdout  # the summary table
 
 
+@pytest.mark.heavy
 def test_alignprop_raises_the_toy_aesthetic(tmp_path):
     """AlignProp on the default (toy) backbone: the proxy aesthetic goes up within a small budget."""
     r = run_cli("run", "--methods", "alignprop", "--reward", "aesthetic", "--budget", "64", "--num-steps", "6",

@@ -39,6 +39,7 @@ def _load_safetensors(path):  # tensors and metadata (safetensors orders its hea
         return f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
 
 
+@pytest.mark.heavy
 def test_workers_give_the_serial_results(tmp_path):
     """Local worker processes land the serial run's rows and checkpoints, bit for bit (the serial grid is also
     evaluated, for --no-report's printed leaderboard; the workers' grid trains only)."""
@@ -80,6 +81,7 @@ def test_ray_gives_the_serial_results(tmp_path):
     assert a[0] and a == c
 
 
+@pytest.mark.heavy
 def test_shared_query0_evaluation_equals_a_per_run_one(tmp_path):
     from bench.evaluate import evaluate_run
     from bench.train.runner import run_dir_for, train_run
@@ -176,6 +178,7 @@ def test_wall_estimate_schedules_longest_first(loads, workers, expected):
     assert wall_estimate(plans, workers) == expected
 
 
+@pytest.mark.heavy
 def test_a_failed_ray_task_is_reported_and_the_others_go_on(tmp_path):
     """On Ray, a run that fails inside its task (here: its reward is registered only in this process, so the
     task cannot resolve it) comes back as 'failed' with the reason; the other run finishes and is ingested."""

@@ -54,6 +54,7 @@ def ddpo2_update_grads(bb, traj, precision: str, scaled: bool):
     return torch.cat([p.grad.flatten().float() if p.grad is not None else torch.zeros(p.numel()) for p in params])
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("size", [32, pytest.param(64, marks=pytest.mark.slow)])
 def test_fp16_gradients_vanish_unscaled_and_survive_with_loss_scaling(size):
     """At SD's 64 x 64 latents (slow on CPU: fp16 is emulated, about a minute) and at 32 x 32 (5 s): the

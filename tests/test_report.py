@@ -306,6 +306,7 @@ def test_report_renders_in_headless_chromium(tmp_path):
     assert dark > 0.002  # some ink: headings and table text
 
 
+@pytest.mark.heavy
 def test_run_evaluates_every_checkpoint_then_eval_adds_a_reward_and_reproduces(tmp_path):
     """`bench run` scores each checkpoint with every toy reward on all three prompt sets and
     writes the report; `bench eval` adds a reward later; re-evaluation reproduces the images."""

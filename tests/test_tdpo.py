@@ -280,6 +280,7 @@ def test_reference_log_probs_match_sampling_until_lora_moves(backbone):
 
 
 # ------------------------------------------------------------------ every variant end to end on the default backbone
+@pytest.mark.heavy
 def test_every_tdpo_variant_end_to_end_on_toy(tmp_path):
     args = ["run", "--methods", ",".join(TDPO_VARIANTS), "--reward", "aesthetic", "--budget", "16",
             "--num-steps", "2", "--samples-per-epoch", "8", "--train-batch-size", "8", "--num-checkpoints", "2",
