@@ -22,8 +22,6 @@ def cmd_list(kind: str | None, effective: bool = False) -> int:
         width = max(len(e.name) for e in registries[k].entries()) + 2
         for e in registries[k].entries():
             extra = ""
-            if k == "methods" and e.meta.get("not_in_all"):
-                extra = f"\n  {'':<{width}}not in 'all': {e.meta['not_in_all']}"
             if k == "rewards":
                 extra = f"  [{'higher' if e.meta['higher_is_better'] else 'lower'} is better" \
                         f"{', differentiable' if e.meta['differentiable'] else ''}" \

@@ -148,8 +148,8 @@ def parse_seeds(text: str) -> list[int]:
 def parse_methods(text: str) -> list[str]:
     from bench.spec.catalog import methods
 
-    if text.strip() == "all":  # a method whose settings are not decided yet joins 'all' when they are
-        return [e.name for e in methods.entries() if not e.meta.get("not_in_all")]
+    if text.strip() == "all":
+        return [e.name for e in methods.entries()]
     names = [n.strip() for n in text.split(",") if n.strip()]
     if not names:
         raise BenchError("--methods is empty; give names like ddpo-2,ddpo-100 or 'all'")
