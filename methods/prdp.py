@@ -47,8 +47,8 @@ Choices the sources leave open (there is no public PRDP code):
   one epoch reach, so PRDP runs
   as a trust-region ascent on within-prompt reward differences; `gap_to_target`
   (logged with `ratio_gap`, `target_gap` and `beta`) shows how far, and
-  `pair_agreement` (the share of the epoch's pairs whose log-ratio under the
-  sampling policy is already ordered like their rewards) whether it moves toward them. `beta=auto`
+  `gap_moved` (the epoch's pairs' mean log-ratio gap at its last update minus
+  at theta_old) whether each epoch's fit moves them toward their targets. `beta=auto`
   (an ablation, not the default: it re-derives a source coefficient from the
   run's own rewards) sets beta_nats = sigma_w, the within-prompt standard
   deviation of the first epoch's rewards, i.e. beta = sigma_w * D * T in this
@@ -101,17 +101,6 @@ def prdp_loss(ratio: torch.Tensor, old_ratio: torch.Tensor, rewards: torch.Tenso
     unclipped = (traj[a] - traj[b] - target) ** 2
     clipped = (traj_clip[a] - traj_clip[b] - target) ** 2
     return torch.mean(torch.maximum(unclipped, clipped)), torch.mean((clipped > unclipped).float()).detach()
-
-
-def pair_agreement(traj_ratio: np.ndarray, a: np.ndarray, b: np.ndarray) -> float | None:
-    """Share of pairs (r_a > r_b) whose trajectory log-ratio to pi_ref is ordered like their rewards (ties count
-    one half): 0.5 at the pretrained policy, 1 at PRDP's optimum, where every target dr / beta is positive. With
-    the paper's beta the targets are far out of the clip's reach, so this, not `gap_to_target`, shows whether the
-    policy moves toward them."""
-    if not len(a):
-        return None
-    d = traj_ratio[a] - traj_ratio[b]
-    return float(np.mean((d > 0) + 0.5 * (d == 0)))
 
 
 def within_prompt_std(groups: np.ndarray, rewards: np.ndarray) -> tuple[float, int]:
@@ -189,8 +178,6 @@ class PRDP:
             self.beta = self.set_beta(groups, rewards.numpy())
         old_ratio = traj.log_probs.float() - self.step_log_probs(traj, reference=True)
 
-        a_all, b_all = prompt_pairs(groups, rewards.numpy())
-        agreement = pair_agreement(old_ratio.mean(1).cpu().numpy(), a_all, b_all)  # the policy that sampled
         plan = self.plan([g for g, k in enumerate(sizes) if k >= 2], n)
         stats = {k: [] for k in ("loss", "clipfrac", "pairs", "ratio_gap", "target_gap")}
         # every process must step the same number of times: all have the same group sizes
@@ -220,10 +207,14 @@ class PRDP:
                 bar.update(1)
         out = {k: float(np.mean(v)) if v else None for k, v in stats.items()}
         out["gap_to_target"] = out["ratio_gap"] / out["target_gap"] if out["target_gap"] else None
+        # whole: every update fits the same pairs, so the last update's gap minus the first's (taken at theta_old)
+        # is how far the epoch's fit moved them toward their targets (positive: toward; the last step not counted)
+        gaps = stats["ratio_gap"]
+        out["gap_moved"] = gaps[-1] - gaps[0] if hp["update_data"] == "whole" and len(gaps) >= 2 else None
         return {
             "reward_mean": float(np.mean(all_rewards)), "reward_std": float(np.std(all_rewards)),
             "reward_min": float(np.min(all_rewards)), "reward_max": float(np.max(all_rewards)),
-            "local_reward_mean": float(rewards.mean()), "beta": self.beta, "pair_agreement": agreement, **out,
+            "local_reward_mean": float(rewards.mean()), "beta": self.beta, **out,
         }
 
     def _backprop_steps(self, traj: Trajectory, grad: torch.Tensor) -> None:

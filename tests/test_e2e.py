@@ -12,7 +12,8 @@ from tests.conftest import run_cli
 def test_run_ddpo_jpeg_end_to_end(tmp_path):
     args = ["run", "--methods", "ddpo-2,ddpo-100", "--reward", "jpeg-compressibility", "--budget", "24",
             "--num-steps", "4", "--samples-per-epoch", "16", "--train-batch-size", "8", "--num-checkpoints", "2",
-            "--update-multiplier", "8", "--out", str(tmp_path), "--no-progress", "--no-eval"]
+            "--update-multiplier", "8", "--out", str(tmp_path), "--no-progress", "--no-eval",
+            "--workers", "1"]  # one process: grid workers would each pay the imports again (test_grid covers them)
     r = run_cli(*args)
     assert r.returncode == 0, r.stderr[-3000:]
     db = tmp_path / "bench.duckdb"

@@ -284,7 +284,8 @@ def test_reference_log_probs_match_sampling_until_lora_moves(backbone):
 def test_every_tdpo_variant_end_to_end_on_toy(tmp_path):
     args = ["run", "--methods", ",".join(TDPO_VARIANTS), "--reward", "aesthetic", "--budget", "16",
             "--num-steps", "2", "--samples-per-epoch", "8", "--train-batch-size", "8", "--num-checkpoints", "2",
-            "--out", str(tmp_path), "--no-progress", "--no-eval"]
+            "--out", str(tmp_path), "--no-progress", "--no-eval",
+            "--workers", "1"]  # one process: grid workers would each pay the imports again (test_grid covers them)
     r = run_cli(*args)
     assert r.returncode == 0, r.stderr[-3000:]
     import duckdb

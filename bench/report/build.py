@@ -512,8 +512,7 @@ def compute_rows(con) -> list[tuple]:
     return [(f"{m} ({rw})", str(n), *(fmt(v) for v in vals)) for rw, m, n, *vals in rows]
 
 
-DIAGNOSTICS = ("ratio_at_old_maxdev", "clipfrac", "approx_kl", "clamp_fraction", "gap_to_target", "pair_agreement",
-               "cf_loss",
+DIAGNOSTICS = ("ratio_at_old_maxdev", "clipfrac", "approx_kl", "clamp_fraction", "gap_to_target", "gap_moved", "cf_loss",
                "critic_explained_variance", "kl_penalty_ratio")
 """Per-epoch sanity metrics (see the report's Diagnostics section)."""
 RATIO_TOLERANCE = 1e-4
