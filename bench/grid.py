@@ -609,6 +609,10 @@ class Estimator:
 
         def fb(rows):
             return c["fb"][0] + c["fb"][1] * rows
+
+        def chunked(rows, cost):  # `rows` latents in calls of at most train_batch_size, the last one smaller
+            rows = int(round(rows))
+            return (rows // tb) * cost(tb) + (cost(rows % tb) if rows % tb else 0.0)
         sb = spec.sample_batch_size
         sampling = math.ceil(S / sb) * T * fwd(min(sb, S))
         from bench.spec.catalog import methods
@@ -626,13 +630,14 @@ class Estimator:
             b = hp.get("update_chains", hp["update_samples"])
             k_mean = (T + 1) / 2
             train = math.ceil(S / b) * (T * fwd(b) + k_mean * (fwd(b) + fb(b))) - sampling
-        elif kind == "prdp":
+        elif kind == "prdp":  # passes over the epoch's S x T sample-steps, chunked like methods/prdp.py's
             K = max(1.0, hp["updates_per_epoch"])
-            if hp.get("update_data", "whole") == "whole":  # every update: a no-grad pass and a backward pass
-                train = T * fwd(S) + (K - 1) * T * fwd(S) + K * math.ceil(S * T / tb) * fb(min(tb, S * T))
-            else:
+            reference = chunked(S * T, fwd)  # the pretrained policy's log-probs, once per epoch
+            if hp.get("update_data", "whole") == "whole":  # each update after the first: a no-grad pass; each: a backward
+                train = reference + (K - 1) * chunked(S * T, fwd) + K * chunked(S * T, fb)
+            else:  # each update on its 1/K share of the groups
                 K = min(max(1, S // hp["images_per_prompt"]), K)
-                train = T * fwd(S) + (K - 1) * T * fwd(S / K) + math.ceil(S * T / tb) * fb(min(tb, S * T))
+                train = reference + (K - 1) * chunked(S * T / K, fwd) + K * chunked(S * T / K, fb)
         elif kind == "nft":  # every row: theta forward+backward, old (and base) forward; guidance 1 is one pass
             rows = S * hp["levels_per_sample"]
             cfg = 0.5 if hp["train_guidance"] == 1.0 else 1.0

@@ -170,6 +170,31 @@ def test_the_calibration_is_cached_per_setting_and_measured_again_when_bad_or_st
     assert len(calls) == 3
 
 
+@pytest.mark.parametrize("update_data,expected", [("whole", 35810.0), ("groups", 4079.0)])
+def test_the_cost_model_counts_prdps_passes_in_train_batch_chunks(tmp_path, update_data, expected):
+    """PRDP at the toy default (S = 32, T = 10, train batch 256, K = 10): with a synthetic calibration (a call
+    costs 5 + rows forward, 7 + 10 rows forward+backward, decoding free), the model's seconds per epoch are
+    the hand count of methods/prdp.py's calls. Sampling: 10 steps x (5 + 32) = 370. The pretrained policy's
+    pass over 320 sample-steps: calls of 256 and 64, 10 + 320 = 330.
+    whole: 9 no-grad passes (9 x 330 = 2970) and 10 backward passes of (7 + 2560) + (7 + 640) = 3214 each:
+    370 + 330 + 2970 + 32140 = 35810.
+    groups: 2 groups of 16 -> K = 2 updates, each on 160 sample-steps: one no-grad pass (5 + 160 = 165) and two
+    backward passes of 7 + 1600: 370 + 330 + 165 + 3214 = 4079."""
+    import bench.grid as grid
+    from bench.cli import build_parser
+    from bench.run import build_specs
+
+    args = build_parser().parse_args(["run", "--methods", "prdp", "--reward", "jpeg-compressibility", "--budget",
+                                      "32", "--out", str(tmp_path), "--set", f"update_data={update_data}"])
+    spec = build_specs(args)[0]
+    assert (spec.samples_per_epoch, spec.num_steps, spec.train_batch_size, spec.hp["updates_per_epoch"]) == \
+        (32, 10, 256, 10.0)
+    est = grid.Estimator(tmp_path / "out", 1, 1)
+    est._costs[(spec.backbone, spec.guidance_scale, spec.eta, spec.lora_rank)] = \
+        {"fwd": (5.0, 1.0), "fb": (7.0, 10.0), "decode": 0.0}
+    assert est._model_train(spec) == pytest.approx(expected)  # one epoch: the budget is 32 queries
+
+
 @pytest.mark.parametrize("loads,workers,expected", [([5, 3, 2], 1, 10), ([5, 3, 2], 2, 5), ([4, 4, 4, 4], 2, 8)])
 def test_wall_estimate_schedules_longest_first(loads, workers, expected):
     from bench.grid import Planned, wall_estimate
