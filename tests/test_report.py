@@ -515,3 +515,22 @@ def test_an_outlier_method_is_drawn_off_scale_so_the_others_stay_readable():
     assert ylim == pytest.approx((7 - 0.08 * 0.3, 7.3 + 0.08 * 0.3))
     two = means[means["method"] != "b"]
     assert inlier_limits(two, "x", "y")[2] == {}  # with two methods nothing is an outlier
+
+
+def test_a_study_read_part_way_is_marked_interim_with_the_seeds_it_holds():
+    from bench.report.build import Board, plan_completeness
+    from bench.spec.plan import ComparisonPlan
+
+    plan = ComparisonPlan(name="s", version=3, declared="before", level_setters="paper",
+                          primary=(("tdpo-r", "tdpo"), ("tdpo-r", "ddpo-100")), primary_score="gold-aesthetic",
+                          primary_prompts="seen", seeds=3)
+    seen = Board("aesthetic", "toy-seen", 1.0, seeds={"tdpo-r": (0, 1), "tdpo": (0, 1, 2), "ddpo-100": (0,)})
+    unseen = Board("aesthetic", "toy-unseen", 1.0, seeds={"tdpo-r": (2,), "alignprop": (0, 1, 2, 3)})
+    line = plan_completeness([seen, unseen], plan)  # tdpo-r's seed 2 is scored on another board: 3 in all
+    assert line.startswith("Interim: plan s v3 fixes 3 seeds per method; this database holds ")
+    assert "tdpo-r 3, tdpo 3, ddpo-100 1." in line  # alignprop is not a primary method: not counted
+    seen.seeds["ddpo-100"] = (0, 1, 2)
+    assert plan_completeness([seen, unseen], plan) is None  # every primary method has exactly 3
+    seen.seeds["tdpo"] = (0, 1, 2, 3)
+    assert "tdpo 4" in plan_completeness([seen, unseen], plan)  # more than declared is flagged too
+    assert plan_completeness([seen], ComparisonPlan(**{**plan.__dict__, "seeds": None})) is None

@@ -411,6 +411,23 @@ def comparison_table(rows: list[dict]) -> list[tuple]:
              "-" if r["primary"] else f"{r['p_holm']:.3g}", f"{r['comp'].mdd:.3g}", r["says"]) for r in rows]
 
 
+def plan_completeness(boards: list[Board], plan: ComparisonPlan) -> str | None:
+    """A line when the database holds other seeds than the plan fixes for its primary methods (a study stopped
+    part-way and resumed later is read in between): its results are interim, and its power statements hold only
+    at the declared number. None when the plan fixes no number or every primary method has exactly it."""
+    if plan.seeds is None:
+        return None
+    held: dict[str, set[int]] = {m: set() for pair in plan.primary for m in pair}
+    for b in boards:
+        for m in held:
+            held[m] |= set(b.seeds.get(m, ()))
+    if all(len(v) == plan.seeds for v in held.values()):
+        return None
+    counts = ", ".join(f"{m} {len(v)}" for m, v in held.items())
+    return (f"Interim: plan {plan.label} fixes {plan.seeds} seeds per method; this database holds {counts}. "
+            f"The comparisons below use the seeds present; the plan's power statements hold only at {plan.seeds}.")
+
+
 def primary_sentences(rows: list[dict], plan: ComparisonPlan) -> list[str]:
     """The plan's question answered in words, one sentence per primary comparison."""
     out = []
@@ -687,6 +704,9 @@ def write_report(db_path: Path, report_dir: Path, out_dir: Path | None = None,
     if gao:
         md = ("### overoptimization coefficients (Gao et al. 2022: gold gain = d (alpha - beta ln d), d = sqrt(KL))"
               "\n\n" + _table_md(GAO_HEADER, gao) + "\n" + md)
+    interim = plan_completeness(boards, plan)
+    if interim:
+        md = f"**{interim}**\n\n" + md
     if question:
         md = (f"### the declared comparisons (plan {plan.label}; exploratory p-values Holm-adjusted)\n\n"
               + "".join(f"- {s}\n" for s in sentences) + "\n"
@@ -714,6 +734,7 @@ def write_report(db_path: Path, report_dir: Path, out_dir: Path | None = None,
         f"<p>Comparison plan <b>{html.escape(plan.label)}</b>, declared {html.escape(plan.declared)}. Primary: "
         + html.escape(", ".join(f"{a} vs {b}" for a, b in plan.primary)) + f" on {html.escape(plan.primary_score)} "
         f"at the matched level, {html.escape(plan.primary_prompts)} prompts; everything else is exploratory.</p>",
+        *([f"<p><b>{html.escape(interim)}</b></p>"] if interim else []),
         *(["<h2>The question</h2>", *[f"<p><b>{html.escape(s)}</b></p>" for s in sentences],
            *[f'<figure><img src="figures/{html.escape(p)}" alt="{html.escape(p)}"></figure>' for p in gao_pngs
              if p in first_figures]]

@@ -17,7 +17,7 @@ def plan_of(study: str | None):
 
 def print_and_write(db: Path, report_dir: Path, out: Path, write: bool = True, study: str | None = None) -> None:
     from bench.report.build import (below_m_line, boards_markdown, build_boards, comparison_rows, effective_tables,
-                                    primary_sentences, verdict_lines, write_report)
+                                    plan_completeness, primary_sentences, verdict_lines, write_report)
     from bench.store.database import connect
 
     plan = plan_of(study)
@@ -37,6 +37,9 @@ def print_and_write(db: Path, report_dir: Path, out: Path, write: bool = True, s
         print(f"(full tables, with AUCs and every prompt set: {report_dir / 'leaderboard.md'})")
     for line in verdict_lines(boards):
         print(line)
+    interim = plan_completeness(boards, plan)
+    if interim:
+        print(interim)
     sentences = primary_sentences(comparison_rows(boards, plan), plan)
     if sentences:
         print(f"primary comparisons (plan {plan.label}, paired by seed where the seeds match):")
