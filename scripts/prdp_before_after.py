@@ -6,7 +6,7 @@ diagnostics over epochs: `gap_to_target` (the pairs' mean log-ratio gap over the
 `ratio_gap` (that gap, averaged over the epoch's updates) and `gap_moved` (with `update_data=whole`: how far the
 epoch's updates moved the gap of the pairs they fit, positive toward the targets).
 
-    python scripts/prdp_before_after.py OUT_BEFORE OUT_AFTER
+    python -m scripts.prdp_before_after OUT_BEFORE OUT_AFTER   (from the repository root)
 
 The grids behind the README's numbers (one seed each, 640 queries, T = 10, 32 images per epoch):
     bench run --methods prdp --reward jpeg-compressibility --budget 640 --seeds 0 --workers 1 --threads 1 \
@@ -17,25 +17,21 @@ The grids behind the README's numbers (one seed each, 640 queries, T = 10, 32 im
 
 import statistics as st
 import sys
-from math import sqrt
 
 import duckdb
 
-PER_IMAGE = """
-    with s as (select s.prompt, s.sample_index, s.eval_seed, s.reward_queries q, s.value
-               from scores s where s.reward = 'jpeg-compressibility' and s.prompt_set = 'toy-seen')
-    select a.prompt, a.sample_index, a.eval_seed, b.value - a.value
-    from s a join s b on a.prompt = b.prompt and a.sample_index = b.sample_index and a.eval_seed = b.eval_seed
-                     and a.q = 0 and b.q = (select max(q) from s)
-    order by 1, 2, 3"""
+from bench.report.analysis import mean_ci, paired_changes
 
 
-def read(out: str) -> tuple[dict, dict[str, list[float]]]:
+def read(out: str) -> tuple[list[float], dict[str, list[float]]]:
+    """The run's paired per-image JPEG changes on the seen prompts (the report's `paired_changes`, in the order of
+    prompt, sample and evaluation seed) and its PRDP diagnostics per epoch."""
     con = duckdb.connect(f"{out}/bench.duckdb", read_only=True)
     try:
-        if con.execute("select count(distinct run_id) from runs").fetchone()[0] != 1:
-            raise SystemExit(f"{out}: expected exactly one run")
-        change = {(p, i, e): d for p, i, e, d in con.execute(PER_IMAGE).fetchall()}
+        runs = con.execute("select run_id from runs").fetchall()
+        if len(runs) != 1:
+            raise SystemExit(f"{out}: expected exactly one run, found {len(runs)}")
+        change = paired_changes(con, runs[0][0], "jpeg-compressibility", "toy-seen")
         diag: dict[str, list[float]] = {}
         for metric, value in con.execute("select metric, value from train_metrics where metric in "
                                          "('gap_to_target', 'ratio_gap', 'gap_moved', 'beta') order by epoch").fetchall():
@@ -46,8 +42,9 @@ def read(out: str) -> tuple[dict, dict[str, list[float]]]:
     return change, diag
 
 
-def mean_ci(xs: list[float]) -> str:
-    return f"{st.mean(xs):+.5f} +- {1.96 * st.stdev(xs) / sqrt(len(xs)):.5f}"
+def fmt(values: list[float]) -> str:
+    m, half = mean_ci(values)
+    return f"{m:+.5f} +- {half:.5f}"
 
 
 def halves(xs: list[float]) -> str:
@@ -58,7 +55,7 @@ def halves(xs: list[float]) -> str:
 def main(before: str, after: str) -> int:
     runs = {"before": read(before), "after": read(after)}
     for name, (change, diag) in runs.items():
-        print(f"{name}: JPEG reward change, query 0 -> last mark, {len(change)} images: {mean_ci(list(change.values()))}"
+        print(f"{name}: JPEG reward change, query 0 -> last mark, {len(change)} images: {fmt(change)}"
               " (minus kB; image-level 95% CI; one seed: seed variance not included)")
         print(f"  beta {diag['beta'][0]:.4g}; gap_to_target {halves(diag['gap_to_target'])}; ratio_gap > 0 in "
               f"{sum(g > 0 for g in diag['ratio_gap'])} of {len(diag['ratio_gap'])} epochs")
@@ -66,13 +63,14 @@ def main(before: str, after: str) -> int:
             moved = diag["gap_moved"]
             print(f"  gap_moved > 0 in {sum(g > 0 for g in moved)} of {len(moved)} epochs, mean {st.mean(moved):+.3g}")
     a, b = runs["before"][0], runs["after"][0]
-    keys = sorted(set(a) & set(b))
-    print(f"after - before, paired by image ({len(keys)}): {mean_ci([b[k] - a[k] for k in keys])}")
+    if len(a) != len(b):
+        raise SystemExit(f"the grids were evaluated on different images ({len(a)} and {len(b)})")
+    print(f"after - before, paired by image ({len(a)}): {fmt([y - x for x, y in zip(a, b)])}")
     return 0
 
 
 if __name__ == "__main__":
     if len(sys.argv) != 3:
-        print("usage: python scripts/prdp_before_after.py OUT_BEFORE OUT_AFTER", file=sys.stderr)
+        print("usage: python -m scripts.prdp_before_after OUT_BEFORE OUT_AFTER", file=sys.stderr)
         sys.exit(2)
     sys.exit(main(sys.argv[1], sys.argv[2]))
