@@ -9,6 +9,9 @@ Ray tasks to a local Ray instance or a cluster (`--launcher ray`).
 - Results do not depend on the executor: each run seeds its own generators, and
   every run uses `threads` torch threads whichever process runs it (the thread
   count can change float rounding, so it is fixed per grid, not per executor).
+  The exception is lockstep (`--lockstep auto`, the default): the seeds of one setting of a per-step method
+  train in one process with merged UNet calls, which moves float rounding (within a tested tolerance); each
+  run.json records its group, and `--lockstep off` trains every run alone.
 - One writer: only this process opens the database. Workers (and Ray tasks) write
   run folders; finished runs are ingested as they complete. A failed run is
   reported and the others go on; re-running the grid skips finished runs.
@@ -63,6 +66,9 @@ class GridOptions:
     gpus_per_run: float | None = None
     """GPUs a Ray task asks for; None: 1 when the cluster has GPUs, else 0. Above 1 the task launches one
     data-parallel run over its GPUs (accelerate launch)."""
+    lockstep: str = "auto"
+    """'auto': runs that differ only in their seed, of a method whose calls do not depend on its data, train
+    together in one process, every UNet call and backward merged (bench/train/lockstep.py); 'off': each alone."""
 
 
 @dataclass
@@ -77,6 +83,8 @@ class Planned:
     stored: bool = False
     """True when the estimate comes from timings stored by earlier runs of the same setting, False when it
     comes from the cost model."""
+    group: int | None = None
+    """The lockstep group the run trains in (an index into the plan's groups), or None: alone."""
 
 
 @dataclass
@@ -105,14 +113,60 @@ def plan_grid(specs, opts: GridOptions, estimator=None) -> list[Planned]:
             resume_from = _snapshot_queries(run_dir_for(spec, opts.out))
             if resume_from is not None:
                 action = "resume"
-        p = Planned(spec, action, resume_from=resume_from)
-        if estimator is not None and action != "skip":
-            left = 1.0 - (resume_from or 0) / spec.budget
-            p.train_s = estimator.train_seconds(spec) * left if action in ("train", "resume") else 0.0
-            p.eval_s = estimator.eval_seconds(spec, opts.eval_per_prompt) if opts.evaluate else 0.0
-            p.stored = estimator.has_stored(spec)
-        plans.append(p)
+        plans.append(Planned(spec, action, resume_from=resume_from))
+    if opts.lockstep != "off" and opts.launcher == "local":
+        for g, members in enumerate(lockstep_groups(plans, opts.workers)):
+            for p in members:
+                p.group = g
+    sizes = {}
+    for p in plans:
+        if p.group is not None:
+            sizes[p.group] = sizes.get(p.group, 0) + 1
+    if estimator is not None:
+        for p in plans:
+            if p.action == "skip":
+                continue
+            size = sizes.get(p.group, 1)
+            left = 1.0 - (p.resume_from or 0) / p.spec.budget
+            p.train_s = estimator.train_seconds(p.spec, size) * left if p.action in ("train", "resume") else 0.0
+            p.eval_s = estimator.eval_seconds(p.spec, opts.eval_per_prompt) if opts.evaluate else 0.0
+            p.stored = estimator.has_stored(p.spec, size)
     return plans
+
+
+def lockstep_capable(method: str) -> bool:
+    """Whether a method's seeds make the same UNet calls and backwards in the same order (the per-step policy
+    gradient methods: DDPO, the TDPO family, GRPO). AlignProp draws each chain's gradient steps from its data
+    stream, and the pair- and forward-process methods were not checked; they train alone."""
+    from bench.spec.catalog import methods
+
+    return methods.get(method).meta.get("kind") == "ppo"
+
+
+def lockstep_groups(plans: list[Planned], workers: int = 1) -> list[list[Planned]]:
+    """Runs to train in lockstep: same method and setting but the seed, all starting fresh or all resuming
+    from the same snapshot, one process each (world size 1). Groups of one are left out. While the grid would
+    leave a worker idle (fewer groups and lone runs than workers), the largest group is halved: a group runs on
+    one worker, and merging pays less than a second core (measured: 1.1x to 1.6x per run)."""
+    keyed: dict = {}
+    for p in plans:
+        if p.action not in ("train", "resume") or not lockstep_capable(p.spec.method):
+            continue
+        setting = {k: v for k, v in p.spec.to_dict().items() if k != "seed"}
+        key = (json.dumps(setting, sort_keys=True, default=str), p.resume_from)
+        keyed.setdefault(key, []).append(p)
+    groups = [members for members in keyed.values() if len(members) > 1]
+    alone = sum(p.action != "skip" for p in plans) - sum(len(g) for g in groups)
+    while groups and len(groups) + alone < workers and max(len(g) for g in groups) > 1:
+        big = max(groups, key=len)
+        groups.remove(big)
+        half = (len(big) + 1) // 2
+        for part in (big[:half], big[half:]):
+            if len(part) > 1:
+                groups.append(part)
+            else:
+                alone += 1
+    return groups
 
 
 def _snapshot_queries(run_dir: Path) -> int | None:
@@ -128,11 +182,15 @@ def _snapshot_queries(run_dir: Path) -> int | None:
 
 
 def wall_estimate(plans: list[Planned], workers: int) -> float:
-    """Longest-first list scheduling of the runs' estimates over the workers."""
+    """Longest-first list scheduling of the runs' estimates over the workers (a lockstep group is one job)."""
+    jobs: dict = {}
+    for k, p in enumerate(plans):
+        key = ("group", p.group) if p.group is not None else ("run", k)
+        jobs[key] = jobs.get(key, 0.0) + p.train_s + p.eval_s
     loads = [0.0] * max(1, workers)
-    for p in sorted(plans, key=lambda p: -(p.train_s + p.eval_s)):
+    for seconds in sorted(jobs.values(), reverse=True):
         i = loads.index(min(loads))
-        loads[i] += p.train_s + p.eval_s
+        loads[i] += seconds
     return max(loads)
 
 
@@ -140,6 +198,14 @@ MODEL_MISS = (0.78, 1.29)
 """Measured wall time over the cost model's estimate, lowest and highest seen on 2-core machines: the main
 command at 0.78x (issue 26's measurement), 1.03x and 1.14x (the README's), the 3-seed study 1.05x, a 6-method grid
 at 320 queries 1.29x, DiffusionNFT runs at 1,280 queries 0.91x-1.06x. Printed as the estimate's uncertainty."""
+
+
+LOCKSTEP_MODEL_MISS = 2.1
+"""The highest measured wall time over the cost model's estimate for a lockstep group (4 seeds, one epoch of the
+toy default, on a 2-core machine that was also running a 2-worker grid): TDPO-R 2.1x, DDPO-100 1.9x, where the
+same grids trained alone missed by 2.0x and 1.09x. The model shares each merged call's fixed cost among the
+group but not the runs' own per-update work (optimizer steps, log-prob arithmetic), which the calibration does
+not time; stored timings of an earlier group of the same size replace it."""
 
 
 def fmt_seconds(s: float) -> str:
@@ -157,13 +223,22 @@ def print_plan(plans: list[Planned], opts: GridOptions, threads: int, say=print)
         est = f"~{fmt_seconds(p.train_s + p.eval_s)}" if p.action != "skip" else "finished (--force re-runs)"
         if p.action == "resume":
             est += f" (from its checkpoint at {p.resume_from} queries; --restart starts over)"
+        if p.group is not None:
+            est += f" [lockstep group {p.group + 1}]"
         say(f"  {p.action:<8} {p.spec.run_name:<58} {est}")
+    groups = sorted({p.group for p in plans if p.group is not None})
+    if groups:
+        say(f"bench: {len(groups)} lockstep group(s): the seeds of one setting train in one process, every UNet "
+            f"call merged (results equal serial ones to float rounding; --lockstep off trains each alone)")
     if todo:
         wall = wall_estimate(todo, opts.workers)
         lo, hi = MODEL_MISS
+        if any(p.group is not None and not p.stored for p in todo):
+            hi = max(hi, LOCKSTEP_MODEL_MISS)
         spread = ("from stored timings of earlier runs of the same setting" if all(p.stored for p in todo) else
                   f"likely {fmt_seconds(lo * wall)} to {fmt_seconds(hi * wall)}: the cost model's measured misses "
-                  f"were {lo:.2f}x to {hi:.2f}x")
+                  f"were {lo:.2f}x to {hi:.2f}x" + (" (lockstep groups: up to 2.1x, measured on a shared machine)"
+                                                    if hi == LOCKSTEP_MODEL_MISS else ""))
         say(f"bench: estimated wall time {fmt_seconds(wall)} (training {fmt_seconds(sum(p.train_s for p in todo))}, "
             f"evaluation {fmt_seconds(sum(p.eval_s for p in todo))} of work; {spread})")
 
@@ -190,6 +265,39 @@ def execute(spec, opts: GridOptions, accelerator=None, on_progress=None, action:
     return Outcome(spec.run_name, "finished", scored=scored, seconds=time.time() - t0)
 
 
+def execute_group(plans: list[Planned], opts: GridOptions, progress_for=None, accelerator=None) -> list[Outcome]:
+    """Train a lockstep group (bench/train/lockstep.py), then evaluate each run. A run the group stopped without
+    a fault of its own (another run failed, or the calls diverged) resumes alone from its last checkpoint.
+    `progress_for(run_id)` gives the run's `on_progress(kind, n)`."""
+    from bench.train.lockstep import LockstepAborted, train_group
+
+    t0 = time.time()
+    progress_for = progress_for or (lambda run_id: None)
+
+    def train_progress(run_id, n):
+        f = progress_for(run_id)
+        if f is not None:
+            f("train", n)
+    rows = train_group([p.spec for p in plans], opts.out, restart=opts.restart or opts.force,
+                       log_with=opts.log_with, on_progress=train_progress)
+    outcomes = []
+    for p, row in zip(plans, rows):
+        name = p.spec.run_name
+        try:
+            if isinstance(row, LockstepAborted):
+                o = execute(p.spec, opts, accelerator, progress_for(name), "resume")
+                o.error = f"trained alone after its lockstep group stopped: {row}"
+            elif isinstance(row, BaseException):
+                o = Outcome(name, "failed", error=str(row).splitlines()[0] if str(row) else type(row).__name__)
+            else:
+                o = execute(p.spec, opts, accelerator, progress_for(name), "evaluate")
+        except RunFailed as e:
+            o = Outcome(name, "failed", error=str(e))
+        o.seconds = time.time() - t0
+        outcomes.append(o)
+    return outcomes
+
+
 def _worker_env(threads: int) -> dict:
     """What a worker process (local or Ray) inherits: the caches' locations and a fixed thread count."""
     env = {k: v for k, v in os.environ.items() if k.startswith(("HF_", "TRANSFORMERS_", "DIFFUSERS_", "BENCH_"))}
@@ -206,6 +314,17 @@ def _worker_init(threads: int, env: dict) -> None:
     from bench.quiet import quiet_libraries
 
     quiet_libraries()
+
+
+def _worker_group(spec_dicts: list[dict], opts: GridOptions, actions: list[str], queue) -> list[Outcome]:
+    from bench.spec.runspec import RunSpec
+
+    plans = [Planned(RunSpec.from_dict(d), a) for d, a in zip(spec_dicts, actions)]
+    try:
+        return execute_group(plans, opts, lambda run_id: (lambda kind, n: queue.put((run_id, kind, n))))
+    except Exception as e:  # reported by the driver; the other runs go on
+        why = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        return [Outcome(p.spec.run_name, "failed", error=why) for p in plans]
 
 
 def _worker_run(spec_dict: dict, opts: GridOptions, action: str, queue) -> Outcome:
@@ -280,6 +399,10 @@ def _run_grid(specs, opts: GridOptions, accelerator=None, estimator=None, say=pr
     main = accelerator is None or accelerator.is_main_process
     threads = opts.threads or max(1, available_cores() // max(1, opts.workers))
     torch.set_num_threads(threads)
+    if accelerator is not None and accelerator.num_processes > 1:  # a data-parallel run trains alone
+        from dataclasses import replace
+
+        opts = replace(opts, lockstep="off")
     plans = plan_grid(specs, opts, estimator)
     if main:
         print_plan(plans, opts, threads, say)
@@ -313,7 +436,13 @@ def _run_grid(specs, opts: GridOptions, accelerator=None, estimator=None, say=pr
         if opts.launcher == "ray":
             outcomes += _run_ray(todo, opts, threads, bar, report)
         elif opts.workers <= 1:
-            for p in todo:
+            for unit in _units(todo):
+                if len(unit) > 1:
+                    for o in execute_group(unit, opts, lambda r: (lambda kind, n: bar.advance(r, kind, n)), accelerator):
+                        outcomes.append(o)
+                        report(o)
+                    continue
+                p = unit[0]
                 advance = (lambda kind, n, r=p.spec.run_name: bar.advance(r, kind, n)) if main else None
                 try:
                     o = execute(p.spec, opts, accelerator, advance, p.action)
@@ -329,6 +458,20 @@ def _run_grid(specs, opts: GridOptions, accelerator=None, estimator=None, say=pr
     return outcomes
 
 
+def _units(todo: list[Planned]) -> list[list[Planned]]:
+    """What runs together, in plan order: a lockstep group (where its first run stands), or one run."""
+    units, at = [], {}
+    for p in todo:
+        if p.group is None:
+            units.append([p])
+        elif p.group in at:
+            units[at[p.group]].append(p)
+        else:
+            at[p.group] = len(units)
+            units.append([p])
+    return units
+
+
 def _run_workers(todo: list[Planned], opts: GridOptions, threads: int, bar: OverallBar, report) -> list[Outcome]:
     import multiprocessing as mp
     import queue as queue_mod
@@ -341,7 +484,13 @@ def _run_workers(todo: list[Planned], opts: GridOptions, threads: int, bar: Over
     outcomes = []
     with ProcessPoolExecutor(max_workers=opts.workers, mp_context=ctx, initializer=_worker_init,
                              initargs=(threads, env)) as pool:
-        pending = {pool.submit(_worker_run, p.spec.to_dict(), opts, p.action, q): p for p in todo}
+        pending = {}
+        for unit in _units(todo):
+            if len(unit) > 1:
+                fut = pool.submit(_worker_group, [p.spec.to_dict() for p in unit], opts, [p.action for p in unit], q)
+            else:
+                fut = pool.submit(_worker_run, unit[0].spec.to_dict(), opts, unit[0].action, q)
+            pending[fut] = unit
         while pending:
             done, _ = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
             while True:
@@ -351,13 +500,15 @@ def _run_workers(todo: list[Planned], opts: GridOptions, threads: int, bar: Over
                     break
                 bar.advance(run_id, kind, n)
             for fut in done:
-                p = pending.pop(fut)
+                unit = pending.pop(fut)
                 try:
-                    o = fut.result()
+                    got = fut.result()
                 except Exception as e:  # the worker process itself died
-                    o = Outcome(p.spec.run_name, "failed", error=f"worker died: {type(e).__name__}: {e}")
-                outcomes.append(o)
-                report(o)
+                    got = [Outcome(p.spec.run_name, "failed", error=f"worker died: {type(e).__name__}: {e}")
+                           for p in unit]
+                for o in got if isinstance(got, list) else [got]:
+                    outcomes.append(o)
+                    report(o)
     manager.shutdown()
     return outcomes
 
@@ -493,9 +644,9 @@ class Estimator:
         self._stored = self._read_stored()
 
     # stored timings ---------------------------------------------------------
-    def _key(self, spec) -> tuple:
+    def _key(self, spec, group: int = 1) -> tuple:
         return (spec.method, spec.backbone, spec.num_steps, spec.samples_per_epoch, spec.update_multiplier,
-                spec.train_batch_size, self.threads)
+                spec.train_batch_size, self.threads, group)
 
     def _read_stored(self) -> dict:
         from bench.spec.runspec import RunSpec
@@ -511,16 +662,17 @@ class Estimator:
                 ev = json.loads((f.parent / "eval_timing.json").read_text()) \
                     if (f.parent / "eval_timing.json").is_file() else None
                 per_image = ev["seconds"] / ev["images"] if ev and ev.get("images") else None
-                stored.setdefault(self._key(spec), []).append((per_query, per_image))
+                group = len((run.get("lockstep") or {}).get("runs", [])) or 1  # a lockstep run's wall is its group's
+                stored.setdefault(self._key(spec, group), []).append((per_query / group, per_image))
             except (OSError, ValueError, KeyError, TypeError):
                 continue  # a run folder that cannot be read does not block the estimate
         return stored
 
-    def has_stored(self, spec) -> bool:
-        return self._stored_value(spec, 0) is not None
+    def has_stored(self, spec, group: int = 1) -> bool:
+        return self._stored_value(spec, 0, group) is not None
 
-    def _stored_value(self, spec, index: int) -> float | None:
-        vals = [v[index] for v in self._stored.get(self._key(spec), []) if v[index] is not None]
+    def _stored_value(self, spec, index: int, group: int = 1) -> float | None:
+        vals = [v[index] for v in self._stored.get(self._key(spec, group), []) if v[index] is not None]
         return sorted(vals)[len(vals) // 2] if vals else None
 
     # the cost model ---------------------------------------------------------
@@ -599,16 +751,18 @@ class Estimator:
             tmp.unlink(missing_ok=True)  # a read-only cache only costs the next plan its calibration
         return cost
 
-    def _model_train(self, spec) -> float:
+    def _model_train(self, spec, group: int = 1) -> float:
+        """Seconds of one run's training; in a lockstep group of `group` runs, its share of the group's: each
+        call carries `group` x the rows (ppo kinds only), decoding and the critic's encoder do not merge."""
         c = self._calibrate(spec)
         hp, T, S = spec.hp, spec.num_steps, spec.samples_per_epoch
         tb = spec.train_batch_size
 
         def fwd(rows):
-            return c["fwd"][0] + c["fwd"][1] * rows
+            return (c["fwd"][0] + c["fwd"][1] * rows * group) / group
 
         def fb(rows):
-            return c["fb"][0] + c["fb"][1] * rows
+            return (c["fb"][0] + c["fb"][1] * rows * group) / group
 
         def chunked(rows, cost):  # `rows` latents in calls of at most train_batch_size, the last one smaller
             rows = int(round(rows))
@@ -651,9 +805,10 @@ class Estimator:
         per_epoch = sampling + max(0.0, train)
         return per_epoch * spec.budget / S
 
-    def train_seconds(self, spec) -> float:
-        stored = self._stored_value(spec, 0)
-        return stored * spec.budget if stored is not None else self._model_train(spec)
+    def train_seconds(self, spec, group: int = 1) -> float:
+        """One run's training seconds; in a lockstep group of `group`, its share of the group's wall time."""
+        stored = self._stored_value(spec, 0, group)
+        return stored * spec.budget if stored is not None else self._model_train(spec, group)
 
     def eval_seconds(self, spec, per_prompt: int) -> float:
         images = _eval_images(spec, per_prompt)

@@ -103,10 +103,23 @@ def run_perf(backbone_name: str, num_steps: int, batch: int, reward_name: str, r
 PHASES = ("sampling", "critic_encoding", "training", "scoring")
 
 
+def lockstep_size(out_dir, run_id: str) -> int:
+    """How many runs trained together with this one in a lockstep group (1: alone), from its run.json. A lockstep
+    run's training seconds are its group's wall time, so its share of the work is that over the group's size."""
+    import json
+    from pathlib import Path
+
+    try:
+        run = json.loads((Path(out_dir) / "runs" / run_id / "run.json").read_text())
+    except (OSError, ValueError):
+        return 1
+    return len((run.get("lockstep") or {}).get("runs", [])) or 1
+
+
 def phase_rows(db_path, out_dir, run_ids: list[str] | None = None, report_s: float | None = None) -> list[tuple]:
     """Seconds per phase of stored runs: training phases summed over epochs (train_metrics
-    time_*_s), evaluation from each run's eval_timing.json, and the report (given, or
-    timed here by building it into a temporary folder). One row per run plus a total."""
+    time_*_s; a lockstep run's share of its group's), evaluation from each run's eval_timing.json, and the
+    report (given, or timed here by building it into a temporary folder). One row per run plus a total."""
     import json
     import tempfile
     from pathlib import Path
@@ -127,7 +140,8 @@ def phase_rows(db_path, out_dir, run_ids: list[str] | None = None, report_s: flo
     for run_id, method in runs:
         f = Path(out_dir) / "runs" / run_id / "eval_timing.json"
         ev = json.loads(f.read_text())["seconds"] if f.is_file() else 0.0
-        vals = [got.get((run_id, p), 0.0) for p in PHASES] + [ev]
+        share = lockstep_size(out_dir, run_id)
+        vals = [got.get((run_id, p), 0.0) / share for p in PHASES] + [ev]
         total = [a + b for a, b in zip(total, vals)]
         rows.append((method, *(f"{v:.1f}" for v in vals), f"{sum(vals):.1f}"))
     if report_s is None:
@@ -241,9 +255,10 @@ def floor_rows(db_path, out_dir, threads: int = 1, repeat: int = 2,
         phase["evaluation"][0] += ev * per_image + eval_images.get((run_id, True), 0) * per_image
         f = Path(out_dir) / "runs" / run_id / "eval_timing.json"
         phase["evaluation"][3] += json.loads(f.read_text())["seconds"] if f.is_file() else 0.0
-        phase["sampling"][3] += times.get((run_id, "time_sampling_s"), 0.0)
-        phase["training"][3] += times.get((run_id, "time_training_s"), 0.0)
-        phase["critic encoding"][3] += times.get((run_id, "time_critic_encoding_s"), 0.0)
+        share = lockstep_size(out_dir, run_id)  # a lockstep run's seconds are its group's
+        phase["sampling"][3] += times.get((run_id, "time_sampling_s"), 0.0) / share
+        phase["training"][3] += times.get((run_id, "time_training_s"), 0.0) / share
+        phase["critic encoding"][3] += times.get((run_id, "time_critic_encoding_s"), 0.0) / share
     phase["evaluation"][0] += query0 * 2 * first.num_steps
     rows, total = [], [0, 0, 0, 0.0, 0.0]
     for name, (fwd, bwd, enc, seconds) in phase.items():

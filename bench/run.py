@@ -202,7 +202,8 @@ def cmd_run(args) -> int:
     opts = GridOptions(out=out, db=db, evaluate=not args.no_eval, eval_per_prompt=args.eval_per_prompt,
                        force=args.force, progress=not args.no_progress, workers=workers, threads=threads,
                        restart=args.restart, log_with=args.log_with, launcher=args.launcher,
-                       ray_address=args.ray_address, gpus_per_run=args.gpus_per_run)
+                       ray_address=args.ray_address, gpus_per_run=args.gpus_per_run,
+                       lockstep=getattr(args, "lockstep", "auto"))
     accelerator = None
     if workers == 1 and not ray:
         from bench.train.runner import make_accelerator

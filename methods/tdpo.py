@@ -248,7 +248,7 @@ class TDPO:
         self.batch = local_update_samples(ctx, hp)
         self.accumulation = int(hp["update_steps"])
         self.period = reset_period(hp["reset_every"], spec.budget, spec.samples_per_epoch)
-        self.lora = neurons.lora_layers(bb.unet)
+        self.lora = neurons.lora_layers(bb.unet, bb.adapter)
         self.prev_masks: dict[str, dict] = {}
         self.pending_reset: dict | None = None
         """Neurons selected for reset after the last epoch's training, applied before the next epoch."""

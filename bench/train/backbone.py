@@ -71,6 +71,10 @@ class Backbone:
         self.scheduler.set_timesteps(num_steps, device=self.device)
         self.timesteps = self.scheduler.timesteps.clone()
         self._lora_rank: int | None = None
+        self.adapter = "default"
+        """The run's LoRA adapter (peft's name); a lockstep group's runs each have their own (bench/train/lockstep.py)."""
+        self.lockstep = None
+        """The lockstep group whose calls this backbone's are merged with, or None (a serial run)."""
         from bench.train.compute import ComputeCounts
 
         self.counts = ComputeCounts()
@@ -95,6 +99,12 @@ class Backbone:
         from peft.utils import get_peft_model_state_dict
 
         return {k: v.detach().float().cpu().contiguous() for k, v in get_peft_model_state_dict(self.unet).items()}
+
+    def set_lora_state(self, state: dict) -> None:
+        """Put `lora_state_dict`'s tensors back (resume)."""
+        from peft.utils import set_peft_model_state_dict
+
+        set_peft_model_state_dict(self.unet, state)
 
     def save_lora(self, path: str | Path) -> str:
         """Save only the LoRA weights, atomically; returns the file's SHA-256 (recorded with the
@@ -169,11 +179,8 @@ class Backbone:
         if t.ndim == 0:
             t = t.expand(latents.shape[0])
         with self.autocast():
-            out = self.unet(
-                torch.cat([latents, latents]).to(self.weight_dtype),
-                torch.cat([t, t]),
-                encoder_hidden_states=torch.cat([uncond, cond]),
-            ).sample
+            out = self._unet(torch.cat([latents, latents]).to(self.weight_dtype), torch.cat([t, t]),
+                             torch.cat([uncond, cond]))
         eps_uncond, eps_cond = self.counts.unet_output(out).float().chunk(2)
         return eps_uncond + self.guidance_scale * (eps_cond - eps_uncond)
 
@@ -190,8 +197,12 @@ class Backbone:
         if t.ndim == 0:
             t = t.expand(latents.shape[0])
         with self.autocast():
-            out = self.unet(latents.to(self.weight_dtype), t, encoder_hidden_states=cond).sample
+            out = self._unet(latents.to(self.weight_dtype), t, cond)
         return self.counts.unet_output(out).float()
+
+    def _unet(self, sample, timestep, hidden) -> torch.Tensor:
+        """Every UNet call of the backbone goes through here (a lockstep view merges it with its group's)."""
+        return self.unet(sample, timestep, encoder_hidden_states=hidden).sample
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:

@@ -108,15 +108,16 @@ def reset_linear_neurons(linears: list[nn.Linear], masks: list[torch.Tensor], st
     return count
 
 
-def lora_layers(unet: nn.Module) -> dict[str, tuple[nn.Linear, nn.Linear, int]]:
-    """(down A, up B, rank) of every peft LoRA layer of the UNet, by module name."""
+def lora_layers(unet: nn.Module, adapter: str = "default") -> dict[str, tuple[nn.Linear, nn.Linear, int]]:
+    """(down A, up B, rank) of every peft LoRA layer of the UNet for one adapter (the run's: a lockstep group's
+    UNet holds one per run), by module name. Keyed as a serial run's adapter ('NAME.default') whatever its
+    name, so that a run's resume state reads the same in lockstep and alone."""
     from peft.tuners.lora import LoraLayer
 
     out = {}
     for name, module in unet.named_modules():
-        if isinstance(module, LoraLayer):
-            for adapter in module.lora_A:
-                out[f"{name}.{adapter}"] = (module.lora_A[adapter], module.lora_B[adapter], module.r[adapter])
+        if isinstance(module, LoraLayer) and adapter in module.lora_A:
+            out[f"{name}.default"] = (module.lora_A[adapter], module.lora_B[adapter], module.r[adapter])
     return out
 
 

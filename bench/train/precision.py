@@ -93,4 +93,9 @@ class LossScaler:
 def backward(ctx, loss: torch.Tensor) -> None:
     """loss.backward(), scaled when the run trains in fp16 (every method calls this)."""
     scaler = getattr(ctx, "scaler", None)
-    (scaler.scaled(loss) if scaler is not None else loss).backward()
+    loss = scaler.scaled(loss) if scaler is not None else loss
+    group = getattr(getattr(ctx, "backbone", None), "lockstep", None)
+    if group is not None:  # one backward over the lockstep group's merged graph (bench/train/lockstep.py)
+        ctx.backbone.backward(loss)
+    else:
+        loss.backward()

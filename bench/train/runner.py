@@ -258,7 +258,7 @@ def is_finished(spec: RunSpec, out_dir: Path) -> bool:
 
 
 def train_run(spec: RunSpec, out_dir: Path, progress: bool = True, accelerator=None, on_progress=None,
-              restart: bool = False, log_with: str | None = None) -> dict:
+              restart: bool = False, log_with: str | None = None, backbone=None, lockstep: dict | None = None) -> dict:
     """Train one run to its budget. Returns the final `runs` row. `on_progress(n)` is called with
     the reward queries of each finished epoch (the grid's overall progress bar). `log_with`
     ('tensorboard' or 'wandb') also sends each epoch's metrics to that tracker (bench/train/trackers.py).
@@ -266,7 +266,8 @@ def train_run(spec: RunSpec, out_dir: Path, progress: bool = True, accelerator=N
     A run that stopped (a crash, a kill) resumes from the training state saved with its last
     checkpoint: LoRA, optimizer states, every generator, the stat tracker, the critic, replay
     buffers, the budget counters and the metric rows, so that it ends bit for bit where an
-    uninterrupted run would. `restart` discards that state and starts over."""
+    uninterrupted run would. `restart` discards that state and starts over. `backbone` (with `lockstep`, the
+    group's description recorded in run.json) is a lockstep group's view for this run (bench/train/lockstep.py)."""
     from accelerate.utils import set_seed
 
     from bench.train.backbone import build_backbone
@@ -292,7 +293,7 @@ def train_run(spec: RunSpec, out_dir: Path, progress: bool = True, accelerator=N
         package_versions=package_versions(), git_commit=git_commit(),
         started_at=(previous or {}).get("started_at") or dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         finished_at=None, status="running", wall_time_s=None, world_size=world, threads=torch.get_num_threads(),
-        resumed_from=state["budget_used"] if state else None,
+        resumed_from=state["budget_used"] if state else None, lockstep=lockstep,
     )
     if main:
         if state is None:  # a fresh start: an earlier attempt's files are superseded
@@ -307,8 +308,9 @@ def train_run(spec: RunSpec, out_dir: Path, progress: bool = True, accelerator=N
     device = accelerator.device
     precision = resolve_precision(spec.mixed_precision, device)
     run_row["precision"] = precision
-    backbone = build_backbone(backbone_location(spec), spec.num_steps, spec.guidance_scale, spec.eta,
-                              device=device, weight_dtype=DTYPES[precision])
+    if backbone is None:
+        backbone = build_backbone(backbone_location(spec), spec.num_steps, spec.guidance_scale, spec.eta,
+                                  device=device, weight_dtype=DTYPES[precision])
     set_seed(spec.seed)  # identical LoRA initialisation on every process
     backbone.add_lora(spec.lora_rank)
     reward = CountedReward(load_reward(spec.reward, spec.suite, device))
@@ -333,7 +335,7 @@ def train_run(spec: RunSpec, out_dir: Path, progress: bool = True, accelerator=N
         reward.queries, reward.allowance = state["queries"], state["allowance"]
         for k, v in state["counts"].items():
             setattr(backbone.counts, k, v)
-        _load_lora_state(backbone, state["lora"])
+        backbone.set_lora_state(state["lora"])
         method.load_training_state(state["method"])
         ctx.generator.set_state(state["generator"])
         ctx.rng.bit_generator.state = state["rng"]
@@ -467,8 +469,3 @@ def _read_jsonl(path: Path) -> list[dict]:
             break
     return rows
 
-
-def _load_lora_state(backbone, lora: dict) -> None:
-    from peft.utils import set_peft_model_state_dict
-
-    set_peft_model_state_dict(backbone.unet, lora)

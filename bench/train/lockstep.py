@@ -1,0 +1,327 @@
+"""Lockstep: runs whose updates have the same shape train in one process, and every UNet call
+and every backward carries the rows of all of them.
+
+Why: the per-step methods train on a few rows per update (4 for the TDPO family on the toy), where a
+UNet call costs about twice its large-batch rate per row (issue 22). G seeds of one method make the
+same calls in the same order, so one call of G x the rows does the work of G.
+
+How, without touching the methods' per-run code:
+- Each run keeps its own LoRA: one adapter per run on the shared frozen UNet, applied to exactly its run's rows
+  (`adapter_blocks`: two batched matmuls per layer; peft's mixed-batch forward where that does not apply), and
+  its own optimizer, critic,
+  generators, stat tracker, checkpoints, metrics and resume state, as in a serial run.
+- The runs take turns, one at a time in a fixed order (`Lockstep`), each until its next UNet call or
+  backward. When the last one has asked, that call runs once for all of them: the inputs concatenated,
+  the output split back; a backward is one `torch.autograd.backward` over the runs' losses (each run's
+  gradient reaches only its own adapter). Turn-taking makes the group deterministic, and each run sees
+  its own stream of torch's global generator (swapped at every turn), as it would alone: the TDPO
+  critic's dropout draws from it.
+- Differences from a serial run: the frozen layers' GEMMs run on the merged batch, whose size moves
+  the last bits of their sums; nothing else. How far that carries over a run is measured and tested
+  (tests/test_lockstep.py). The same group, in the same order, gives the same bits every time.
+- A run whose calls stop matching the others' (a method whose call sequence depends on its data), or
+  that fails, stops the group: the others are told (`LockstepAborted`) and resume serially from their
+  last checkpoints (bench/grid.py).
+"""
+
+from __future__ import annotations
+
+import threading
+import warnings
+from contextlib import contextmanager
+from functools import partial
+
+import torch
+
+from bench.train.backbone import Backbone
+
+
+class LockstepAborted(RuntimeError):
+    """Another run of the group failed or diverged; this run resumes serially from its last checkpoint."""
+
+
+class Lockstep:
+    """Turn-taking and call merging for `n` runs in threads of one process."""
+
+    def __init__(self, n: int, merge: bool = True):
+        self.n = n
+        self.merge = merge
+        """False: every run's call runs on its own rows only, still in turns (tests: the machinery without the
+        merged GEMMs' rounding must give each run's serial bits)."""
+        self.cond = threading.Condition()
+        self.turn = 0
+        self.alive = [True] * n
+        self.requests: dict[int, tuple] = {}
+        self.results: dict[int, object] = {}
+        self.rng: list[torch.Tensor | None] = [None] * n
+        self.error: str | None = None
+        """Why the group stopped (None while it runs)."""
+        self.culprit: int | None = None
+        """The run whose own failure stopped the group (None: it ran through, or the merged call failed)."""
+
+    # ---------------------------------------------------------------- turns
+    def enter(self, i: int) -> None:
+        """Block until it is run i's first turn (runs start in index order)."""
+        with self.cond:
+            self._wait(i, lambda: True)
+
+    def leave(self, i: int, error: BaseException | None = None) -> None:
+        """Run i is done (or failed: then the group stops)."""
+        with self.cond:
+            self.alive[i] = False
+            if error is not None and self.error is None and not isinstance(error, LockstepAborted):
+                self.culprit = i
+                self.error = f"run {i} of the group stopped ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})"
+            self._advance(i)
+
+    def _wait(self, i: int, ready) -> None:
+        while self.error is None and not (self.turn == i and ready()):
+            self.cond.wait()
+        if self.error is not None:
+            raise LockstepAborted(self.error)
+        if self.rng[i] is not None:
+            torch.set_rng_state(self.rng[i])
+
+    def _advance(self, i: int) -> None:
+        """After run i's turn: the next live run that has not asked yet, or, when every live run has, the
+        merged call, and then the round starts again at the first live run."""
+        nxt = next((j for j in range(i + 1, self.n) if self.alive[j]), None)
+        if nxt is None:
+            live = [j for j in range(self.n) if self.alive[j]]
+            if live and self.error is None:
+                try:
+                    self._execute(live)
+                except BaseException as e:  # the merged call itself failed: every run stops
+                    self.error = f"the merged call failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+            nxt = live[0] if live else None
+        self.turn = nxt
+        self.cond.notify_all()
+
+    def ask(self, i: int, request: tuple):
+        """Run i's UNet call or backward: its turn ends here; returns once the merged call has run."""
+        with self.cond:
+            if self.error is not None:
+                raise LockstepAborted(self.error)
+            self.rng[i] = torch.get_rng_state()
+            self.requests[i] = request
+            self._advance(i)
+            self._wait(i, lambda: i in self.results)
+            return self.results.pop(i)
+
+    # ---------------------------------------------------------------- the merged call
+    def _execute(self, live: list[int]) -> None:
+        requests = [self.requests.pop(j) for j in live]
+        kinds = {r[0] for r in requests}
+        if len(kinds) > 1 or (requests[0][0] == "unet" and len({r[1] for r in requests}) > 1):
+            sig = ", ".join(f"run {j}: {r[0]}{r[1] if r[0] == 'unet' else ''}" for j, r in zip(live, requests))
+            raise LockstepDiverged(f"lockstep runs diverged ({sig})")
+        if requests[0][0] == "backward":
+            losses = [r[1] for r in requests]
+            with torch.enable_grad():
+                torch.autograd.backward(losses)
+            for j in live:
+                self.results[j] = None
+            return
+        _, (grad, _, _, _), unet, autocast = requests[0][:4]
+        batches = [requests] if self.merge else [[r] for r in requests]
+        parts = []
+        for batch in batches:
+            samples = torch.cat([r[4] for r in batch])
+            timesteps = torch.cat([r[5] for r in batch])
+            hidden = torch.cat([r[6] for r in batch])
+            blocks = [(r[7], len(r[4])) for r in batch]
+            with torch.set_grad_enabled(grad), autocast, adapter_blocks(unet, blocks, batched=self.merge):
+                out = unet(samples, timesteps, encoder_hidden_states=hidden).sample
+            parts += out.split([len(r[4]) for r in batch])
+        for j, part in zip(live, parts):
+            self.results[j] = part
+
+
+class LockstepDiverged(RuntimeError):
+    """The runs of a group asked for different calls at the same point."""
+
+
+def _adapter_names_hook(module, args, kwargs, names):
+    kwargs["adapter_names"] = names
+    return args, kwargs
+
+
+@contextmanager
+def adapter_rows(unet, names: list[str]):
+    """Every LoRA layer of `unet` applies adapter names[k] to row k ('__base__': none) for the block."""
+    from peft.tuners.lora import LoraLayer
+
+    handles = [m.register_forward_pre_hook(partial(_adapter_names_hook, names=names), with_kwargs=True)
+               for m in unet.modules() if isinstance(m, LoraLayer)]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _batched_lora(module, args, output, names):
+    """The LoRA deltas of G equal, contiguous row blocks, one adapter each, as two batched matmuls."""
+    x = args[0]
+    down = torch.stack([module.lora_A[n].weight for n in names])  # (G, r, d): each run's own parameters
+    up = torch.stack([module.lora_B[n].weight for n in names])  # (G, out, r)
+    xg = x.reshape(len(names), -1, x.shape[-1]).to(down.dtype)
+    delta = torch.bmm(torch.bmm(xg, down.transpose(1, 2)), up.transpose(1, 2)) * module.scaling[names[0]]
+    return output + delta.reshape(output.shape).to(output.dtype)
+
+
+@contextmanager
+def adapter_blocks(unet, blocks: list[tuple[str, int]], batched: bool = True):
+    """Rows in contiguous blocks (adapter name, rows), in order ('__base__': no adapter). Equal blocks, each with
+    its own adapter, take the batched low-rank path (`_batched_lora`: two bmm per layer instead of peft's gather
+    and scatter per adapter, which cost more than the merging saved); anything else, or a LoRA layer whose
+    modules are being observed (TDPO's dormant-neuron hooks), peft's mixed-batch path."""
+    from peft.tuners.lora import LoraLayer
+
+    layers = [m for m in unet.modules() if isinstance(m, LoraLayer)]
+    names = [n for n, _ in blocks]
+    observed = any(m.lora_A[n]._forward_hooks or m.lora_A[n]._forward_pre_hooks
+                   for m in layers for n in set(names) if n in m.lora_A)
+    if not batched or observed or "__base__" in names or len({k for _, k in blocks}) > 1:
+        with adapter_rows(unet, [n for n, k in blocks for _ in range(k)]):
+            yield
+        return
+    saved = [(m, m._active_adapter) for m in layers]
+    handles = []
+    try:
+        for m in layers:
+            m._active_adapter = []  # peft's own forward: the frozen layer only (requires_grad untouched)
+            handles.append(m.register_forward_hook(partial(_batched_lora, names=names)))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+        for m, active in saved:
+            m._active_adapter = active
+
+
+def adapter_name(i: int) -> str:
+    return f"lockstep{i}"
+
+
+class LockstepBackbone(Backbone):
+    """Run i's view of a backbone shared by a lockstep group: its own adapter, its calls merged."""
+
+    def __init__(self, shared: Backbone, group: Lockstep, index: int, lora_rng: torch.Tensor):
+        self.__dict__.update({k: v for k, v in shared.__dict__.items() if k != "counts"})
+        from bench.train.compute import ComputeCounts
+
+        self.counts = ComputeCounts()
+        self.lockstep, self.index, self.adapter = group, index, adapter_name(index)
+        self._lora_rng = lora_rng
+        self._pretrained = False
+
+    def add_lora(self, rank: int = 4, targets=None) -> list[torch.nn.Parameter]:
+        """The adapter was made when the group was built (`build_group`); here the global generator is put
+        where this run's own LoRA initialisation would have left it."""
+        if rank != self._lora_rank:
+            raise ValueError(f"the group's adapters have rank {self._lora_rank}, not {rank}")
+        torch.set_rng_state(self._lora_rng)
+        return self.trainable_parameters()
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        tag = f".{self.adapter}."
+        return [p for n, p in self.unet.named_parameters() if "lora_" in n and tag in n and p.requires_grad]
+
+    def lora_state_dict(self) -> dict[str, torch.Tensor]:
+        from peft.utils import get_peft_model_state_dict
+
+        state = get_peft_model_state_dict(self.unet, adapter_name=self.adapter)
+        return {k: v.detach().float().cpu().contiguous() for k, v in state.items()}
+
+    def set_lora_state(self, state: dict) -> None:
+        from peft.utils import set_peft_model_state_dict
+
+        set_peft_model_state_dict(self.unet, state, adapter_name=self.adapter)
+
+    def load_lora(self, path, sha256=None) -> None:
+        raise NotImplementedError("a lockstep run trains; its checkpoints are evaluated by a serial backbone")
+
+    @contextmanager
+    def pretrained(self):
+        """This run's rows skip its adapter (the other runs' calls are not affected)."""
+        saved, self._pretrained = self._pretrained, True
+        try:
+            yield
+        finally:
+            self._pretrained = saved
+
+    def _unet(self, sample, timestep, hidden):
+        signature = (torch.is_grad_enabled(), tuple(sample.shape[1:]), tuple(hidden.shape[1:]), str(sample.dtype))
+        return self.lockstep.ask(self.index, ("unet", signature, self.unet, self.autocast(), sample, timestep,
+                                              hidden, "__base__" if self._pretrained else self.adapter))
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.lockstep.ask(self.index, ("backward", loss))
+
+
+def build_group(shared: Backbone, seeds: list[int], rank: int, merge: bool = True) -> tuple[Lockstep, list[LockstepBackbone]]:
+    """One adapter per run, initialised as a serial run's (the global generator seeded with the run's seed,
+    then the adapter made: `set_seed` as in bench/train/runner.py), all of them active and trainable."""
+    from accelerate.utils import set_seed
+    from peft import LoraConfig
+
+    from bench.train.backbone import LORA_TARGETS
+
+    group = Lockstep(len(seeds), merge)
+    after = []
+    for i, seed in enumerate(seeds):
+        set_seed(seed)
+        config = LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian", target_modules=list(LORA_TARGETS))
+        with warnings.catch_warnings():  # peft warns that a model with several adapters has several adapters
+            warnings.filterwarnings("ignore", message=".*multiple adapters.*")
+            shared.unet.add_adapter(config, adapter_name=adapter_name(i))
+        after.append(torch.get_rng_state())
+    shared.unet.set_adapter([adapter_name(i) for i in range(len(seeds))])  # every adapter active and trainable
+    for n, p in shared.unet.named_parameters():
+        if "lora_" in n:
+            p.data = p.data.float()
+    shared._lora_rank = rank
+    return group, [LockstepBackbone(shared, group, i, after[i]) for i in range(len(seeds))]
+
+
+def train_group(specs, out_dir, restart: bool = False, log_with: str | None = None, on_progress=None,
+                merge: bool = True) -> list:
+    """Train `specs` (one method and setting, different seeds) in lockstep, one thread per run. Returns, per
+    run, its `runs` row, the exception it failed with itself, or `LockstepAborted` for a run that did nothing
+    wrong (another run failed, or the calls diverged): it resumes serially from its last checkpoint."""
+    from bench.train.precision import DTYPES, resolve_precision
+    from bench.train.backbone import build_backbone
+    from bench.train.runner import backbone_location, make_accelerator, train_run
+
+    first = specs[0]
+    accelerator = make_accelerator(first.mixed_precision)
+    dtype = DTYPES[resolve_precision(first.mixed_precision, accelerator.device)]
+    shared = build_backbone(backbone_location(first), first.num_steps, first.guidance_scale, first.eta,
+                            device=accelerator.device, weight_dtype=dtype)
+    group, views = build_group(shared, [s.seed for s in specs], first.lora_rank, merge)
+    members = [s.run_name for s in specs]
+    results: list = [None] * len(specs)
+
+    def work(i: int) -> None:
+        error = None
+        try:
+            group.enter(i)
+            results[i] = train_run(specs[i], out_dir, progress=False, accelerator=accelerator,
+                                   on_progress=on_progress and partial(on_progress, specs[i].run_name),
+                                   restart=restart, log_with=log_with, backbone=views[i],
+                                   lockstep={"runs": members, "index": i})
+        except BaseException as e:  # noqa: BLE001 (reported per run by the caller)
+            error = results[i] = e
+        finally:
+            group.leave(i, error)
+
+    threads = [threading.Thread(target=work, args=(i,), name=f"lockstep-{s.run_name}", daemon=True)
+               for i, s in enumerate(specs)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        while t.is_alive():  # a timed join, so that Ctrl-C reaches this thread
+            t.join(0.5)
+    return [r if not isinstance(r, BaseException) or i == group.culprit else LockstepAborted(group.error or str(r))
+            for i, r in enumerate(results)]
