@@ -110,14 +110,14 @@ def _gain(d, alpha, beta):
     return d * (alpha - beta * math.log(d)) if d > 0 else 0.0
 
 
-def _comparison_db(path):
+def _comparison_db(path, tdpo_r_seeds=(0, 1, 2)):
     """tdpo-r, tdpo on seeds 0-2 and ddpo-100 on seeds 3-5. Aesthetic rises 1, 2, 3, 4, 5 for every run
     (matched level 5, reached at the last checkpoint). Gold: 5 + the seed's luck (shared by the methods that
     ran that seed) + Gao's RL curve with the method's alpha, beta; tdpo-r's alpha is 0.1 larger than tdpo's."""
     from bench.store.database import connect
 
     luck = {0: 0.0, 1: 0.8, 2: -0.6, 3: 0.3, 4: -0.4, 5: 0.1}
-    spec = {"tdpo-r": (1.6, 0.4, (0, 1, 2)), "tdpo": (1.5, 0.4, (0, 1, 2)), "ddpo-100": (1.5, 0.4, (3, 4, 5))}
+    spec = {"tdpo-r": (1.6, 0.4, tdpo_r_seeds), "tdpo": (1.5, 0.4, (0, 1, 2)), "ddpo-100": (1.5, 0.4, (3, 4, 5))}
     con = connect(path)
     for method, (alpha, beta, seeds) in spec.items():
         for s in seeds:
@@ -161,6 +161,22 @@ def test_the_report_pairs_by_seed_labels_the_primary_and_holm_adjusts_the_rest(t
     assert adjusted[0] == pytest.approx(min(1.0, 2 * exploratory[0]))
     sentences = primary_sentences(list(rows.values()), OVEROPT_PLAN)
     assert len(sentences) == 2 and any("could have detected one of" in s for s in sentences)
+
+
+def test_a_part_way_grid_is_paired_on_the_seeds_both_ran(tmp_path):
+    """tdpo-r on seeds 0-3 (seed 3's luck +0.3), tdpo on 0-2: paired on seeds 0-2, the difference is exactly 0.2
+    on each (CI 0, 3 pairs); Welch over all seven values would carry the luck's spread (CI > 0.5)."""
+    from bench.report.build import build_boards, comparison_rows
+    from bench.spec.catalog import OVEROPT_PLAN
+
+    con = _comparison_db(tmp_path / "c.duckdb", tdpo_r_seeds=(0, 1, 2, 3))
+    boards = build_boards(con, OVEROPT_PLAN)
+    con.close()
+    rows = {(r["focus"], r["other"], r["score"]): r for r in comparison_rows(boards, OVEROPT_PLAN)}
+    c = rows["tdpo-r", "tdpo", "gold-aesthetic"]["comp"]
+    assert c.paired and c.n == 3 and c.diff == pytest.approx(0.2) and c.ci == pytest.approx(0.0, abs=1e-9)
+    d = rows["tdpo-r", "ddpo-100", "gold-aesthetic"]["comp"]  # seed 3 in common only: one pair is too few
+    assert not d.paired and d.ci > 0.5
 
 
 def test_the_report_fits_gaos_coefficients_per_run(tmp_path):

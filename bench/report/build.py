@@ -362,7 +362,8 @@ def summary_html(boards: list[Board]) -> str:
 # ------------------------------------------------------------------------------ the declared comparisons
 def comparison_rows(boards: list[Board], plan: ComparisonPlan) -> list[dict]:
     """Every comparison the plan's pairs allow: per board and score at the matched level (KL aside), the
-    first method minus the second over seeds, paired by seed when both ran the same seeds (else Welch), with
+    first method minus the second over seeds, paired by seed on the seeds both ran (2 or more; a seed only one
+    ran is left out), else Welch over all of each one's seeds, with
     its p-value and minimum detectable difference (80% power, 95% confidence). The plan's primary score and
     prompt set are primary; everything else is exploratory, its p-values Holm-adjusted as one family. Where a
     CI includes 0, the data rule out differences beyond its farther end ('no difference larger than X')."""
@@ -382,8 +383,13 @@ def comparison_rows(boards: list[Board], plan: ComparisonPlan) -> list[dict]:
                 if len(a) < 2 or len(c) < 2:
                     continue
                 score = col[:-len(" @ level")]
-                paired = b.seeds.get(focus) == b.seeds.get(other)
-                comp = paired_comparison(a, c) if paired else welch_comparison(a, c)
+                sa, sc = b.seeds.get(focus, ()), b.seeds.get(other, ())
+                common = [seed for seed in sa if seed in sc]
+                if len(common) >= 2:  # a part-way grid: paired on the seeds both ran, the others left out
+                    a, c = [a[sa.index(seed)] for seed in common], [c[sc.index(seed)] for seed in common]
+                    comp = paired_comparison(a, c)
+                else:
+                    comp = welch_comparison(a, c)
                 out.append(dict(primary=plan.is_primary(focus, other, score, roles.get(b.prompt_set, "")),
                                 train_reward=b.train_reward, prompt_set=b.prompt_set, score=score,
                                 focus=focus, other=other, comp=comp, better_up=higher_is_better(score)))
@@ -746,8 +752,8 @@ def write_report(db_path: Path, report_dir: Path, out_dir: Path | None = None,
         "interval is over the paired evaluation images. The verdict says whether that interval of the in-domain "
         "change from query 0 to the final checkpoint excludes zero.</small></p>",
         *(["<h2>The declared comparisons</h2>",
-            "<p>At the matched in-domain level: the first method minus the second, over seeds; paired by seed when "
-            "both ran the same seeds (their shared luck cancels), Welch otherwise. <i>min. detectable</i>: the "
+            "<p>At the matched in-domain level: the first method minus the second, over seeds; paired by seed on "
+            "the seeds both ran (their shared luck cancels), Welch when they share fewer than two. <i>min. detectable</i>: the "
             "difference this design finds with 80% power at 95% confidence. Where the interval includes zero, "
             "the data rule out differences beyond its farther end. Exploratory p-values are Holm-adjusted as one "
             "family; only the primary comparisons answer the plan's question.</p>",

@@ -42,7 +42,7 @@ def print_and_write(db: Path, report_dir: Path, out: Path, write: bool = True, s
         print(interim)
     sentences = primary_sentences(comparison_rows(boards, plan), plan)
     if sentences:
-        print(f"primary comparisons (plan {plan.label}, paired by seed where the seeds match):")
+        print(f"primary comparisons (plan {plan.label}, paired by seed on the seeds both ran):")
         for s in sentences:
             print("  " + s)
     print(f"\nbench: report at {index}" if write else f"\nbench: no report written (--no-report); "
