@@ -22,12 +22,14 @@ pytestmark = pytest.mark.xdist_group("lockstep")
 
 
 def _specs(seeds=(0, 1)):
-    # TDPO-R with a KL penalty: the critic's dropout draws from the global generator, its resets (every epoch
-    # here) pick LoRA neurons by name, and the penalty's pretrained-policy calls (rows that skip the adapter) run
+    # TDPO-R with a KL penalty and policy resets too: the critic's dropout draws from the global generator, the
+    # dormant-neuron measurement hooks the run's own LoRA modules, the policy resets (every epoch here) rewrite
+    # the run's own adapter's neurons, and the penalty's pretrained-policy calls (rows that skip the adapter) run
     # inside sampling. 4 epochs of 4, checkpoints at 8 and 16 (a snapshot after epoch 2), a large lr so that
     # differences show
     return [make_spec("tdpo-r", num_steps=2, samples_per_epoch=4, budget=16, num_checkpoints=2, sample_batch_size=4,
-                      overrides={"lr": "1e-2", "kl_penalty_coef": "0.1"}, multiplier=8.0, seed=s) for s in seeds]
+                      overrides={"lr": "1e-2", "kl_penalty_coef": "0.1", "policy_reset": "active"}, multiplier=8.0,
+                      seed=s) for s in seeds]
 
 
 def _result(out, spec):
