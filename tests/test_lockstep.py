@@ -85,11 +85,12 @@ def test_the_machinery_alone_gives_each_run_its_serial_bits(serial, tmp_path):
         assert run["lockstep"] == {"runs": [s.run_name for s in specs], "index": i}
 
 
-MERGED_TOLERANCE = 0.02
+MERGED_TOLERANCE = 0.05
 """How far a merged run's LoRA weights may end from its serial self's after these 4 epochs at lr 1e-2, relative to
-the weights' largest magnitude (measured on this test's runs: 4e-4 on an AMD EPYC Zen 3, 2 cores; a single merged call's
+the weights' largest magnitude (measured on this test's runs: 2.2e-3 on an AMD EPYC Zen 3, 2 cores, 25x inside; a single merged call's
 output differs from the serial call's by up to 6e-7 relative (the toy UNet, 4 rows inside 28), and training carries it). A bug that
-mixes the runs (another run's adapter, rows or generator) moves the weights by their own size, 50x more."""
+mixes the runs (another run's adapter, rows or generator) moves the weights by their own size, 20x more
+(checked below: the two seeds' weights differ by more than 0.1)."""
 
 
 def test_merged_runs_equal_their_serial_selves_within_tolerance(serial, merged):
