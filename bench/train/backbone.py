@@ -21,6 +21,13 @@ from bench.train.sampling import Trajectory, ddim_mean_std, ddim_step_with_logpr
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 
 
+def lora_config(rank: int, targets=LORA_TARGETS):
+    """The adapter every run trains (peft's LoraConfig): rank r, alpha r, A ~ N(0, 1/r), B = 0."""
+    from peft import LoraConfig
+
+    return LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian", target_modules=list(targets))
+
+
 def quiet_loading() -> None:
     """The harness shows its own progress; the libraries' loading bars are noise."""
     import diffusers.utils.logging
@@ -82,10 +89,7 @@ class Backbone:
     # ------------------------------------------------------------------ LoRA
     def add_lora(self, rank: int = 4, targets=LORA_TARGETS) -> list[torch.nn.Parameter]:
         """LoRA as in DDPO: A ~ N(0, 1/r), B = 0, scale alpha/r = 1. LoRA stays fp32."""
-        from peft import LoraConfig
-
-        config = LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian", target_modules=list(targets))
-        self.unet.add_adapter(config)
+        self.unet.add_adapter(lora_config(rank, targets))
         self._lora_rank = rank
         params = self.trainable_parameters()
         for p in params:
@@ -93,18 +97,21 @@ class Backbone:
         return params
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
-        return [p for n, p in self.unet.named_parameters() if "lora_" in n and p.requires_grad]
+        """The run's own adapter's LoRA weights (a lockstep group's UNet holds one adapter per run)."""
+        tag = f".{self.adapter}."
+        return [p for n, p in self.unet.named_parameters() if "lora_" in n and tag in n and p.requires_grad]
 
     def lora_state_dict(self) -> dict[str, torch.Tensor]:
         from peft.utils import get_peft_model_state_dict
 
-        return {k: v.detach().float().cpu().contiguous() for k, v in get_peft_model_state_dict(self.unet).items()}
+        state = get_peft_model_state_dict(self.unet, adapter_name=self.adapter)
+        return {k: v.detach().float().cpu().contiguous() for k, v in state.items()}
 
     def set_lora_state(self, state: dict) -> None:
         """Put `lora_state_dict`'s tensors back (resume)."""
         from peft.utils import set_peft_model_state_dict
 
-        set_peft_model_state_dict(self.unet, state)
+        set_peft_model_state_dict(self.unet, state, adapter_name=self.adapter)
 
     def save_lora(self, path: str | Path) -> str:
         """Save only the LoRA weights, atomically; returns the file's SHA-256 (recorded with the

@@ -224,21 +224,6 @@ class LockstepBackbone(Backbone):
         torch.set_rng_state(self._lora_rng)
         return self.trainable_parameters()
 
-    def trainable_parameters(self) -> list[torch.nn.Parameter]:
-        tag = f".{self.adapter}."
-        return [p for n, p in self.unet.named_parameters() if "lora_" in n and tag in n and p.requires_grad]
-
-    def lora_state_dict(self) -> dict[str, torch.Tensor]:
-        from peft.utils import get_peft_model_state_dict
-
-        state = get_peft_model_state_dict(self.unet, adapter_name=self.adapter)
-        return {k: v.detach().float().cpu().contiguous() for k, v in state.items()}
-
-    def set_lora_state(self, state: dict) -> None:
-        from peft.utils import set_peft_model_state_dict
-
-        set_peft_model_state_dict(self.unet, state, adapter_name=self.adapter)
-
     def load_lora(self, path, sha256=None) -> None:
         raise NotImplementedError("a lockstep run trains; its checkpoints are evaluated by a serial backbone")
 
@@ -264,15 +249,14 @@ def build_group(shared: Backbone, seeds: list[int], rank: int, merge: bool = Tru
     """One adapter per run, initialised as a serial run's (the global generator seeded with the run's seed,
     then the adapter made: `set_seed` as in bench/train/runner.py), all of them active and trainable."""
     from accelerate.utils import set_seed
-    from peft import LoraConfig
 
-    from bench.train.backbone import LORA_TARGETS
+    from bench.train.backbone import lora_config
 
     group = Lockstep(len(seeds), merge)
     after = []
     for i, seed in enumerate(seeds):
         set_seed(seed)
-        config = LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian", target_modules=list(LORA_TARGETS))
+        config = lora_config(rank)
         with warnings.catch_warnings():  # peft warns that a model with several adapters has several adapters
             warnings.filterwarnings("ignore", message=".*multiple adapters.*")
             shared.unet.add_adapter(config, adapter_name=adapter_name(i))
