@@ -116,6 +116,24 @@ def lockstep_size(out_dir, run_id: str) -> int:
     return len((run.get("lockstep") or {}).get("runs", [])) or 1
 
 
+def check_run_folders(db_path, out_dir) -> None:
+    """A one-line BenchError unless every stored run's folder (`out_dir`/runs/RUN_ID/run.json) is there: a
+    lockstep run's share of its group's seconds and every run's evaluation seconds are read from it, so a
+    database copied away from its output folder would give wrong seconds silently."""
+    from bench.store.database import connect
+
+    con = connect(Path(db_path), read_only=True)
+    try:
+        runs = [r[0] for r in con.execute("SELECT run_id FROM runs ORDER BY run_id").fetchall()]
+    finally:
+        con.close()
+    missing = [r for r in runs if not (Path(out_dir) / "runs" / r / "run.json").is_file()]
+    if missing:
+        raise BenchError(f"{len(missing)} of the {len(runs)} runs in {db_path} have no folder under "
+                         f"{Path(out_dir) / 'runs'} (e.g. {missing[0]}); their evaluation and lockstep seconds "
+                         "are read from there: pass the database inside its output folder")
+
+
 def phase_rows(db_path, out_dir, run_ids: list[str] | None = None, report_s: float | None = None) -> list[tuple]:
     """Seconds per phase of stored runs: training phases summed over epochs (train_metrics
     time_*_s; a lockstep run's share of its group's), evaluation from each run's eval_timing.json, and the
@@ -554,6 +572,7 @@ def cmd_perf(args) -> int:
 
         open_results(db).close()
         check_positive("--repeat", args.repeat)
+        check_run_folders(db, db.parent)
         quiet_libraries()
         if args.floor:
             rows, summary = floor_rows(db, db.parent, repeat=args.repeat)

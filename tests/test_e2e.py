@@ -52,6 +52,14 @@ def test_run_ddpo_jpeg_end_to_end(tmp_path):
     assert table["sampling"][1:3] == ("384", "0") and table["training"][1:3] == (f"{fwd - 384:,}", f"{bwd:,}")
     assert table["evaluation"][1] == "0" and table["whole grid"][1] == f"{fwd:,}"  # --no-eval
     assert summary["costs"]["forward"] > 0 and summary["costs"]["backward"] > 0 and summary["ratio"] > 0
+    # a copy of the database away from its run folders: their seconds are read there, so it is refused, not zero
+    import shutil
+
+    (tmp_path / "away").mkdir()
+    shutil.copy(db, tmp_path / "away" / "bench.duckdb")
+    away = run_cli("perf", "--db", str(tmp_path / "away" / "bench.duckdb"))
+    assert away.returncode == 2 and "2 of the 2 runs" in away.stderr and len(away.stderr.strip().splitlines()) == 1, \
+        away.stderr
 
     again = run_cli(*args)
     assert again.returncode == 0 and again.stdout.count("skip ") == 2, again.stdout
