@@ -161,6 +161,27 @@ def test_the_report_pairs_by_seed_labels_the_primary_and_holm_adjusts_the_rest(t
     assert adjusted[0] == pytest.approx(min(1.0, 2 * exploratory[0]))
     sentences = primary_sentences(list(rows.values()), OVEROPT_PLAN)
     assert len(sentences) == 2 and any("could have detected one of" in s for s in sentences)
+    # the two primaries carry Holm over their own family of 2: the smaller p doubled, the larger kept (monotone)
+    small, large = sorted((vs_tdpo, vs_ddpo), key=lambda r: r["comp"].p)
+    assert small["family"] == large["family"] == 2 and small["p_holm"] == pytest.approx(min(1.0, 2 * small["comp"].p))
+    assert large["p_holm"] == pytest.approx(max(small["p_holm"], large["comp"].p))
+
+
+def test_a_primary_significant_alone_but_not_family_wise_says_so():
+    """Two primaries with p = 0.03 and 0.9: the first is declared significant at 95% (the plan's rule), and its
+    sentence adds Holm's 0.06 over the 2 primaries; with one primary (family 1) no such note."""
+    from bench.report.analysis import Comparison
+    from bench.report.build import primary_sentences
+    from bench.spec.catalog import OVEROPT_PLAN
+
+    comp = Comparison(diff=-0.2, ci=0.18, p=0.03, n=7, mdd=0.25, paired=True)
+    row = dict(primary=True, score="gold-aesthetic", prompt_set="toy-seen", focus="tdpo-r", other="ddpo-100",
+               comp=comp, says="tdpo-r worse", p_holm=0.06, family=2)
+    (sentence,) = primary_sentences([row], OVEROPT_PLAN)
+    assert sentence.startswith("gold-aesthetic at the matched level on toy-seen, tdpo-r - ddpo-100: tdpo-r worse")
+    assert "Holm over the 2 primary comparisons: p = 0.06, not significant family-wise" in sentence
+    (alone,) = primary_sentences([dict(row, p_holm=0.03, family=1)], OVEROPT_PLAN)
+    assert "Holm" not in alone
 
 
 def test_a_part_way_grid_is_paired_on_the_seeds_both_ran(tmp_path):
