@@ -110,6 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--eval-per-prompt", type=whole, default=None,
                    help="fixed-seed evaluation images per prompt and checkpoint (default: the backbone's)")
     r.add_argument("--no-eval", action="store_true", help="train only: no evaluation matrix and no report")
+    r.add_argument("--plan-only", action="store_true",
+                   help="print the plan (every run, its action and estimate, the lockstep groups and the total "
+                        "wall time) and exit: nothing is trained or written")
     r.add_argument("--no-report", action="store_true",
                    help="evaluate and print the leaderboard, but write no report files; build them later with "
                         "`bench report` (default: written)")

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, run_cli
 
 CHECK = """
 import sys
@@ -308,3 +308,21 @@ t bench list ""; complete -p bench
     assert set(lines[5].split()) >= {"methods", "rewards", "studies", "--effective"}
     assert "_bench_complete" in lines[6]
     assert body.startswith("# bench shell completion")
+
+
+def test_plan_only_prints_the_plan_and_writes_nothing(tmp_path):
+    """--plan-only: the plan of a 2-method x 2-seed grid (each method's seeds one lockstep group, 2 workers) with
+    its wall-time estimate, exit 0, and no output folder, database or report created."""
+    out = tmp_path / "out"
+    r = run_cli("run", "--methods", "ddpo-2,tdpo", "--seeds", "0,1", "--budget", "32", "--workers", "2",
+                "--out", str(out), "--plan-only")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "bench: plan: 4 run(s), 4 to train" in r.stdout and "estimated wall time" in r.stdout
+    lines = [l for l in r.stdout.splitlines() if l.strip().startswith("train ")]
+    assert len(lines) == 4 and all("[lockstep group" in l for l in lines)
+    group = {}
+    for l in lines:
+        group.setdefault(l.split()[1].split("_")[0], set()).add(l.rsplit("[lockstep group", 1)[1])
+    assert sorted(group) == ["ddpo-2", "tdpo"] and all(len(g) == 1 for g in group.values())  # a method's seeds
+    assert group["ddpo-2"] != group["tdpo"]
+    assert not out.exists()
