@@ -194,9 +194,9 @@ def test_lockstep_groups_only_seeds_of_one_setting_starting_together(change, gro
 
 def test_the_cost_model_shares_a_merged_call_among_the_group():
     """With a synthetic calibration (a call costs 5 + rows forward, 7 + 10 rows forward+backward, decoding free),
-    a run's share of a group of G is the serial run's with each call's fixed cost divided by G: for DDPO-2 at
-    S = 8, T = 2 (sampling one call of 8 latents per step; training in windows of the rule's rows), the share
-    falls by exactly (calls x fixed cost) x (1 - 1/G)."""
+    a run's share of a group of G is the serial run's with the shared fraction f of each call's fixed cost divided
+    by G: for DDPO-2 at S = 8, T = 2 (sampling one call of 8 latents per step; training in windows of the rule's
+    rows), the share falls by exactly f x (calls x fixed cost) x (1 - 1/G)."""
     import bench.grid as grid
 
     spec = make_spec("ddpo-2", num_steps=2, samples_per_epoch=8, budget=8)
@@ -209,7 +209,8 @@ def test_the_cost_model_shares_a_merged_call_among_the_group():
     # hand count: sampling 2 steps x (5 + 8); training `windows` calls of (7 + 10 rows)
     assert serial == pytest.approx(2 * (5 + 8) + windows * (7 + 10 * rows))
     for G in (2, 4):
-        assert est._model_train(spec, G) == pytest.approx(serial - (2 * 5 + windows * 7) * (1 - 1 / G))
+        assert est._model_train(spec, G) == pytest.approx(serial - 0.4 * (2 * 5 + windows * 7) * (1 - 1 / G))
+    assert grid.LOCKSTEP_SHARED_FRACTION == 0.4  # the hand count above uses it
 
 
 @pytest.mark.parametrize("seeds,workers,sizes", [(4, 1, [4]), (4, 2, [2, 2]), (3, 2, [2]), (2, 2, []),
