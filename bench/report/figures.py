@@ -370,7 +370,7 @@ def gao_figures(curves, fits: dict, folder: Path, styles: dict) -> list[str]:
         ax.set_xlabel("d = sqrt(KL to pretrained)")
         ax.set_ylabel(f"{gold} gain over query 0")
         ax.set_title(f"{gold} vs d, fitted d(α − β ln d) — trained on {train_reward}, {pset}", fontsize=9)
-        legend(fig, styles, list(per_method), outside=True)
+        legend(ax, styles, list(per_method), outside=True)  # one axes: beside it, not past the figure
         pngs.append(save(fig, folder, f"gao_{gold}_{train_reward}_{pset}")[0])
         plt.close(fig)
     return pngs
