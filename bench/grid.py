@@ -181,16 +181,22 @@ def _snapshot_queries(run_dir: Path) -> int | None:
         return None
 
 
+def dispatch_order(units: list[list[Planned]]) -> list[list[Planned]]:
+    """The order worker processes take the units (a lockstep group or one run) in: seed-major, as the plan (a
+    grid stopped part-way holds whole seeds), and longest first within a seed, so that a long run (PRDP's) does
+    not start last and leave the other workers idle at the end. A group stands at its first seed."""
+    def seed(p: Planned) -> int:
+        return getattr(p.spec, "seed", 0) or 0
+    return sorted(units, key=lambda u: (min(seed(p) for p in u), -sum(p.train_s + p.eval_s for p in u)))
+
+
 def wall_estimate(plans: list[Planned], workers: int) -> float:
-    """Longest-first list scheduling of the runs' estimates over the workers (a lockstep group is one job)."""
-    jobs: dict = {}
-    for k, p in enumerate(plans):
-        key = ("group", p.group) if p.group is not None else ("run", k)
-        jobs[key] = jobs.get(key, 0.0) + p.train_s + p.eval_s
+    """List scheduling of the runs' estimates over the workers in `dispatch_order` (a lockstep group is one
+    job): each job goes to the worker that frees up first, as the process pool hands them out."""
     loads = [0.0] * max(1, workers)
-    for seconds in sorted(jobs.values(), reverse=True):
+    for unit in dispatch_order(_units(plans)):
         i = loads.index(min(loads))
-        loads[i] += seconds
+        loads[i] += sum(p.train_s + p.eval_s for p in unit)
     return max(loads)
 
 
@@ -495,7 +501,7 @@ def _run_workers(todo: list[Planned], opts: GridOptions, threads: int, bar: Over
     with ProcessPoolExecutor(max_workers=opts.workers, mp_context=ctx, initializer=_worker_init,
                              initargs=(threads, env)) as pool:
         pending = {}
-        for unit in _units(todo):
+        for unit in dispatch_order(_units(todo)):
             if len(unit) > 1:
                 fut = pool.submit(_worker_group, [p.spec.to_dict() for p in unit], opts, [p.action for p in unit], q)
             else:
@@ -587,7 +593,8 @@ def _run_ray(todo: list[Planned], opts: GridOptions, threads: int, bar: OverallB
         # the run folders are written by the tasks: absolute paths, the same on every node of a shared FS
         ropts = GridOptions(**{**vars(opts), "out": Path(opts.out).resolve(), "db": Path(opts.db).resolve()})
         pending = {task.options(num_cpus=threads, num_gpus=gpus, max_retries=0, name=p.spec.run_name)
-                   .remote(p.spec.to_dict(), ropts, p.action, threads, gpus, q): p for p in todo}
+                   .remote(p.spec.to_dict(), ropts, p.action, threads, gpus, q): p
+                   for u in dispatch_order(_units(todo)) for p in u}  # the order Ray is handed them in
         outcomes = []
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)

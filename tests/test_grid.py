@@ -195,12 +195,31 @@ def test_the_cost_model_counts_prdps_passes_in_train_batch_chunks(tmp_path, upda
     assert est._model_train(spec) == pytest.approx(expected)  # one epoch: the budget is 32 queries
 
 
-@pytest.mark.parametrize("loads,workers,expected", [([5, 3, 2], 1, 10), ([5, 3, 2], 2, 5), ([4, 4, 4, 4], 2, 8)])
+@pytest.mark.parametrize("loads,workers,expected", [([5, 3, 2], 1, 10), ([5, 3, 2], 2, 5), ([4, 4, 4, 4], 2, 8),
+                                                    ([1, 1, 8], 2, 8)])
 def test_wall_estimate_schedules_longest_first(loads, workers, expected):
+    """One seed: the workers take the longest run first (in plan order [1, 1, 8] on 2 workers would take 9)."""
     from bench.grid import Planned, wall_estimate
 
     plans = [Planned(None, "train", train_s=x) for x in loads]
     assert wall_estimate(plans, workers) == expected
+
+
+def test_dispatch_is_seed_major_and_longest_first_within_a_seed():
+    """Seed 0 runs of 1, 1 and 8 s, then a seed-1 run of 8 s, one lockstep group over seeds 0-1 (2 x 3 s), on 2
+    workers: the order is seed 0's units longest first (the 8, the group's 6, the 1s), then seed 1's; the
+    estimate follows that order by hand: w1 8 | w2 6, 1 (7), 1 (8) | w1 8 + 8 = 16."""
+    from types import SimpleNamespace
+
+    from bench.grid import Planned, _units, dispatch_order, wall_estimate
+
+    def run(seed, s, group=None):
+        return Planned(SimpleNamespace(seed=seed), "train", train_s=s, group=group)
+    plans = [run(0, 1), run(0, 1), run(0, 8), run(0, 3, group=0), run(1, 8), run(1, 3, group=0)]
+    where = {id(p): i for i, p in enumerate(plans)}  # by identity: two runs of 1 s on seed 0 compare equal
+    order = [[where[id(p)] for p in u] for u in dispatch_order(_units(plans))]
+    assert order == [[2], [3, 5], [0], [1], [4]]
+    assert wall_estimate(plans, 2) == 16
 
 
 @pytest.mark.heavy
