@@ -322,14 +322,32 @@ def _worker_env(threads: int) -> dict:
     return env
 
 
+PARENT_POLL_S = 2.0
+"""How often a worker process checks that the grid process that started it is still there."""
+
+
 def _worker_init(threads: int, env: dict) -> None:
     os.environ.update(env)
+    _exit_with_parent(os.getppid())
     import torch
 
     torch.set_num_threads(threads)
     from bench.quiet import quiet_libraries
 
     quiet_libraries()
+
+
+def _exit_with_parent(parent: int) -> None:
+    """Stop this worker when the grid process is gone (killed alone, say by `kill PID`, which does not reach its
+    workers): an orphan would go on training runs nobody ingests, holding the cores. Its run resumes from its last
+    snapshot next time, as after any kill."""
+    import threading
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(PARENT_POLL_S)
+        os._exit(3)
+    threading.Thread(target=watch, name="bench-parent-watch", daemon=True).start()
 
 
 def _worker_group(spec_dicts: list[dict], opts: GridOptions, actions: list[str], queue) -> list[Outcome]:

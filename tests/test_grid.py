@@ -2,6 +2,7 @@
 the plan and its estimate."""
 
 import json
+import os
 import shutil
 
 import duckdb
@@ -245,3 +246,56 @@ def test_a_failed_ray_task_is_reported_and_the_others_go_on(tmp_path):
             [good.run_name]
     finally:
         con.close()
+
+
+def test_workers_stop_when_the_grid_process_is_killed_alone(tmp_path):
+    """`kill -9` of the grid process alone (not its process group) while its 2 workers train: they see their
+    parent gone and exit within a few polls instead of training on as orphans. Only the idle queue manager may
+    stay (it holds no run)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from tests.conftest import ROOT
+
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "bench", "run", "--methods", "ddpo-2,ddpo-100", "--reward",
+                             "jpeg-compressibility", "--budget", "640", "--workers", "2", "--threads", "1",
+                             "--lockstep", "off", "--out", str(out), "--no-progress", "--no-eval"],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def spawned(parent=None):
+        """pid -> alive, for this grid's spawned processes (the resource tracker aside)."""
+        found = {}
+        for d in Path("/proc").iterdir():
+            try:
+                cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ")
+                state, ppid = (d / "stat").read_text().rsplit(")", 1)[1].split()[:2]
+            except (OSError, ValueError):
+                continue
+            if b"spawn_main" in cmd and b"resource_tracker" not in cmd and (parent is None or int(ppid) == parent):
+                found[int(d.name)] = state != "Z"
+        return found
+
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline and not (len(spawned(proc.pid)) >= 3 and len(list(out.glob("runs/*"))) >= 2):
+            time.sleep(0.5)
+        kids = set(spawned(proc.pid))
+        assert len(kids) >= 3, "the grid did not start its workers"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        deadline = time.time() + 30
+        while time.time() < deadline and sum(alive for pid, alive in spawned().items() if pid in kids) > 1:
+            time.sleep(0.5)
+        left = [pid for pid, alive in spawned().items() if pid in kids and alive]
+        assert len(left) <= 1, f"{len(left)} of the grid's processes outlived it"
+    finally:
+        for pid in spawned():
+            if pid in locals().get("kids", set()):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
