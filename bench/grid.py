@@ -326,7 +326,14 @@ PARENT_POLL_S = 2.0
 """How often a worker process checks that the grid process that started it is still there."""
 
 
-def _worker_init(threads: int, env: dict) -> None:
+_PROGRESS = None
+"""In a worker process: the grid's progress queue, handed over when the process starts (a plain multiprocessing
+queue can only be passed then; a Manager's queue would be one more process to outlive a killed grid)."""
+
+
+def _worker_init(threads: int, env: dict, progress=None) -> None:
+    global _PROGRESS
+    _PROGRESS = progress
     os.environ.update(env)
     _exit_with_parent(os.getppid())
     import torch
@@ -350,8 +357,10 @@ def _exit_with_parent(parent: int) -> None:
     threading.Thread(target=watch, name="bench-parent-watch", daemon=True).start()
 
 
-def _worker_group(spec_dicts: list[dict], opts: GridOptions, actions: list[str], queue) -> list[Outcome]:
+def _worker_group(spec_dicts: list[dict], opts: GridOptions, actions: list[str], queue=None) -> list[Outcome]:
     from bench.spec.runspec import RunSpec
+
+    queue = queue if queue is not None else _PROGRESS
 
     plans = [Planned(RunSpec.from_dict(d), a) for d, a in zip(spec_dicts, actions)]
     try:
@@ -361,9 +370,11 @@ def _worker_group(spec_dicts: list[dict], opts: GridOptions, actions: list[str],
         return [Outcome(p.spec.run_name, "failed", error=why) for p in plans]
 
 
-def _worker_run(spec_dict: dict, opts: GridOptions, action: str, queue) -> Outcome:
+def _worker_run(spec_dict: dict, opts: GridOptions, action: str, queue=None) -> Outcome:
     from bench.train.runner import make_accelerator
     from bench.spec.runspec import RunSpec
+
+    queue = queue if queue is not None else _PROGRESS
 
     spec = RunSpec.from_dict(spec_dict)
     try:
@@ -512,18 +523,17 @@ def _run_workers(todo: list[Planned], opts: GridOptions, threads: int, bar: Over
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
     ctx = mp.get_context("spawn")
-    manager = ctx.Manager()
-    q = manager.Queue()
+    q = ctx.Queue()  # progress (run, kind, n) from the workers, handed to each as it starts
     env = _worker_env(threads)
     outcomes = []
     with ProcessPoolExecutor(max_workers=opts.workers, mp_context=ctx, initializer=_worker_init,
-                             initargs=(threads, env)) as pool:
+                             initargs=(threads, env, q)) as pool:
         pending = {}
         for unit in dispatch_order(_units(todo)):
             if len(unit) > 1:
-                fut = pool.submit(_worker_group, [p.spec.to_dict() for p in unit], opts, [p.action for p in unit], q)
+                fut = pool.submit(_worker_group, [p.spec.to_dict() for p in unit], opts, [p.action for p in unit])
             else:
-                fut = pool.submit(_worker_run, unit[0].spec.to_dict(), opts, unit[0].action, q)
+                fut = pool.submit(_worker_run, unit[0].spec.to_dict(), opts, unit[0].action)
             pending[fut] = unit
         while pending:
             done, _ = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
@@ -543,7 +553,7 @@ def _run_workers(todo: list[Planned], opts: GridOptions, threads: int, bar: Over
                 for o in got if isinstance(got, list) else [got]:
                     outcomes.append(o)
                     report(o)
-    manager.shutdown()
+    q.close()
     return outcomes
 
 
