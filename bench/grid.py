@@ -436,21 +436,31 @@ def run_grid(specs, opts: GridOptions, accelerator=None, estimator=None, say=pri
         torch.set_num_threads(before)
 
 
-def _run_grid(specs, opts: GridOptions, accelerator=None, estimator=None, say=print) -> list[Outcome]:
+def plan_and_print(specs, opts: GridOptions, threads: int, estimator=None, data_parallel: bool = False,
+                   say=print) -> tuple[list[Planned], GridOptions]:
+    """The grid's plan at `threads` torch threads, printed through `say` (None: not printed), and the options it
+    runs under: a data-parallel run trains alone, so lockstep is off for it. `bench run` and `--plan-only` both
+    plan here, so the printed plan is the one that runs."""
     import torch
 
-    from bench.store.database import ingest
-
-    main = accelerator is None or accelerator.is_main_process
-    threads = opts.threads or max(1, available_cores() // max(1, opts.workers))
     torch.set_num_threads(threads)
-    if accelerator is not None and accelerator.num_processes > 1:  # a data-parallel run trains alone
+    if data_parallel:
         from dataclasses import replace
 
         opts = replace(opts, lockstep="off")
     plans = plan_grid(specs, opts, estimator)
-    if main:
+    if say is not None:
         print_plan(plans, opts, threads, say)
+    return plans, opts
+
+
+def _run_grid(specs, opts: GridOptions, accelerator=None, estimator=None, say=print) -> list[Outcome]:
+    from bench.store.database import ingest
+
+    main = accelerator is None or accelerator.is_main_process
+    threads = opts.threads or max(1, available_cores() // max(1, opts.workers))
+    plans, opts = plan_and_print(specs, opts, threads, estimator, accelerator is not None
+                                 and accelerator.num_processes > 1, say if main else None)
     outcomes: list[Outcome] = []
     todo = [p for p in plans if p.action != "skip"]
     for p in plans:

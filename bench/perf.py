@@ -413,6 +413,23 @@ def run_levers(repeat: int = 3) -> list[tuple]:
     rows.append(("evaluation batch (64 images, T=10)", "32", "64", b32, b64,
                  "yes, if faster here (images do not depend on the batch)"))
 
+    # batched evaluation across runs (issue 22, item 3): four checkpoints' 96 images each, sampled per checkpoint
+    # at EVAL_BATCH or in one grid-wide call of 256. One set of weights here, so this is an upper bound: a call
+    # across runs would also carry a per-row LoRA (the lockstep path)
+    from bench.evaluate import EVAL_BATCH
+
+    ck = [("a red circle", i) for i in range(96)]
+    per_ckpt = _timed(lambda: [bb10.sample([p for p, _ in ck], generator=[torch.Generator().manual_seed(i) for i in
+                                                                          range(96)], batch_size=EVAL_BATCH)
+                               for _ in range(4)], repeat)
+    merged = _timed(lambda: bb10.sample([p for p, _ in ck] * 4, generator=[torch.Generator().manual_seed(i) for i in
+                                                                           range(384)], batch_size=256), repeat)
+    rows.append(("evaluation across runs (4 x 96 images, T=10)", f"4 checkpoints, calls of {EVAL_BATCH}",
+                 "calls of 256 across them", per_ckpt, merged,
+                 "yes" if per_ckpt / merged >= 1.15 else
+                 "no: under 1.15x for the UNet part of evaluation, before the per-row LoRA it would need; every "
+                 "stored score would move in its last digits"))
+
     # fused update windows
     bb10.add_lora(4)
     traj = bb10.sample(["a red circle"] * 16, generator=g, batch_size=16)

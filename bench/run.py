@@ -205,14 +205,9 @@ def cmd_run(args) -> int:
                        ray_address=args.ray_address, gpus_per_run=args.gpus_per_run,
                        lockstep=getattr(args, "lockstep", "auto"))
     if args.plan_only:  # the plan alone: what would run, how long, in which groups; no folder is created
-        from bench.grid import plan_grid, print_plan
+        from bench.grid import plan_and_print
 
-        torch.set_num_threads(threads)
-        if distributed:  # a data-parallel run trains alone, as run_grid has it
-            from dataclasses import replace
-
-            opts = replace(opts, lockstep="off")
-        print_plan(plan_grid(specs, opts, Estimator(out, threads, workers)), opts, threads)
+        plan_and_print(specs, opts, threads, Estimator(out, threads, workers), distributed)
         return 0
     accelerator = None
     if workers == 1 and not ray:

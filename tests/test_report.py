@@ -515,6 +515,19 @@ def test_an_outlier_method_is_drawn_off_scale_so_the_others_stay_readable():
     assert ylim == pytest.approx((7 - 0.08 * 0.3, 7.3 + 0.08 * 0.3))
     two = means[means["method"] != "b"]
     assert inlier_limits(two, "x", "y")[2] == {}  # with two methods nothing is an outlier
+    # two wide methods (the 15-method main command: AlignProp and PRDP on HPSv2): both off scale, as neither is
+    # 2.5x the other but the narrower is 2.5x the next; the others' span sets the axis
+    rows = []
+    for method, dy in (("a", 0.2), ("b", 0.3), ("c", 0.25), ("d", 0.1), ("e", 0.3), ("prdp", -1.0),
+                       ("alignprop", -2.0)):
+        for k in range(3):
+            rows.append({"method": method, "reward_queries": 10 * k, "x": 7 + k, "y": 7 + dy * k / 2})
+    _, ylim, off = inlier_limits(pd.DataFrame(rows), "x", "y")
+    assert off == {"y": ["alignprop", "prdp"]}
+    assert ylim == pytest.approx((7 - 0.08 * 0.3, 7.3 + 0.08 * 0.3))
+    # at most a third of the methods: with 3 methods only one can be off scale, however wide the second
+    three = pd.DataFrame([r for r in rows if r["method"] in ("a", "prdp", "alignprop")])
+    assert inlier_limits(three, "x", "y")[2] == {}  # 2.0 is not 2.5x 1.0, and prdp cannot go without alignprop
 
 
 def test_a_study_read_part_way_is_marked_interim_with_the_seeds_it_holds():
