@@ -445,7 +445,13 @@ def test_method_styles_are_fixed_and_distinct():
     n = len(methods.names())
     new = method_styles(["zz-new", "tdpo"])
     assert new["tdpo"] == every["tdpo"]
-    assert new["zz-new"] == dict(color=sns.color_palette("colorblind", 10)[n % 10], linestyle="-" if n < 10 else "--")
+    assert new["zz-new"] == dict(color=sns.color_palette("colorblind", 10)[n % 10], linestyle="-" if n < 10 else "--",
+                                 marker="o" if n < 10 else "s")
+    # past ten, a repeated colour is told apart by its dash and its marker
+    names = list(methods.names())
+    assert every[names[10]]["color"] == every[names[0]]["color"]
+    assert (every[names[10]]["linestyle"], every[names[10]]["marker"]) == ("--", "s")
+    assert (every[names[0]]["linestyle"], every[names[0]]["marker"]) == ("-", "o")
 
 
 def test_figures_are_seaborn_lines_on_the_frames_in_fixed_styles(tmp_path):
