@@ -125,6 +125,13 @@ def test_a_short_run_trains_on_what_waited_and_not_on_log_probs(tmp_path):
     assert all(0 <= v <= 1 for v in by("r_mean")) and by("old_decay") == pytest.approx([1e-3, 2e-3, 3e-3])
     ckpt = [json.loads(x) for x in (run / "checkpoints.jsonl").read_text().splitlines()]
     assert ckpt[-1]["gradient_updates"] == 3
+    # compute by hand: 48 rollouts at guidance 1 (one pass) x T=3 = 144 forward rows; training 40 images x 2
+    # levels = 80 rows, each theta forward+backward, old and base forward, at train guidance 1: 240 and 80
+    assert (ckpt[-1]["unet_forward"], ckpt[-1]["unet_backward"]) == (144 + 240, 80)
+    from bench.perf import sampling_rows_per_image
+
+    assert sampling_rows_per_image(spec) == 3  # what the FLOP floor charges a rollout image (not 2 T)
+    assert sampling_rows_per_image(make_spec("ddpo-2", num_steps=3, samples_per_epoch=8, budget=8)) == 6
     from safetensors.torch import load_file
 
     lora = load_file(str(run / ckpt[-1]["path"]))
