@@ -28,24 +28,16 @@ def saved_tensor_bytes(tally: list):
         yield
 
 
-def _timed(fn, repeat: int = 3):
+def _timed(fn, repeat: int = 3, fastest: bool = False):
+    """Seconds per call after a warm-up: the mean of `repeat` calls, or with `fastest` the fastest of them (a rate
+    meant as a bound, the FLOP floor's: other work on the cores only ever slows a call)."""
     fn()  # warm-up
-    t0 = time.perf_counter()
-    for _ in range(repeat):
-        fn()
-    return (time.perf_counter() - t0) / repeat
-
-
-def _fastest(fn, repeat: int = 5) -> float:
-    """The fastest of `repeat` calls after a warm-up: a rate meant as a bound (the FLOP floor's) is the machine at
-    its best; other work on the cores only ever slows a call (the mean of 2 moved the floor by +-8%)."""
-    fn()
-    best = float("inf")
+    times = []
     for _ in range(repeat):
         t0 = time.perf_counter()
         fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
+        times.append(time.perf_counter() - t0)
+    return min(times) if fastest else sum(times) / repeat
 
 
 def run_perf(backbone_name: str, num_steps: int, batch: int, reward_name: str, repeat: int = 2) -> list[tuple]:
@@ -218,14 +210,14 @@ def floor_costs(spec, threads: int = 1, repeat: int = 2, batch: int = FLOOR_BATC
             with torch.no_grad():
                 bb.log_prob(traj, steps)
 
-        fwd = _fastest(forward, repeat) / (2 * batch)
-        both = _fastest(lambda: bb.log_prob(traj, steps).sum().backward(), repeat) / (2 * batch)
+        fwd = _timed(forward, repeat, fastest=True) / (2 * batch)
+        both = _timed(lambda: bb.log_prob(traj, steps).sum().backward(), repeat, fastest=True) / (2 * batch)
         encoder = None
         reward = load_reward(spec.reward, spec.suite, "cpu")
         encode = reward.image_encoder() if hasattr(reward, "image_encoder") else None
         if encode is not None:  # a reward without one (JPEG) has no critic encoding to cost
             with torch.no_grad():
-                encoder = _fastest(lambda: encode(traj.images), repeat) / batch
+                encoder = _timed(lambda: encode(traj.images), repeat, fastest=True) / batch
     finally:
         torch.set_num_threads(before)
     return {"forward": fwd, "backward": max(both - fwd, 0.0), "encoder": encoder or 0.0}
@@ -245,8 +237,8 @@ def floor_rows(db_path, out_dir, threads: int = 1, repeat: int = 2,
     the measured seconds, and measured / floor; the whole grid last.
 
     Rows, from the compute counters and the evaluation matrix: sampling, `sampling_rows_per_image` per image
-    sampled (2 T with classifier-free guidance); training, the rest of the counted forward rows and every backward row (AlignProp's
-    sampling with gradients is its training); evaluation, 2 T per evaluation image after query 0 (twice
+    sampled (2 T with classifier-free guidance); training, the rest of the counted forward rows and every
+    backward row (AlignProp's sampling with gradients is its training); evaluation, 2 T per evaluation image after query 0 (twice
     that with KL to the pretrained model, which runs the UNet again), plus the shared query-0 images once.
     Not in the floor: VAE decoding, reward scoring, Python overhead (that is what the ratio shows)."""
     import json
@@ -437,12 +429,10 @@ def run_levers(repeat: int = 3) -> list[tuple]:
     # across runs would also carry a per-row LoRA (the lockstep path)
     from bench.evaluate import EVAL_BATCH
 
-    ck = [("a red circle", i) for i in range(96)]
-    per_ckpt = _timed(lambda: [bb10.sample([p for p, _ in ck], generator=[torch.Generator().manual_seed(i) for i in
-                                                                          range(96)], batch_size=EVAL_BATCH)
+    seeded = lambda n: [torch.Generator().manual_seed(i) for i in range(n)]  # noqa: E731
+    per_ckpt = _timed(lambda: [bb10.sample(["a red circle"] * 96, generator=seeded(96), batch_size=EVAL_BATCH)
                                for _ in range(4)], repeat)
-    merged = _timed(lambda: bb10.sample([p for p, _ in ck] * 4, generator=[torch.Generator().manual_seed(i) for i in
-                                                                           range(384)], batch_size=256), repeat)
+    merged = _timed(lambda: bb10.sample(["a red circle"] * 384, generator=seeded(384), batch_size=256), repeat)
     rows.append(("evaluation across runs (4 x 96 images, T=10)", f"4 checkpoints, calls of {EVAL_BATCH}",
                  "calls of 256 across them", per_ckpt, merged,
                  "yes" if per_ckpt / merged >= 1.15 else
