@@ -120,7 +120,9 @@ class AlignProp:
             with torch.no_grad():
                 return bb.predict_noise(x, t, cond, uncond)
         if self.hp["gradient_checkpointing"]:
-            return checkpoint(bb.predict_noise, x, t, cond, uncond, use_reentrant=False)
+            before = bb.counts.unet_forward
+            out = checkpoint(bb.predict_noise, x, t, cond, uncond, use_reentrant=False)
+            return bb.counts.recomputed(out, bb.counts.unet_forward - before)  # the backward's second forward
         return bb.predict_noise(x, t, cond, uncond)
 
     def sample_with_grad(self, prompts: list[str], k, generator: torch.Generator | None = None,

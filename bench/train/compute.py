@@ -43,3 +43,14 @@ class ComputeCounts:
                 return grad
             out.register_hook(count)
         return out
+
+    def recomputed(self, out: torch.Tensor, rows: int) -> torch.Tensor:
+        """Count `rows` forward rows once a gradient reaches `out`: gradient checkpointing's recomputation.
+        Its second forward does not reach `unet_output` (torch's non-reentrant checkpoint stops recomputing
+        once it has every saved tensor), so the caller counts it here."""
+        if out.requires_grad:
+            def count(grad):
+                self.unet_forward += rows
+                return grad
+            out.register_hook(count)
+        return out
