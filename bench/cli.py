@@ -144,8 +144,12 @@ def build_parser() -> argparse.ArgumentParser:
     pf.add_argument("--levers", action="store_true",
                     help="also measure each lever of the fast toy default against the old path (a ratio table)")
     pf.add_argument("--floor", action="store_true",
-                    help="with --db: each phase's UNet rows, their cost at this machine's large-batch rate "
-                         "(measured in the same call), the measured seconds and the ratio")
+                    help="each phase's UNet rows, their cost at this machine's large-batch rate (measured in the "
+                         "same call) and the ratio to the seconds: of the grid `bench run` would run, against its "
+                         "estimate, or with --db of the stored runs, against their measured seconds")
+    pf.add_argument("--study", default=None,
+                    help="with --floor (without --db): the planned grid of this study (see `bench list studies`) "
+                         "(default: the main command's)")
     pf.add_argument("--db", default=None,
                     help="instead of micro-benchmarks, the seconds per phase (sampling, critic encoding, training, "
                          "scoring, evaluation, report) of the runs stored in this database (default: none: micro-benchmarks)")
@@ -210,6 +214,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "perf":
             from bench.perf import cmd_perf
 
+            if args.floor and not args.db:  # the grid `bench run` would run, built as it builds it
+                from bench.run import build_specs
+
+                run_args = build_parser().parse_args(["run"] + (["--study", args.study] if args.study else []))
+                return cmd_perf(args, run_args, build_specs(run_args))
             return cmd_perf(args)
         if args.command == "ingest":
             from bench.store.commands import cmd_ingest

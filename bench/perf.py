@@ -381,6 +381,55 @@ def floor_rows(db_path, out_dir, threads: int = 1, repeat: int = 2,
     return rows, {"costs": costs, "ratio": total[4] / total[3] if total[3] > 0 else None, "threads": threads}
 
 
+PLANNED_HEADER = ("phase", "UNet forward rows", "UNet backward rows", "encoder rows", "floor s", "estimated s",
+                  "estimated / floor")
+
+
+def planned_floor_rows(specs, plans, per_prompt: int, threads: int = 1, repeat: int = 2,
+                       batch: int = FLOOR_BATCH) -> tuple[list[tuple], dict]:
+    """A planned grid's FLOP floor: per phase the rows its runs will need (`planned_counts`; evaluation as in
+    `floor_rows`), their cost at this machine's large-batch rate measured now, and beside it the grid's own
+    estimate (`plans`: bench.grid.plan_grid's, training and evaluation seconds per run; it does not split
+    training into sampling, training and critic encoding, so those are compared as one)."""
+    from bench.grid import _eval_images
+
+    costs = floor_costs(specs[0], threads, repeat, batch)
+    phase = {k: [0, 0, 0] for k in ("sampling", "training", "critic encoding", "evaluation")}
+    bounds, query0 = {}, {}
+    for spec in specs:
+        plan = planned_counts(spec)
+        for name in ("sampling", "training", "critic encoding"):
+            phase[name] = [a + b for a, b in zip(phase[name], plan[name])]
+        if plan["bound"] != "exact":
+            bounds.setdefault(plan["bound"], []).append(spec.method)
+        marks = len(spec.checkpoint_marks())
+        per_ckpt = _eval_images(spec, per_prompt) // marks
+        per_image = 2 * spec.num_steps  # guided sampling, and the pretrained model's pass for KL
+        phase["evaluation"][0] += (marks - 1) * per_ckpt * per_image * 2
+        # the pretrained model (query 0) is sampled once per setting and shared
+        query0[(spec.backbone, spec.num_steps, spec.guidance_scale, spec.eta, spec.suite)] = per_ckpt * per_image
+    phase["evaluation"][0] += sum(query0.values())
+
+    def floor(fwd, bwd, enc):
+        return fwd * costs["forward"] + bwd * costs["backward"] + enc * costs["encoder"]
+
+    def row(name, counts, seconds):
+        f = floor(*counts)
+        return (name, f"{counts[0]:,}", f"{counts[1]:,}", f"{counts[2]:,}", f"{f:.1f}",
+                "" if seconds is None else f"{seconds:.1f}",
+                f"{seconds / f:.2f}x" if seconds is not None and f > 0 else "")
+
+    train_s = sum(p.train_s for p in plans)
+    eval_s = sum(p.eval_s for p in plans)
+    training = [sum(phase[k][i] for k in ("sampling", "training", "critic encoding")) for i in range(3)]
+    whole = [a + b for a, b in zip(training, phase["evaluation"])]
+    rows = [row(k, phase[k], None) for k in ("sampling", "training", "critic encoding")]
+    rows += [row("per-run work (the three above)", training, train_s), row("evaluation", phase["evaluation"], eval_s),
+             row("whole grid", whole, train_s + eval_s)]
+    return rows, {"costs": costs, "threads": threads, "bounds": bounds,
+                  "ratio": (train_s + eval_s) / floor(*whole) if floor(*whole) > 0 else None}
+
+
 # ------------------------------------------------------------------------------ levers (issue: the 10-minute default)
 LEVER_HEADER = ("lever", "today's path", "lever", "seconds today", "seconds lever", "speed-up", "kept")
 
@@ -670,9 +719,41 @@ def run_sd_perf(backbone_name: str, num_steps: int, batch: int, repeat: int = 1)
 
 
 # ------------------------------------------------------------------------------ the command
-def cmd_perf(args) -> int:
+def cmd_planned_floor(args, run_args, specs) -> int:
+    """`bench perf --floor` without --db: the floor of the grid `bench run` (with --study, that study's) would
+    run, at the threads per run it would use, beside the grid's own estimate."""
+    from bench.grid import Estimator, GridOptions, available_cores, default_workers, plan_grid
+
+    check_positive("--repeat", args.repeat)
+    quiet_libraries()
+    workers = min(default_workers(False), len(specs))
+    threads = max(1, available_cores() // workers)
+    out = Path(run_args.out)
+    opts = GridOptions(out=out, db=out / "bench.duckdb", eval_per_prompt=run_args.eval_per_prompt, force=True,
+                       workers=workers, threads=threads)
+    plans = plan_grid(specs, opts, Estimator(out, threads, workers))
+    rows, summary = planned_floor_rows(specs, plans, run_args.eval_per_prompt, threads, args.repeat)
+    c = summary["costs"]
+    what = f"study {run_args.study!r}" if run_args.study else "the main command's grid"
+    print(f"bench perf --floor: {what} as planned ({len(specs)} runs, {workers} workers x {threads} thread(s)) "
+          f"against this machine's large-batch rate, measured now on {threads} thread(s) (UNet row forward "
+          f"{1e3 * c['forward']:.2f} ms, backward {1e3 * c['backward']:.2f} ms, encoder image {1e3 * c['encoder']:.2f} "
+          f"ms at {FLOOR_BATCH} latents per call)")
+    print_table(rows, header=PLANNED_HEADER)
+    why = {"expected": "its gradient steps K drawn at their mean", "at most": "its zero-gradient rows skipped"}
+    notes = "".join(f"; {', '.join(sorted(set(m)))}: {b} ({why[b]})" for b, m in sorted(summary["bounds"].items()))
+    print(f"rows: replayed from each run's spec (equal to the compute counters a run ends with{notes}); estimated: the plan's seconds of work, summed over runs (as `bench run --plan-only` prints them). "
+          "Not in the floor: decoding, scoring, Python overhead. For the measured ratio of finished runs: "
+          "--floor --db FILE.")
+    return 0
+
+
+def cmd_perf(args, run_args=None, specs=None) -> int:
+    """`bench perf`; for --floor without --db, the cli passes the planned grid (`run_args`, `specs`)."""
     if args.floor and not args.db:
-        raise BenchError("--floor needs --db: the FLOP floor of stored runs (a planned grid's is not computed yet)")
+        return cmd_planned_floor(args, run_args, specs)
+    if getattr(args, "study", None):
+        raise BenchError("--study goes with --floor (without --db): the floor of that study's planned grid")
     if args.db:
         db = Path(args.db)
         from bench.store.database import open_results

@@ -79,3 +79,38 @@ def test_prdp_rows_at_most_planned(tmp_path):
     assert got["unet_backward"] <= plan["training"][1]
     # the reference log-probs and the sampling are always run: a floor the counters reach
     assert got["unet_forward"] >= plan["sampling"][0] + 10 * 3 * 2
+
+
+def test_planned_floor_rows_by_hand():
+    """Two seeds of DDPO-2 at T=3 (marks 0, 5, 10): evaluation samples each checkpoint after query 0 guided with
+    its KL pass (2 x 2T rows per image) and the shared query 0 once (2T); the whole grid is the phases' sum and
+    its ratio is the plan's seconds over its floor."""
+    from bench.grid import Planned, _eval_images
+    from bench.perf import planned_floor_rows
+
+    register_counting_reward()
+    specs = [make_spec("ddpo-2", num_steps=3, samples_per_epoch=4, budget=10, num_checkpoints=2, seed=s,
+                       suite="toy") for s in (0, 1)]  # the toy's prompt sets; the tiny-random backbone's UNet
+    per_ckpt = _eval_images(specs[0], 1) // 3
+    assert per_ckpt > 0
+    plans = [Planned(s, "train", train_s=10.0, eval_s=5.0) for s in specs]
+    rows, summary = planned_floor_rows(specs, plans, 1, threads=1, repeat=1, batch=4)
+    by = {r[0]: r for r in rows}
+    assert [r[0] for r in rows][-1] == "whole grid"
+    assert by["sampling"][1:4] == ("120", "0", "0") and by["training"][1:4] == ("120", "120", "0")  # 60 each
+    assert by["evaluation"][1] == f"{2 * (2 * per_ckpt * 6 * 2) + per_ckpt * 6:,}"
+    c = summary["costs"]
+    whole = (240 + 2 * 24 * per_ckpt + 6 * per_ckpt) * c["forward"] + 120 * c["backward"]
+    assert float(by["whole grid"][4]) == pytest.approx(whole, abs=0.06)
+    assert summary["ratio"] == pytest.approx(30.0 / whole, rel=1e-9)
+    assert by["whole grid"][5] == "30.0" and by["per-run work (the three above)"][5] == "20.0"
+
+
+@pytest.mark.parametrize("argv,needle", [(["perf", "--floor", "--study", "overoptimisation"], "overoptimization"),
+                                         (["perf", "--study", "overoptimization"], "--study goes with --floor")])
+def test_perf_floor_bad_study_exits_2(argv, needle, capsys):
+    from bench.cli import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert needle in err and err.count("\n") == 1
