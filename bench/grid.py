@@ -877,6 +877,7 @@ class Estimator:
         if stored is not None:
             return stored * images
         c = self._calibrate(spec)
-        per_image = spec.num_steps * (c["fwd"][0] / 32 + c["fwd"][1]) + c["decode"] * 8  # sampling + 6 rewards
+        # sampling, and the pretrained model's pass of the KL to it (every checkpoint but query 0); decode + 6 rewards
+        per_image = 2 * spec.num_steps * (c["fwd"][0] / 32 + c["fwd"][1]) + c["decode"] * 8
         return per_image * images
 
