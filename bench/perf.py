@@ -722,7 +722,9 @@ def run_sd_perf(backbone_name: str, num_steps: int, batch: int, repeat: int = 1)
 def cmd_planned_floor(args, run_args, specs) -> int:
     """`bench perf --floor` without --db: the floor of the grid `bench run` (with --study, that study's) would
     run, at the threads per run it would use, beside the grid's own estimate."""
-    from bench.grid import Estimator, GridOptions, available_cores, default_workers, plan_grid
+    import torch
+
+    from bench.grid import Estimator, GridOptions, available_cores, default_workers, plan_and_print
 
     check_positive("--repeat", args.repeat)
     quiet_libraries()
@@ -731,7 +733,11 @@ def cmd_planned_floor(args, run_args, specs) -> int:
     out = Path(run_args.out)
     opts = GridOptions(out=out, db=out / "bench.duckdb", eval_per_prompt=run_args.eval_per_prompt, force=True,
                        workers=workers, threads=threads)
-    plans = plan_grid(specs, opts, Estimator(out, threads, workers))
+    before = torch.get_num_threads()
+    try:  # planned (and its cost model calibrated) at the threads per run the grid would use, as `bench run` does
+        plans, _ = plan_and_print(specs, opts, threads, Estimator(out, threads, workers), say=None)
+    finally:
+        torch.set_num_threads(before)
     rows, summary = planned_floor_rows(specs, plans, run_args.eval_per_prompt, threads, args.repeat)
     c = summary["costs"]
     what = f"study {run_args.study!r}" if run_args.study else "the main command's grid"
