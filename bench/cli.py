@@ -88,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run only the K-th of N deterministic slices of the grid (runs i with i %% N == K-1, in "
                         "the plan's order), e.g. one per Slurm array task; default: the whole grid")
     r.add_argument("--lockstep", default="auto", choices=("auto", "off"),
-                   help="auto: the seeds of one setting of DDPO, the TDPO family or GRPO train in one process, every "
+                   help="auto: the seeds of one setting of DDPO, the TDPO family or GRPO, and the TDPO family's variants "
+                        "(but TDPO-KL) train in one process, every "
                         "UNet call carrying all their rows (faster; equal to training each alone up to float "
                         "rounding); off: each run alone (default: auto)")
     r.add_argument("--launcher", default="local", choices=("local", "ray"),

@@ -10,7 +10,7 @@ Ray tasks to a local Ray instance or a cluster (`--launcher ray`).
   every run uses `threads` torch threads whichever process runs it (the thread
   count can change float rounding, so it is fixed per grid, not per executor).
   The exception is lockstep (`--lockstep auto`, the default): the seeds of one setting of a per-step method
-  train in one process with merged UNet calls, which moves float rounding (within a tested tolerance); each
+  (and the TDPO family's variants) train in one process with merged UNet calls, which moves float rounding (within a tested tolerance); each
   run.json records its group, and `--lockstep off` trains every run alone.
 - One writer: only this process opens the database. Workers (and Ray tasks) write
   run folders; finished runs are ingested as they complete. A failed run is
@@ -143,17 +143,36 @@ def lockstep_capable(method: str) -> bool:
     return methods.get(method).meta.get("kind") == "ppo"
 
 
+LOCKSTEP_FREE_HPARAMS = ("critic_reset", "policy_reset", "activation", "dormant_threshold", "policy_dormant_threshold")
+"""TDPO hyperparameters that change what a run does to its own critic and adapter between UNet calls, never which
+calls it makes (methods/tdpo.py: the resets and the dormant-neuron classification): TDPO-family runs that differ
+only in these and their seed make the same calls in the same order, so the family's variants train together.
+TDPO-KL is not among them: its penalty's pretrained-policy calls are calls the others do not make."""
+
+
+def lockstep_key(spec) -> str:
+    """Runs with equal keys make the same UNet calls and backwards in the same order: the setting but the seed, and
+    for the TDPO family also but the variant (`LOCKSTEP_FREE_HPARAMS`)."""
+    from bench.spec.catalog import methods
+
+    setting = {k: v for k, v in spec.to_dict().items() if k != "seed"}
+    if methods.get(spec.method).meta.get("family") == "tdpo":
+        setting["method"] = "tdpo family"
+        setting["hparams"] = {k: v for k, v in setting["hparams"].items() if k not in LOCKSTEP_FREE_HPARAMS}
+    return json.dumps(setting, sort_keys=True, default=str)
+
+
 def lockstep_groups(plans: list[Planned], workers: int = 1) -> list[list[Planned]]:
-    """Runs to train in lockstep: same method and setting but the seed, all starting fresh or all resuming
-    from the same snapshot, one process each (world size 1). Groups of one are left out. While the grid would
+    """Runs to train in lockstep: the same `lockstep_key` (the setting but the seed, and the TDPO family's
+    variants), all starting fresh or all resuming from the same snapshot, one process each (world size 1).
+    Groups of one are left out. While the grid would
     leave a worker idle (fewer groups and lone runs than workers), the largest group is halved: a group runs on
     one worker, and merging pays less than a second core (measured: 1.1x to 1.6x per run)."""
     keyed: dict = {}
     for p in plans:
         if p.action not in ("train", "resume") or not lockstep_capable(p.spec.method):
             continue
-        setting = {k: v for k, v in p.spec.to_dict().items() if k != "seed"}
-        key = (json.dumps(setting, sort_keys=True, default=str), p.resume_from)
+        key = (lockstep_key(p.spec), p.resume_from)
         keyed.setdefault(key, []).append(p)
     groups = [members for members in keyed.values() if len(members) > 1]
     alone = sum(p.action != "skip" for p in plans) - sum(len(g) for g in groups)
@@ -244,8 +263,8 @@ def print_plan(plans: list[Planned], opts: GridOptions, threads: int, say=print)
         say(f"  {p.action:<8} {p.spec.run_name:<58} {est}")
     groups = sorted({p.group for p in plans if p.group is not None})
     if groups:
-        say(f"bench: {len(groups)} lockstep group(s): the seeds of one setting train in one process, every UNet "
-            f"call merged (results equal serial ones to float rounding; --lockstep off trains each alone)")
+        say(f"bench: {len(groups)} lockstep group(s): the seeds of one setting (and the TDPO family's variants) "
+            f"train in one process, every UNet call merged (results equal serial ones to float rounding; --lockstep off trains each alone)")
     if todo:
         wall = wall_estimate(todo, opts.workers)
         lo, hi = MODEL_MISS

@@ -268,3 +268,56 @@ def test_the_batched_low_rank_path_gives_each_block_its_own_adapter():
         assert (block - other).abs().max() > 1e-3 * scale  # another run's adapter is visibly different
     assert (mixed[:2] - base).abs().max() <= 1e-5 * base.abs().max()
     assert (mixed[2:] - alone[1]).abs().max() <= 1e-5 * alone[1].abs().max()
+
+
+@pytest.mark.parametrize("method,overrides,grouped", [
+    ("tdpo-r", None, True), ("tdpo-policy-reset-active", None, True), ("tdpo-r-leaky", None, True),
+    ("tdpo-reset-all", None, True), ("tdpo-kl", None, False), ("tdpo-r", {"lr": "1e-3"}, False),
+    ("ddpo-100", None, False)])
+def test_the_tdpo_familys_variants_train_together(method, overrides, grouped):
+    """TDPO and a variant that differs only in its resets or dormant-neuron thresholds group, at one seed or two;
+    TDPO-KL (extra pretrained-policy calls), another learning rate, or another method do not."""
+    from bench.grid import Planned, lockstep_groups
+
+    def planned(m, seed, o=None):
+        return Planned(make_spec(m, num_steps=2, samples_per_epoch=8, budget=32, seed=seed, overrides=o), "train")
+    for seed in (0, 1):
+        first, second = planned("tdpo", 0), planned(method, seed, overrides)
+        groups = lockstep_groups([first, second])
+        assert groups == ([[first, second]] if grouped else [])
+
+
+def _variant_specs():
+    # TDPO-R (critic resets) and TDPO with active policy resets at one seed: the same calls, different resets
+    # (every epoch here) of their own critic and adapter; 2 epochs of 4 at lr 1e-2
+    return [make_spec(m, num_steps=2, samples_per_epoch=4, budget=8, num_checkpoints=2, sample_batch_size=4,
+                      overrides={"lr": "1e-2"}, multiplier=8.0, seed=0) for m in ("tdpo-r", "tdpo-policy-reset-active")]
+
+
+def test_a_variant_group_equals_its_serial_runs(tmp_path):
+    """Unmerged, a group of two TDPO variants gives each its serial bits (their different resets stay their own);
+    merged, each ends within MERGED_TOLERANCE of its serial weights, and the two differ from each other by far
+    more (the policy resets rewrite one run's adapter only)."""
+    from bench.train.lockstep import train_group
+    from bench.train.runner import train_run
+
+    register_counting_reward()
+    specs = _variant_specs()
+    assert len({s.run_name for s in specs}) == 2
+    for spec in specs:
+        train_run(spec, tmp_path / "serial", progress=False)
+    serial = {s.run_name: _result(tmp_path / "serial", s) for s in specs}
+    for merge in (False, True):
+        out = tmp_path / f"group-{merge}"
+        assert [r["status"] for r in train_group(specs, out, merge=merge)] == ["finished", "finished"]
+        for spec in specs:
+            ckpts, metrics, lora, _ = _result(out, spec)
+            want = serial[spec.run_name]
+            if not merge:
+                assert (ckpts, metrics) == want[:2]
+                assert all(torch.equal(lora[k], want[2][k]) for k in want[2])
+                continue
+            scale = max(t.abs().max().item() for t in want[2].values())
+            assert max((lora[k] - want[2][k]).abs().max().item() for k in want[2]) <= MERGED_TOLERANCE * scale
+    a, b = (serial[s.run_name][2] for s in specs)
+    assert max((a[k] - b[k]).abs().max().item() for k in a) > 0.1

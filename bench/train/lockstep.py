@@ -2,8 +2,9 @@
 and every backward carries the rows of all of them.
 
 Why: the per-step methods train on a few rows per update (4 for the TDPO family on the toy), where a
-UNet call costs about twice its large-batch rate per row (issue 22). G seeds of one method make the
-same calls in the same order, so one call of G x the rows does the work of G.
+UNet call costs about twice its large-batch rate per row (issue 22). G seeds of one method, or the TDPO
+family's variants (bench/grid.py: `lockstep_key`), make the same calls in the same order, so one call of G x the
+rows does the work of G.
 
 How, without touching the methods' per-run code:
 - Each run keeps its own LoRA: one adapter per run on the shared frozen UNet, applied to exactly its run's rows
@@ -271,7 +272,7 @@ def build_group(shared: Backbone, seeds: list[int], rank: int, merge: bool = Tru
 
 def train_group(specs, out_dir, restart: bool = False, log_with: str | None = None, on_progress=None,
                 merge: bool = True) -> list:
-    """Train `specs` (one method and setting, different seeds) in lockstep, one thread per run. Returns, per
+    """Train `specs` (one `lockstep_key`: one setting, different seeds or TDPO variants) in lockstep, one thread per run. Returns, per
     run, its `runs` row, the exception it failed with itself, or `LockstepAborted` for a run that did nothing
     wrong (another run failed, or the calls diverged): it resumes serially from its last checkpoint."""
     from bench.train.precision import DTYPES, resolve_precision
