@@ -10,8 +10,8 @@ Ray tasks to a local Ray instance or a cluster (`--launcher ray`).
   every run uses `threads` torch threads whichever process runs it (the thread
   count can change float rounding, so it is fixed per grid, not per executor).
   The exception is lockstep (`--lockstep auto`, the default): the seeds of one setting of a per-step method
-  (and the TDPO family's variants) train in one process with merged UNet calls, which moves float rounding (within a tested tolerance); each
-  run.json records its group, and `--lockstep off` trains every run alone.
+  (and the TDPO family's variants) train in one process with merged UNet calls, which moves float rounding
+  (within a tested tolerance); each run.json records its group, and `--lockstep off` trains every run alone.
 - One writer: only this process opens the database. Workers (and Ray tasks) write
   run folders; finished runs are ingested as they complete. A failed run is
   reported and the others go on; re-running the grid skips finished runs.
@@ -264,7 +264,8 @@ def print_plan(plans: list[Planned], opts: GridOptions, threads: int, say=print)
     groups = sorted({p.group for p in plans if p.group is not None})
     if groups:
         say(f"bench: {len(groups)} lockstep group(s): the seeds of one setting (and the TDPO family's variants) "
-            f"train in one process, every UNet call merged (results equal serial ones to float rounding; --lockstep off trains each alone)")
+            f"train in one process, every UNet call merged (results equal serial ones to float rounding; "
+            f"--lockstep off trains each alone)")
     if todo:
         wall = wall_estimate(todo, opts.workers)
         lo, hi = MODEL_MISS
