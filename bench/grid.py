@@ -163,9 +163,11 @@ def lockstep_key(spec) -> str:
 
 
 def lockstep_groups(plans: list[Planned], workers: int = 1) -> list[list[Planned]]:
-    """Runs to train in lockstep: the same `lockstep_key` (the setting but the seed, and the TDPO family's
-    variants), all starting fresh or all resuming from the same snapshot, one process each (world size 1).
-    Groups of one are left out. While the grid would
+    """Runs to train in lockstep: the same `lockstep_key`, all starting fresh or all resuming from the same
+    snapshot, one process each (world size 1). Within a key the runs group as the seeds of one setting or, where
+    that makes fewer (larger) groups, as the TDPO family's variants at one seed: the main command's seven variants
+    at seed 0 are one group; a study's TDPO and TDPO-R seeds stay two groups of seeds, not one unit twice the size
+    that would leave the other workers idle at the end. Groups of one are left out. While the grid would
     leave a worker idle (fewer groups and lone runs than workers), the largest group is halved: a group runs on
     one worker, and merging pays less than a second core (measured: 1.1x to 1.6x per run)."""
     keyed: dict = {}
@@ -174,7 +176,14 @@ def lockstep_groups(plans: list[Planned], workers: int = 1) -> list[list[Planned
             continue
         key = (lockstep_key(p.spec), p.resume_from)
         keyed.setdefault(key, []).append(p)
-    groups = [members for members in keyed.values() if len(members) > 1]
+    groups = []
+    for members in keyed.values():
+        by_setting, by_seed = {}, {}
+        for p in members:
+            by_setting.setdefault((p.spec.method, json.dumps(p.spec.hp, sort_keys=True, default=str)), []).append(p)
+            by_seed.setdefault(p.spec.seed, []).append(p)
+        parts = by_seed if len(by_seed) < len(by_setting) else by_setting
+        groups += [g for g in parts.values() if len(g) > 1]
     alone = sum(p.action != "skip" for p in plans) - sum(len(g) for g in groups)
     while groups and len(groups) + alone < workers and max(len(g) for g in groups) > 1:
         big = max(groups, key=len)

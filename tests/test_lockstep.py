@@ -275,16 +275,38 @@ def test_the_batched_low_rank_path_gives_each_block_its_own_adapter():
     ("tdpo-reset-all", None, True), ("tdpo-kl", None, False), ("tdpo-r", {"lr": "1e-3"}, False),
     ("ddpo-100", None, False)])
 def test_the_tdpo_familys_variants_train_together(method, overrides, grouped):
-    """TDPO and a variant that differs only in its resets or dormant-neuron thresholds group, at one seed or two;
-    TDPO-KL (extra pretrained-policy calls), another learning rate, or another method do not."""
-    from bench.grid import Planned, lockstep_groups
+    """At one seed, TDPO and a variant that differs only in its resets or dormant-neuron thresholds group; TDPO-KL
+    (extra pretrained-policy calls), another learning rate, or another method do not. At two seeds, one run each,
+    neither grouping has a group of two."""
+    from bench.grid import lockstep_groups
 
-    def planned(m, seed, o=None):
-        return Planned(make_spec(m, num_steps=2, samples_per_epoch=8, budget=32, seed=seed, overrides=o), "train")
-    for seed in (0, 1):
-        first, second = planned("tdpo", 0), planned(method, seed, overrides)
-        groups = lockstep_groups([first, second])
-        assert groups == ([[first, second]] if grouped else [])
+    first, second = _planned("tdpo", 0), _planned(method, 0, overrides)
+    assert lockstep_groups([first, second]) == ([[first, second]] if grouped else [])
+    assert lockstep_groups([first, _planned(method, 1, overrides)]) == []
+
+
+def _planned(method, seed, overrides=None):
+    from bench.grid import Planned
+
+    return Planned(make_spec(method, num_steps=2, samples_per_epoch=8, budget=32, seed=seed, overrides=overrides),
+                   "train")
+
+
+@pytest.mark.parametrize("variants,seeds,sizes", [(7, 1, [7]), (2, 7, [7, 7]), (7, 2, [7, 7]), (3, 3, [3, 3, 3])])
+def test_variants_group_by_seed_only_where_that_makes_fewer_groups(variants, seeds, sizes):
+    """Hand-traced on 1 worker: the main command's 7 variants at one seed are one group; a study's 2 variants x 7
+    seeds are 2 groups of seeds (grouped by seed: 7 groups of 2); 7 x 2 is 2 groups, one per seed (by setting:
+    7 of 2); 3 x 3 ties and keeps the seeds of one setting together. Every group is of one kind."""
+    from bench.grid import lockstep_groups
+
+    names = ["tdpo", "tdpo-r", "tdpo-reset-all", "tdpo-reset-dormant", "tdpo-r-leaky", "tdpo-policy-reset-dormant",
+             "tdpo-policy-reset-active"][:variants]
+    plans = [_planned(m, s) for m in names for s in range(seeds)]
+    groups = lockstep_groups(plans, 1)
+    assert sorted(len(g) for g in groups) == sizes
+    by_seed = seeds < variants  # fewer groups by seed than by setting
+    for g in groups:
+        assert len({p.spec.seed if by_seed else p.spec.method for p in g}) == 1
 
 
 def _variant_specs():
