@@ -213,13 +213,15 @@ def main(argv: list[str] | None = None) -> int:
 
             return cmd_report(args)
         if args.command == "perf":
-            from bench.perf import cmd_perf
-
-            if args.floor and not args.db:  # the grid `bench run` would run, built as it builds it
-                from bench.run import build_specs
+            if args.floor and not args.db:  # the grid `bench run` would run, built and shaped as it builds it
+                from bench.perf import cmd_planned_floor
+                from bench.run import build_specs, local_grid_shape
 
                 run_args = build_parser().parse_args(["run"] + (["--study", args.study] if args.study else []))
-                return cmd_perf(args, run_args, build_specs(run_args))
+                specs = build_specs(run_args)
+                return cmd_planned_floor(args, run_args, specs, *local_grid_shape(run_args, len(specs), cuda=False))
+            from bench.perf import cmd_perf
+
             return cmd_perf(args)
         if args.command == "ingest":
             from bench.store.commands import cmd_ingest

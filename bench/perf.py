@@ -223,6 +223,12 @@ def floor_costs(spec, threads: int = 1, repeat: int = 2, batch: int = FLOOR_BATC
     return {"forward": fwd, "backward": max(both - fwd, 0.0), "encoder": encoder or 0.0}
 
 
+def floor_seconds(costs: dict, fwd: int, bwd: int, enc: int) -> float:
+    """Seconds of `fwd` forward and `bwd` backward UNet rows and `enc` encoder images at the rates `costs`
+    (`floor_costs`)."""
+    return fwd * costs["forward"] + bwd * costs["backward"] + enc * costs["encoder"]
+
+
 def sampling_rows_per_image(spec) -> int:
     """UNet forward rows one training rollout image costs: 2 T with classifier-free guidance, T where a method
     samples at guidance 1, which runs one pass per step (DiffusionNFT's CFG-free rollouts, `rollout_guidance`)."""
@@ -372,7 +378,7 @@ def floor_rows(db_path, out_dir, threads: int = 1, repeat: int = 2,
     phase["evaluation"][0] += query0 * 2 * first.num_steps
     rows, total = [], [0, 0, 0, 0.0, 0.0]
     for name, (fwd, bwd, enc, seconds) in phase.items():
-        floor = fwd * costs["forward"] + bwd * costs["backward"] + enc * costs["encoder"]
+        floor = floor_seconds(costs, fwd, bwd, enc)
         total = [total[0] + fwd, total[1] + bwd, total[2] + enc, total[3] + floor, total[4] + seconds]
         rows.append((name, f"{fwd:,}", f"{bwd:,}", f"{enc:,}", f"{floor:.1f}", f"{seconds:.1f}",
                      f"{seconds / floor:.2f}x" if floor > 0 else "-"))
@@ -410,11 +416,8 @@ def planned_floor_rows(specs, plans, per_prompt: int, threads: int = 1, repeat: 
         query0[(spec.backbone, spec.num_steps, spec.guidance_scale, spec.eta, spec.suite)] = per_ckpt * per_image
     phase["evaluation"][0] += sum(query0.values())
 
-    def floor(fwd, bwd, enc):
-        return fwd * costs["forward"] + bwd * costs["backward"] + enc * costs["encoder"]
-
     def row(name, counts, seconds):
-        f = floor(*counts)
+        f = floor_seconds(costs, *counts)
         return (name, f"{counts[0]:,}", f"{counts[1]:,}", f"{counts[2]:,}", f"{f:.1f}",
                 "" if seconds is None else f"{seconds:.1f}",
                 f"{seconds / f:.2f}x" if seconds is not None and f > 0 else "")
@@ -426,8 +429,9 @@ def planned_floor_rows(specs, plans, per_prompt: int, threads: int = 1, repeat: 
     rows = [row(k, phase[k], None) for k in ("sampling", "training", "critic encoding")]
     rows += [row("per-run work (the three above)", training, train_s), row("evaluation", phase["evaluation"], eval_s),
              row("whole grid", whole, train_s + eval_s)]
+    floor = floor_seconds(costs, *whole)
     return rows, {"costs": costs, "threads": threads, "bounds": bounds,
-                  "ratio": (train_s + eval_s) / floor(*whole) if floor(*whole) > 0 else None}
+                  "ratio": (train_s + eval_s) / floor if floor > 0 else None}
 
 
 # ------------------------------------------------------------------------------ levers (issue: the 10-minute default)
@@ -719,17 +723,16 @@ def run_sd_perf(backbone_name: str, num_steps: int, batch: int, repeat: int = 1)
 
 
 # ------------------------------------------------------------------------------ the command
-def cmd_planned_floor(args, run_args, specs) -> int:
+def cmd_planned_floor(args, run_args, specs, workers: int, threads: int) -> int:
     """`bench perf --floor` without --db: the floor of the grid `bench run` (with --study, that study's) would
-    run, at the threads per run it would use, beside the grid's own estimate."""
+    run, at the workers and threads per run it would use (the cli's `local_grid_shape`), beside the grid's own
+    estimate."""
     import torch
 
-    from bench.grid import Estimator, GridOptions, available_cores, default_workers, plan_and_print
+    from bench.grid import Estimator, GridOptions, plan_and_print
 
     check_positive("--repeat", args.repeat)
     quiet_libraries()
-    workers = min(default_workers(False), len(specs))
-    threads = max(1, available_cores() // workers)
     out = Path(run_args.out)
     opts = GridOptions(out=out, db=out / "bench.duckdb", eval_per_prompt=run_args.eval_per_prompt, force=True,
                        workers=workers, threads=threads)
@@ -748,16 +751,14 @@ def cmd_planned_floor(args, run_args, specs) -> int:
     print_table(rows, header=PLANNED_HEADER)
     why = {"expected": "its gradient steps K drawn at their mean", "at most": "its zero-gradient rows skipped"}
     notes = "".join(f"; {', '.join(sorted(set(m)))}: {b} ({why[b]})" for b, m in sorted(summary["bounds"].items()))
-    print(f"rows: replayed from each run's spec (equal to the compute counters a run ends with{notes}); estimated: the plan's seconds of work, summed over runs (as `bench run --plan-only` prints them). "
-          "Not in the floor: decoding, scoring, Python overhead. For the measured ratio of finished runs: "
+    print(f"rows: replayed from each run's spec (equal to the compute counters a run ends with{notes}); estimated: "
+          "the plan's seconds of work, summed over runs (as `bench run --plan-only` prints them). Not in the floor: decoding, scoring, Python overhead. For the measured ratio of finished runs: "
           "--floor --db FILE.")
     return 0
 
 
-def cmd_perf(args, run_args=None, specs=None) -> int:
-    """`bench perf`; for --floor without --db, the cli passes the planned grid (`run_args`, `specs`)."""
-    if args.floor and not args.db:
-        return cmd_planned_floor(args, run_args, specs)
+def cmd_perf(args) -> int:
+    """`bench perf` (the cli sends --floor without --db to `cmd_planned_floor`)."""
     if getattr(args, "study", None):
         raise BenchError("--study goes with --floor (without --db): the floor of that study's planned grid")
     if args.db:

@@ -175,6 +175,16 @@ def _env_threads() -> int | None:
     return env_whole("OMP_NUM_THREADS", None, 1, 1024)
 
 
+def local_grid_shape(args, runs: int, cuda: bool, distributed: bool = False) -> tuple[int, int]:
+    """(worker processes, torch threads per run) of a local grid: --workers (default one per core on a CPU, one on
+    a GPU, never more than the runs; 1 under a data-parallel launch) and --threads (default OMP_NUM_THREADS, else
+    the cores divided among the workers)."""
+    from bench.grid import available_cores, default_workers
+
+    workers = 1 if distributed else (args.workers or min(default_workers(cuda), runs))
+    return workers, args.threads or _env_threads() or max(1, available_cores() // workers)
+
+
 def cmd_run(args) -> int:
     specs = build_specs(args)
     out = Path(args.out)
@@ -189,7 +199,7 @@ def cmd_run(args) -> int:
     quiet_libraries()
     import torch
 
-    from bench.grid import Estimator, GridOptions, available_cores, default_workers, run_grid
+    from bench.grid import Estimator, GridOptions, available_cores, run_grid
 
     cuda = torch.cuda.is_available()
     ray = args.launcher == "ray"
@@ -197,8 +207,7 @@ def cmd_run(args) -> int:
         workers = args.workers or min(available_cores(), len(specs))
         threads = args.threads or (1 if args.ray_address else max(1, available_cores() // workers))
     else:
-        workers = 1 if distributed else (args.workers or min(default_workers(cuda), len(specs)))
-        threads = args.threads or _env_threads() or max(1, available_cores() // workers)
+        workers, threads = local_grid_shape(args, len(specs), cuda, distributed)
     opts = GridOptions(out=out, db=db, evaluate=not args.no_eval, eval_per_prompt=args.eval_per_prompt,
                        force=args.force, progress=not args.no_progress, workers=workers, threads=threads,
                        restart=args.restart, log_with=args.log_with, launcher=args.launcher,
