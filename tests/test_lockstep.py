@@ -257,7 +257,7 @@ def test_the_batched_low_rank_path_gives_each_block_its_own_adapter():
                 alone.append(bb.unet(x[2 * k:2 * k + 2], t[:2], encoder_hidden_states=h[2 * k:2 * k + 2]).sample)
         with adapter_rows(bb.unet, ["__base__"] * 2):
             base = bb.unet(x[:2], t[:2], encoder_hidden_states=h[:2]).sample
-        with adapter_blocks(bb.unet, [("__base__", 2), ("lockstep1", 2)]):  # unequal roles: peft's path
+        with adapter_blocks(bb.unet, [("__base__", 2), ("lockstep1", 2)]):  # a base block: the padded path
             mixed = bb.unet(x[:4], t[:4], encoder_hidden_states=h[:4]).sample
     for k in range(3):
         block = merged[2 * k:2 * k + 2]
@@ -268,6 +268,59 @@ def test_the_batched_low_rank_path_gives_each_block_its_own_adapter():
         assert (block - other).abs().max() > 1e-3 * scale  # another run's adapter is visibly different
     assert (mixed[:2] - base).abs().max() <= 1e-5 * base.abs().max()
     assert (mixed[2:] - alone[1]).abs().max() <= 1e-5 * alone[1].abs().max()
+
+
+@pytest.mark.parametrize("blocks", [
+    [("lockstep0", 1), ("lockstep1", 3), ("lockstep2", 2)],  # the scale rule's q and q + 1 row windows
+    [("lockstep2", 2), ("__base__", 1), ("lockstep0", 3)],  # and a block that skips its adapter
+    [("__base__", 2), ("__base__", 2)]])
+def test_unequal_blocks_give_each_row_its_own_adapter_and_gradient(blocks):
+    """Blocks of unequal sizes (the padded low-rank path): each block's output and each adapter's gradient equal
+    those of a call with that block alone through peft's own path, to float rounding (1e-5 relative); rows of a
+    '__base__' block get the frozen UNet's output and send no gradient anywhere."""
+    from bench.train.backbone import build_backbone
+    from bench.train.lockstep import adapter_blocks, adapter_rows, build_group
+    from bench.train.runner import backbone_location
+
+    spec = make_spec("tdpo-r", num_steps=2, samples_per_epoch=4, budget=4)
+    bb = build_backbone(backbone_location(spec), 2, 5.0)
+    build_group(bb, [0, 1, 2], 4)
+    g = torch.Generator().manual_seed(1)
+    for n, p in bb.unet.named_parameters():
+        if "lora_B" in n:
+            p.data.normal_(0, 0.2, generator=g)
+    rows = sum(k for _, k in blocks)
+    x = torch.randn(rows, 4, 8, 8, generator=g)
+    t = torch.full((rows,), 500)
+    h = torch.randn(rows, 77, bb.unet.config.cross_attention_dim, generator=g)
+    target = torch.randn(rows, 4, 8, 8, generator=g)
+    lora = {n: p for n, p in bb.unet.named_parameters() if "lora_" in n}
+
+    def grads():
+        out = {n: p.grad.clone() for n, p in lora.items() if p.grad is not None}
+        bb.unet.zero_grad(set_to_none=True)
+        return out
+
+    with adapter_blocks(bb.unet, blocks):
+        merged = bb.unet(x, t, encoder_hidden_states=h).sample
+    if merged.requires_grad:  # not when every block skips its adapter
+        (merged * target).sum().backward()
+    merged_grads = grads()
+    start, alone_grads = 0, {}
+    for name, k in blocks:
+        part = slice(start, start + k)
+        with adapter_rows(bb.unet, [name] * k):
+            alone = bb.unet(x[part], t[part], encoder_hidden_states=h[part]).sample
+        assert (merged[part] - alone).abs().max() <= 1e-5 * alone.abs().max()
+        if name != "__base__":
+            (alone * target[part]).sum().backward()
+        for n, v in grads().items():
+            alone_grads[n] = alone_grads.get(n, 0) + v
+        start += k
+    assert set(merged_grads) == set(alone_grads)  # the same adapters get gradients ('__base__': none)
+    assert {n.split(".")[-2] for n in merged_grads} == {name for name, _ in blocks if name != "__base__"}
+    for n, v in merged_grads.items():
+        assert (v - alone_grads[n]).abs().max() <= 1e-5 * alone_grads[n].abs().max() + 1e-12
 
 
 @pytest.mark.parametrize("method,overrides,grouped", [
