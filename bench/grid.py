@@ -243,13 +243,14 @@ estimated at 0.98x-1.03x, but one study is little evidence, so the printed range
 of an earlier group of the same size replace the model."""
 
 
-LOCKSTEP_SHARED_FRACTION = 0.4
+LOCKSTEP_SHARED_FRACTION = 0.7
 """The part of a UNet call's fixed cost (the calibration's cost of a 1-row call) that merging shares among a
-lockstep group; the rest stays per run (each run's adapter path, its turn, its log-prob arithmetic and optimizer
-step). Measured on the 7-seed study (groups of 7, 2-core Zen 3, quiet): against the serial model, DDPO-100's share
-came to 0.36 and TDPO's to 0.43 (TDPO-R's, its wall inflated by a resumed epoch, 0.35); sharing it all, as the
-model first did, estimated those groups at 0.60x-0.70x of their time. A GPU, where the fixed cost is kernel
-launches, may share more; stored timings of a group of the same size replace the model."""
+lockstep group; the rest stays per run (each run's turn, its log-prob arithmetic and optimizer step). Refitted
+on 2026-12-06 (2-core Zen 3, quiet, 1 thread, the study's 7-seed groups, 2 epochs of 32 queries) after unequal
+row blocks got the batched low-rank path: DDPO-100 (about 121 s of training) and TDPO-R (152 s) both fit 0.7.
+The first fit, 0.4 (the 7-seed study of 2026-12-05: DDPO-100 0.36, TDPO 0.43), measured peft's mixed-batch path,
+which most merged training calls then took. A GPU, where the fixed cost is kernel launches, may share more;
+stored timings of a group of the same size replace the model."""
 
 
 def fmt_seconds(s: float) -> str:

@@ -209,8 +209,8 @@ def test_the_cost_model_shares_a_merged_call_among_the_group():
     # hand count: sampling 2 steps x (5 + 8); training `windows` calls of (7 + 10 rows)
     assert serial == pytest.approx(2 * (5 + 8) + windows * (7 + 10 * rows))
     for G in (2, 4):
-        assert est._model_train(spec, G) == pytest.approx(serial - 0.4 * (2 * 5 + windows * 7) * (1 - 1 / G))
-    assert grid.LOCKSTEP_SHARED_FRACTION == 0.4  # the hand count above uses it
+        assert est._model_train(spec, G) == pytest.approx(serial - 0.7 * (2 * 5 + windows * 7) * (1 - 1 / G))
+    assert grid.LOCKSTEP_SHARED_FRACTION == 0.7  # the hand count above uses it
 
 
 @pytest.mark.parametrize("seeds,workers,sizes", [(4, 1, [4]), (4, 2, [2, 2]), (3, 2, [2]), (2, 2, []),
