@@ -108,8 +108,10 @@ PHASES = ("sampling", "critic_encoding", "training", "scoring")
 
 
 def lockstep_size(out_dir, run_id: str) -> int:
-    """How many runs trained together with this one in a lockstep group (1: alone), from its run.json. A lockstep
-    run's training seconds are its group's wall time, so its share of the work is that over the group's size."""
+    """What a run's stored phase seconds are divided by to give its own work: 1 alone, and for runs of a lockstep
+    group that record their own work (run.json: lockstep phase_seconds "own"); the group's size for runs stored
+    before that, whose phase timers ran through the other runs' turns (their sum over the group is its wall time,
+    their split between phases only roughly right)."""
     import json
     from pathlib import Path
 
@@ -117,7 +119,8 @@ def lockstep_size(out_dir, run_id: str) -> int:
         run = json.loads((Path(out_dir) / "runs" / run_id / "run.json").read_text())
     except (OSError, ValueError):
         return 1
-    return len((run.get("lockstep") or {}).get("runs", [])) or 1
+    lockstep = run.get("lockstep") or {}
+    return 1 if lockstep.get("phase_seconds") == "own" else len(lockstep.get("runs", [])) or 1
 
 
 def check_run_folders(db_path, out_dir) -> None:
@@ -182,17 +185,21 @@ PHASE_HEADER = ("method", *PHASES, "evaluation", "seconds")
 
 
 # ------------------------------------------------------------------------------ the FLOP floor of stored runs
-FLOOR_HEADER = ("phase", "UNet forward rows", "UNet backward rows", "encoder rows", "floor s", "measured s",
+FLOOR_HEADER = ("phase", "UNet forward rows", "UNet backward rows", "encoder rows", "decodes", "floor s", "measured s",
                 "measured / floor")
 FLOOR_BATCH = 128
 """Latents per call of the large-batch rate: a guided call is 2 x 128 UNet rows, near the CPU's best per row."""
+DECODE_BATCH = 32
+"""Latents per VAE decoder call of the floor's decode rate: the toy decoder is fastest per image near 32 (4.1 ms
+at 32, 4.7 at 64, 5.7 at 320 on one Zen 3 core; 0.31 GFLOP per image, about 78 GFLOP/s, near the core's peak)."""
 
 
 def floor_costs(spec, threads: int = 1, repeat: int = 2, batch: int = FLOOR_BATCH) -> dict[str, float]:
     """Seconds per UNet row forward, per UNet row backward (LoRA attached, gradients to LoRA only, as in
     training) and per image through the training reward's image encoder, all at `batch` (FLOOR_BATCH)
-    latents per call on `threads` threads: the large-batch rate of this machine, measured now. A smaller
-    `batch` only makes a cheaper, slower-rate probe (tests)."""
+    latents per call, and per latent through the VAE decoder at DECODE_BATCH (at most `batch`), on `threads`
+    threads: the large-batch rate of this machine, measured now. A smaller `batch` only makes a cheaper,
+    slower-rate probe (tests)."""
     import torch
 
     from bench.train.backbone import build_backbone
@@ -212,6 +219,9 @@ def floor_costs(spec, threads: int = 1, repeat: int = 2, batch: int = FLOOR_BATC
 
         fwd = _timed(forward, repeat, fastest=True) / (2 * batch)
         both = _timed(lambda: bb.log_prob(traj, steps).sum().backward(), repeat, fastest=True) / (2 * batch)
+        latents = traj.latents[:min(DECODE_BATCH, batch), -1]
+        with torch.no_grad():
+            decode = _timed(lambda: bb.decode(latents), repeat, fastest=True) / len(latents)
         encoder = None
         reward = load_reward(spec.reward, spec.suite, "cpu")
         encode = reward.image_encoder() if hasattr(reward, "image_encoder") else None
@@ -220,13 +230,25 @@ def floor_costs(spec, threads: int = 1, repeat: int = 2, batch: int = FLOOR_BATC
                 encoder = _timed(lambda: encode(traj.images), repeat, fastest=True) / batch
     finally:
         torch.set_num_threads(before)
-    return {"forward": fwd, "backward": max(both - fwd, 0.0), "encoder": encoder or 0.0}
+    return {"forward": fwd, "backward": max(both - fwd, 0.0), "encoder": encoder or 0.0, "decode": decode}
 
 
-def floor_seconds(costs: dict, fwd: int, bwd: int, enc: int) -> float:
-    """Seconds of `fwd` forward and `bwd` backward UNet rows and `enc` encoder images at the rates `costs`
-    (`floor_costs`)."""
-    return fwd * costs["forward"] + bwd * costs["backward"] + enc * costs["encoder"]
+def floor_seconds(costs: dict, fwd: int, bwd: int, enc: int, dec: int = 0) -> float:
+    """Seconds of `fwd` forward and `bwd` backward UNet rows, `enc` encoder images and `dec` decoded latents at
+    the rates `costs` (`floor_costs`)."""
+    return fwd * costs["forward"] + bwd * costs["backward"] + enc * costs["encoder"] + dec * costs.get("decode", 0.0)
+
+
+def rates_line(c: dict) -> str:
+    """The measured rates, for the floor tables' headings."""
+    return (f"UNet row forward {1e3 * c['forward']:.2f} ms, backward {1e3 * c['backward']:.2f} ms, encoder image "
+            f"{1e3 * c['encoder']:.2f} ms at {FLOOR_BATCH} latents per call; decode {1e3 * c['decode']:.2f} ms per "
+            f"latent at {DECODE_BATCH}")
+
+
+FLOOR_NOTE = ("Decodes: latents through the VAE decoder (every sampled image, the TDPO critic's states, AlignProp's "
+              "chains with their graph, every evaluation image; AlignProp's backward through the decoder is not "
+              "counted). Not in the floor: reward scoring, Python overhead.")
 
 
 def sampling_rows_per_image(spec) -> int:
@@ -248,9 +270,10 @@ def _epochs(spec):
 
 
 def planned_counts(spec) -> dict:
-    """The UNet forward and backward rows and the encoder rows one run of `spec` will count (its compute
-    counters at the last checkpoint), per phase, replayed from the method's loop without running it:
-    {"sampling": [fwd, 0, 0], "training": [fwd, bwd, 0], "critic encoding": [0, 0, enc], "bound": text}.
+    """The UNet forward and backward rows, the encoder rows and the VAE decodes one run of `spec` will count (its
+    compute counters at the last checkpoint), per phase, replayed from the method's loop without running it:
+    {"sampling": [fwd, 0, 0, dec], "training": [fwd, bwd, 0, dec], "critic encoding": [0, 0, enc, dec],
+    "bound": text}.
 
     Exact for the per-step policy-gradient methods (DDPO, the TDPO family, GRPO), DiffusionNFT and dense DPO
     (while its buffer holds a group, i.e. after the first epoch with a prompt group of 2+). AlignProp's rows
@@ -262,19 +285,23 @@ def planned_counts(spec) -> dict:
     meta = methods.get(spec.method).meta
     kind, hp, T = meta["kind"], spec.hp, spec.num_steps
     cfg = 2  # classifier-free guidance: a guided call is 2 rows per latent
-    out = {"sampling": [0, 0, 0], "training": [0, 0, 0], "critic encoding": [0, 0, 0], "bound": "exact"}
+    out = {"sampling": [0, 0, 0, 0], "training": [0, 0, 0, 0], "critic encoding": [0, 0, 0, 0], "bound": "exact"}
     train = out["training"]
     pending = updates = 0  # NFT's waiting images; dense DPO's updates so far (its pairs per update follow them)
     buffer = False  # dense DPO: whether its buffer holds a group yet
     for before, n in _epochs(spec):
         if kind != "alignprop":  # AlignProp samples with gradients: its sampling is its training
             out["sampling"][0] += n * sampling_rows_per_image(spec)
+            out["sampling"][3] += n  # every image decoded once for its reward query
+        else:
+            train[3] += n
         if kind == "ppo":
             rows = int(hp["num_inner_epochs"]) * n * trained_steps(meta["source"], T)[1] * cfg
             train[0] += rows
             train[1] += rows
             if meta.get("family") == "tdpo":
                 out["critic encoding"][2] += n * T
+                out["critic encoding"][3] += n * T  # the decoded x_t the encoder embeds
                 train[0] += min(int(hp["dormancy_batch"]), n) * cfg  # the LoRA neurons' dormancy batch
                 if hp["kl_penalty_coef"] > 0:
                     train[0] += n * T * cfg  # the pretrained policy's log-probs
@@ -327,7 +354,10 @@ def floor_rows(db_path, out_dir, threads: int = 1, repeat: int = 2,
     sampled (2 T with classifier-free guidance); training, the rest of the counted forward rows and every
     backward row (AlignProp's sampling with gradients is its training); evaluation, 2 T per evaluation image after query 0 (twice
     that with KL to the pretrained model, which runs the UNet again), plus the shared query-0 images once.
-    Not in the floor: VAE decoding, reward scoring, Python overhead (that is what the ratio shows)."""
+    Decodes: the counted VAE decodes, one per sampled image (sampling), one per critic state (critic encoding,
+    as many as its encoder rows), the rest training (AlignProp's chains); evaluation, one per evaluation image.
+    Not in the floor: reward scoring, Python overhead (that is what the ratio shows). The summary's
+    `ratio_unet` leaves decoding out (the floor as issue 22 first defined it: UNet and encoder rows)."""
     import json
 
     from bench.spec.catalog import methods
@@ -339,8 +369,8 @@ def floor_rows(db_path, out_dir, threads: int = 1, repeat: int = 2,
         runs = con.execute("SELECT run_id, method, config FROM runs WHERE status = 'finished' ORDER BY run_id").fetchall()
         finals = {r[0]: r[1:] for r in con.execute(
             "SELECT run_id, arg_max(sampled_images, reward_queries), arg_max(unet_forward, reward_queries), "
-            "arg_max(unet_backward, reward_queries), arg_max(encoder_forwards, reward_queries) FROM checkpoints "
-            "GROUP BY run_id").fetchall()}
+            "arg_max(unet_backward, reward_queries), arg_max(encoder_forwards, reward_queries), "
+            "arg_max(vae_decodes, reward_queries) FROM checkpoints GROUP BY run_id").fetchall()}
         times = {(r, m): v for r, m, v in con.execute(
             "SELECT run_id, metric, sum(value) FROM train_metrics WHERE metric LIKE 'time_%_s' GROUP BY ALL").fetchall()}
         eval_images = {(r, kl): n for r, kl, n in con.execute(
@@ -356,38 +386,46 @@ def floor_rows(db_path, out_dir, threads: int = 1, repeat: int = 2,
     specs = {r: RunSpec.from_dict(json.loads(c) if isinstance(c, str) else c) for r, _, c in runs}
     first = specs[runs[0][0]]
     costs = floor_costs(first, threads, repeat, batch)
-    phase = {k: [0, 0, 0, 0.0] for k in ("sampling", "training", "critic encoding", "evaluation")}
+    phase = {k: [0, 0, 0, 0, 0.0] for k in ("sampling", "training", "critic encoding", "evaluation")}
     for run_id, method, _ in runs:
         spec = specs[run_id]
-        sampled, fwd, bwd, enc = (int(v or 0) for v in finals.get(run_id, (0, 0, 0, 0)))
+        sampled, fwd, bwd, enc, dec = (int(v or 0) for v in finals.get(run_id, (0, 0, 0, 0, 0)))
         per_image = 2 * spec.num_steps  # evaluation samples at the run's guidance
         # AlignProp samples with gradients: that sampling is its training (and is timed as such)
-        sampling = 0 if methods.get(method).meta.get("kind") == "alignprop" else sampled * sampling_rows_per_image(spec)
+        alignprop = methods.get(method).meta.get("kind") == "alignprop"
+        sampling = 0 if alignprop else sampled * sampling_rows_per_image(spec)
         phase["sampling"][0] += sampling
+        phase["sampling"][3] += 0 if alignprop else min(sampled, dec)
         phase["training"][0] += max(fwd - sampling, 0)
         phase["training"][1] += bwd
+        phase["training"][3] += max(dec - (0 if alignprop else min(sampled, dec)) - enc, 0)
         phase["critic encoding"][2] += enc
+        phase["critic encoding"][3] += enc
         ev = eval_images.get((run_id, False), 0)
         phase["evaluation"][0] += ev * per_image + eval_images.get((run_id, True), 0) * per_image
+        phase["evaluation"][3] += ev
         f = Path(out_dir) / "runs" / run_id / "eval_timing.json"
-        phase["evaluation"][3] += json.loads(f.read_text())["seconds"] if f.is_file() else 0.0
+        phase["evaluation"][4] += json.loads(f.read_text())["seconds"] if f.is_file() else 0.0
         share = lockstep_size(out_dir, run_id)  # a lockstep run's seconds are its group's
-        phase["sampling"][3] += times.get((run_id, "time_sampling_s"), 0.0) / share
-        phase["training"][3] += times.get((run_id, "time_training_s"), 0.0) / share
-        phase["critic encoding"][3] += times.get((run_id, "time_critic_encoding_s"), 0.0) / share
+        phase["sampling"][4] += times.get((run_id, "time_sampling_s"), 0.0) / share
+        phase["training"][4] += times.get((run_id, "time_training_s"), 0.0) / share
+        phase["critic encoding"][4] += times.get((run_id, "time_critic_encoding_s"), 0.0) / share
     phase["evaluation"][0] += query0 * 2 * first.num_steps
-    rows, total = [], [0, 0, 0, 0.0, 0.0]
-    for name, (fwd, bwd, enc, seconds) in phase.items():
-        floor = floor_seconds(costs, fwd, bwd, enc)
-        total = [total[0] + fwd, total[1] + bwd, total[2] + enc, total[3] + floor, total[4] + seconds]
-        rows.append((name, f"{fwd:,}", f"{bwd:,}", f"{enc:,}", f"{floor:.1f}", f"{seconds:.1f}",
+    phase["evaluation"][3] += query0
+    rows, total = [], [0, 0, 0, 0, 0.0, 0.0]
+    for name, (fwd, bwd, enc, dec, seconds) in phase.items():
+        floor = floor_seconds(costs, fwd, bwd, enc, dec)
+        total = [a + b for a, b in zip(total, (fwd, bwd, enc, dec, floor, seconds))]
+        rows.append((name, f"{fwd:,}", f"{bwd:,}", f"{enc:,}", f"{dec:,}", f"{floor:.1f}", f"{seconds:.1f}",
                      f"{seconds / floor:.2f}x" if floor > 0 else "-"))
-    rows.append(("whole grid", f"{total[0]:,}", f"{total[1]:,}", f"{total[2]:,}", f"{total[3]:.1f}", f"{total[4]:.1f}",
-                 f"{total[4] / total[3]:.2f}x" if total[3] > 0 else "-"))
-    return rows, {"costs": costs, "ratio": total[4] / total[3] if total[3] > 0 else None, "threads": threads}
+    rows.append(("whole grid", *(f"{v:,}" for v in total[:4]), f"{total[4]:.1f}", f"{total[5]:.1f}",
+                 f"{total[5] / total[4]:.2f}x" if total[4] > 0 else "-"))
+    unet = floor_seconds(costs, *total[:3])
+    return rows, {"costs": costs, "ratio": total[5] / total[4] if total[4] > 0 else None, "threads": threads,
+                  "ratio_unet": total[5] / unet if unet > 0 else None}
 
 
-PLANNED_HEADER = ("phase", "UNet forward rows", "UNet backward rows", "encoder rows", "floor s", "estimated s",
+PLANNED_HEADER = ("phase", "UNet forward rows", "UNet backward rows", "encoder rows", "decodes", "floor s", "estimated s",
                   "estimated / floor")
 
 
@@ -400,7 +438,7 @@ def planned_floor_rows(specs, plans, per_prompt: int, threads: int = 1, repeat: 
     from bench.grid import _eval_images
 
     costs = floor_costs(specs[0], threads, repeat, batch)
-    phase = {k: [0, 0, 0] for k in ("sampling", "training", "critic encoding", "evaluation")}
+    phase = {k: [0, 0, 0, 0] for k in ("sampling", "training", "critic encoding", "evaluation")}
     bounds, query0 = {}, {}
     for spec in specs:
         plan = planned_counts(spec)
@@ -412,26 +450,29 @@ def planned_floor_rows(specs, plans, per_prompt: int, threads: int = 1, repeat: 
         per_ckpt = _eval_images(spec, per_prompt) // marks
         per_image = 2 * spec.num_steps  # guided sampling, and the pretrained model's pass for KL
         phase["evaluation"][0] += (marks - 1) * per_ckpt * per_image * 2
+        phase["evaluation"][3] += (marks - 1) * per_ckpt
         # the pretrained model (query 0) is sampled once per setting and shared
-        query0[(spec.backbone, spec.num_steps, spec.guidance_scale, spec.eta, spec.suite)] = per_ckpt * per_image
-    phase["evaluation"][0] += sum(query0.values())
+        query0[(spec.backbone, spec.num_steps, spec.guidance_scale, spec.eta, spec.suite)] = per_ckpt
+    phase["evaluation"][0] += sum(n * 2 * num_steps for (_, num_steps, *_), n in query0.items())
+    phase["evaluation"][3] += sum(query0.values())
 
     def row(name, counts, seconds):
         f = floor_seconds(costs, *counts)
-        return (name, f"{counts[0]:,}", f"{counts[1]:,}", f"{counts[2]:,}", f"{f:.1f}",
+        return (name, *(f"{v:,}" for v in counts), f"{f:.1f}",
                 "" if seconds is None else f"{seconds:.1f}",
                 f"{seconds / f:.2f}x" if seconds is not None and f > 0 else "")
 
     train_s = sum(p.train_s for p in plans)
     eval_s = sum(p.eval_s for p in plans)
-    training = [sum(phase[k][i] for k in ("sampling", "training", "critic encoding")) for i in range(3)]
+    training = [sum(phase[k][i] for k in ("sampling", "training", "critic encoding")) for i in range(4)]
     whole = [a + b for a, b in zip(training, phase["evaluation"])]
     rows = [row(k, phase[k], None) for k in ("sampling", "training", "critic encoding")]
     rows += [row("per-run work (the three above)", training, train_s), row("evaluation", phase["evaluation"], eval_s),
              row("whole grid", whole, train_s + eval_s)]
-    floor = floor_seconds(costs, *whole)
+    floor, unet = floor_seconds(costs, *whole), floor_seconds(costs, *whole[:3])
     return rows, {"costs": costs, "threads": threads, "bounds": bounds,
-                  "ratio": (train_s + eval_s) / floor if floor > 0 else None}
+                  "ratio": (train_s + eval_s) / floor if floor > 0 else None,
+                  "ratio_unet": (train_s + eval_s) / unet if unet > 0 else None}
 
 
 # ------------------------------------------------------------------------------ levers (issue: the 10-minute default)
@@ -745,15 +786,14 @@ def cmd_planned_floor(args, run_args, specs, workers: int, threads: int) -> int:
     c = summary["costs"]
     what = f"study {run_args.study!r}" if run_args.study else "the main command's grid"
     print(f"bench perf --floor: {what} as planned ({len(specs)} runs, {workers} workers x {threads} thread(s)) "
-          f"against this machine's large-batch rate, measured now on {threads} thread(s) (UNet row forward "
-          f"{1e3 * c['forward']:.2f} ms, backward {1e3 * c['backward']:.2f} ms, encoder image {1e3 * c['encoder']:.2f} "
-          f"ms at {FLOOR_BATCH} latents per call)")
+          f"against this machine's large-batch rate, measured now on {threads} thread(s) ({rates_line(c)})")
     print_table(rows, header=PLANNED_HEADER)
     why = {"expected": "its gradient steps K drawn at their mean", "at most": "its zero-gradient rows skipped"}
     notes = "".join(f"; {', '.join(sorted(set(m)))}: {b} ({why[b]})" for b, m in sorted(summary["bounds"].items()))
     print(f"rows: replayed from each run's spec (equal to the compute counters a run ends with{notes}); estimated: "
-          "the plan's seconds of work, summed over runs (as `bench run --plan-only` prints them). Not in the floor: decoding, scoring, Python overhead. For the measured ratio of finished runs: "
-          "--floor --db FILE.")
+          f"the plan's seconds of work, summed over runs (as `bench run --plan-only` prints them). {FLOOR_NOTE} "
+          f"Without decoding (UNet and encoder rows only) the estimate is {summary['ratio_unet']:.2f}x its floor. "
+          "For the measured ratio of finished runs: --floor --db FILE.")
     return 0
 
 
@@ -773,13 +813,12 @@ def cmd_perf(args) -> int:
             rows, summary = floor_rows(db, db.parent, repeat=args.repeat)
             c = summary["costs"]
             print(f"bench perf --floor: the runs in {db} against this machine's large-batch rate, measured now on "
-                  f"{summary['threads']} thread (UNet row forward {1e3 * c['forward']:.2f} ms, backward "
-                  f"{1e3 * c['backward']:.2f} ms, encoder image {1e3 * c['encoder']:.2f} ms at {FLOOR_BATCH} "
-                  f"latents per call)")
+                  f"{summary['threads']} thread ({rates_line(c)})")
             print_table(rows, header=FLOOR_HEADER)
             print("measured: seconds of per-run work, summed over runs (each run on one thread in the default "
-                  "grid); floor: the same rows at the large-batch rate (the fastest of --repeat calls). Not in the "
-                  "floor: decoding, scoring, Python overhead. The rate moves by up to about 10% between processes "
+                  "grid); floor: the same rows at the large-batch rate (the fastest of --repeat calls). "
+                  f"{FLOOR_NOTE} Without decoding (UNet and encoder rows only) the work is "
+                  f"{summary['ratio_unet']:.2f}x its floor. The rate moves by up to about 10% between processes "
                   "on one machine: take the ratio from several calls.")
             return 0
         print(f"bench perf: seconds per phase of the runs in {db}")

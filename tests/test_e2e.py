@@ -51,6 +51,7 @@ def test_run_ddpo_jpeg_end_to_end(tmp_path):
     table = {r[0]: r for r in rows}
     assert table["sampling"][1:3] == ("384", "0") and table["training"][1:3] == (f"{fwd - 384:,}", f"{bwd:,}")
     assert table["evaluation"][1] == "0" and table["whole grid"][1] == f"{fwd:,}"  # --no-eval
+    assert table["sampling"][4] == "48" and table["whole grid"][4] == "48"  # every image decoded once, nothing else
     assert summary["costs"]["forward"] > 0 and summary["costs"]["backward"] > 0 and summary["ratio"] > 0
     # a copy of the database away from its run folders: their seconds are read there, so it is refused, not zero
     import shutil

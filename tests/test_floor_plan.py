@@ -41,19 +41,23 @@ def test_planned_rows_equal_the_counters(tmp_path, method, overrides):
     assert plan["sampling"][0] + plan["training"][0] == got["unet_forward"]
     assert plan["training"][1] == got["unet_backward"]
     assert plan["critic encoding"][2] == got["encoder_forwards"]
-    assert got["unet_forward"] > 0 and got["unet_backward"] > 0
+    assert sum(plan[k][3] for k in ("sampling", "training", "critic encoding")) == got["vae_decodes"]
+    assert got["unet_forward"] > 0 and got["unet_backward"] > 0 and got["vae_decodes"] >= 10
 
 
 def test_planned_rows_by_hand():
     """DDPO-2 at T=3 over epochs 4, 1, 4, 1: sampling 10 images x 3 steps x 2 (guided) = 60 forward rows; one
     inner epoch trains every sample-step once, 60 forward and 60 backward. AlignProp with k_min = 1: K ~ U{1..3},
-    mean 2: 10 x 3 x 2 = 60 rows forward, 10 x 2 x 2 = 40 backward, and 40 recomputed by checkpointing."""
+    mean 2: 10 x 3 x 2 = 60 rows forward, 10 x 2 x 2 = 40 backward, and 40 recomputed by checkpointing. Each
+    image is decoded once (AlignProp's in training); TDPO also decodes its critic's 10 x 3 states."""
     from bench.perf import planned_counts
 
     ddpo = planned_counts(_spec("ddpo-2"))
-    assert (ddpo["sampling"], ddpo["training"][:2]) == ([60, 0, 0], [60, 60])
+    assert (ddpo["sampling"], ddpo["training"]) == ([60, 0, 0, 10], [60, 60, 0, 0])
     align = planned_counts(_spec("alignprop"))
-    assert (align["sampling"][0], align["training"][:2], align["bound"]) == (0, [100, 40], "expected")
+    assert (align["sampling"], align["training"], align["bound"]) == ([0, 0, 0, 0], [100, 40, 0, 10], "expected")
+    tdpo = planned_counts(_spec("tdpo"))
+    assert (tdpo["sampling"][3], tdpo["training"][3], tdpo["critic encoding"][2:]) == (10, 0, [30, 30])
 
 
 def test_alignprop_counts_checkpointing_recompute(tmp_path):
@@ -84,7 +88,7 @@ def test_prdp_rows_at_most_planned(tmp_path):
 def test_planned_floor_rows_by_hand():
     """Two seeds of DDPO-2 at T=3 (marks 0, 5, 10): evaluation samples each checkpoint after query 0 guided with
     its KL pass (2 x 2T rows per image) and the shared query 0 once (2T); the whole grid is the phases' sum and
-    its ratio is the plan's seconds over its floor."""
+    its ratio is the plan's seconds over its floor. Every sampled image (training and evaluation) is decoded once."""
     from bench.grid import Planned, _eval_images
     from bench.perf import planned_floor_rows
 
@@ -97,13 +101,17 @@ def test_planned_floor_rows_by_hand():
     rows, summary = planned_floor_rows(specs, plans, 1, threads=1, repeat=1, batch=4)
     by = {r[0]: r for r in rows}
     assert [r[0] for r in rows][-1] == "whole grid"
-    assert by["sampling"][1:4] == ("120", "0", "0") and by["training"][1:4] == ("120", "120", "0")  # 60 each
+    assert by["sampling"][1:5] == ("120", "0", "0", "20") and by["training"][1:5] == ("120", "120", "0", "0")
     assert by["evaluation"][1] == f"{2 * (2 * per_ckpt * 6 * 2) + per_ckpt * 6:,}"
+    assert by["evaluation"][4] == f"{2 * 2 * per_ckpt + per_ckpt:,}"  # 2 checkpoints per run, query 0 once
     c = summary["costs"]
-    whole = (240 + 2 * 24 * per_ckpt + 6 * per_ckpt) * c["forward"] + 120 * c["backward"]
-    assert float(by["whole grid"][4]) == pytest.approx(whole, abs=0.06)
+    unet = (240 + 2 * 24 * per_ckpt + 6 * per_ckpt) * c["forward"] + 120 * c["backward"]
+    whole = unet + (20 + 5 * per_ckpt) * c["decode"]
+    assert c["decode"] > 0
+    assert float(by["whole grid"][5]) == pytest.approx(whole, abs=0.06)
     assert summary["ratio"] == pytest.approx(30.0 / whole, rel=1e-9)
-    assert by["whole grid"][5] == "30.0" and by["per-run work (the three above)"][5] == "20.0"
+    assert summary["ratio_unet"] == pytest.approx(30.0 / unet, rel=1e-9)
+    assert by["whole grid"][6] == "30.0" and by["per-run work (the three above)"][6] == "20.0"
 
 
 @pytest.mark.parametrize("argv,needle", [(["perf", "--floor", "--study", "overoptimisation"], "overoptimization"),

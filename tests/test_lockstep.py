@@ -65,7 +65,38 @@ def merged(tmp_path_factory):
     out = tmp_path_factory.mktemp("merged")
     rows = train_group(_specs(), out)
     assert [r["status"] for r in rows] == ["finished", "finished"]
-    return {spec.run_name: _result(out, spec) for spec in _specs()}
+    results = Results({spec.run_name: _result(out, spec) for spec in _specs()})
+    results.out = out  # the group's folder, for the timing test
+    return results
+
+
+class Results(dict):
+    out = None
+
+
+def test_a_group_records_each_runs_own_seconds(merged):
+    """Only one run of a group works at a time, so each run's own phase seconds (its waits on the others taken
+    out, its share of the merged calls kept) add up, over the group, to about the epoch's wall time, not to the
+    group's size times it (each run's timers run through the others' turns); every phase of every run is
+    positive, and its run.json says its seconds are its own, so `bench perf` does not divide them again."""
+    from bench.perf import lockstep_size
+
+    out = merged.out
+    epochs = {}
+    for spec in _specs():
+        run = out / "runs" / spec.run_name
+        assert lockstep_size(out, spec.run_name) == 1
+        assert json.loads((run / "run.json").read_text())["lockstep"]["phase_seconds"] == "own"
+        for m in (json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()):
+            if m["metric"].startswith("time_") or m["metric"] == "epoch_time_s":
+                epochs.setdefault(m["epoch"], {}).setdefault(spec.run_name, {})[m["metric"]] = m["value"]
+    assert len(epochs) == 4
+    for epoch, runs in epochs.items():
+        wall = max(r["epoch_time_s"] for r in runs.values())
+        own = [sum(v for k, v in r.items() if k != "epoch_time_s") for r in runs.values()]
+        assert all(r[k] > 0 for r in runs.values() for k in ("time_sampling_s", "time_training_s",
+                                                                 "time_critic_encoding_s"))
+        assert 0.5 * wall < sum(own) <= 1.05 * wall + 0.01, (epoch, own, wall)
 
 
 def test_the_machinery_alone_gives_each_run_its_serial_bits(serial, tmp_path):
@@ -82,7 +113,7 @@ def test_the_machinery_alone_gives_each_run_its_serial_bits(serial, tmp_path):
         assert metrics == want[1]
         assert all(torch.equal(lora[k], want[2][k]) for k in lora) and lora.keys() == want[2].keys()
         run = json.loads((tmp_path / "runs" / spec.run_name / "run.json").read_text())
-        assert run["lockstep"] == {"runs": [s.run_name for s in specs], "index": i}
+        assert run["lockstep"] == {"runs": [s.run_name for s in specs], "index": i, "phase_seconds": "own"}
 
 
 MERGED_TOLERANCE = 0.05

@@ -28,6 +28,7 @@ How, without touching the methods' per-run code:
 from __future__ import annotations
 
 import threading
+import time
 import warnings
 from contextlib import contextmanager
 from functools import partial
@@ -59,6 +60,11 @@ class Lockstep:
         """Why the group stopped (None while it runs)."""
         self.culprit: int | None = None
         """The run whose own failure stopped the group (None: it ran through, or the merged call failed)."""
+        self.others_s = [0.0] * n
+        """Per run, the seconds it spent waiting on the others: in its asks, the other runs' turns and the merged
+        calls but its equal share of them. A phase timer minus what this grew by during the phase is the run's own
+        work (`TrainContext.timed`): only one run works at a time, so the runs' own seconds add up to the group's."""
+        self.share_s: dict[int, float] = {}
 
     # ---------------------------------------------------------------- turns
     def enter(self, i: int) -> None:
@@ -100,6 +106,7 @@ class Lockstep:
 
     def ask(self, i: int, request: tuple):
         """Run i's UNet call or backward: its turn ends here; returns once the merged call has run."""
+        t0 = time.perf_counter()
         with self.cond:
             if self.error is not None:
                 raise LockstepAborted(self.error)
@@ -107,10 +114,20 @@ class Lockstep:
             self.requests[i] = request
             self._advance(i)
             self._wait(i, lambda: i in self.results)
+            self.others_s[i] += time.perf_counter() - t0 - self.share_s.pop(i, 0.0)
             return self.results.pop(i)
 
     # ---------------------------------------------------------------- the merged call
     def _execute(self, live: list[int]) -> None:
+        t0 = time.perf_counter()
+        try:
+            self._merged_call(live)
+        finally:
+            share = (time.perf_counter() - t0) / len(live)
+            for j in live:
+                self.share_s[j] = share
+
+    def _merged_call(self, live: list[int]) -> None:
         requests = [self.requests.pop(j) for j in live]
         kinds = {r[0] for r in requests}
         if len(kinds) > 1 or (requests[0][0] == "unet" and len({r[1] for r in requests}) > 1):
@@ -298,6 +315,10 @@ class LockstepBackbone(Backbone):
     def backward(self, loss: torch.Tensor) -> None:
         self.lockstep.ask(self.index, ("backward", loss))
 
+    def others_seconds(self) -> float:
+        """Seconds this run has so far waited on the rest of its group (`Lockstep.others_s`)."""
+        return self.lockstep.others_s[self.index]
+
 
 def build_group(shared: Backbone, seeds: list[int], rank: int, merge: bool = True) -> tuple[Lockstep, list[LockstepBackbone]]:
     """One adapter per run, initialised as a serial run's (the global generator seeded with the run's seed,
@@ -348,7 +369,7 @@ def train_group(specs, out_dir, restart: bool = False, log_with: str | None = No
             results[i] = train_run(specs[i], out_dir, progress=False, accelerator=accelerator,
                                    on_progress=on_progress and partial(on_progress, specs[i].run_name),
                                    restart=restart, log_with=log_with, backbone=views[i],
-                                   lockstep={"runs": members, "index": i})
+                                   lockstep={"runs": members, "index": i, "phase_seconds": "own"})
         except BaseException as e:  # noqa: BLE001 (reported per run by the caller)
             error = results[i] = e
         finally:

@@ -65,17 +65,24 @@ class TrainContext:
         self.grad_norms = []
 
     def timed(self, phase: str):
-        """Context manager adding the block's wall time to `timings[phase]`."""
+        """Context manager adding the block's wall time to `timings[phase]`; in a lockstep group, less the time
+        it waited on the other runs (its own work and its share of the merged calls)."""
         from contextlib import contextmanager
 
         @contextmanager
         def block():
-            t0 = time.perf_counter()
+            t0, o0 = time.perf_counter(), self.others_seconds()
             try:
                 yield
             finally:
-                self.timings[phase] = self.timings.get(phase, 0.0) + time.perf_counter() - t0
+                own = time.perf_counter() - t0 - (self.others_seconds() - o0)
+                self.timings[phase] = self.timings.get(phase, 0.0) + own
         return block()
+
+    def others_seconds(self) -> float:
+        """Seconds spent waiting on the other runs of a lockstep group so far (0 alone)."""
+        others = getattr(self.backbone, "others_seconds", None)
+        return others() if others is not None else 0.0
 
     @property
     def hp(self) -> dict:
@@ -384,7 +391,7 @@ def train_run(spec: RunSpec, out_dir: Path, progress: bool = True, accelerator=N
             ctx.epoch = epoch + 1
             ctx.queries_before = budget.used
             skipped_before = ctx.scaler.skipped
-            t0 = time.time()
+            t0, others0 = time.time(), ctx.others_seconds()
             metrics = method.train_epoch(n_local, epoch)
             spent = reward.queries - before
             if spent != n_local:
@@ -394,7 +401,8 @@ def train_run(spec: RunSpec, out_dir: Path, progress: bool = True, accelerator=N
             epoch += 1
             epoch_time = time.time() - t0
             phases = {f"time_{k}_s": v for k, v in ctx.timings.items()}
-            phases["time_training_s"] = max(0.0, epoch_time - sum(phases.values()))  # everything else in the epoch
+            # everything else in the epoch (a lockstep run's own part: not its waits on the other runs)
+            phases["time_training_s"] = max(0.0, epoch_time - (ctx.others_seconds() - others0) - sum(phases.values()))
             ctx.timings.clear()
             metrics = {**metrics, **phases, "epoch_time_s": epoch_time, "gradient_updates": method.gradient_updates}
             if ctx.grad_norms:
