@@ -259,22 +259,31 @@ def test_a_group_is_halved_rather_than_leave_a_worker_idle(seeds, workers, sizes
     assert len({id(p) for g in groups for p in g}) == sum(sizes)  # no run in two groups
 
 
-def test_the_batched_low_rank_path_gives_each_block_its_own_adapter():
-    """Three adapters with different, non-zero up-projections: a merged call through `adapter_blocks` (two batched
-    matmuls per layer) gives each block of rows what a call with that adapter alone gives (to float rounding,
-    1e-5 relative), and differs from the other adapters' outputs by far more; a '__base__' block gets the frozen
-    UNet's output."""
+def _three_adapters(seed: int):
+    """A toy backbone with three lockstep adapters whose up-projections are random and non-zero (each adapter
+    visibly different), and the generator that drew them."""
     from bench.train.backbone import build_backbone
-    from bench.train.lockstep import adapter_blocks, adapter_rows, build_group
+    from bench.train.lockstep import build_group
     from bench.train.runner import backbone_location
 
     spec = make_spec("tdpo-r", num_steps=2, samples_per_epoch=4, budget=4)
     bb = build_backbone(backbone_location(spec), 2, 5.0)
     build_group(bb, [0, 1, 2], 4)
-    g = torch.Generator().manual_seed(0)
+    g = torch.Generator().manual_seed(seed)
     for n, p in bb.unet.named_parameters():
         if "lora_B" in n:
             p.data.normal_(0, 0.2, generator=g)
+    return bb, g
+
+
+def test_the_batched_low_rank_path_gives_each_block_its_own_adapter():
+    """Three adapters with different, non-zero up-projections: a merged call through `adapter_blocks` (two batched
+    matmuls per layer) gives each block of rows what a call with that adapter alone gives (to float rounding,
+    1e-5 relative), and differs from the other adapters' outputs by far more; a '__base__' block gets the frozen
+    UNet's output."""
+    from bench.train.lockstep import adapter_blocks, adapter_rows
+
+    bb, g = _three_adapters(0)
     x = torch.randn(6, 4, 8, 8, generator=g)
     t = torch.full((6,), 500)
     h = torch.randn(6, 77, bb.unet.config.cross_attention_dim, generator=g)
@@ -309,17 +318,9 @@ def test_unequal_blocks_give_each_row_its_own_adapter_and_gradient(blocks):
     """Blocks of unequal sizes (the padded low-rank path): each block's output and each adapter's gradient equal
     those of a call with that block alone through peft's own path, to float rounding (1e-5 relative); rows of a
     '__base__' block get the frozen UNet's output and send no gradient anywhere."""
-    from bench.train.backbone import build_backbone
-    from bench.train.lockstep import adapter_blocks, adapter_rows, build_group
-    from bench.train.runner import backbone_location
+    from bench.train.lockstep import adapter_blocks, adapter_rows
 
-    spec = make_spec("tdpo-r", num_steps=2, samples_per_epoch=4, budget=4)
-    bb = build_backbone(backbone_location(spec), 2, 5.0)
-    build_group(bb, [0, 1, 2], 4)
-    g = torch.Generator().manual_seed(1)
-    for n, p in bb.unet.named_parameters():
-        if "lora_B" in n:
-            p.data.normal_(0, 0.2, generator=g)
+    bb, g = _three_adapters(1)
     rows = sum(k for _, k in blocks)
     x = torch.randn(rows, 4, 8, 8, generator=g)
     t = torch.full((rows,), 500)
