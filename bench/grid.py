@@ -123,13 +123,18 @@ def plan_grid(specs, opts: GridOptions, estimator=None) -> list[Planned]:
         if p.group is not None:
             sizes[p.group] = sizes.get(p.group, 0) + 1
     if estimator is not None:
+        sharing: dict = {}  # runs to evaluate per pretrained setting: its query-0 images are sampled once for all
+        for p in plans:
+            if p.action != "skip":
+                sharing[query0_setting(p.spec)] = sharing.get(query0_setting(p.spec), 0) + 1
         for p in plans:
             if p.action == "skip":
                 continue
             size = sizes.get(p.group, 1)
             left = 1.0 - (p.resume_from or 0) / p.spec.budget
             p.train_s = estimator.train_seconds(p.spec, size) * left if p.action in ("train", "resume") else 0.0
-            p.eval_s = estimator.eval_seconds(p.spec, opts.eval_per_prompt) if opts.evaluate else 0.0
+            p.eval_s = estimator.eval_seconds(p.spec, opts.eval_per_prompt, sharing[query0_setting(p.spec)]) \
+                if opts.evaluate else 0.0
             p.stored = estimator.has_stored(p.spec, size)
     return plans
 
@@ -444,6 +449,12 @@ class OverallBar:
 
     def close(self) -> None:
         self.bar.close()
+
+
+def query0_setting(spec) -> tuple:
+    """What the pretrained model's (query 0's) evaluation images depend on among a grid's runs (bench/evaluate.py
+    `query0_key`, given the grid's prompt sets, images per prompt and evaluation seed)."""
+    return (spec.backbone, spec.suite, spec.num_steps, spec.guidance_scale, spec.eta)
 
 
 def _eval_images(spec, per_prompt: int) -> int:
@@ -901,7 +912,10 @@ class Estimator:
         stored = self._stored_value(spec, 0, group)
         return stored * spec.budget if stored is not None else self._model_train(spec, group)
 
-    def eval_seconds(self, spec, per_prompt: int) -> float:
+    def eval_seconds(self, spec, per_prompt: int, sharing: int = 1) -> float:
+        """One run's evaluation seconds. Stored timings (seconds per image of earlier runs, their query-0 images
+        included as they were timed) replace the model; the model charges the pretrained model's query-0
+        images, which `sharing` runs of the grid read from one shared evaluation, 1 / sharing to each."""
         images = _eval_images(spec, per_prompt)
         stored = self._stored_value(spec, 1)
         if stored is not None:
@@ -909,5 +923,6 @@ class Estimator:
         c = self._calibrate(spec)
         # sampling, and the pretrained model's pass of the KL to it (every checkpoint but query 0); decode + 6 rewards
         per_image = 2 * spec.num_steps * (c["fwd"][0] / 32 + c["fwd"][1]) + c["decode"] * 8
-        return per_image * images
+        query0 = images // len(spec.checkpoint_marks())
+        return per_image * (images - query0 + query0 / max(1, sharing))
 

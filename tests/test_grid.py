@@ -196,6 +196,31 @@ def test_the_cost_model_counts_prdps_passes_in_train_batch_chunks(tmp_path, upda
     assert est._model_train(spec) == pytest.approx(expected)  # one epoch: the budget is 32 queries
 
 
+def test_the_eval_model_charges_shared_query0_images_once_per_grid(tmp_path):
+    """With a synthetic calibration (a latent's guided call 32 + 1 s, so 2T (32/32 + 1) = 4T s per image, decoding
+    free): a run of M marks (query 0 among them) and n images per mark costs 4T n (M - 1) + 4T n / k when k runs
+    of the grid share its pretrained model's evaluation; plan_grid counts k per pretrained setting."""
+    import bench.grid as grid
+    from tests.helpers import make_spec
+
+    specs = [make_spec("ddpo-2", num_steps=3, samples_per_epoch=4, budget=10, num_checkpoints=2, seed=s,
+                       suite="toy") for s in (0, 1, 2)]
+    est = grid.Estimator(tmp_path / "out", 1, 1)
+    for spec in specs:
+        est._costs[(spec.backbone, spec.guidance_scale, spec.eta, spec.lora_rank)] = \
+            {"fwd": (32.0, 1.0), "fb": (7.0, 10.0), "decode": 0.0}
+    images = grid._eval_images(specs[0], 1)
+    n = images // 3  # marks 0, 5, 10
+    assert n > 0 and images == 3 * n
+    per_image = 2 * 3 * (32.0 / 32 + 1.0)
+    assert est.eval_seconds(specs[0], 1) == pytest.approx(per_image * images)
+    assert est.eval_seconds(specs[0], 1, 3) == pytest.approx(per_image * (2 * n + n / 3))
+    opts = grid.GridOptions(out=tmp_path / "out", db=tmp_path / "out" / "bench.duckdb", eval_per_prompt=1,
+                            lockstep="off")
+    plans = grid.plan_grid(specs, opts, est)
+    assert [p.eval_s for p in plans] == pytest.approx([per_image * (2 * n + n / 3)] * 3)
+
+
 @pytest.mark.parametrize("loads,workers,expected", [([5, 3, 2], 1, 10), ([5, 3, 2], 2, 5), ([4, 4, 4, 4], 2, 8),
                                                     ([1, 1, 8], 2, 8)])
 def test_wall_estimate_schedules_longest_first(loads, workers, expected):
