@@ -23,6 +23,7 @@ import json
 import math
 import os
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -123,10 +124,8 @@ def plan_grid(specs, opts: GridOptions, estimator=None) -> list[Planned]:
         if p.group is not None:
             sizes[p.group] = sizes.get(p.group, 0) + 1
     if estimator is not None:
-        sharing: dict = {}  # runs to evaluate per pretrained setting: its query-0 images are sampled once for all
-        for p in plans:
-            if p.action != "skip":
-                sharing[query0_setting(p.spec)] = sharing.get(query0_setting(p.spec), 0) + 1
+        # runs to evaluate per pretrained setting: its query-0 images are sampled once for all of them
+        sharing = Counter(query0_setting(p.spec) for p in plans if p.action != "skip")
         for p in plans:
             if p.action == "skip":
                 continue

@@ -394,11 +394,12 @@ def floor_rows(db_path, out_dir, threads: int = 1, repeat: int = 2,
         # AlignProp samples with gradients: that sampling is its training (and is timed as such)
         alignprop = methods.get(method).meta.get("kind") == "alignprop"
         sampling = 0 if alignprop else sampled * sampling_rows_per_image(spec)
+        sampling_decodes = 0 if alignprop else min(sampled, dec)
         phase["sampling"][0] += sampling
-        phase["sampling"][3] += 0 if alignprop else min(sampled, dec)
+        phase["sampling"][3] += sampling_decodes
         phase["training"][0] += max(fwd - sampling, 0)
         phase["training"][1] += bwd
-        phase["training"][3] += max(dec - (0 if alignprop else min(sampled, dec)) - enc, 0)
+        phase["training"][3] += max(dec - sampling_decodes - enc, 0)
         phase["critic encoding"][2] += enc
         phase["critic encoding"][3] += enc
         ev = eval_images.get((run_id, False), 0)

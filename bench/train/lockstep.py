@@ -178,19 +178,10 @@ def adapter_rows(unet, names: list[str]):
             h.remove()
 
 
-def _batched_lora(module, args, output, names):
-    """The LoRA deltas of G equal, contiguous row blocks, one adapter each, as two batched matmuls."""
-    x = args[0]
-    down = torch.stack([module.lora_A[n].weight for n in names])  # (G, r, d): each run's own parameters
-    up = torch.stack([module.lora_B[n].weight for n in names])  # (G, out, r)
-    xg = x.reshape(len(names), -1, x.shape[-1]).to(down.dtype)
-    delta = torch.bmm(torch.bmm(xg, down.transpose(1, 2)), up.transpose(1, 2)) * module.scaling[names[0]]
-    return output + delta.reshape(output.shape).to(output.dtype)
-
-
 class _Padding:
-    """Where the rows of unequal blocks go in a (G, longest block) padded batch, for `_padded_lora`: `rows` are
-    the adapters' rows of the call in order ('__base__' rows left out), `slots` their places in the padding."""
+    """Where the rows of a merged call's blocks go in a (G, longest block) padded batch, for `_padded_lora`: `rows`
+    are the adapters' rows of the call in order ('__base__' rows left out), `slots` their places in the padding.
+    Equal blocks, each with an adapter, are already that batch (`identity`: no copies)."""
 
     def __init__(self, blocks: list[tuple[str, int]]):
         self.names, self.longest, rows, slots, start = [], max(k for _, k in blocks), [], [], 0
@@ -202,6 +193,7 @@ class _Padding:
                 slots += range(g * self.longest, g * self.longest + k)
             start += k
         self.every_row = len(rows) == start
+        self.identity = self.every_row and len({k for _, k in blocks}) == 1
         self._rows, self._slots = torch.tensor(rows), torch.tensor(slots)
         self._on: dict = {}
 
@@ -212,21 +204,26 @@ class _Padding:
 
 
 def _padded_lora(module, args, output, padding: _Padding):
-    """The LoRA deltas of contiguous blocks of unequal sizes (or with '__base__' blocks, which get none): each
-    block's rows copied into a zero-padded (G, longest block) batch, two batched matmuls, the padding dropped.
-    Why: the scale rule's fractional update sizes give the seeds of a group windows of q or q + 1 rows in
-    different orders, so most merged training calls have unequal blocks; peft's mixed-batch path (a gather and
-    a scatter per adapter per layer) cost a tenth of a TDPO group's time."""
+    """The LoRA deltas of a merged call's contiguous row blocks, one adapter each, as two batched matmuls over a
+    (G, longest block) batch. Unequal blocks (the scale rule's fractional update sizes give the seeds of a group
+    windows of q or q + 1 rows in different orders) are copied into a zero-padded batch and the padding dropped;
+    '__base__' blocks get no delta. Why: peft's mixed-batch path (a gather and a scatter per adapter per layer)
+    cost more than merging saved, and a tenth of a TDPO group's time where blocks were unequal."""
     x = args[0]
     names, G, longest = padding.names, len(padding.names), padding.longest
-    rows, slots = padding.on(x.device)
-    down = torch.stack([module.lora_A[n].weight for n in names])  # (G, r, d)
+    down = torch.stack([module.lora_A[n].weight for n in names])  # (G, r, d): each run's own parameters
     up = torch.stack([module.lora_B[n].weight for n in names])  # (G, out, r)
     flat = x.reshape(x.shape[0], -1, x.shape[-1]).to(down.dtype)  # (rows, tokens, d)
-    source = flat if padding.every_row else flat.index_select(0, rows)
-    padded = flat.new_zeros(G * longest, *flat.shape[1:]).index_copy(0, slots, source)
+    if padding.identity:
+        padded = flat
+    else:
+        rows, slots = padding.on(x.device)
+        source = flat if padding.every_row else flat.index_select(0, rows)
+        padded = flat.new_zeros(G * longest, *flat.shape[1:]).index_copy(0, slots, source)
     delta = torch.bmm(torch.bmm(padded.reshape(G, -1, flat.shape[-1]), down.transpose(1, 2)), up.transpose(1, 2))
-    delta = (delta * module.scaling[names[0]]).reshape(G * longest, flat.shape[1], -1).index_select(0, slots)
+    delta = (delta * module.scaling[names[0]]).reshape(G * longest, flat.shape[1], -1)
+    if not padding.identity:
+        delta = delta.index_select(0, slots)
     if padding.every_row:
         return output + delta.reshape(output.shape).to(output.dtype)
     out_flat = output.reshape(output.shape[0], flat.shape[1], -1)
@@ -235,11 +232,9 @@ def _padded_lora(module, args, output, padding: _Padding):
 
 @contextmanager
 def adapter_blocks(unet, blocks: list[tuple[str, int]], batched: bool = True):
-    """Rows in contiguous blocks (adapter name, rows), in order ('__base__': no adapter). Equal blocks, each with
-    its own adapter, take the batched low-rank path (`_batched_lora`: two bmm per layer instead of peft's gather
-    and scatter per adapter, which cost more than the merging saved); unequal blocks or '__base__' blocks its
-    padded form (`_padded_lora`); a LoRA layer whose modules are being observed (TDPO's dormant-neuron hooks),
-    or `batched=False`, peft's mixed-batch path."""
+    """Rows in contiguous blocks (adapter name, rows), in order ('__base__': no adapter), through the batched
+    low-rank path (`_padded_lora`: two bmm per layer); a LoRA layer whose modules are being observed (TDPO's
+    dormant-neuron hooks), or `batched=False`, through peft's mixed-batch path."""
     from peft.tuners.lora import LoraLayer
 
     layers = [m for m in unet.modules() if isinstance(m, LoraLayer)]
@@ -250,12 +245,8 @@ def adapter_blocks(unet, blocks: list[tuple[str, int]], batched: bool = True):
         with adapter_rows(unet, [n for n, k in blocks for _ in range(k)]):
             yield
         return
-    if "__base__" not in names and len({k for _, k in blocks}) == 1:
-        hook = partial(_batched_lora, names=names)
-    elif any(n != "__base__" for n in names):
-        hook = partial(_padded_lora, padding=_Padding(blocks))
-    else:
-        hook = None  # every row skips its adapter: the frozen layers alone
+    # every row skipping its adapter: the frozen layers alone
+    hook = partial(_padded_lora, padding=_Padding(blocks)) if any(n != "__base__" for n in names) else None
     saved = [(m, m._active_adapter) for m in layers]
     handles = []
     try:
