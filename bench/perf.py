@@ -387,6 +387,7 @@ def floor_rows(db_path, out_dir, threads: int = 1, repeat: int = 2,
     first = specs[runs[0][0]]
     costs = floor_costs(first, threads, repeat, batch)
     phase = {k: [0, 0, 0, 0, 0.0] for k in ("sampling", "training", "critic encoding", "evaluation")}
+    by_method: dict[str, list] = {}  # training alone: [forward, backward, 0, decodes, seconds]
     for run_id, method, _ in runs:
         spec = specs[run_id]
         sampled, fwd, bwd, enc, dec = (int(v or 0) for v in finals.get(run_id, (0, 0, 0, 0, 0)))
@@ -397,9 +398,13 @@ def floor_rows(db_path, out_dir, threads: int = 1, repeat: int = 2,
         sampling_decodes = 0 if alignprop else min(sampled, dec)
         phase["sampling"][0] += sampling
         phase["sampling"][3] += sampling_decodes
-        phase["training"][0] += max(fwd - sampling, 0)
-        phase["training"][1] += bwd
-        phase["training"][3] += max(dec - sampling_decodes - enc, 0)
+        share = lockstep_size(out_dir, run_id)  # a lockstep run's seconds are its group's
+        training = (max(fwd - sampling, 0), bwd, 0, max(dec - sampling_decodes - enc, 0),
+                    times.get((run_id, "time_training_s"), 0.0) / share)
+        mine = by_method.setdefault(method, [0, 0, 0, 0, 0.0])
+        for k, v in enumerate(training):
+            phase["training"][k] += v
+            mine[k] += v
         phase["critic encoding"][2] += enc
         phase["critic encoding"][3] += enc
         ev = eval_images.get((run_id, False), 0)
@@ -407,9 +412,7 @@ def floor_rows(db_path, out_dir, threads: int = 1, repeat: int = 2,
         phase["evaluation"][3] += ev
         f = Path(out_dir) / "runs" / run_id / "eval_timing.json"
         phase["evaluation"][4] += json.loads(f.read_text())["seconds"] if f.is_file() else 0.0
-        share = lockstep_size(out_dir, run_id)  # a lockstep run's seconds are its group's
         phase["sampling"][4] += times.get((run_id, "time_sampling_s"), 0.0) / share
-        phase["training"][4] += times.get((run_id, "time_training_s"), 0.0) / share
         phase["critic encoding"][4] += times.get((run_id, "time_critic_encoding_s"), 0.0) / share
     phase["evaluation"][0] += query0 * 2 * first.num_steps
     phase["evaluation"][3] += query0
@@ -422,8 +425,17 @@ def floor_rows(db_path, out_dir, threads: int = 1, repeat: int = 2,
     rows.append(("whole grid", *(f"{v:,}" for v in total[:4]), f"{total[4]:.1f}", f"{total[5]:.1f}",
                  f"{total[5] / total[4]:.2f}x" if total[4] > 0 else "-"))
     unet = floor_seconds(costs, *total[:3])
+    methods_rows = []
+    for name, (fwd, bwd, _, dec, seconds) in sorted(by_method.items()):
+        floor = floor_seconds(costs, fwd, bwd, 0, dec)
+        methods_rows.append((name, f"{fwd:,}", f"{bwd:,}", f"{dec:,}", f"{floor:.1f}", f"{seconds:.1f}",
+                             f"{seconds / floor:.2f}x" if floor > 0 else "-"))
     return rows, {"costs": costs, "ratio": total[5] / total[4] if total[4] > 0 else None, "threads": threads,
-                  "ratio_unet": total[5] / unet if unet > 0 else None}
+                  "ratio_unet": total[5] / unet if unet > 0 else None, "training_by_method": methods_rows}
+
+
+TRAINING_HEADER = ("training, per method", "UNet forward rows", "UNet backward rows", "decodes", "floor s",
+                   "measured s", "measured / floor")
 
 
 PLANNED_HEADER = ("phase", "UNet forward rows", "UNet backward rows", "encoder rows", "decodes", "floor s", "estimated s",
@@ -816,6 +828,8 @@ def cmd_perf(args) -> int:
             print(f"bench perf --floor: the runs in {db} against this machine's large-batch rate, measured now on "
                   f"{summary['threads']} thread ({rates_line(c)})")
             print_table(rows, header=FLOOR_HEADER)
+            print()
+            print_table(summary["training_by_method"], header=TRAINING_HEADER)
             print("measured: seconds of per-run work, summed over runs (each run on one thread in the default "
                   "grid); floor: the same rows at the large-batch rate (the fastest of --repeat calls). "
                   f"{FLOOR_NOTE} Without decoding (UNet and encoder rows only) the work is "

@@ -43,6 +43,8 @@ def test_run_ddpo_jpeg_end_to_end(tmp_path):
     n_rows = con.execute("select (select count(*) from checkpoints) + (select count(*) from train_metrics)").fetchone()[0]
     fwd, bwd = con.execute("select sum(f), sum(b) from (select arg_max(unet_forward, reward_queries) f, "
                            "arg_max(unet_backward, reward_queries) b from checkpoints group by run_id)").fetchone()
+    per_method = dict(con.execute("select method, arg_max(unet_backward, reward_queries) from checkpoints "
+                                  "join runs using (run_id) group by method").fetchall())
     con.close()
     # the FLOP floor's rows: sampling is 2 runs x 24 images x 2 T (CFG) = 384 forward rows, training the rest
     from bench.perf import floor_rows
@@ -53,6 +55,11 @@ def test_run_ddpo_jpeg_end_to_end(tmp_path):
     assert table["evaluation"][1] == "0" and table["whole grid"][1] == f"{fwd:,}"  # --no-eval
     assert table["sampling"][4] == "48" and table["whole grid"][4] == "48"  # every image decoded once, nothing else
     assert summary["costs"]["forward"] > 0 and summary["costs"]["backward"] > 0 and summary["ratio"] > 0
+    # training per method: each method's own backward rows, and together the training phase's rows and seconds
+    by = {r[0]: r for r in summary["training_by_method"]}
+    assert {m: by[m][2] for m in by} == {m: f"{b:,}" for m, b in per_method.items()}
+    assert sum(int(r[1].replace(",", "")) for r in by.values()) == fwd - 384
+    assert abs(sum(float(r[5]) for r in by.values()) - float(table["training"][6])) < 0.15
     # a copy of the database away from its run folders: their seconds are read there, so it is refused, not zero
     import shutil
 
