@@ -145,9 +145,10 @@ def build_parser() -> argparse.ArgumentParser:
     pf.add_argument("--levers", action="store_true",
                     help="also measure each lever of the fast toy default against the old path (a ratio table)")
     pf.add_argument("--floor", action="store_true",
-                    help="each phase's UNet rows, their cost at this machine's large-batch rate (measured in the "
-                         "same call) and the ratio to the seconds: of the grid `bench run` would run, against its "
-                         "estimate, or with --db of the stored runs, against their measured seconds")
+                    help="each phase's UNet, encoder and decoder rows, their cost at this machine's large-batch "
+                         "rate (measured in the same call) and the ratio to the seconds: of the grid `bench run` would "
+                         "run, against its estimate, or with --db of the stored runs, against their measured seconds "
+                         "(and training per method)")
     pf.add_argument("--study", default=None,
                     help="with --floor (without --db): the planned grid of this study (see `bench list studies`) "
                          "(default: the main command's)")
