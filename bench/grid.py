@@ -143,8 +143,9 @@ def lockstep_capable(method: str) -> bool:
     gradient methods: DDPO, the TDPO family, GRPO). AlignProp draws each chain's gradient steps from its data
     stream, and the pair- and forward-process methods were not checked; they train alone."""
     from bench.spec.catalog import methods
+    from methods.base import shape_of
 
-    return methods.get(method).meta.get("kind") == "ppo"
+    return shape_of(methods.get(method).meta).lockstep
 
 
 LOCKSTEP_FREE_HPARAMS = ("critic_reset", "policy_reset", "activation", "dormant_threshold", "policy_dormant_threshold")
@@ -871,38 +872,12 @@ class Estimator:
         sb = spec.sample_batch_size
         sampling = math.ceil(S / sb) * T * fwd(min(sb, S))
         from bench.spec.catalog import methods
+        from methods.base import Cost, shape_of
 
-        kind = methods.get(spec.method).meta["kind"]
-        if kind == "ppo":
-            rows = hp.get("update_rows", hp["update_samples"] * hp["update_steps"])  # the rule's exact size
-            windows = S * T / rows
-            train = windows * math.ceil(rows / tb) * fb(min(rows, tb))
-            if spec.method.startswith("tdpo"):
-                train += S * T * 2 * c["decode"]  # decode + encoder per state
-                if hp.get("kl_penalty_coef"):
-                    train += T * fwd(S)
-        elif kind == "alignprop":
-            b = hp.get("update_chains", hp["update_samples"])
-            k_mean = (T + 1) / 2
-            train = math.ceil(S / b) * (T * fwd(b) + k_mean * (fwd(b) + fb(b))) - sampling
-        elif kind == "prdp":  # passes over the epoch's S x T sample-steps, chunked like methods/prdp.py's
-            K = max(1.0, hp["updates_per_epoch"])
-            reference = chunked(S * T, fwd)  # the pretrained policy's log-probs, once per epoch
-            if hp.get("update_data", "whole") == "whole":  # each update after the first: a no-grad pass; each: a backward
-                train = reference + (K - 1) * chunked(S * T, fwd) + K * chunked(S * T, fb)
-            else:  # each update on its 1/K share of the groups
-                K = min(max(1, S // hp["images_per_prompt"]), K)
-                train = reference + (K - 1) * chunked(S * T / K, fwd) + K * chunked(S * T / K, fb)
-        elif kind == "nft":  # every row: theta forward+backward, old (and base) forward; guidance 1 is one pass
-            rows = S * hp["levels_per_sample"]
-            cfg = 0.5 if hp["train_guidance"] == 1.0 else 1.0
-            passes = 2 if hp["ref_coef"] else 1
-            train = math.ceil(rows / tb) * (fb(min(rows, tb)) + passes * fwd(min(rows, tb))) * cfg
-            sampling *= 0.5 if hp["rollout_guidance"] == 1.0 else 1.0
-        else:  # dense
-            updates = hp["updates_per_query"] * S
-            P = hp["pairs_per_step"] * hp["steps_per_pair"]
-            train = updates * 2 * (fwd(P) + fb(P))
+        shape = shape_of(methods.get(spec.method).meta)
+        train = shape.train_seconds(spec, hp, Cost(fwd=fwd, fb=fb, chunked=chunked, decode=c["decode"],
+                                                   sampling=sampling))
+        sampling *= shape.sampling_factor(hp)
         per_epoch = sampling + max(0.0, train)
         return per_epoch * spec.budget / S
 

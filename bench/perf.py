@@ -280,67 +280,19 @@ def planned_counts(spec) -> dict:
     follow its K draws: counted at their mean (k_min + T) / 2 ("expected"). PRDP skips the rows whose gradient
     is zero: its training rows are at most the counted ones ("at most")."""
     from bench.spec.catalog import methods
-    from bench.spec.scale import half_up, trained_steps, updates_this_epoch
+    from methods.base import shape_of
 
     meta = methods.get(spec.method).meta
-    kind, hp, T = meta["kind"], spec.hp, spec.num_steps
-    cfg = 2  # classifier-free guidance: a guided call is 2 rows per latent
+    shape, hp = shape_of(meta), spec.hp
     out = {"sampling": [0, 0, 0, 0], "training": [0, 0, 0, 0], "critic encoding": [0, 0, 0, 0], "bound": "exact"}
-    train = out["training"]
-    pending = updates = 0  # NFT's waiting images; dense DPO's updates so far (its pairs per update follow them)
-    buffer = False  # dense DPO: whether its buffer holds a group yet
+    state: dict = {}  # what a method's count carries across epochs (NFT's waiting images, dense DPO's updates)
     for before, n in _epochs(spec):
-        if kind != "alignprop":  # AlignProp samples with gradients: its sampling is its training
+        if shape.samples_with_gradients:  # AlignProp samples with gradients: its sampling is its training
+            out["training"][3] += n
+        else:
             out["sampling"][0] += n * sampling_rows_per_image(spec)
             out["sampling"][3] += n  # every image decoded once for its reward query
-        else:
-            train[3] += n
-        if kind == "ppo":
-            rows = int(hp["num_inner_epochs"]) * n * trained_steps(meta["source"], T)[1] * cfg
-            train[0] += rows
-            train[1] += rows
-            if meta.get("family") == "tdpo":
-                out["critic encoding"][2] += n * T
-                out["critic encoding"][3] += n * T  # the decoded x_t the encoder embeds
-                train[0] += min(int(hp["dormancy_batch"]), n) * cfg  # the LoRA neurons' dormancy batch
-                if hp["kl_penalty_coef"] > 0:
-                    train[0] += n * T * cfg  # the pretrained policy's log-probs
-        elif kind == "alignprop":
-            k_mean = (min(max(1, int(hp["k_min"])), T) + T) / 2
-            train[0] += round(n * T * cfg + (n * k_mean * cfg if hp["gradient_checkpointing"] else 0))
-            train[1] += round(n * k_mean * cfg)
-            out["bound"] = "expected"
-        elif kind == "nft":
-            pending += n
-            if updates_this_epoch(before, n, hp["updates_per_query"], least=0):
-                rows = pending * int(hp["levels_per_sample"]) * (1 if float(hp["train_guidance"]) == 1.0 else cfg)
-                train[0] += rows * (2 + (1 if hp["ref_coef"] else 0))  # current, old and (if used) reference
-                train[1] += rows
-                pending = 0
-        elif kind == "dense":
-            R = int(hp["rollouts_per_prompt"])
-            buffer = buffer or (R >= 2 and n >= 2)
-            for _ in range(updates_this_epoch(before, n, hp["updates_per_query"]) if buffer else 0):
-                p = float(hp["pairs_per_step"])
-                pairs = max(1, half_up(p * (updates + 1)) - half_up(p * updates))
-                rows = 2 * pairs * int(hp["steps_per_pair"]) * cfg  # winners and losers
-                train[0] += 2 * rows  # the reference's and the current policy's
-                train[1] += rows
-                updates += 1
-        elif kind == "prdp":
-            B = int(hp["images_per_prompt"])
-            m = (n // B * B if B >= 2 else 0) + (n % B if n % B >= 2 else 0)  # the samples in groups of 2+
-            K = updates_this_epoch(before, n, hp["updates_per_query"]) if m else 0
-            train[0] += n * T * cfg  # the pretrained policy's log-probs of every step
-            if hp["update_data"] == "whole":
-                train[0] += max(K - 1, 0) * m * T * cfg + K * m * T * cfg  # re-scored tables; the backprop rows
-                train[1] += K * m * T * cfg
-            else:  # groups: each group in one update
-                train[0] += 2 * m * T * cfg
-                train[1] += m * T * cfg
-            out["bound"] = "at most"
-        else:
-            raise BenchError(f"perf --floor: no planned row count for method kind {kind!r} ({spec.method})")
+        shape.planned_epoch(meta, hp, spec, before, n, out, state)
     return out
 
 
@@ -363,6 +315,7 @@ def floor_rows(db_path, out_dir, threads: int = 1, repeat: int = 2,
     from bench.spec.catalog import methods
     from bench.spec.runspec import RunSpec
     from bench.store.database import connect
+    from methods.base import shape_of
 
     con = connect(Path(db_path), read_only=True)
     try:
@@ -393,7 +346,7 @@ def floor_rows(db_path, out_dir, threads: int = 1, repeat: int = 2,
         sampled, fwd, bwd, enc, dec = (int(v or 0) for v in finals.get(run_id, (0, 0, 0, 0, 0)))
         per_image = 2 * spec.num_steps  # evaluation samples at the run's guidance
         # AlignProp samples with gradients: that sampling is its training (and is timed as such)
-        alignprop = methods.get(method).meta.get("kind") == "alignprop"
+        alignprop = shape_of(methods.get(method).meta).samples_with_gradients
         sampling = 0 if alignprop else sampled * sampling_rows_per_image(spec)
         sampling_decodes = 0 if alignprop else min(sampled, dec)
         phase["sampling"][0] += sampling

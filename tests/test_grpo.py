@@ -84,7 +84,8 @@ def test_an_epoch_groups_prompts_shares_one_noise_and_never_trains_the_last_step
 ])
 def test_the_scale_rule_gives_the_reference_update_and_16x_at_the_toy(T, S, m, samples, steps, updates):
     from bench.spec.catalog import methods
-    from bench.spec.scale import Scale, effective_rows, ppo_shape
+    from bench.spec.scale import Scale, effective_rows
+    from methods.shapes import ppo_shape
 
     scale = Scale(num_steps=T, samples_per_epoch=S, latent_dims=4 * 64 * 64, multiplier=m)
     b, tau, z, U = ppo_shape(methods.get("grpo").meta["source"], scale)

@@ -5,7 +5,8 @@ import math
 import pytest
 
 from bench.spec.catalog import methods
-from bench.spec.scale import SOURCE_LATENT_DIMS, Scale, effective_hparams, ppo_shape, stat_tracker_activity
+from bench.spec.scale import SOURCE_LATENT_DIMS, Scale, effective_hparams, stat_tracker_activity
+from methods.shapes import ppo_shape
 
 TOY = Scale(num_steps=10, samples_per_epoch=32, latent_dims=256, budget=640, multiplier=8.0)
 SD = Scale(num_steps=50, samples_per_epoch=256, latent_dims=SOURCE_LATENT_DIMS, budget=25_600, multiplier=1.0)

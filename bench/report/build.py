@@ -259,14 +259,14 @@ def gold_line(gold: str, prompt_set: str, shapes: dict[str, GoldShape]) -> str:
         return "-" if c[0] is None else f"{c[0]:+.2f}" + (f" ± {c[1]:.2f}" if c[1] is not None else "")
 
     parts = []
-    for kind in ("rises then falls", "falls", "rises", "flat"):
-        ms = sorted(m for m, s in shapes.items() if s.shape == kind)
+    for trend in ("rises then falls", "falls", "rises", "flat"):
+        ms = sorted(m for m, s in shapes.items() if s.shape == trend)
         if not ms:
             continue
-        if kind == "rises then falls":
+        if trend == "rises then falls":
             ms = [f"{m} (peak at {shapes[m].peak_queries}: {change(shapes[m].rise)}, then {change(shapes[m].fall)})"
                   for m in ms]
-        parts.append(f"{kind}: {', '.join(ms)}")
+        parts.append(f"{trend}: {', '.join(ms)}")
     return f"{gold} on {prompt_set} (paired, 95% CI): " + "; ".join(parts)
 
 

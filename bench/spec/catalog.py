@@ -46,7 +46,7 @@ _DDPO_COMMON = dict(
 methods.register(
     "ddpo-2", "methods.ddpo:DDPO",
     "DDPO (PPO on the denoising MDP), 2 gradient updates per epoch, lr 3e-4 (TDPO paper Table 1)",
-    kind="ppo", log_ratio_bounds=("clip_range",),
+    shape="methods.shapes:PolicyGradient", log_ratio_bounds=("clip_range",),
     # accumulation 16 x T: each update is 128 samples x all 50 steps
     source=dict(_SD, updates_per_epoch=2, update_steps=50),
     hparams=dict(_DDPO_COMMON, lr=3e-4),
@@ -54,7 +54,7 @@ methods.register(
 methods.register(
     "ddpo-100", "methods.ddpo:DDPO",
     "DDPO with 2T gradient updates per epoch (100 at T=50), lr 1e-4 (TDPO paper Table 1)",
-    kind="ppo", log_ratio_bounds=("clip_range",),
+    shape="methods.shapes:PolicyGradient", log_ratio_bounds=("clip_range",),
     # train batch 8, accumulation 16, minibatch outer: each update is 8 samples x 16 consecutive steps
     source=dict(_SD, updates_per_epoch=100, update_steps=16),
     hparams=dict(_DDPO_COMMON, lr=1e-4),
@@ -63,7 +63,7 @@ methods.register(
 methods.register(
     "alignprop", "methods.alignprop:AlignProp",
     "AlignProp: backprop of a differentiable reward through the last K ~ U{1..T} sampling steps (LoRA, checkpointing)",
-    needs_differentiable_reward=True, kind="alignprop",
+    needs_differentiable_reward=True, shape="methods.shapes:AlignProp",
     source=dict(_SD, updates_per_epoch=2),  # 256 samples per epoch, 128 per update
     hparams=dict(lr=1e-3, weight_decay=1e-4, max_grad_norm=1.0, adam_beta1=0.9, adam_beta2=0.999, adam_eps=1e-8,
                  loss_coeff=0.01, loss_form="abs", reward_target="auto", k_min=1, k_group=8,
@@ -97,7 +97,7 @@ _TDPO_SOURCE = dict(_SD, updates_per_epoch=100, update_steps=1, epochs=100, rese
 
 
 def _tdpo(name: str, help: str, meta: dict | None = None, **overrides) -> None:
-    methods.register(name, "methods.tdpo:TDPO", help, family="tdpo", kind="ppo", log_ratio_bounds=("clip_range",),
+    methods.register(name, "methods.tdpo:TDPO", help, family="tdpo", shape="methods.shapes:TDPO", log_ratio_bounds=("clip_range",),
                      source=_TDPO_SOURCE, hparams=dict(_TDPO_COMMON, **overrides), **(meta or {}))
 
 
@@ -120,7 +120,7 @@ methods.register(
     "grpo", "methods.grpo:GRPO",
     "GRPO as DanceGRPO runs SD v1.4: 16 images per prompt from one shared initial noise, group-normalised "
     "advantages, PPO clip 1e-4 on every step but the last, 2 updates per epoch, lr 1e-5",
-    kind="ppo", log_ratio_bounds=("clip_range",), companion="DanceGRPO (Xue et al. 2025), SD v1.4 recipe",
+    shape="methods.shapes:PolicyGradient", log_ratio_bounds=("clip_range",), companion="DanceGRPO (Xue et al. 2025), SD v1.4 recipe",
     # 8 GPUs x 4 prompts x 16 images = 512 per epoch; batch 4, accumulation 8 x 49 micro-steps: 2 updates of
     # 256 samples x the 49 trained steps (the last DDIM step is never trained)
     source=dict(samples_per_epoch=512, num_steps=50, updates_per_epoch=2, update_steps=49, trains_last_step=False),
@@ -130,7 +130,7 @@ methods.register(
 methods.register(
     "prdp", "methods.prdp:PRDP",
     "PRDP: regress same-prompt reward differences / beta onto trajectory log-ratio differences, per-step proximal clip",
-    kind="prdp", log_ratio_bounds=("clip_range",), log_ratio_coefficients=("beta",),
+    shape="methods.shapes:PRDP", log_ratio_bounds=("clip_range",), log_ratio_coefficients=("beta",),
     companion="PRDP paper (Deng et al., CVPR 2024)",
     # small-scale setting (PRDP Table 4): N=32 prompts x B=16 images, K=10 updates per epoch
     source=dict(samples_per_epoch=512, num_steps=50, updates_per_epoch=10),
@@ -141,7 +141,7 @@ methods.register(
 methods.register(
     "dense-dpo", "methods.dense_dpo:DenseDPO",
     "temporally discounted dense-reward DPO: Bradley-Terry on gamma^k-sampled, clamped per-step log-ratios",
-    kind="dense", log_ratio_bounds=("delta",), log_ratio_coefficients=("beta_tilde",), per_step_discounts=("gamma",),
+    shape="methods.shapes:DenseDPO", log_ratio_bounds=("delta",), log_ratio_coefficients=("beta_tilde",), per_step_discounts=("gamma",),
     companion="dense-reward paper (Yang, Chen & Zhou, ICML 2024)",
     # multi-prompt mode of the reference: 2,000 prompts x 12 rollouts per collection, 4,000 updates of 32 pairs
     source=dict(samples_per_epoch=24_000, num_steps=50, updates_per_epoch=4000, pairs_per_step=32),
@@ -153,7 +153,7 @@ methods.register(
     "diffusion-nft", "methods.nft:DiffusionNFT",
     "DiffusionNFT ported to epsilon prediction: implicit positive/negative predictions mixed by r in x0 space on "
     "freshly noised final latents, adaptive weights, a soft-updated old policy that samples; no log-probs",
-    kind="nft", companion="DiffusionNFT (Zheng et al. 2025), flow-matching recipe ported to epsilon prediction",
+    shape="methods.shapes:DiffusionNFT", companion="DiffusionNFT (Zheng et al. 2025), flow-matching recipe ported to epsilon prediction",
     # scripts/train_nft_sd3.py: 48 prompts x 24 images = 1,152 per epoch, ONE optimizer step per epoch, a 10-step
     # sampler whose grid gives the loss's noise levels (int(0.99 x 10) = 9 per sample)
     source=dict(samples_per_epoch=1152, num_steps=10, updates_per_epoch=1, level_fraction=0.99),

@@ -100,31 +100,6 @@ def _round(x: float) -> int:
     return int(math.floor(x + 0.5))  # half up, so the rule does not depend on banker's rounding
 
 
-def trained_steps(src: dict, num_steps: int) -> tuple[int, int]:
-    """(source's, run's) denoising steps a method trains on: all T, or T - 1 for a method that never trains
-    the last step (GRPO: `trains_last_step` False in its source)."""
-    drop = 0 if src.get("trains_last_step", True) else 1
-    return src["num_steps"] - drop, num_steps - drop
-
-
-def ppo_shape(src: dict, scale: Scale) -> tuple[int, int, float, float]:
-    """(loop width b, steps tau, rows z, updates per epoch U) of one policy-gradient update at `scale`.
-
-    z = S*T/U sample-steps is the update's exact size (at least 1, the floor, and at most the epoch's S*T, the
-    ceiling: an update never waits for the next epoch's samples); the steps are the ones the
-    method trains (`trained_steps`). The update spans tau steps and z / tau samples on average; where that is
-    under one sample, it is one sample over z steps (b = 1; the windows then cut one sample's steps). b, a
-    whole number, is the minibatch width of the method's loop; where b * tau != z the updates follow the
-    seeded schedule of sizes (bench/train/updates.py)."""
-    T0, T = trained_steps(src, scale.num_steps)
-    S = scale.samples_per_epoch
-    U = scale.multiplier * src["updates_per_epoch"] * S / src["samples_per_epoch"]
-    z = min(S * T, max(1.0, S * T / U))  # floor one sample-step; ceiling one epoch's on-policy data
-    tau = min(T, max(1, _round(src["update_steps"] * T / T0)))
-    b = 1 if z < tau else min(S, _round(z / tau))  # z < tau: the shape yields, one sample over z steps
-    return b, tau, z, U
-
-
 def half_up(x: float) -> int:
     """Round half up, robust to a last-bit error in a product such as 6.25 * 32 (pure Python)."""
     return int(math.floor(x + 0.5 + 1e-9))
@@ -141,21 +116,13 @@ def updates_this_epoch(queries_before: int, queries: int, per_query: float, most
     return k if most is None else min(most, k)
 
 
-def nft_levels(src: dict, num_steps: int) -> int:
-    """Noise levels per sample in DiffusionNFT's loss: int(0.99 T) of the rollout grid's T (9 of 10 in the
-    source, 49 of 50 at SD's T), at least 1."""
-    return max(1, int(src["level_fraction"] * num_steps))
-
-
-def _whole(x: float) -> bool:
-    return abs(x - round(x)) < 1e-9
-
-
 def effective_hparams(entry, hp: dict[str, Any], scale: Scale) -> dict[str, Any]:
     """A method's hyperparameters at `scale`: `hp` holds its source-scale values (preset plus
-    --set overrides); the result adds or replaces the quantities the rule derives."""
+    --set overrides); the result adds or replaces the quantities the rule derives. What is particular to a
+    method's updates, its shape derives (methods/base.py)."""
+    from methods.base import shape_of
+
     src = entry.meta["source"]
-    kind = entry.meta["kind"]
     out = dict(hp)
     m = scale.multiplier
     out["updates_per_query"] = m * src["updates_per_epoch"] / src["samples_per_epoch"]
@@ -165,23 +132,7 @@ def effective_hparams(entry, hp: dict[str, Any], scale: Scale) -> dict[str, Any]
     for key in entry.meta.get("log_ratio_coefficients", ()):
         if not isinstance(hp[key], str):  # "auto" (PRDP's opt-in ablation) is set by the run
             out[key] = hp[key] / bound
-    S = scale.samples_per_epoch
-    if kind == "ppo":
-        b, tau, z, _ = ppo_shape(src, scale)
-        out["update_samples"], out["update_steps"], out["update_rows"] = b, tau, z
-    elif kind == "alignprop":
-        z = min(S, max(1.0, S / (m * src["updates_per_epoch"] * S / src["samples_per_epoch"])))  # chains/update
-        out["update_samples"], out["update_chains"] = min(S, _round(z)), z
-    elif kind == "prdp":
-        out["updates_per_epoch"] = m * src["updates_per_epoch"] * S / src["samples_per_epoch"]
-        out["beta_nats_per_unit"] = scale.latent_dims * scale.num_steps  # beta=auto: sigma * D * T
-    elif kind == "nft":
-        out["levels_per_sample"] = nft_levels(src, scale.num_steps)
-    elif kind == "dense":
-        pair_uses_per_query = src["updates_per_epoch"] * src["pairs_per_step"] / src["samples_per_epoch"]
-        # an update cannot hold less than one pair: where m x source would need it, updates are capped
-        out["updates_per_query"] = min(out["updates_per_query"], pair_uses_per_query)
-        out["pairs_per_step"] = pair_uses_per_query / out["updates_per_query"]
+    shape_of(entry.meta).derive(src, hp, out, scale)
     if "gamma" in entry.meta.get("per_step_discounts", ()):
         out["gamma"] = hp["gamma"] ** (src["num_steps"] / scale.num_steps)
     if out.get("reset_every") == "auto":
@@ -229,62 +180,25 @@ def effective_rows(scale: Scale, num_prompts: int) -> list[dict[str, Any]]:
     """One row per registered method: the quantities the rule gives at `scale` (for
     `bench list methods --effective` and the report)."""
     from bench.spec.catalog import methods
+    from methods.base import shape_of
 
     rows = []
     m = scale.multiplier
     for entry in methods.entries():
         src = entry.meta["source"]
         hp = effective_hparams(entry, entry.meta["hparams"], scale)
-        kind = entry.meta["kind"]
-        row = {"method": entry.name, "updates_per_query": hp["updates_per_query"]}
-        S, T = scale.samples_per_epoch, scale.num_steps
-        upq, most, why, least = hp["updates_per_query"], None, "", 1
-        if kind == "ppo":
-            b, tau, z, U = ppo_shape(src, scale)
-            Tt = trained_steps(src, T)[1]
-            ideal = S * Tt / U  # sample-steps per update for exactly m x source
-            if _whole(z) and int(round(z)) == b * tau:
-                per_epoch = math.ceil(S * Tt / (b * tau))  # the references' windows
-                row["update"] = f"{b} samples x {tau} steps"
-            else:
-                per_epoch, most = None, lambda n: n * Tt
-                row["update"] = f"1 sample x {z:.3g} steps" if b == 1 and z < tau else \
-                    f"{z / tau:.3g} samples x {tau} steps"
-            why = "floor: one sample-step per update" if ideal < 1 else ""
-        elif kind == "alignprop":
-            z = hp["update_chains"]
-            if _whole(z):
-                per_epoch = math.ceil(S / hp["update_samples"])
-            else:
-                per_epoch, most = None, lambda n: n
-            row["update"] = f"{z:.3g} chains (last K steps)"
-            ideal = S / (m * src["updates_per_epoch"] * S / src["samples_per_epoch"])
-            why = "floor: one chain per update" if ideal < 1 else ""
-        elif kind == "prdp":
-            groups = max(1, S // hp["images_per_prompt"])
-            per_epoch = None
-            if hp.get("update_data", "whole") == "whole":
-                row["update"] = f"all pairs of {groups} groups of {hp['images_per_prompt']} (K per epoch)"
-            else:
-                most = lambda n: max(1, n // hp["images_per_prompt"])  # noqa: E731  one update per group at most
-                row["update"] = f"a share of {groups} groups of {hp['images_per_prompt']}"
-                why = "floor: one prompt group per update (update_data=groups)"
-        elif kind == "nft":
-            per_epoch, least = None, 0
-            row["update"] = f"{1 / upq:.3g} images x {hp['levels_per_sample']} noise levels"
-        else:
-            per_epoch = None
-            row["update"] = f"{hp['pairs_per_step']:.3g} pairs x {hp['steps_per_pair']} step(s)"
-            why = "floor: one pair per update" if hp["pairs_per_step"] <= 1 and \
-                upq < m * src["updates_per_epoch"] / src["samples_per_epoch"] else ""
-        total = _run_updates(scale, per_epoch, upq, most, least)
+        shape = shape_of(entry.meta)
+        sched = shape.schedule(src, hp, scale)
+        row = {"method": entry.name, "updates_per_query": hp["updates_per_query"], "update": sched.update}
+        why = sched.floor
+        total = _run_updates(scale, sched.per_epoch, hp["updates_per_query"], sched.most, sched.least)
         row["effective_updates_per_query"] = total / scale.budget
         row["multiple_of_source"] = row["effective_updates_per_query"] / (src["updates_per_epoch"] /
                                                                           src["samples_per_epoch"])
         off = abs(row["multiple_of_source"] / m - 1) > 1e-3  # the rule's m; a schedule is exact over the run
-        if off and not why and least == 0 and total == half_up(upq * scale.budget):
+        if off and not why and sched.least == 0 and total == half_up(hp["updates_per_query"] * scale.budget):
             # updates that wait for their data (DiffusionNFT): the run holds a whole number of them
-            why = f"whole updates in the run: {upq * scale.budget:.3g} -> {total}"
+            why = f"whole updates in the run: {hp['updates_per_query'] * scale.budget:.3g} -> {total}"
         elif off and not why:
             why = "ceiling: an update holds at most one epoch's data" if row["multiple_of_source"] > m else "?"
         row["below_m"] = why if off else ""

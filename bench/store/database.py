@@ -217,9 +217,9 @@ def _migrate(con) -> None:
         for table, cols in SCHEMA.items():
             con.execute(f"CREATE TABLE IF NOT EXISTS {table} ({cols})")
         con.execute("ALTER TABLE runs ADD COLUMN IF NOT EXISTS error VARCHAR")
-        for col, kind in (("unet_forward", "BIGINT"), ("unet_backward", "BIGINT"), ("vae_decodes", "BIGINT"),
+        for col, sql_type in (("unet_forward", "BIGINT"), ("unet_backward", "BIGINT"), ("vae_decodes", "BIGINT"),
                           ("reward_forwards", "BIGINT"), ("encoder_forwards", "BIGINT"), ("sha256", "VARCHAR")):
-            con.execute(f"ALTER TABLE checkpoints ADD COLUMN IF NOT EXISTS {col} {kind}")  # databases from before
+            con.execute(f"ALTER TABLE checkpoints ADD COLUMN IF NOT EXISTS {col} {sql_type}")  # databases from before
         con.execute(f"CREATE TABLE IF NOT EXISTS {META} (key VARCHAR PRIMARY KEY, value VARCHAR)")
         con.execute(f"INSERT OR REPLACE INTO {META} VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
         con.execute("COMMIT")

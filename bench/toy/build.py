@@ -398,13 +398,13 @@ def step_aesthetic(out: Path, cfg: dict, seed: int) -> None:
     _log(f"aesthetic head: {len(x)} noisy labels; held-out correlation with gold {corr:.3f}")
 
 
-def _pref_utility(kind: str, x, matched):
+def _pref_utility(pool: str, x, matched):
     """The hidden preferences of the two toy 'human' rater pools."""
     from bench.toy.gold import image_stats
 
     st = image_stats(x)
     fg = ((x - x[:, :, :1, :1]).abs().sum(dim=1) > 0.25).float().mean(dim=(1, 2))  # object area fraction
-    if kind == "pickscore":  # big, bright objects
+    if pool == "pickscore":  # big, bright objects
         return 3.0 * matched + 6.0 * fg + 1.5 * st["brightness"]
     return 3.0 * matched + 3.0 * (1 - st["saturation"]) + 2.0 * st["contrast"] / 0.1  # hpsv2: calm, clear
 
@@ -420,13 +420,13 @@ def step_prefs(out: Path, cfg: dict, seed: int) -> None:
 
     tok = toy_tokenizer()
     report = {}
-    for k, kind in enumerate(("pickscore", "hpsv2")):
+    for k, pool in enumerate(("pickscore", "hpsv2")):
         rng = np.random.default_rng(seed + 20 + k)
         clip = CLIPModel.from_pretrained(str(out / WORK / "clip")).train()
         opt = torch.optim.AdamW(clip.parameters(), lr=5e-5, weight_decay=0.01)
         g = torch.Generator().manual_seed(seed + k)
         bs = max(cfg["batch"] // 2, 8)
-        with _bar(cfg["pref_steps"], kind) as bar:
+        with _bar(cfg["pref_steps"], pool) as bar:
             for step in range(cfg["pref_steps"]):
                 a_sc = [sample_scene(rng, kind="single") for _ in range(bs)]
                 b_sc = [sample_scene(rng, kind="single", color=s.objects[0].color, shape=s.objects[0].shape)
@@ -436,7 +436,7 @@ def step_prefs(out: Path, cfg: dict, seed: int) -> None:
                 xa = torch.from_numpy(np.stack([draw(s) for s in a_sc])).permute(0, 3, 1, 2).float() / 255
                 xb = torch.from_numpy(np.stack([draw(s) for s in b_sc])).permute(0, 3, 1, 2).float() / 255
                 mb = torch.tensor([float(sb.caption == sa.caption) for sa, sb in zip(a_sc, b_sc)])
-                ua, ub = _pref_utility(kind, xa, torch.ones(bs)), _pref_utility(kind, xb, mb)
+                ua, ub = _pref_utility(pool, xa, torch.ones(bs)), _pref_utility(pool, xb, mb)
                 pref_a = (torch.rand(bs, generator=g) < torch.sigmoid(2.0 * (ua - ub))).float()
                 ids = _tokens(tok, [s.caption for s in a_sc])
                 out_a = clip(input_ids=ids, pixel_values=_clip_pixels(xa))
@@ -449,9 +449,9 @@ def step_prefs(out: Path, cfg: dict, seed: int) -> None:
                 bar.update()
                 if step % 20 == 0:
                     bar.set_postfix(loss=f"{loss.item():.3f}")
-        _save_dir(clip.eval(), out / kind)
-        tok.save_pretrained(str(out / kind))
-        report[kind] = {"steps": cfg["pref_steps"]}
+        _save_dir(clip.eval(), out / pool)
+        tok.save_pretrained(str(out / pool))
+        report[pool] = {"steps": cfg["pref_steps"]}
     (out / "prefs_report.json").write_text(json.dumps(report, indent=1))
 
 

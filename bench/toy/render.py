@@ -151,16 +151,16 @@ def _place(rng, radii, location: str | None):
 def sample_scene(rng: np.random.Generator, kind: str | None = None, color: str | None = None,
                  shape: str | None = None, max_bg_saturation: float = 1.0) -> Scene:
     """One random scene; `kind`, `color` and `shape` pin parts of it."""
-    kind = kind or KINDS[rng.choice(len(KINDS), p=KIND_WEIGHTS)]
+    layout = kind or KINDS[rng.choice(len(KINDS), p=KIND_WEIGHTS)]
     color = color or list(COLORS)[rng.integers(len(COLORS))]
     shape = shape or SHAPES[rng.integers(len(SHAPES))]
     location = bg_color = None
     specs = [(shape, color)]
-    if kind == "count":
+    if layout == "count":
         n = int(rng.integers(2, 4))
         specs = [(shape, color)] * n
         caption = f"{COUNTS[n]} {color} {PLURALS[shape]}"
-    elif kind == "pair":
+    elif layout == "pair":
         while True:
             c2 = list(COLORS)[rng.integers(len(COLORS))]
             s2 = SHAPES[rng.integers(len(SHAPES))]
@@ -168,10 +168,10 @@ def sample_scene(rng: np.random.Generator, kind: str | None = None, color: str |
                 break
         specs = [(shape, color), (s2, c2)]
         caption = f"{article(color)} {color} {shape} and {article(c2)} {c2} {s2}"
-    elif kind == "location":
+    elif layout == "location":
         location = LOCATIONS[rng.integers(len(LOCATIONS))]
         caption = f"{article(color)} {color} {shape} on the {location}"
-    elif kind == "background":
+    elif layout == "background":
         while True:
             bg_color = list(COLORS)[rng.integers(len(COLORS))]
             if hue_distance(COLORS[bg_color], COLORS[color]) >= 60:
@@ -186,7 +186,7 @@ def sample_scene(rng: np.random.Generator, kind: str | None = None, color: str |
         centres = _place(rng, radii, location)
     objects = tuple(Obj(s, c, cx, cy, r, _object_rgb(rng, c)) for (s, c), (cx, cy, r) in zip(specs, centres))
     bg_rgb, bg_s = _background(rng, [COLORS[c] for _, c in specs], bg_color, max_bg_saturation)
-    return Scene(caption, kind, objects, bg_rgb, bg_s, location, bg_color,
+    return Scene(caption, layout, objects, bg_rgb, bg_s, location, bg_color,
                  meta={"gradient": float(rng.uniform(-0.3, 0.3))})
 
 

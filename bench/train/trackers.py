@@ -20,28 +20,28 @@ KINDS = {"tensorboard": "tensorboard", "wandb": "wandb"}
 """--log-with value -> the package it needs."""
 
 
-def check_available(kind: str | None) -> None:
+def check_available(tracker: str | None) -> None:
     """Before any heavy import: a known tracker whose package is installed, or one clear line."""
-    if kind is None:
+    if tracker is None:
         return
-    if kind not in KINDS:
-        raise did_you_mean("tracker", kind, KINDS)
-    if importlib.util.find_spec(KINDS[kind]) is None:
-        how = "pip install -e .[trackers]" if kind == "tensorboard" else "pip install wandb"
-        raise BenchError(f"--log-with {kind} needs the {KINDS[kind]} package: {how}")
+    if tracker not in KINDS:
+        raise did_you_mean("tracker", tracker, KINDS)
+    if importlib.util.find_spec(KINDS[tracker]) is None:
+        how = "pip install -e .[trackers]" if tracker == "tensorboard" else "pip install wandb"
+        raise BenchError(f"--log-with {tracker} needs the {KINDS[tracker]} package: {how}")
 
 
 class Tracker:
     """One run's tracker; every call is a no-op when none was asked for."""
 
-    def __init__(self, kind: str | None, run_dir: Path, run_name: str, config: dict | None = None):
-        self.kind = kind
+    def __init__(self, tracker: str | None, run_dir: Path, run_name: str, config: dict | None = None):
+        self.tracker = tracker
         self._t = None
-        if kind is None:
+        if tracker is None:
             return
-        check_available(kind)
+        check_available(tracker)
         run_dir = Path(run_dir)
-        if kind == "tensorboard":
+        if tracker == "tensorboard":
             from accelerate.tracking import TensorBoardTracker
 
             self._t = TensorBoardTracker("tb", logging_dir=str(run_dir))
@@ -80,7 +80,7 @@ class Tracker:
 
         for path in sorted(Path(grid_dir).glob("q*.png")):
             image = np.asarray(Image.open(path).convert("RGB"))
-            if self.kind == "tensorboard":
+            if self.tracker == "tensorboard":
                 self._t.log_images({"grid": image[None]}, step=int(path.stem[1:]), dataformats="NHWC")
             else:
                 self._t.log_images({"grid": [image]}, step=int(path.stem[1:]))
