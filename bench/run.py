@@ -24,9 +24,11 @@ def apply_study(args) -> None:
         study = catalog.studies.get(args.study).meta
         preset = dict(methods=",".join(study["methods"]), seeds=",".join(map(str, study["seeds"])),
                       reward=study["reward"], backbone=study["backbone"], budget=str(study["budget"]),
-                      num_checkpoints=study["num_checkpoints"], eval_per_prompt=study["eval_per_prompt"])
+                      num_checkpoints=study["num_checkpoints"], eval_per_prompt=study["eval_per_prompt"],
+                      scale_rule=study.get("scale_rule"))
     defaults = dict(methods="all", seeds="0", reward="aesthetic")  # budget, checkpoints: the backbone's
-    for key in ("methods", "seeds", "reward", "backbone", "budget", "num_checkpoints", "eval_per_prompt"):
+    for key in ("methods", "seeds", "reward", "backbone", "budget", "num_checkpoints", "eval_per_prompt",
+                "scale_rule"):
         if getattr(args, key, None) is None:
             setattr(args, key, preset.get(key, defaults.get(key)))
 
@@ -129,9 +131,9 @@ def build_specs(args) -> list:
     inputs = inputs_digest(["\n".join(prompt_list), backbone_input, *weight_paths(args.reward, info.suite)])
     num_steps = args.num_steps or d["num_steps"]
     samples_per_epoch = args.samples_per_epoch or d["samples_per_epoch"]
-    multiplier = args.update_multiplier if args.update_multiplier is not None else d["update_multiplier"]
+    rule, multiplier, temperature = scale_rule_of(args, d)
     scale = Scale(num_steps=num_steps, samples_per_epoch=samples_per_epoch, latent_dims=d["latent_dims"],
-                  budget=budget, multiplier=multiplier)
+                  budget=budget, multiplier=multiplier, rule=rule, temperature=temperature)
     specs = []
     hparams_of = {m: resolve_hparams(m, overrides, scale) for m in method_names}
     # Seed-major, so that a grid stopped part-way (a study over several sessions) holds whole seeds: every
@@ -147,7 +149,8 @@ def build_specs(args) -> list:
                 train_batch_size=args.train_batch_size or d["train_batch_size"],
                 sample_batch_size=d["sample_batch_size"], train_prompts=train_prompts,
                 lora_rank=args.lora_rank, mixed_precision=args.mixed_precision, update_multiplier=multiplier,
-                latent_dims=d["latent_dims"], inputs=inputs, hparams=hparams,
+                latent_dims=d["latent_dims"], scale_rule=rule, noise_temperature=temperature, inputs=inputs,
+                hparams=hparams,
             ))
     if shard is not None:
         k, n = shard
@@ -156,6 +159,25 @@ def build_specs(args) -> list:
         if not specs:
             raise BenchError(f"--shard {k}/{n}: the grid has only {total} run(s), so this slice is empty")
     return specs
+
+
+def scale_rule_of(args, defaults: dict) -> tuple[str, float, float]:
+    """(rule, m, tau) of a grid: the flags, else the study's or the backbone's defaults. Under 'sde' the update
+    multiplier and temperature default to the backbone's sde_update_multiplier and sde_temperature."""
+    rule = getattr(args, "scale_rule", None) or defaults.get("scale_rule", "count")
+    temperature = getattr(args, "noise_temperature", None)
+    if rule == "count":
+        if temperature is not None:
+            raise BenchError("--noise-temperature has no effect under --scale-rule count; use --scale-rule sde")
+        m = args.update_multiplier if args.update_multiplier is not None else defaults["update_multiplier"]
+        return rule, m, 1.0
+    if temperature is not None:
+        check_positive("--noise-temperature", temperature)
+        if temperature > 10**4:
+            raise BenchError(f"--noise-temperature {temperature:g} is too large (at most 10000)")
+    m = args.update_multiplier if args.update_multiplier is not None else \
+        defaults.get("sde_update_multiplier", defaults["update_multiplier"])
+    return rule, m, temperature if temperature is not None else defaults.get("sde_temperature", 1.0)
 
 
 def parse_shard(text: str | None) -> tuple[int, int] | None:

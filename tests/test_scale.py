@@ -98,13 +98,16 @@ def test_effective_table_lists_every_method():
     by = {r[0]: r for r in rows}
     # the toy default: T=10, S=32, m=16: ddpo-100 U=200, z=1.6 rows < tau 3 -> one sample over 1.6 steps;
     # tdpo U=200, z=1.6 -> 1.6 samples x 1 step on average (schedules of 1 and 2): 16x, no floor anywhere
-    assert by["ddpo-100"][4] == "1 sample x 1.6 steps" and by["tdpo"][4] == "1.6 samples x 1 steps"
-    assert by["ddpo-2"][4] == "8 samples x 10 steps" and by["dense-dpo"][4] == "2 pairs x 1 step(s)"
-    assert all(r[2] == "16.00x" and r[3] == "-" for r in rows if r[0] != "diffusion-nft"), rows
+    assert by["ddpo-100"][8] == "1 sample x 1.6 steps" and by["tdpo"][8] == "1.6 samples x 1 steps"
+    assert by["ddpo-2"][8] == "8 samples x 10 steps" and by["dense-dpo"][8] == "2 pairs x 1 step(s)"
+    assert all(r[6] == "16.00x" and r[7] == "-" for r in rows if r[0] != "diffusion-nft"), rows
     # DiffusionNFT's updates wait for their data (one per 1152 / 16 = 72 images): the run of 1280 queries
     # holds 1280 / 72 = 17.8 of them, rounded to 18 whole ones, 18 / 17.78 x 16 = 16.20x
-    assert by["diffusion-nft"][2:5] == ("16.20x", "whole updates in the run: 17.8 -> 18", "72 images x 9 noise levels")
-    assert "m=16" in title
+    assert by["diffusion-nft"][6:9] == ("16.20x", "whole updates in the run: 17.8 -> 18", "72 images x 9 noise levels")
+    # rows per update beside the source's, and the count rule's optimiser: the source's own
+    assert by["ddpo-100"][1:5] == ("1.6", "128", "0.0001", "0.9, 0.999, 1e-08")
+    assert by["diffusion-nft"][1:3] == ("648", "1.037e+04")  # 72 images x 9 levels; 1,152 x 9 at the source
+    assert "m=16" in title and "scale rule count" in title
 
 
 def test_list_methods_effective_cli():
@@ -149,3 +152,76 @@ def test_every_method_gets_m_or_a_marked_floor(T, S, D, m):
         assert rows["ddpo-2"]["multiple_of_source"] == pytest.approx(8.0)
     else:
         assert not any(r["below_m"] for n, r in rows.items() if n != "diffusion-nft"), rows
+
+
+SDE_TOY = Scale(num_steps=10, samples_per_epoch=32, latent_dims=256, budget=1280, multiplier=4.0, rule="sde",
+                temperature=16.0)
+
+
+def test_sde_rule_by_hand():
+    """Rule 10 at the toy's sde candidate (m = 4, tau = 16). DDPO-100: U = 4 x 100 x 32/256 = 50 updates of
+    320/50 = 6.4 sample-steps against the source's 128: kappa = 0.05, kappa tau = 0.8: lr 1e-4 sqrt(0.8),
+    1 - beta1 = 0.1 x 0.8, 1 - beta2 = 0.001 x 0.8, eps 1e-8 / sqrt(0.8). TDPO's critic learning rate too."""
+    hp = eff("ddpo-100", SDE_TOY)
+    assert hp["sde_kappa"] == pytest.approx(0.05)
+    assert hp["lr"] == pytest.approx(1e-4 * math.sqrt(0.8))
+    assert (hp["adam_beta1"], hp["adam_beta2"]) == (pytest.approx(0.92), pytest.approx(0.9992))
+    assert hp["adam_eps"] == pytest.approx(1e-8 / math.sqrt(0.8))
+    assert eff("tdpo", SDE_TOY)["critic_lr"] == pytest.approx(1e-4 * math.sqrt(0.8))
+    # AlignProp: U = 4 x 2 x 32/256 = 1 update of 32 chains against 128: kappa tau = 0.25 x 16 = 4
+    assert eff("alignprop", SDE_TOY)["lr"] == pytest.approx(1e-3 * 2) and \
+        eff("alignprop", SDE_TOY)["adam_beta1"] == pytest.approx(0.6)
+    # the count rule leaves the optimiser alone, and records no kappa (stored runs keep their hashes)
+    assert "sde_kappa" not in eff("ddpo-100", TOY) and eff("ddpo-100", TOY)["lr"] == 1e-4
+
+
+def test_sde_rule_is_the_identity_at_the_source_and_count_at_tau_one_over_kappa():
+    sd = Scale(num_steps=50, samples_per_epoch=256, latent_dims=SOURCE_LATENT_DIMS, multiplier=1.0, rule="sde")
+    for m in ("ddpo-2", "ddpo-100", "tdpo", "alignprop", "dense-dpo"):
+        hp, src = eff(m, sd), methods.get(m).meta["hparams"]
+        assert (hp["lr"], hp["adam_beta1"], hp["adam_beta2"], hp["adam_eps"]) == pytest.approx(
+            (src["lr"], src["adam_beta1"], src["adam_beta2"], src["adam_eps"])), m
+    # on the toy at m = 16, kappa = 1/80 for the per-step methods: tau = 80 gives the count rule's optimiser
+    at80 = eff("ddpo-100", Scale(10, 32, 256, 1280, 16.0, rule="sde", temperature=80.0))
+    assert (at80["lr"], at80["adam_beta2"]) == (pytest.approx(1e-4), pytest.approx(0.999))
+
+
+@pytest.mark.parametrize("method", ["ddpo-100", "tdpo", "dense-dpo", "alignprop"])
+def test_sde_time_per_query_does_not_depend_on_m(method):
+    """Under rule 10 the SDE time a run covers per reward query, lr^2 x updates per query, is the same at every
+    update multiplier (smaller updates are compensated), and 1 - beta per row is too; m only sets the cost.
+    (Where no floor or ceiling binds: at m = 1 AlignProp's update would hold 8 epochs, and is held to one.)"""
+    times, memories = [], []
+    for m in (2.0, 4.0, 8.0, 16.0) if method != "alignprop" else (4.0, 8.0, 16.0, 16.0):
+        hp = eff(method, Scale(10, 32, 256, 1280, m, rule="sde", temperature=4.0))
+        times.append(hp["lr"] ** 2 * hp["updates_per_query"])
+        memories.append((1 - hp["adam_beta2"]) * hp["updates_per_query"])
+    assert times == pytest.approx([times[0]] * 4) and memories == pytest.approx([memories[0]] * 4)
+
+
+def test_sde_rule_refuses_a_beta_below_zero():
+    from bench.errors import BenchError
+
+    with pytest.raises(BenchError, match="adam_beta1 0.9 at kappa x tau = 40 would be"):
+        eff("alignprop", Scale(10, 32, 256, 1280, 4.0, rule="sde", temperature=160.0))
+
+
+def test_scale_rule_flags_and_run_names(tmp_path):
+    from bench.cli import build_parser
+    from bench.run import build_specs
+    from tests.conftest import run_cli
+
+    def specs(*extra):
+        args = build_parser().parse_args(["run", "--methods", "ddpo-100", "--reward", "jpeg-compressibility",
+                                          "--out", str(tmp_path), *extra])
+        return build_specs(args)[0]
+
+    count, sde = specs(), specs("--scale-rule", "sde")
+    # a count-rule spec hashes as before the rule existed (its dict has no rule fields), an sde one does not
+    assert "scale_rule" not in count.to_dict() and sde.to_dict()["scale_rule"] == "sde"
+    assert (sde.update_multiplier, sde.noise_temperature) == (4.0, 16.0)  # the toy's sde defaults
+    assert sde.hp["lr"] == pytest.approx(1e-4 * math.sqrt(0.8)) and sde.run_name != count.run_name
+    assert specs("--scale-rule", "sde", "--noise-temperature", "4").hp["lr"] == pytest.approx(1e-4 * math.sqrt(0.2))
+    r = run_cli("run", "--noise-temperature", "4", "--out", str(tmp_path / "o"))
+    assert r.returncode == 2 and r.stderr.strip() == \
+        "error: --noise-temperature has no effect under --scale-rule count; use --scale-rule sde"

@@ -580,7 +580,7 @@ def effective_tables(con) -> list[tuple[str, list[tuple]]]:
     """The scale rule's effective quantities at every scale the stored runs used."""
     from bench.spec.prompts import resolve_prompt_set
     from bench.spec.scale import Scale, effective_table_rows
-    from bench.spec.runspec import RunSpec
+    from bench.spec.runspec import RunSpec, scale_for
 
     scales = {}
     for (config,) in con.execute("SELECT config FROM runs ORDER BY run_id").fetchall():
@@ -589,8 +589,7 @@ def effective_tables(con) -> list[tuple[str, list[tuple]]]:
             prompts = len(resolve_prompt_set(spec.train_prompts)[1])
         except Exception:  # a run of an older version, or a prompt file gone: skip it here
             continue
-        scale = Scale(num_steps=spec.num_steps, samples_per_epoch=spec.samples_per_epoch,
-                      latent_dims=spec.latent_dims, budget=spec.budget, multiplier=spec.update_multiplier)
+        scale = scale_for(spec)
         scales[(scale, prompts, spec.backbone)] = None
     return [effective_table_rows(sc, n, bb) for sc, n, bb in scales]
 

@@ -261,7 +261,10 @@ backbones.register(
     suite="toy",
     defaults=dict(num_steps=10, guidance_scale=5.0, eta=1.0, budget=1280, samples_per_epoch=32,
                   train_batch_size=256, sample_batch_size=32, train_prompts="toy-seen",
-                  latent_dims=4 * 8 * 8, update_multiplier=16.0, eval_per_prompt=2, num_checkpoints=8),
+                  latent_dims=4 * 8 * 8, update_multiplier=16.0, eval_per_prompt=2, num_checkpoints=8,
+                  # the 'sde' rule's candidate (docs/decisions/scale-rule.md): updates 4x larger than the count
+                  # rule's, at 16x the sources' gradient-noise temperature
+                  scale_rule="count", sde_update_multiplier=4.0, sde_temperature=16.0),
 )
 backbones.register(
     "tiny-random", "bench.tiny:tiny_random_pipeline_dir",
@@ -269,7 +272,7 @@ backbones.register(
     suite="tiny-random",
     defaults=dict(num_steps=20, guidance_scale=5.0, eta=1.0, budget=320, samples_per_epoch=32,
                   train_batch_size=64, sample_batch_size=32, train_prompts="simple-animals",
-                  latent_dims=4 * 8 * 8, update_multiplier=8.0),
+                  latent_dims=4 * 8 * 8, update_multiplier=8.0, sde_update_multiplier=2.0, sde_temperature=16.0),
 )
 backbones.register(
     "sd-v1-4", "", "Stable Diffusion v1.4 from a local folder or the local Hugging Face cache",
@@ -340,7 +343,7 @@ studies.register(
     "aesthetics peaks and falls for the DDPO family; the report compares TDPO-R with TDPO and DDPO-100 at the "
     "matched level with CIs over seeds",
     methods=("ddpo-100", "tdpo", "tdpo-r", "alignprop"), seeds=tuple(range(OVEROPT_PLAN.seeds)), reward="aesthetic",
-    backbone="toy", plan=OVEROPT_PLAN,
+    backbone="toy", plan=OVEROPT_PLAN, scale_rule="count",  # version 3 ran under the count rule
     # 1920, by one rule: the smallest multiple of the default checkpoint spacing (320 queries) at which the probe
     # (DDPO-100, seed 0, run to 2560) shows gold aesthetics past its peak AND below its pretrained value by more
     # than one paired standard error: 6.98 -> 7.24 at 960 -> 6.95 at 1600 (-0.04 +- 0.23, not yet) -> 6.63 at

@@ -33,24 +33,35 @@ def cmd_list(kind: str | None, effective: bool = False) -> int:
     return 0
 
 
-def effective_table(backbone: str) -> tuple[str, list[tuple]]:
-    """The scale rule's effective quantities of every method at a backbone's defaults."""
+def effective_table(backbone: str, rule: str | None = None) -> tuple[str, list[tuple]]:
+    """The scale rule's effective quantities of every method at a backbone's defaults (under `rule`, default the
+    backbone's)."""
+    from types import SimpleNamespace
+
+    from bench.run import scale_rule_of
     from bench.spec import catalog
     from bench.spec.prompts import resolve_prompt_set
     from bench.spec.scale import Scale, effective_table_rows
 
     d = catalog.backbones.get(backbone).meta["defaults"]
+    rule, m, tau = scale_rule_of(SimpleNamespace(scale_rule=rule, noise_temperature=None, update_multiplier=None), d)
     scale = Scale(num_steps=d["num_steps"], samples_per_epoch=d["samples_per_epoch"], latent_dims=d["latent_dims"],
-                  budget=d["budget"], multiplier=d["update_multiplier"])
+                  budget=d["budget"], multiplier=m, rule=rule, temperature=tau)
     return effective_table_rows(scale, len(resolve_prompt_set(d["train_prompts"])[1]), backbone)
+
+
+def default_rule(backbone: str) -> str:
+    from bench.spec import catalog
+
+    return catalog.backbones.get(backbone).meta["defaults"].get("scale_rule", "count")
 
 
 def print_effective() -> None:
     from bench.text import print_table
     from bench.spec.scale import EFFECTIVE_HEADER
 
-    for bb in ("toy", "sd-v1-4"):
-        title, rows = effective_table(bb)
+    for bb, rule in (("toy", None), ("toy", "sde" if default_rule("toy") == "count" else "count"), ("sd-v1-4", None)):
+        title, rows = effective_table(bb, rule)
         print(title)
         print_table(rows, header=EFFECTIVE_HEADER)
         print()

@@ -69,6 +69,12 @@ class RunSpec:
     """m of the scale rule: every method makes m times its source's optimizer updates per reward query."""
     latent_dims: int = 4 * 64 * 64
     """Latent channels x height x width of the backbone (the scale rule's D)."""
+    scale_rule: str = "count"
+    """The scale rule's optimiser conversion (bench/spec/scale.py): 'count' (the source's learning rate and Adam
+    constants) or 'sde' (the square-root scaling rule, rule 10)."""
+    noise_temperature: float = 1.0
+    """tau of the 'sde' rule (the run's gradient-noise temperature as a multiple of its source's); unused by
+    'count'."""
     inputs: str = ""
     """Digest of the CONTENTS of what the run reads: its prompts, backbone folder and reward weights
     (bench/store/manifest.py). A changed input is a new run."""
@@ -80,6 +86,8 @@ class RunSpec:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["hparams"] = dict(self.hparams)
+        if self.scale_rule == "count":  # the fields came after the count rule's runs: their names stay as stored
+            del d["scale_rule"], d["noise_temperature"]
         return d
 
     @classmethod
@@ -249,7 +257,8 @@ def scale_for(spec: "RunSpec"):
     from bench.spec.scale import Scale
 
     return Scale(num_steps=spec.num_steps, samples_per_epoch=spec.samples_per_epoch, latent_dims=spec.latent_dims,
-                 budget=spec.budget, multiplier=spec.update_multiplier)
+                 budget=spec.budget, multiplier=spec.update_multiplier, rule=spec.scale_rule,
+                 temperature=spec.noise_temperature)
 
 
 def resolve_hparams(method: str, overrides: dict[str, str], scale) -> tuple[tuple[str, Any], ...]:
@@ -339,6 +348,8 @@ SUITE_DEFAULTS = {
     "budget": (int, 1, 10**9), "samples_per_epoch": (int, 1, 10**6), "train_batch_size": (int, 1, 10**6),
     "sample_batch_size": (int, 1, 10**6), "train_prompts": (str, None, None), "latent_dims": (int, 1, 10**9),
     "update_multiplier": (float, 0.0, 10**4), "eval_per_prompt": (int, 1, 64), "num_checkpoints": (int, 1, 10**4),
+    "scale_rule": (str, None, None), "sde_update_multiplier": (float, 0.0, 10**4),
+    "sde_temperature": (float, 0.0, 10**4),
 }
 """The defaults a backbone folder's bench_suite.json may set: (type, lowest, highest). A float's lowest is
 exclusive (a positive number), a whole number's inclusive; eta may be 0 (DDIM)."""
@@ -356,6 +367,8 @@ def check_suite_defaults(values: dict, where: Path) -> None:
         if kind is str:
             if not isinstance(value, str) or not value.strip():
                 raise BenchError(f"{where}: defaults.{key} must be a non-empty name, got {value!r}")
+            if key == "scale_rule" and value not in ("count", "sde"):
+                raise did_you_mean(f"defaults.scale_rule in {where}", value, ("count", "sde"))
             continue
         ok_type = isinstance(value, int) if kind is int else isinstance(value, (int, float))
         if isinstance(value, bool) or not ok_type or not math.isfinite(value):

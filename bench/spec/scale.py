@@ -64,6 +64,27 @@ The rule, the same for every method
    TDPO-KL (the reference ships coefficient 0): the trajectory's total penalty
    equals 0.1, a tenth of a normalised return, when every step's log-ratio to
    the pretrained policy equals one clip range: coef * 0.2 * T * clip = 0.1.
+10. **The optimiser's regime ('sde' rule only).** Rules 1-9 keep a count (updates
+   per query); at m = 16 they shrink the toy's updates 80x below their sources'
+   at the sources' learning rates, so each Adam step is mostly gradient noise.
+   The 'sde' rule converts the optimiser instead, by the square-root scaling rule
+   for adaptive methods (Malladi, Lyu, Panigrahi & Arora, NeurIPS 2022): with
+   kappa = (rows per update at the run) / (rows per update at the source), a row
+   being a sample-step, a chain, a pair or a noised image as the method's shape
+   counts it (methods/base.py),
+
+       lr -> lr * sqrt(kappa * tau),  1 - beta -> (1 - beta) * kappa * tau,
+       eps -> eps / sqrt(kappa * tau)
+
+   (the critic's learning rate too). At tau = 1 the run follows its source's SDE
+   (noise temperature lr^2 / batch, time lr^2 x steps) row for row; m then only
+   sets the cost, since smaller updates are exactly compensated. A run with R
+   times fewer rows than its source covers tau / R of the source's SDE time: the
+   toy (1/100 of SD v1.4's rows) trades temperature for progress, and tau, one
+   number for every method, is that trade. The count rule is the case
+   tau = 1 / kappa per method (80 for the per-step methods on the toy, 16 for
+   AlignProp, dense DPO and DiffusionNFT): the same Adam constants, but
+   temperatures that differ by method.
 """
 
 from __future__ import annotations
@@ -89,7 +110,12 @@ class Scale:
     budget: int = 25_600
     """Reward queries of the run (sets the epoch count E = ceil(budget / S))."""
     multiplier: float = 1.0
-    """m, the common multiple of every source's updates per reward query."""
+    """m, the common multiple of every source's updates per reward query (it sets the size of an update)."""
+    rule: str = "count"
+    """'count': the source's learning rate and Adam constants at every update size (rules 1-9 above);
+    'sde': those converted by the square-root scaling rule for the update's size (rule 10)."""
+    temperature: float = 1.0
+    """tau of the 'sde' rule: the gradient-noise temperature of a run as a multiple of its source's."""
 
     @property
     def epochs(self) -> int:
@@ -132,7 +158,11 @@ def effective_hparams(entry, hp: dict[str, Any], scale: Scale) -> dict[str, Any]
     for key in entry.meta.get("log_ratio_coefficients", ()):
         if not isinstance(hp[key], str):  # "auto" (PRDP's opt-in ablation) is set by the run
             out[key] = hp[key] / bound
-    shape_of(entry.meta).derive(src, hp, out, scale)
+    shape = shape_of(entry.meta)
+    shape.derive(src, hp, out, scale)
+    if scale.rule == "sde":
+        sde_optimizer(entry.name, shape.update_rows(src, out, scale) / shape.source_update_rows(src), hp, out,
+                      scale.temperature)
     if "gamma" in entry.meta.get("per_step_discounts", ()):
         out["gamma"] = hp["gamma"] ** (src["num_steps"] / scale.num_steps)
     if out.get("reset_every") == "auto":
@@ -140,6 +170,31 @@ def effective_hparams(entry, hp: dict[str, Any], scale: Scale) -> dict[str, Any]
     if out.get("kl_penalty_coef") == "auto":
         out["kl_penalty_coef"] = 0.1 / (out["init_kl_coef"] * scale.num_steps * out["clip_range"])
     return out
+
+
+SCALE_RULES = ("count", "sde")
+
+
+def sde_optimizer(method: str, kappa: float, hp: dict, out: dict, temperature: float) -> None:
+    """Rule 10: the learning rates, Adam betas and epsilon of `hp` (source scale) converted by the square-root
+    scaling rule for a batch kappa times the source's at noise temperature `temperature`; recorded in `out`
+    with kappa. A beta the conversion would take below 0 is refused (one line)."""
+    from bench.errors import BenchError
+
+    k = kappa * temperature
+    out["sde_kappa"] = kappa
+    for key in ("lr", "critic_lr"):
+        if key in hp:
+            out[key] = hp[key] * math.sqrt(k)
+    for key in ("adam_beta1", "adam_beta2"):
+        if key in hp:
+            one_minus = (1.0 - hp[key]) * k
+            if one_minus >= 1.0:
+                raise BenchError(f"scale rule 'sde': {method}'s {key} {hp[key]:g} at kappa x tau = {k:.3g} would be "
+                                 f"1 - {one_minus:.3g} < 0; lower the noise temperature or the update multiplier")
+            out[key] = 1.0 - one_minus
+    if "adam_eps" in hp:
+        out["adam_eps"] = hp["adam_eps"] / math.sqrt(k)
 
 
 def stat_tracker_activity(num_prompts: int, scale: Scale, min_count: int, buffer_size: int, seed: int = 0) -> float:
@@ -189,7 +244,9 @@ def effective_rows(scale: Scale, num_prompts: int) -> list[dict[str, Any]]:
         hp = effective_hparams(entry, entry.meta["hparams"], scale)
         shape = shape_of(entry.meta)
         sched = shape.schedule(src, hp, scale)
-        row = {"method": entry.name, "updates_per_query": hp["updates_per_query"], "update": sched.update}
+        row = {"method": entry.name, "updates_per_query": hp["updates_per_query"], "update": sched.update,
+               "rows": shape.update_rows(src, hp, scale), "source_rows": shape.source_update_rows(src),
+               "lr": hp["lr"], "adam": (hp["adam_beta1"], hp["adam_beta2"], hp["adam_eps"])}
         why = sched.floor
         total = _run_updates(scale, sched.per_epoch, hp["updates_per_query"], sched.most, sched.least)
         row["effective_updates_per_query"] = total / scale.budget
@@ -216,17 +273,22 @@ def effective_rows(scale: Scale, num_prompts: int) -> list[dict[str, Any]]:
     return rows
 
 
-EFFECTIVE_HEADER = ("method", "updates/query", "x source", "not m because", "one update", "reset every (epochs)",
-                    "stat tracker active", "clip ranges")
+EFFECTIVE_HEADER = ("method", "rows/update", "source's", "lr", "Adam b1, b2, eps", "updates/query", "x source",
+                    "not m because", "one update", "reset every (epochs)", "stat tracker active", "clip ranges")
 
 
 def effective_table_rows(scale: Scale, num_prompts: int, name: str) -> tuple[str, list[tuple]]:
     """(title, rows under EFFECTIVE_HEADER) of the rule's effective quantities at `scale`."""
+    rule = "count" if scale.rule == "count" else f"sde, tau={scale.temperature:g}"
     title = (f"{name}: S={scale.samples_per_epoch} samples/epoch, T={scale.num_steps}, D={scale.latent_dims}, "
-             f"budget {scale.budget} ({scale.epochs} epochs), m={scale.multiplier:g}, {num_prompts} prompts")
+             f"budget {scale.budget} ({scale.epochs} epochs), m={scale.multiplier:g}, {num_prompts} prompts, "
+             f"scale rule {rule}")
     rows = []
     for r in effective_rows(scale, num_prompts):
-        rows.append((r["method"], f"{r['effective_updates_per_query']:.3g}", f"{r['multiple_of_source']:.2f}x",
+        b1, b2, eps = r["adam"]
+        rows.append((r["method"], f"{r['rows']:.3g}", f"{r['source_rows']:.4g}", f"{r['lr']:.3g}",
+                     f"{b1:.4g}, {b2:.6g}, {eps:.3g}", f"{r['effective_updates_per_query']:.3g}",
+                     f"{r['multiple_of_source']:.2f}x",
                      r["below_m"] or "-", r["update"], str(r["reset_every"]),
                      "-" if r["stat_tracker"] is None else f"{100 * r['stat_tracker']:.0f}%", r["clip"]))
     return title, rows
