@@ -16,7 +16,8 @@ where an epoch holds k > 1 updates, the buffer is cut into k consecutive shares.
 r's statistics are taken over it. Data sampled after the run's last update is not trained on.
 
 r. A = (R - mean of the share's same-prompt rewards) / (std of all the share's rewards + std_eps) (ddof 0, over
-all processes); r = clamp(clamp(A, -5, 5) / 10 + 0.5, 0, 1).
+all processes); r = clamp(clamp(A, -c, c) / (2c) + 0.5, 0, 1), c = adv_clip_max: the paper's
+r = 1/2 + 1/2 clip(A / c, -1, 1) (the source's code writes c = 5 and divides by 10).
 
 Loss, per (sample, noise level) row. The levels are the rollout grid's T timesteps, int(0.99 T) of them per
 sample in a random order (9 of 10 in the source). Fresh noise: x_t = sqrt(abar) x0 + sqrt(1 - abar) eps. With
@@ -24,12 +25,15 @@ eps_theta (current LoRA, with gradient), eps_old (old LoRA) and eps_ref (LoRA of
     eps+ = b eps_theta + (1 - b) eps_old,      eps- = (1 + b) eps_old - b eps_theta          (b = nft_beta)
     x0hat(e) = (x_t - sqrt(1 - abar) e) / sqrt(abar)
     L(e) = mean_dims (x0hat(e) - x0)^2 / stopgrad(max(mean_dims |x0hat(e) - x0|, 1e-5))      (float64)
-    loss = loss_weight * mean_rows (r L(eps+) + (1 - r) L(eps-)) / b + ref_coef * mean (eps_theta - eps_ref)^2
+    loss = loss_weight * mean_rows (r L(eps+) + (1 - r) L(eps-)) / b + ref_coef * mean (v_theta - v_ref)^2
 x0hat is affine in the prediction with theta-free coefficients, so x0hat(eps+-) is the same b-mix of
 x0hat(eps_theta) and x0hat(eps_old) as the source's v+- give: the x0-space loss, its adaptive weight, r and
-5/b carry over unchanged. The penalty to the base model is on epsilon where the source's is on velocity
-(v-differences are eps-differences / (1 - t) there), so its 1e-4 does not transfer exactly; it is kept as the
-small coefficient it is.
+5/b carry over unchanged. The penalty to the base model is the source's, on the flow-matching velocity
+v = eps - x0hat: the VP state x_t = sqrt(abar) x0 + sqrt(1 - abar) eps is the flow state (1 - t) x0 + t eps
+scaled by sqrt(abar) + sqrt(1 - abar), with t = sqrt(1 - abar) / (sqrt(abar) + sqrt(1 - abar)), and
+v_theta - v_ref = (eps_theta - eps_ref) / (1 - t) = (eps_theta - eps_ref) (1 + sqrt((1 - abar) / abar)). The
+per-level weight 1 / (1 - t)^2 runs from 1.08 to 88 on the toy's 10-step grid, so the source's 1e-4 carries
+over exactly only with it (`velocity_penalty`, tested against v = eps - x0hat on the same tensors).
 
 Old policy. After the k-th update (k counted from 1): old <- d old + (1 - d) theta, d = min(1e-3 k, 0.5); a
 count of updates, so the schedule is the source's in updates (the toy's 18 updates keep old close to theta).
@@ -64,7 +68,7 @@ def nft_r(prompts: list[str], rewards, adv_clip: float = 5.0, std_eps: float = 1
         idx = [i for i, q in enumerate(prompts) if q == p]
         same[idx] = r[idx].mean()
     a = (r - same) / (r.std() + std_eps)
-    return np.clip(np.clip(a, -adv_clip, adv_clip) / 10 + 0.5, 0.0, 1.0)
+    return np.clip(np.clip(a, -adv_clip, adv_clip) / (2 * adv_clip) + 0.5, 0.0, 1.0)
 
 
 def implicit_predictions(eps_theta: torch.Tensor, eps_old: torch.Tensor, beta: float):
@@ -84,6 +88,15 @@ def adaptive_loss(x0_hat: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
     return err.square().mean(1) / err.abs().mean(1).clamp_min(1e-5).detach()
 
 
+def velocity_penalty(eps_theta: torch.Tensor, eps_ref: torch.Tensor, abar: torch.Tensor) -> torch.Tensor:
+    """Per row: mean over dims of (v_theta - v_ref)^2, the source's penalty on the flow-matching velocity
+    v = eps - x0hat, from epsilon predictions at the VP noise level abar (float64): the eps difference times
+    1 / (1 - t) = 1 + sqrt((1 - abar) / abar)."""
+    a = abar.double().reshape(-1, *([1] * (eps_theta.ndim - 1)))
+    w = 1 + ((1 - a) / a).sqrt()
+    return ((eps_theta.double() - eps_ref.double()) * w).flatten(1).square().mean(1)
+
+
 def nft_row_loss(eps_theta, eps_old, eps_ref, x_t, x0, abar, r, hp) -> tuple[torch.Tensor, dict]:
     """Each row's share of DiffusionNFT's loss (its mean over rows is the update's loss), and statistics."""
     b = float(hp["nft_beta"])
@@ -93,7 +106,7 @@ def nft_row_loss(eps_theta, eps_old, eps_ref, x_t, x0, abar, r, hp) -> tuple[tor
     r = r.double()
     rows = float(hp["loss_weight"]) * (r * l_pos + (1 - r) * l_neg) / b
     if eps_ref is not None:
-        rows = rows + float(hp["ref_coef"]) * (eps_theta.double() - eps_ref.double()).flatten(1).square().mean(1)
+        rows = rows + float(hp["ref_coef"]) * velocity_penalty(eps_theta, eps_ref, abar)
     return rows, {"loss_pos": l_pos.detach(), "loss_neg": l_neg.detach()}
 
 

@@ -189,7 +189,7 @@ BATTERY = [
     (["run", "--set", "lr=-1"], None, "lr=-1.0 of ddpo-2 must be in (0, 10]"),
     (["run", "--set", "lr"], None, "--set expects key=value"),
     (["run", "--methods", "tdpo", "--set", "critic_reset=sometimes"], None, "unknown value of critic_reset"),
-    (["run", "--methods", "prdp", "--set", "images_per_prompt=1"], None, "images_per_prompt=1 of prdp must be >= 2"),
+    (["run", "--methods", "prdp", "--set", "images_per_prompt=1"], None, "images_per_prompt=1 of prdp must be in [2, 1e+06]"),
     (["run", "--methods", "dense-dpo", "--set", "gamma=1.5"], None, "gamma=1.5 of dense-dpo must be in (0, 1]"),
     (["run", "--methods", "ddpo-2", "--set", "stat_min_count=2.5"], None, "--set stat_min_count=2.5: expected a int"),
     (["run", "--methods", "tdpo", "--set", "critic_encoder=clipp"], None, "unknown critic_encoder"),

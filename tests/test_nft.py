@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from methods.nft import adaptive_loss, implicit_predictions, nft_r, nft_row_loss, soft_update, x0_from_eps
+from methods.nft import (adaptive_loss, implicit_predictions, nft_r, nft_row_loss, soft_update, velocity_penalty,
+                         x0_from_eps)
 
 HP = {"nft_beta": 1.0, "loss_weight": 5.0, "ref_coef": 1e-4}
 
@@ -81,12 +82,13 @@ def test_one_row_loss_and_gradient_by_hand():
     e_neg = [(0.5 + s) / 0.5 - 1, (0.5 - s) / 0.5]
     w_pos, w_neg = sum(map(abs, e_pos)) / 2, sum(map(abs, e_neg)) / 2
     l_pos, l_neg = sum(e * e for e in e_pos) / 2 / w_pos, sum(e * e for e in e_neg) / 2 / w_neg
-    ref = 1e-4 * ((1 - 0.5) ** 2 + (-1 - 0.5) ** 2) / 2
+    w2 = (1 + math.sqrt(3)) ** 2  # 1 / (1 - t)^2 at abar 0.25: v-differences are eps-differences x (1 + sqrt(3))
+    ref = 1e-4 * w2 * ((1 - 0.5) ** 2 + (-1 - 0.5) ** 2) / 2
     assert parts["loss_pos"].item() == pytest.approx(l_pos) and parts["loss_neg"].item() == pytest.approx(l_neg)
     assert rows.item() == pytest.approx(5 * (0.75 * l_pos + 0.25 * l_neg) + ref)
     rows.sum().backward()
     # d x0hat(eps+) / d eps_theta = -s / 0.5; d x0hat(eps-) / d eps_theta = +s / 0.5 (eps- = 2 eps_old - eps_theta)
-    want = [5 * (0.75 * 2 * ep / 2 / w_pos * (-s / 0.5) + 0.25 * 2 * en / 2 / w_neg * (s / 0.5)) + 1e-4 * (t - 0.5)
+    want = [5 * (0.75 * 2 * ep / 2 / w_pos * (-s / 0.5) + 0.25 * 2 * en / 2 / w_neg * (s / 0.5)) + 1e-4 * w2 * (t - 0.5)
             for ep, en, t in zip(e_pos, e_neg, (1.0, -1.0))]
     torch.testing.assert_close(th.grad, torch.tensor([want]), rtol=1e-5, atol=1e-6)
 
@@ -147,3 +149,30 @@ def test_in_all_with_the_guidance_decided_on_the_development_reward():
     assert every == methods.names() and "diffusion-nft" in every and len(every) == 15
     hp = methods.get("diffusion-nft").meta["hparams"]
     assert hp["rollout_guidance"] == 1.0 and hp["train_guidance"] == 1.0
+
+
+def test_the_base_penalty_is_the_sources_velocity_form_on_identical_tensors():
+    """The source penalises mean (v_theta - v_ref)^2 with the flow-matching velocity v = eps - x0. On the same
+    random states, predictions and levels (abar from 0.999 to 0.005, the toy and SD grids' range), the port equals
+    that formula with x0hat from each prediction, and the per-level weight is 1 / (1 - t)^2 for
+    t = sqrt(1 - abar) / (sqrt(abar) + sqrt(1 - abar)), not 1 (the former eps-form penalty)."""
+    g = torch.Generator().manual_seed(0)
+    abar = torch.tensor([0.999, 0.9, 0.5, 0.1, 0.0126, 0.005], dtype=torch.float64)
+    x_t, e_th, e_ref = (torch.randn(6, 4, 8, 8, generator=g, dtype=torch.float64) for _ in range(3))
+    v = [e - x0_from_eps(x_t, e, abar) for e in (e_th, e_ref)]
+    want = (v[0] - v[1]).flatten(1).square().mean(1)
+    torch.testing.assert_close(velocity_penalty(e_th, e_ref, abar), want, rtol=1e-12, atol=0)
+    t = (1 - abar).sqrt() / (abar.sqrt() + (1 - abar).sqrt())
+    eps_form = (e_th - e_ref).flatten(1).square().mean(1)
+    torch.testing.assert_close(want / eps_form, 1 / (1 - t) ** 2, rtol=1e-10, atol=0)
+    assert (want / eps_form)[0] < 1.1 and (want / eps_form)[4] > 80  # the toy grid's ends: about 1.08 and 88
+
+
+def test_r_maps_like_the_sources_formula_at_any_advantage_clip():
+    """r = 1/2 + 1/2 clip(A / c, -1, 1): at c = 2 an advantage beyond the clip maps to 0 or 1 exactly (the old
+    hard-coded /10 gave 0.3 and 0.7), and inside it A / (2c) + 1/2."""
+    r = nft_r(["a", "a", "b", "b"], [1.0, 3.0, 2.0, 2.0], adv_clip=2.0, std_eps=0.0)  # A = -1/0.707.., +1.414
+    a = 1 / np.std([1.0, 3.0, 2.0, 2.0])
+    np.testing.assert_allclose(r, [0.5 - a / 4, 0.5 + a / 4, 0.5, 0.5], rtol=0, atol=1e-12)
+    r = nft_r(["p", "p"] + ["q"] * 98, [0.0, 10.0] + [0.0] * 98, adv_clip=2.0)
+    assert r[0] == 0.0 and r[1] == 1.0

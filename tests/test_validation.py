@@ -210,3 +210,50 @@ def test_numbers_from_the_environment_get_the_same_checks(tmp_path, name, value)
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 2 and len(lines) == 1 and f"environment variable {name}=" in lines[0], r.stderr
     assert "HEAVY=False" in r.stdout and not (tmp_path / "out").exists()
+
+
+def _outside(r):
+    """A value just outside a declared Range, below it where it has a low end that can be crossed."""
+    if r.low_open or r.low > -1e6:
+        return r.low if r.low_open else r.low - (1 if float(r.low).is_integer() else 1e-3)
+    return r.high * 10
+
+
+def test_every_key_of_every_method_has_a_declared_range_that_refuses_outside_values():
+    """Walk every hyperparameter of every built-in method: a number has a declared Range (or is a choice, a flag or
+    a name), and a value outside the range, or above it, is refused in one line naming the range."""
+    from bench.errors import BenchError
+    from bench.spec.catalog import methods
+    from bench.spec.runspec import HPARAM_CHOICES, HPARAM_RANGES, validate_hparams
+
+    tried = 0
+    for entry in methods.entries():
+        hp = entry.meta["hparams"]
+        for key, value in hp.items():
+            if isinstance(value, bool) or key in HPARAM_CHOICES or key == "critic_encoder":
+                continue
+            assert key in HPARAM_RANGES, f"{entry.name}: {key} has no declared range"
+            r = HPARAM_RANGES[key]
+            for bad in (_outside(r), r.high * 10 if r.high > 0 else r.high + 1):
+                with pytest.raises(BenchError, match=rf"hyperparameter {key}=.* of {entry.name} must be in "):
+                    validate_hparams(entry.name, {**hp, key: bad})
+                tried += 1
+            validate_hparams(entry.name, hp)  # the preset itself is inside every range
+    assert tried >= 2 * 40
+
+
+@pytest.mark.parametrize("setting,needle", [
+    ("old_decay_max=2", "old_decay_max=2.0 of diffusion-nft must be in [0, 1]"),
+    ("std_eps=-1", "std_eps=-1.0 of diffusion-nft must be in (0, 1e+06]"),
+    ("loss_weight=-5", "loss_weight=-5.0 of diffusion-nft must be in (0, 1e+06]"),
+    ("nft_beta=0", "nft_beta=0.0 of diffusion-nft must be in (0, 1e+06]"),
+    ("images_per_prompt=100000000000000000000", "images_per_prompt=100000000000000000000 of diffusion-nft must be"),
+])
+def test_nft_keys_out_of_range_exit_2_before_torch(setting, needle):
+    r = subprocess.run([sys.executable, "-c", "import sys; from bench.cli import main; rc = main(sys.argv[1:]); "
+                        "print('HEAVY=' + str('torch' in sys.modules)); sys.exit(rc)", "run", "--methods",
+                        "diffusion-nft", "--set", setting, "--out", "/nonexistent/never-written"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and needle in lines[0], r.stderr
+    assert "HEAVY=False" in r.stdout

@@ -192,23 +192,51 @@ def _coerce(value: str, like: Any) -> Any:
 NUMERIC_OR_AUTO = ("beta", "kl_penalty_coef", "reset_every", "reward_target")
 """Hyperparameters that take 'auto' (set by the scale rule or the run) or a number, whatever their preset."""
 
-_POS = ("> 0", lambda v: v > 0)
-_NONNEG = (">= 0", lambda v: v >= 0)
-_AT_LEAST_1 = (">= 1", lambda v: v >= 1)
-_AT_LEAST_2 = (">= 2", lambda v: v >= 2)
-_UNIT = ("in [0, 1)", lambda v: 0 <= v < 1)
+@dataclass(frozen=True)
+class Range:
+    """A hyperparameter's declared interval (source scale, before the scale rule)."""
+
+    low: float
+    high: float
+    low_open: bool = False
+    """True: the low end is excluded (a positive number)."""
+    high_open: bool = False
+
+    def __contains__(self, v) -> bool:
+        above = v > self.low if self.low_open else v >= self.low
+        below = v < self.high if self.high_open else v <= self.high
+        return above and below
+
+    @property
+    def text(self) -> str:
+        return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+
+
+_BIG = 1e6       # no count or coefficient of a source comes near it: a larger value is a typo
+_POS = Range(0.0, _BIG, low_open=True)
+_NONNEG = Range(0.0, _BIG)
+_AT_LEAST_1 = Range(1, 10**6)
+_AT_LEAST_2 = Range(2, 10**6)
+_UNIT = Range(0.0, 1.0, high_open=True)
+_CLOSED_UNIT = Range(0.0, 1.0)
 HPARAM_RANGES = {
-    **dict.fromkeys(("lr", "critic_lr"), ("in (0, 10]", lambda v: 0 < v <= 10)),
-    **dict.fromkeys(("clip_range", "max_grad_norm", "adam_eps", "adv_clip_max", "delta",
-                     "beta_tilde", "loss_coeff", "beta", "kl_horizon"), _POS),
+    **dict.fromkeys(("lr", "critic_lr"), Range(0.0, 10.0, low_open=True)),
+    **dict.fromkeys(("clip_range", "max_grad_norm", "adam_eps", "adv_clip_max", "delta", "beta_tilde", "loss_coeff",
+                     "beta", "kl_horizon", "loss_weight", "nft_beta", "std_eps"), _POS),
     **dict.fromkeys(("weight_decay", "clip_range_critic", "cf_coef", "kl_penalty_coef", "init_kl_coef", "kl_target",
-                     "dormant_threshold", "policy_dormant_threshold"), _NONNEG),
+                     "dormant_threshold", "policy_dormant_threshold", "ref_coef"), _NONNEG),
     **dict.fromkeys(("stat_buffer_size", "stat_min_count", "num_inner_epochs", "encode_batch_size", "dormancy_batch",
                      "reset_every", "k_min", "k_group", "steps_per_pair"), _AT_LEAST_1),
     **dict.fromkeys(("images_per_prompt", "rollouts_per_prompt", "kept_per_prompt"), _AT_LEAST_2),
     "adam_beta1": _UNIT, "adam_beta2": _UNIT,
-    "gamma": ("in (0, 1]", lambda v: 0 < v <= 1),
+    "gamma": Range(0.0, 1.0, low_open=True),
+    # DiffusionNFT: soft-update weights and the rollout sampler's eta are fractions; guidance as --guidance-scale
+    **dict.fromkeys(("old_decay_per_update", "old_decay_max", "rollout_eta"), _CLOSED_UNIT),
+    **dict.fromkeys(("rollout_guidance", "train_guidance"), Range(0.0, 100.0)),
+    "reward_target": Range(-_BIG, _BIG),
 }
+"""Every numeric hyperparameter's declared range. `tests/test_validation.py` walks every key of every method
+and tries a value outside each."""
 HPARAM_CHOICES = {
     "critic_reset": ("none", "active", "dormant", "all"), "policy_reset": ("none", "active", "dormant", "all"),
     "activation": ("relu", "leaky_relu"), "kl_penalty": ("kl", "abs", "square", "clip", "approx"),
@@ -231,10 +259,8 @@ def validate_hparams(method: str, hp: dict[str, Any]) -> None:
         if key == "critic_encoder" and value != "auto" and value not in rewards:
             raise did_you_mean(f"critic_encoder (a reward name) for {method}", str(value), rewards.names())
         if isinstance(value, (int, float)):
-            if key in HPARAM_RANGES:
-                text, ok = HPARAM_RANGES[key]
-                if not ok(value):
-                    raise BenchError(f"hyperparameter {key}={value} of {method} must be {text}")
+            if key in HPARAM_RANGES and value not in HPARAM_RANGES[key]:
+                raise BenchError(f"hyperparameter {key}={value} of {method} must be {HPARAM_RANGES[key].text}")
             if key in INTEGER_HPARAMS and float(value) != int(value):
                 raise BenchError(f"hyperparameter {key}={value} of {method} must be a whole number")
     if hp.get("kept_per_prompt", 0) > hp.get("rollouts_per_prompt", 1 << 30):
