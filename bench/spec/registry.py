@@ -36,9 +36,20 @@ def load_target(target: str):
 
 
 class Registry:
+    """Entries of one kind. Methods and rewards also take plugins (bench/spec/plugins.py), read the first time a
+    name is asked for, so registering the built-ins and `import bench.spec.catalog` stay cheap."""
+
     def __init__(self, kind: str):
         self.kind = kind
         self._entries: dict[str, Entry] = {}
+        self._plugins_read = False
+
+    def _read_plugins(self) -> None:
+        if not self._plugins_read:
+            self._plugins_read = True  # first: a plugin's `like=` reads the built-ins through _entries
+            from bench.spec.plugins import load_into
+
+            load_into(self)
 
     def register(self, name: str, target: str, summary: str, **meta) -> None:
         if name in self._entries:
@@ -46,16 +57,22 @@ class Registry:
         self._entries[name] = Entry(name, target, summary, meta)
 
     def get(self, name: str) -> Entry:
+        if name not in self._entries:
+            self._read_plugins()
         try:
             return self._entries[name]
         except KeyError:
             raise did_you_mean(self.kind, name, self._entries) from None
 
     def __contains__(self, name: str) -> bool:
+        if name not in self._entries:
+            self._read_plugins()
         return name in self._entries
 
     def names(self) -> list[str]:
+        self._read_plugins()
         return list(self._entries)
 
     def entries(self) -> list[Entry]:
+        self._read_plugins()
         return list(self._entries.values())

@@ -248,8 +248,11 @@ INTEGER_HPARAMS = ("stat_buffer_size", "stat_min_count", "num_inner_epochs", "en
 
 
 def validate_hparams(method: str, hp: dict[str, Any]) -> None:
-    """Refuse out-of-range or unknown-choice values (a one-line BenchError), before torch."""
-    from bench.spec.catalog import rewards
+    """Refuse out-of-range or unknown-choice values (a one-line BenchError), before torch. A plugin's own keys
+    have the ranges it declares (`hparam_ranges`)."""
+    from bench.spec.catalog import methods, rewards
+
+    ranges = {**HPARAM_RANGES, **(methods.get(method).meta.get("hparam_ranges", {}) if method in methods else {})}
 
     for key, value in hp.items():
         if isinstance(value, bool):
@@ -259,8 +262,8 @@ def validate_hparams(method: str, hp: dict[str, Any]) -> None:
         if key == "critic_encoder" and value != "auto" and value not in rewards:
             raise did_you_mean(f"critic_encoder (a reward name) for {method}", str(value), rewards.names())
         if isinstance(value, (int, float)):
-            if key in HPARAM_RANGES and value not in HPARAM_RANGES[key]:
-                raise BenchError(f"hyperparameter {key}={value} of {method} must be {HPARAM_RANGES[key].text}")
+            if key in ranges and value not in ranges[key]:
+                raise BenchError(f"hyperparameter {key}={value} of {method} must be {ranges[key].text}")
             if key in INTEGER_HPARAMS and float(value) != int(value):
                 raise BenchError(f"hyperparameter {key}={value} of {method} must be a whole number")
     if hp.get("kept_per_prompt", 0) > hp.get("rollouts_per_prompt", 1 << 30):
