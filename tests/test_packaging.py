@@ -38,7 +38,8 @@ def test_every_declared_dependency_is_imported_somewhere():
                      for p in (ROOT / d).rglob("*.py"))
     addopts = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]["addopts"]
     plugins = {"pytest-xdist": " -n " in f" {addopts} ",  # pytest plugins are used through options, not imports
-               "import-linter": '"lint-imports"' in text}     # a command the tests run (tests/test_layout.py)
+               "import-linter": '"lint-imports"' in text,     # a command the tests run (tests/test_layout.py)
+               "mkdocs-material": '"mkdocs", "build"' in text}  # the site's theme, built by tests/test_docs.py
     for n in names:
         if n in plugins:
             assert plugins[n], f"{n} is declared but neither pytest's addopts nor the tests use it"
