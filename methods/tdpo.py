@@ -195,6 +195,13 @@ def explained_variance(returns: np.ndarray, values: np.ndarray) -> float | None:
     return None if var == 0 else 1.0 - float(np.var(returns - values)) / var
 
 
+def explained_variance_per_step(returns: np.ndarray, values: np.ndarray) -> dict[str, float | None]:
+    """The critic's explained variance at each denoising step (column k: the k-th state sampled, x_T first), as
+    train metrics `critic_ev_step_KK`: where in the chain the critic has leverage on the return."""
+    return {f"critic_ev_step_{k:02d}": explained_variance(returns[:, k], values[:, k])
+            for k in range(returns.shape[1])}
+
+
 def clipped_value_loss(value: torch.Tensor, old_value: torch.Tensor, target: torch.Tensor,
                        clip_range: float) -> tuple[torch.Tensor, torch.Tensor]:
     """0.5 * mean(max((V-G)^2, (clamp(V, V_old +- c) - G)^2)) and the clip fraction."""
@@ -417,6 +424,7 @@ class TDPO:
             **{k: float(np.mean(v)) for k, v in stats.items() if not k.startswith("ratio_")},
             "ratio_at_old": stats["ratio_mean"][0], "ratio_at_old_maxdev": stats["ratio_maxdev"][0],
             "critic_explained_variance": explained_variance(returns, all_residuals),
+            **explained_variance_per_step(returns, all_residuals),
             "residual_mean": float(all_residuals.mean()), "temporal_reward_std": float(temporal.std()),
             **metrics,
         }

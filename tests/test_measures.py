@@ -116,6 +116,8 @@ def test_tdpo_counts_its_critic_encoder_calls_and_logs_diagnostics(tmp_path):
         assert got[(epoch, "ratio_at_old")] == pytest.approx(1.0, abs=1e-5)
         assert got[(epoch, "ratio_at_old_maxdev")] < 1e-5
     assert (2, "critic_explained_variance") in got
+    assert {k for (e, k) in got if e == 2 and k.startswith("critic_ev_step_")} == \
+        {"critic_ev_step_00", "critic_ev_step_01", "critic_ev_step_02"}  # one per denoising step (T = 3)
 
 
 def test_explained_variance_by_hand():
@@ -128,3 +130,45 @@ def test_explained_variance_by_hand():
     assert explained_variance(returns, np.zeros(4)) == 0.0
     assert explained_variance(returns, -returns) == pytest.approx(-3.0)  # var(2r) / var(r) = 4
     assert explained_variance(np.ones(3), np.zeros(3)) is None
+
+
+def test_explained_variance_per_step_by_hand():
+    import numpy as np
+
+    from methods.tdpo import explained_variance_per_step
+
+    returns = np.array([[1.0, 1.0], [-1.0, 3.0]])
+    values = np.array([[1.0, 0.0], [-1.0, 0.0]])  # step 0 predicted exactly, step 1 by a constant
+    ev = explained_variance_per_step(returns, values)
+    assert ev == {"critic_ev_step_00": 1.0, "critic_ev_step_01": 0.0}
+
+
+def test_the_report_prints_the_critic_and_its_manipulation_check(tmp_path):
+    """The critic's explained variance per method (mean over epochs, then seeds; last epoch; first, middle and
+    last step) from train_metrics, and the plan's manipulation-check sentence only below its declared threshold."""
+    from bench.report.build import critic_rows, manipulation_check
+    from bench.spec.plan import ComparisonPlan
+    from bench.store.database import connect
+
+    con = connect(tmp_path / "b.duckdb")
+    for run, method, evs in (("a", "tdpo", (0.1, 0.3)), ("b", "tdpo", (0.2, 0.2)), ("c", "tdpo-r", (0.6, 0.8))):
+        con.execute("INSERT INTO runs (run_id, config_hash, method, status) VALUES (?, 'h', ?, 'finished')",
+                    [run, method])
+        for epoch, v in enumerate(evs, 1):
+            con.execute("INSERT INTO train_metrics VALUES (?, ?, ?, 'critic_explained_variance', ?)",
+                        [run, epoch, 32 * epoch, v])
+            for k, sv in enumerate((v - 0.1, v, v + 0.1)):
+                con.execute("INSERT INTO train_metrics VALUES (?, ?, ?, ?, ?)",
+                            [run, epoch, 32 * epoch, f"critic_ev_step_{k:02d}", sv])
+    rows, means = critic_rows(con)
+    con.close()
+    # tdpo: runs average 0.2 and 0.2 -> 0.2; last epochs 0.3 and 0.2 -> 0.25; steps 0.1, 0.2, 0.3
+    assert rows == [("tdpo", "2", "0.200", "0.250", "0.10", "0.20", "0.30"),
+                    ("tdpo-r", "1", "0.700", "0.800", "0.60", "0.70", "0.80")]
+    plan = ComparisonPlan(name="t", version=1, declared="test", level_setters="all", primary=(("tdpo-r", "tdpo"),),
+                          primary_score="gold-aesthetic", primary_prompts="seen", critic_ev_threshold=0.25)
+    assert manipulation_check(means, plan) == (
+        "The critic has no leverage here: this comparison does not test the reset (the critic's explained variance "
+        "of the return, mean over epochs and seeds: tdpo 0.20; plan t v1 declares 0.25).")
+    assert manipulation_check(means, ComparisonPlan(**{**plan.__dict__, "critic_ev_threshold": 0.15})) is None
+    assert manipulation_check(means, ComparisonPlan(**{**plan.__dict__, "critic_ev_threshold": None})) is None

@@ -541,6 +541,52 @@ def compute_rows(con) -> list[tuple]:
     return [(f"{m} ({rw})", str(n), *(fmt(v) for v in vals)) for rw, m, n, *vals in rows]
 
 
+CRITIC_HEADER = ("method", "runs", "explained variance, mean over epochs", "at the last epoch", "first step",
+                 "middle step", "last step")
+
+
+def critic_rows(con) -> tuple[list[tuple], dict[str, float]]:
+    """The temporal critic's explained variance of the return (methods whose runs log it: the TDPO family), mean
+    over each run's epochs then over its seeds, at the last epoch, and per denoising step (the first state
+    sampled, the middle one, the last; each a mean over epochs and seeds). Returns the table and
+    {method: mean over epochs and seeds} for the manipulation check."""
+    runs = con.execute("""
+        SELECT r.method, r.run_id, avg(m.value), arg_max(m.value, m.epoch)
+        FROM train_metrics m JOIN runs r USING (run_id)
+        WHERE m.metric = 'critic_explained_variance' AND isfinite(m.value) GROUP BY 1, 2 ORDER BY 1, 2""").fetchall()
+    steps = con.execute("""
+        SELECT r.method, m.metric, avg(m.value) FROM train_metrics m JOIN runs r USING (run_id)
+        WHERE m.metric LIKE 'critic_ev_step_%' AND isfinite(m.value) GROUP BY 1, 2 ORDER BY 1, 2""").fetchall()
+    by: dict[str, list] = {}
+    for method, _run, mean, last in runs:
+        by.setdefault(method, []).append((mean, last))
+    per_step: dict[str, list[float]] = {}
+    for method, _metric, v in steps:
+        per_step.setdefault(method, []).append(v)
+    rows, means = [], {}
+    for method, vals in by.items():
+        means[method] = sum(v[0] for v in vals) / len(vals)
+        s = per_step.get(method, [])
+        pick = [f"{s[i]:.2f}" for i in (0, len(s) // 2, len(s) - 1)] if s else ["-"] * 3
+        rows.append((method, str(len(vals)), f"{means[method]:.3f}", f"{sum(v[1] for v in vals) / len(vals):.3f}",
+                     *pick))
+    return rows, means
+
+
+def manipulation_check(means: dict[str, float], plan: ComparisonPlan) -> str | None:
+    """The plan's manipulation check on its primary comparisons between methods with a critic: one sentence
+    when a compared method's critic explains less of the return than the plan's declared threshold."""
+    if plan.critic_ev_threshold is None:
+        return None
+    low = sorted({m for pair in plan.primary for m in pair if m in means and means[m] < plan.critic_ev_threshold})
+    if not low:
+        return None
+    values = ", ".join(f"{m} {means[m]:.2f}" for m in low)
+    return (f"The critic has no leverage here: this comparison does not test the reset (the critic's explained "
+            f"variance of the return, mean over epochs and seeds: {values}; plan {plan.label} declares "
+            f"{plan.critic_ev_threshold:g}).")
+
+
 DIAGNOSTICS = ("ratio_at_old_maxdev", "clipfrac", "approx_kl", "clamp_fraction", "gap_to_target", "gap_moved", "cf_loss",
                "critic_explained_variance", "kl_penalty_ratio")
 """Per-epoch sanity metrics (see the report's Diagnostics section)."""
@@ -698,6 +744,7 @@ def write_report(db_path: Path, report_dir: Path, out_dir: Path | None = None,
             diag_pngs, diag_table = diagnostics(frames["train"], fig_dir, styles)
             gao_pngs = gao_figures(frames["curves"], _mean_gao(boards), fig_dir, styles)
         compute = compute_rows(con)
+        critic, critic_means = critic_rows(con)
         comparisons = comparison_rows(boards, plan)
         question = comparison_table(comparisons)
         sentences = primary_sentences(comparisons, plan)
@@ -718,6 +765,10 @@ def write_report(db_path: Path, report_dir: Path, out_dir: Path | None = None,
     interim = plan_completeness(boards, plan)
     if interim:
         md = f"**{interim}**\n\n" + md
+    check = manipulation_check(critic_means, plan)
+    if critic:
+        md = ("### the temporal critic: explained variance of the return (the manipulation check of a reset)\n\n"
+              + (f"**{check}**\n\n" if check else "") + _table_md(CRITIC_HEADER, critic) + "\n" + md)
     if question:
         md = (f"### the declared comparisons (plan {plan.label}; p (Holm): adjusted within the primary and within "
               "the exploratory comparisons; only the exploratory ones are judged on it)\n\n"
@@ -748,6 +799,7 @@ def write_report(db_path: Path, report_dir: Path, out_dir: Path | None = None,
         f"at the matched level, {html.escape(plan.primary_prompts)} prompts; everything else is exploratory.</p>",
         *([f"<p><b>{html.escape(interim)}</b></p>"] if interim else []),
         *(["<h2>The question</h2>", *[f"<p><b>{html.escape(s)}</b></p>" for s in sentences],
+           *([f"<p><b>{html.escape(check)}</b></p>"] if check else []),
            *[f'<figure><img src="figures/{html.escape(p)}" alt="{html.escape(p)}"></figure>' for p in gao_pngs
              if p in first_figures]]
           if question or gao_pngs else []),
@@ -817,6 +869,12 @@ def write_report(db_path: Path, report_dir: Path, out_dir: Path | None = None,
         "TDPO-KL's penalty-to-return ratio. The table shows each run's last epoch.</p>",
         *[f'<figure><img src="figures/{html.escape(p)}" alt="{html.escape(p)}"></figure>' for p in diag_pngs],
         _table_html(diag_table[0], diag_table[1:]) if diag_table else "<p>No training metrics.</p>",
+        *(["<h2>The temporal critic</h2>",
+           "<p>How much of the return the critic's sampling-time predictions explain (1 perfect, 0 no better than a "
+           "constant): over the run, at its last epoch, and at the first, middle and last denoising step. A critic "
+           "that explains little leaves TDPO's advantages close to normalised returns, and a reset of it little to "
+           "change.</p>", *([f"<p><b>{html.escape(check)}</b></p>"] if check else []),
+           _table_html(CRITIC_HEADER, critic)] if critic else []),
         "<h2>The scale rule at the runs' scale</h2>",
         "<p>Every method's source setting mapped to the run's scale by one rule (<code>bench/spec/scale.py</code>; "
         "<code>python -m bench list methods --effective</code>).</p>",

@@ -31,6 +31,11 @@ class ComparisonPlan:
     """The number of seeds the plan fixes (None: the command line's)."""
     power_rule: str = ""
     """How `seeds` was chosen, with the numbers it came from."""
+    critic_ev_threshold: float | None = None
+    """The manipulation check of a comparison between methods with a temporal critic (the TDPO family): below
+    this mean explained variance of the critic (over the runs' epochs), the critic has no leverage on the
+    advantages, and the report says the comparison does not test what a critic reset does. None: not declared
+    (the report still prints the critic's explained variance)."""
 
     @property
     def label(self) -> str:
