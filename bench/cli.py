@@ -71,13 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--update-multiplier", type=number, default=None,
                    help="m of the scale rule: every method makes m times its source's updates per reward query "
                         "(default: the backbone's; 1 at SD scale)")
-    r.add_argument("--scale-rule", default=None, choices=("count", "sde"),
-                   help="how a source's optimiser maps to the run's update size: count (the source's learning rate "
-                        "and Adam constants) or sde (the square-root scaling rule; bench/spec/scale.py rule 10) "
-                        "(default: the backbone's)")
+    r.add_argument("--scale-rule", default=None, choices=("count", "sde"), help="the optimiser at the run's update "
+                   "size: the source's (count) or by the square-root scaling rule (sde) (default: the backbone's)")
     r.add_argument("--noise-temperature", type=number, default=None,
-                   help="tau of --scale-rule sde: gradient-noise temperature as a multiple of the source's "
-                        "(default: the backbone's)")
+                   help="tau of --scale-rule sde: gradient-noise temperature, a multiple of the source's")
     r.add_argument("--num-checkpoints", type=whole, default=None, help="checkpoint marks after step 0 (default: the backbone's; toy 8, "
                    "otherwise 10)")
     r.add_argument("--lora-rank", type=whole, default=4, help="LoRA rank on every attention projection (default 4)")

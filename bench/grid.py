@@ -143,7 +143,7 @@ def lockstep_capable(method: str) -> bool:
     gradient methods: DDPO, the TDPO family, GRPO). AlignProp draws each chain's gradient steps from its data
     stream, and the pair- and forward-process methods were not checked; they train alone."""
     from bench.spec.catalog import methods
-    from methods.base import shape_of
+    from bench.spec.registry import shape_of
 
     return shape_of(methods.get(method).meta).lockstep
 
@@ -709,7 +709,7 @@ CALIBRATION_MAX_AGE_S = 7 * 86400
 
 def estimates_dir() -> Path:
     """The cached calibrations: a folder of the bench cache (BENCH_CACHE), which the harness owns."""
-    from bench.tiny import cache_root
+    from bench.spec.cache import cache_root
 
     return cache_root() / "estimates"
 
@@ -872,7 +872,8 @@ class Estimator:
         sb = spec.sample_batch_size
         sampling = math.ceil(S / sb) * T * fwd(min(sb, S))
         from bench.spec.catalog import methods
-        from methods.base import Cost, shape_of
+        from bench.spec.registry import shape_of
+        from methods.base import Cost
 
         shape = shape_of(methods.get(spec.method).meta)
         train = shape.train_seconds(spec, hp, Cost(fwd=fwd, fb=fb, chunked=chunked, decode=c["decode"],

@@ -280,7 +280,7 @@ def planned_counts(spec) -> dict:
     follow its K draws: counted at their mean (k_min + T) / 2 ("expected"). PRDP skips the rows whose gradient
     is zero: its training rows are at most the counted ones ("at most")."""
     from bench.spec.catalog import methods
-    from methods.base import shape_of
+    from bench.spec.registry import shape_of
 
     meta = methods.get(spec.method).meta
     shape, hp = shape_of(meta), spec.hp
@@ -315,7 +315,7 @@ def floor_rows(db_path, out_dir, threads: int = 1, repeat: int = 2,
     from bench.spec.catalog import methods
     from bench.spec.runspec import RunSpec
     from bench.store.database import connect
-    from methods.base import shape_of
+    from bench.spec.registry import shape_of
 
     con = connect(Path(db_path), read_only=True)
     try:

@@ -59,7 +59,7 @@ def build_specs(args) -> list:
     from bench.errors import did_you_mean
     from bench.spec.prompts import resolve_prompt_set
     from bench.spec.runspec import RunSpec, parse_budget, parse_methods, parse_overrides, parse_seeds, \
-        resolve_backbone, resolve_hparams
+        resolve_backbone, resolve_hparams, scale_rule_of
 
     apply_study(args)
     _env_threads()  # the environment's numbers are checked here too, before anything heavy
@@ -159,25 +159,6 @@ def build_specs(args) -> list:
         if not specs:
             raise BenchError(f"--shard {k}/{n}: the grid has only {total} run(s), so this slice is empty")
     return specs
-
-
-def scale_rule_of(args, defaults: dict) -> tuple[str, float, float]:
-    """(rule, m, tau) of a grid: the flags, else the study's or the backbone's defaults. Under 'sde' the update
-    multiplier and temperature default to the backbone's sde_update_multiplier and sde_temperature."""
-    rule = getattr(args, "scale_rule", None) or defaults.get("scale_rule", "count")
-    temperature = getattr(args, "noise_temperature", None)
-    if rule == "count":
-        if temperature is not None:
-            raise BenchError("--noise-temperature has no effect under --scale-rule count; use --scale-rule sde")
-        m = args.update_multiplier if args.update_multiplier is not None else defaults["update_multiplier"]
-        return rule, m, 1.0
-    if temperature is not None:
-        check_positive("--noise-temperature", temperature)
-        if temperature > 10**4:
-            raise BenchError(f"--noise-temperature {temperature:g} is too large (at most 10000)")
-    m = args.update_multiplier if args.update_multiplier is not None else \
-        defaults.get("sde_update_multiplier", defaults["update_multiplier"])
-    return rule, m, temperature if temperature is not None else defaults.get("sde_temperature", 1.0)
 
 
 def parse_shard(text: str | None) -> tuple[int, int] | None:

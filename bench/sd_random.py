@@ -46,7 +46,8 @@ def pipeline_dir(resolution: int = 512) -> Path:
     import torch
 
     from bench.spec.catalog import backbones
-    from bench.tiny import cache_root, save_pipeline_dir
+    from bench.spec.cache import cache_root
+    from bench.tiny import save_pipeline_dir
 
     folder = cache_root() / f"sd-v1-4-random-{resolution}-v1"
     if not (folder / "model_index.json").is_file():

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 
+from bench.spec.cache import cache_root
+
 SPECIAL = ("<|startoftext|>", "<|endoftext|>", "<unk>")
 
 
@@ -103,10 +105,6 @@ def save_pipeline_dir(pipe, folder: Path, suite_meta: dict | None = None) -> Pat
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return folder
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("BENCH_CACHE", Path.home() / ".cache" / "bench"))
 
 
 def tiny_random_pipeline_dir() -> Path:

@@ -30,7 +30,7 @@ A built-in method's shape is in methods/shapes.py; a plugin may reuse one (a DDP
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from typing import Callable, Protocol
 
 
 class Method(Protocol):
@@ -113,14 +113,3 @@ class UpdateShape:
     def sampling_factor(self, hp: dict) -> float:
         """Sampling's cost relative to guided sampling (0.5 where a method samples at guidance 1: one pass)."""
         return 0.5 if float(hp.get("rollout_guidance", 0.0)) == 1.0 else 1.0
-
-
-def shape_of(meta: dict[str, Any]) -> UpdateShape:
-    """The UpdateShape a catalog entry names (`shape="module:Class"`), instantiated."""
-    from bench.spec.registry import load_target
-
-    shape = meta.get("shape")
-    if shape is None:
-        raise KeyError("a method entry must name its update shape (shape='module:Class')")
-    cls = load_target(shape) if isinstance(shape, str) else shape
-    return cls()

@@ -183,7 +183,7 @@ def load_aesthetic(suite: str = "sd", device="cpu", **_) -> AestheticReward:
 
         clip_dir, head_path = asset("aesthetic", "clip"), asset("aesthetic", "head.safetensors")
     elif suite == "tiny-random":
-        from bench.tiny import cache_root
+        from bench.spec.cache import cache_root
 
         clip_dir, head_path = write_tiny_random_aesthetic(cache_root() / "tiny-random-aesthetic-v1")
     else:

@@ -57,10 +57,10 @@ def set_metrics_fn(suite: str, device="cpu"):
     """The set-level metrics of a suite: `f(images, keys, final latents) -> {metric: value}` (see module
     docstring), with the image-statistics drift of metrics/drift.py. Embeddings come from the suite's aesthetic
     CLIP image encoder."""
-    from bench.train.runner import load_reward
+    from bench.spec.catalog import rewards
 
-    encoder = load_reward("aesthetic", suite, device).image_encoder()
-    gold = load_reward("gold-fidelity", suite, device) if suite == "toy" else None
+    encoder = rewards.get("aesthetic").load()(suite=suite, device=device).image_encoder()
+    gold = rewards.get("gold-fidelity").load()(suite=suite, device=device) if suite == "toy" else None
 
     def metrics(images: torch.Tensor, keys, latents: torch.Tensor | None = None) -> dict:
         from metrics.drift import drift_metrics

@@ -40,7 +40,7 @@ def bpe_path() -> Path:
     named = env_file("BENCH_CLIP_BPE")
     if named is not None:
         return named
-    from bench.tiny import cache_root
+    from bench.spec.cache import cache_root
 
     for root in (cache_root(), Path.home() / ".cache" / "bench"):
         if (root / CLIP_BPE_FILE).is_file():

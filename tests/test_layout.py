@@ -33,6 +33,13 @@ CYCLES = {
     "captions-render": ("bench/toy/captions.py", "from bench.toy.render import draw", "No cycles are allowed in bench.toy."),
     "weights-clip_score": ("metrics/weights.py", "from metrics.clip_score import load_pickscore",
                            "No cycles are allowed in metrics."),
+    # the rewards read the toy's gold and assets; the toy's runtime never reads a reward back
+    "toy-metrics": ("bench/toy/gold.py", "from metrics.aesthetic import preprocess_reference",
+                    "bench.toy.gold is not allowed to import metrics"),
+    "metrics-train": ("metrics/diversity.py", "from bench.train.runner import load_reward",
+                      "metrics is not allowed to import bench.train"),
+    "spec-methods": ("bench/spec/scale.py", "from methods.shapes import ppo_shape",
+                     "bench.spec is not allowed to import methods"),
 }
 
 

@@ -38,9 +38,9 @@ def effective_table(backbone: str, rule: str | None = None) -> tuple[str, list[t
     backbone's)."""
     from types import SimpleNamespace
 
-    from bench.run import scale_rule_of
     from bench.spec import catalog
     from bench.spec.prompts import resolve_prompt_set
+    from bench.spec.runspec import scale_rule_of
     from bench.spec.scale import Scale, effective_table_rows
 
     d = catalog.backbones.get(backbone).meta["defaults"]

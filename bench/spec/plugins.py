@@ -66,7 +66,7 @@ def load_into(registry) -> None:
 
 
 def _check_name(name: str, registry, where: str) -> None:
-    from bench.spec.runspec import safe_component
+    from bench.spec.values import safe_component
 
     try:
         safe_component(name, "name")
@@ -113,7 +113,7 @@ def _method_fields(fields: dict, registry, where: str) -> dict:
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
             raise BenchError(f"{where}: source.{key} must be a positive number, got {v!r}")
     hp = _need(fields, "hparams", dict, where)
-    from bench.spec.runspec import HPARAM_RANGES, Range
+    from bench.spec.values import HPARAM_RANGES, Range
 
     ranges = fields.get("hparam_ranges", {})
     if not isinstance(ranges, dict):

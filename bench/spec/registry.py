@@ -35,6 +35,15 @@ def load_target(target: str):
     return getattr(obj, attr) if attr else obj
 
 
+def shape_of(meta: dict[str, Any]):
+    """The update shape (methods/base.py's UpdateShape) a method's entry names (`shape="module:Class"`),
+    instantiated: what the scale rule, the cost model and the FLOP floor ask about a method's updates."""
+    shape = meta.get("shape")
+    if shape is None:
+        raise KeyError("a method entry must name its update shape (shape='module:Class')")
+    return (load_target(shape) if isinstance(shape, str) else shape)()
+
+
 class Registry:
     """Entries of one kind. Methods and rewards also take plugins (bench/spec/plugins.py), read the first time a
     name is asked for, so registering the built-ins and `import bench.spec.catalog` stay cheap."""

@@ -146,7 +146,7 @@ def effective_hparams(entry, hp: dict[str, Any], scale: Scale) -> dict[str, Any]
     """A method's hyperparameters at `scale`: `hp` holds its source-scale values (preset plus
     --set overrides); the result adds or replaces the quantities the rule derives. What is particular to a
     method's updates, its shape derives (methods/base.py)."""
-    from methods.base import shape_of
+    from bench.spec.registry import shape_of
 
     src = entry.meta["source"]
     out = dict(hp)
@@ -235,7 +235,7 @@ def effective_rows(scale: Scale, num_prompts: int) -> list[dict[str, Any]]:
     """One row per registered method: the quantities the rule gives at `scale` (for
     `bench list methods --effective` and the report)."""
     from bench.spec.catalog import methods
-    from methods.base import shape_of
+    from bench.spec.registry import shape_of
 
     rows = []
     m = scale.multiplier
