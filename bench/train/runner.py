@@ -275,191 +275,207 @@ def train_run(spec: RunSpec, out_dir: Path, progress: bool = True, accelerator=N
     ('tensorboard' or 'wandb') also sends each epoch's metrics to that tracker (bench/train/trackers.py).
 
     A run that stopped (a crash, a kill) resumes from the training state saved with its last
-    checkpoint: LoRA, optimizer states, every generator, the stat tracker, the critic, replay
-    buffers, the budget counters and the metric rows, so that it ends bit for bit where an
-    uninterrupted run would. `restart` discards that state and starts over. `backbone` (with `lockstep`, the
+    checkpoint (bench/train/state.py's RunState and the method's own state), so that it ends bit for bit where
+    an uninterrupted run would. `restart` discards that state and starts over. `backbone` (with `lockstep`, the
     group's description recorded in run.json) is a lockstep group's view for this run (bench/train/lockstep.py)."""
-    from accelerate.utils import set_seed
+    run = RunLoop(spec, out_dir, accelerator or make_accelerator(spec.mixed_precision), restart, lockstep)
+    run.build(progress, backbone)
+    return run.train(progress, on_progress, log_with)
 
-    from bench.train.backbone import build_backbone
-    from bench.spec.catalog import methods
-    from bench.spec.prompts import resolve_prompt_set
-    from bench.store.provenance import git_commit, package_versions
-    from bench.train.state import load_state, save_state, state_folder
 
-    accelerator = accelerator or make_accelerator(spec.mixed_precision)
-    world, rank = accelerator.num_processes, accelerator.process_index
-    marks = spec.checkpoint_marks()
-    if world > 1 and (spec.samples_per_epoch % world or any(m % world for m in marks)):
-        raise BenchError(f"with {world} processes, samples per epoch ({spec.samples_per_epoch}) and every "
-                         f"checkpoint mark {marks} must be multiples of {world}")
-    run_dir = run_dir_for(spec, out_dir)
-    main = accelerator.is_main_process
-    state = None if restart else load_state(state_folder(run_dir, rank))
-    previous = _read_json(run_dir / "run.json") if state is not None else None
-    t_start = time.time() - (state["elapsed"] if state else 0.0)
-    run_row = dict(
-        run_id=spec.run_name, config_hash=spec.config_hash, method=spec.method, reward=spec.reward,
-        backbone=spec.backbone, suite=spec.suite, seed=spec.seed, budget=spec.budget, config=spec.to_dict(),
-        package_versions=package_versions(), git_commit=git_commit(),
-        started_at=(previous or {}).get("started_at") or dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        finished_at=None, status="running", wall_time_s=None, world_size=world, threads=torch.get_num_threads(),
-        resumed_from=state["budget_used"] if state else None, lockstep=lockstep,
-    )
-    if main:
-        if state is None:  # a fresh start: an earlier attempt's files are superseded
-            for stale in ("metrics.jsonl", "checkpoints.jsonl", "eval_timing.json"):
-                (run_dir / stale).unlink(missing_ok=True)
-            for stale in ("scores", "grids", "eval_metrics", "state", "checkpoints"):
-                shutil.rmtree(run_dir / stale, ignore_errors=True)
-        atomic_write_json(run_dir / "run.json", run_row)
+class RunLoop:
+    """One run's live pieces and its budget loop: the run row, the context and method, the checkpoint and metric
+    rows, and the snapshot that resume reads back."""
 
-    from bench.train.precision import DTYPES, LossScaler, resolve_precision
+    def __init__(self, spec: RunSpec, out_dir: Path, accelerator, restart: bool, lockstep: dict | None):
+        from bench.store.provenance import git_commit, package_versions
+        from bench.train.state import load_state, state_folder
 
-    device = accelerator.device
-    precision = resolve_precision(spec.mixed_precision, device)
-    run_row["precision"] = precision
-    if backbone is None:
-        backbone = build_backbone(backbone_location(spec), spec.num_steps, spec.guidance_scale, spec.eta,
-                                  device=device, weight_dtype=DTYPES[precision])
-    set_seed(spec.seed)  # identical LoRA initialisation on every process
-    backbone.add_lora(spec.lora_rank)
-    reward = CountedReward(load_reward(spec.reward, spec.suite, device))
-    reward.counts = backbone.counts
-    _, prompts = resolve_prompt_set(spec.train_prompts)
-    ctx = TrainContext(
-        spec=spec, backbone=backbone, reward=reward, prompts=prompts, accelerator=accelerator,
-        generator=torch.Generator().manual_seed(spec.seed * 100_003 + rank),
-        rng=np.random.default_rng([spec.seed, rank]), progress=progress,
-    )
-    ctx.scaler = LossScaler(precision)
-    method = methods.get(spec.method).load()(ctx)
+        self.spec, self.accelerator = spec, accelerator
+        world, self.rank = accelerator.num_processes, accelerator.process_index
+        self.marks = spec.checkpoint_marks()
+        if world > 1 and (spec.samples_per_epoch % world or any(m % world for m in self.marks)):
+            raise BenchError(f"with {world} processes, samples per epoch ({spec.samples_per_epoch}) and every "
+                             f"checkpoint mark {self.marks} must be multiples of {world}")
+        self.run_dir = run_dir_for(spec, out_dir)
+        self.main = accelerator.is_main_process
+        self.state = None if restart else load_state(state_folder(self.run_dir, self.rank))
+        previous = _read_json(self.run_dir / "run.json") if self.state is not None else None
+        self.t_start = time.time() - (self.state["elapsed"] if self.state else 0.0)
+        started = (previous or {}).get("started_at") or dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        self.row = dict(
+            run_id=spec.run_name, config_hash=spec.config_hash, method=spec.method, reward=spec.reward,
+            backbone=spec.backbone, suite=spec.suite, seed=spec.seed, budget=spec.budget, config=spec.to_dict(),
+            package_versions=package_versions(), git_commit=git_commit(), started_at=started, finished_at=None,
+            status="running", wall_time_s=None, world_size=world, threads=torch.get_num_threads(),
+            resumed_from=self.state["budget_used"] if self.state else None, lockstep=lockstep,
+        )
+        if self.main:
+            if self.state is None:  # a fresh start: an earlier attempt's files are superseded
+                for stale in ("metrics.jsonl", "checkpoints.jsonl", "eval_timing.json"):
+                    (self.run_dir / stale).unlink(missing_ok=True)
+                for stale in ("scores", "grids", "eval_metrics", "state", "checkpoints"):
+                    shutil.rmtree(self.run_dir / stale, ignore_errors=True)
+            atomic_write_json(self.run_dir / "run.json", self.row)
+        self.epoch = self.sampled = 0
+        self.ckpt_rows: list[dict] = []
+        self.metric_rows: list[dict] = []
 
-    budget = RewardBudget(spec.budget, marks)
-    ckpt_rows: list[dict] = []
-    metric_rows: list[dict] = []
-    sampled = 0
-    epoch = 0
-    if state is not None:
-        epoch, sampled = state["epoch"], state["sampled"]
-        budget.used = state["budget_used"]
-        reward.queries, reward.allowance = state["queries"], state["allowance"]
-        for k, v in state["counts"].items():
-            setattr(backbone.counts, k, v)
-        backbone.set_lora_state(state["lora"])
-        method.load_training_state(state["method"])
-        ctx.generator.set_state(state["generator"])
-        ctx.rng.bit_generator.state = state["rng"]
-        torch.set_rng_state(state["torch_rng"])
-        ctx.scaler.load(state["scaler"])
-        # rows written after the snapshot belong to the epochs that will run again
-        ckpt_rows = [r for r in _read_jsonl(run_dir / "checkpoints.jsonl") if r["reward_queries"] <= budget.used]
-        metric_rows = [r for r in _read_jsonl(run_dir / "metrics.jsonl") if r["epoch"] <= epoch]
+    def elapsed(self) -> float:
+        return time.time() - self.t_start
 
-    from bench.train.trackers import Tracker
+    def build(self, progress: bool, backbone=None) -> None:
+        """The backbone with its LoRA, the counted reward, the context and the method; then the snapshot's state
+        put back, if the run resumes."""
+        from accelerate.utils import set_seed
 
-    tracker = Tracker(log_with if main else None, run_dir, spec.run_name, spec.to_dict())
+        from bench.spec.catalog import methods
+        from bench.spec.prompts import resolve_prompt_set
+        from bench.train.backbone import build_backbone
+        from bench.train.precision import DTYPES, LossScaler, resolve_precision
+        from bench.train.state import RunState
 
-    def snapshot() -> None:
-        save_state(state_folder(run_dir, rank), {
-            "epoch": epoch, "sampled": sampled, "budget_used": budget.used, "queries": reward.queries,
-            "allowance": reward.allowance, "counts": backbone.counts.as_dict(), "elapsed": time.time() - t_start,
-            "lora": backbone.lora_state_dict(), "method": method.training_state(),
-            "generator": ctx.generator.get_state(), "rng": ctx.rng.bit_generator.state,
-            "torch_rng": torch.get_rng_state(), "scaler": ctx.scaler.state(),
-        })
+        spec, device = self.spec, self.accelerator.device
+        precision = resolve_precision(spec.mixed_precision, device)
+        self.row["precision"] = precision
+        if backbone is None:
+            backbone = build_backbone(backbone_location(spec), spec.num_steps, spec.guidance_scale, spec.eta,
+                                      device=device, weight_dtype=DTYPES[precision])
+        set_seed(spec.seed)  # identical LoRA initialisation on every process
+        backbone.add_lora(spec.lora_rank)
+        self.reward = CountedReward(load_reward(spec.reward, spec.suite, device))
+        self.reward.counts = backbone.counts
+        _, prompts = resolve_prompt_set(spec.train_prompts)
+        self.ctx = TrainContext(
+            spec=spec, backbone=backbone, reward=self.reward, prompts=prompts, accelerator=self.accelerator,
+            generator=torch.Generator().manual_seed(spec.seed * 100_003 + self.rank),
+            rng=np.random.default_rng([spec.seed, self.rank]), progress=progress,
+        )
+        self.ctx.scaler = LossScaler(precision)
+        self.method = methods.get(spec.method).load()(self.ctx)
+        self.budget = RewardBudget(spec.budget, self.marks)
+        if self.state is not None:
+            RunState.from_dict(self.state).restore(self)
+            # rows written after the snapshot belong to the epochs that will run again
+            self.ckpt_rows = [r for r in _read_jsonl(self.run_dir / "checkpoints.jsonl")
+                              if r["reward_queries"] <= self.budget.used]
+            self.metric_rows = [r for r in _read_jsonl(self.run_dir / "metrics.jsonl") if r["epoch"] <= self.epoch]
 
-    def checkpoint(epoch: int) -> None:
-        rel = f"checkpoints/q{budget.used:08d}.safetensors"
-        if main:
-            digest = backbone.save_lora(run_dir / rel)
-            ckpt_rows.append(dict(run_id=spec.run_name, reward_queries=budget.used, mark_index=marks.index(budget.used),
-                                  epoch=epoch, sampled_images=sampled, gradient_updates=method.gradient_updates,
-                                  wall_time_s=round(time.time() - t_start, 3), path=rel, sha256=digest,
-                                  **backbone.counts.as_dict()))
-            atomic_write_jsonl(run_dir / "checkpoints.jsonl", ckpt_rows)
+    def snapshot(self) -> None:
+        from bench.train.state import RunState, save_state, state_folder
 
-    if state is None:
-        checkpoint(epoch=0)  # the pretrained model (LoRA up-projections are zero)
-    from tqdm.auto import tqdm
+        save_state(state_folder(self.run_dir, self.rank), RunState.capture(self).as_dict())
 
-    bar = tqdm(total=spec.budget, initial=budget.used, desc=f"{spec.method} s{spec.seed}", unit="query",
-               dynamic_ncols=True, disable=not (progress and main), leave=False)
-    try:
-        while not budget.exhausted:
-            n = budget.epoch_size(spec.samples_per_epoch)
-            n_local = n // world
-            reward.allow(n_local)
-            before = reward.queries
-            ctx.timings.clear()
-            ctx.epoch = epoch + 1
-            ctx.queries_before = budget.used
-            skipped_before = ctx.scaler.skipped
-            t0, others0 = time.time(), ctx.others_seconds()
-            metrics = method.train_epoch(n_local, epoch)
-            spent = reward.queries - before
-            if spent != n_local:
-                raise RuntimeError(f"{spec.method} spent {spent} reward queries in epoch {epoch}, expected {n_local}")
-            budget.charge(n)
-            sampled += n
-            epoch += 1
-            epoch_time = time.time() - t0
-            phases = {f"time_{k}_s": v for k, v in ctx.timings.items()}
-            # everything else in the epoch (a lockstep run's own part: not its waits on the other runs)
-            phases["time_training_s"] = max(0.0, epoch_time - (ctx.others_seconds() - others0) - sum(phases.values()))
-            ctx.timings.clear()
-            metrics = {**metrics, **phases, "epoch_time_s": epoch_time, "gradient_updates": method.gradient_updates}
-            if ctx.grad_norms:
-                metrics["grad_norm"] = float(np.mean(ctx.grad_norms))
-                metrics["grad_norm_zero_fraction"] = float(np.mean([g == 0 for g in ctx.grad_norms]))
-            ctx.grad_norms.clear()
-            if ctx.scaler.enabled:
-                metrics.update(loss_scale=ctx.scaler.scale, skipped_steps=ctx.scaler.skipped - skipped_before)
-            for k, v in metrics.items():
-                if v is not None:
-                    check_finite(f"training metric {k}", float(v))
-            for p in backbone.trainable_parameters():  # finite gradients and lr keep them finite; checked per epoch
-                check_finite("LoRA weights", p)
-            metric_rows += [dict(run_id=spec.run_name, epoch=epoch, reward_queries=budget.used, metric=k,
-                                 value=float(v)) for k, v in metrics.items() if v is not None]
-            if main:
-                atomic_write_jsonl(run_dir / "metrics.jsonl", metric_rows)
-                tracker.log_train(metrics, budget.used)
-            crash_point(epoch, "end")
-            bar.update(n)
-            if on_progress is not None and main:
-                on_progress(n)
-            bar.set_postfix(reward=f"{metrics.get('reward_mean', float('nan')):.3g}")
-            if budget.at_mark():
-                checkpoint(epoch)
-                crash_point(epoch, "ckpt")
-                if not budget.exhausted:
-                    snapshot()
-    except Exception as e:  # mark the run failed (a kill never gets here, and stays 'running')
+    def checkpoint(self) -> None:
+        used = self.budget.used
+        rel = f"checkpoints/q{used:08d}.safetensors"
+        if self.main:
+            backbone = self.ctx.backbone
+            digest = backbone.save_lora(self.run_dir / rel)
+            self.ckpt_rows.append(dict(
+                run_id=self.spec.run_name, reward_queries=used, mark_index=self.marks.index(used), epoch=self.epoch,
+                sampled_images=self.sampled, gradient_updates=self.method.gradient_updates,
+                wall_time_s=round(self.elapsed(), 3), path=rel, sha256=digest, **backbone.counts.as_dict()))
+            atomic_write_jsonl(self.run_dir / "checkpoints.jsonl", self.ckpt_rows)
+
+    def train(self, progress: bool, on_progress=None, log_with: str | None = None) -> dict:
+        """The budget loop: epochs until the budget is spent, a checkpoint (and a snapshot) at every mark."""
+        from tqdm.auto import tqdm
+
+        from bench.train.trackers import Tracker
+
+        spec = self.spec
+        tracker = Tracker(log_with if self.main else None, self.run_dir, spec.run_name, spec.to_dict())
+        if self.state is None:
+            self.checkpoint()  # the pretrained model (LoRA up-projections are zero)
+        bar = tqdm(total=spec.budget, initial=self.budget.used, desc=f"{spec.method} s{spec.seed}", unit="query",
+                   dynamic_ncols=True, disable=not (progress and self.main), leave=False)
+        try:
+            while not self.budget.exhausted:
+                n, metrics = self.train_epoch()
+                if self.main:
+                    tracker.log_train(metrics, self.budget.used)
+                crash_point(self.epoch, "end")
+                bar.update(n)
+                if on_progress is not None and self.main:
+                    on_progress(n)
+                bar.set_postfix(reward=f"{metrics.get('reward_mean', float('nan')):.3g}")
+                if self.budget.at_mark():
+                    self.checkpoint()
+                    crash_point(self.epoch, "ckpt")
+                    if not self.budget.exhausted:
+                        self.snapshot()
+        except Exception as e:  # mark the run failed (a kill never gets here, and stays 'running')
+            bar.close()
+            tracker.close()
+            self.fail(e)
+        bar.close()
+        tracker.close()
+        self.accelerator.wait_for_everyone()
+        self.row.update(status="finished", finished_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                        wall_time_s=round(self.elapsed(), 3))
+        if self.main:
+            atomic_write_json(self.run_dir / "run.json", self.row)  # written last: marks the run finished
+            shutil.rmtree(self.run_dir / "state", ignore_errors=True)  # a finished run needs no resume state
+        return self.row
+
+    def train_epoch(self) -> tuple[int, dict]:
+        """One epoch of the method on its share of the budget, its metrics checked finite and written."""
+        spec, ctx, reward = self.spec, self.ctx, self.reward
+        n = self.budget.epoch_size(spec.samples_per_epoch)
+        n_local = n // self.accelerator.num_processes
+        reward.allow(n_local)
+        before = reward.queries
+        ctx.timings.clear()
+        ctx.epoch = self.epoch + 1
+        ctx.queries_before = self.budget.used
+        skipped_before = ctx.scaler.skipped
+        t0, others0 = time.time(), ctx.others_seconds()
+        metrics = self.method.train_epoch(n_local, self.epoch)
+        spent = reward.queries - before
+        if spent != n_local:
+            raise RuntimeError(f"{spec.method} spent {spent} reward queries in epoch {self.epoch}, expected {n_local}")
+        self.budget.charge(n)
+        self.sampled += n
+        self.epoch += 1
+        epoch_time = time.time() - t0
+        phases = {f"time_{k}_s": v for k, v in ctx.timings.items()}
+        # everything else in the epoch (a lockstep run's own part: not its waits on the other runs)
+        phases["time_training_s"] = max(0.0, epoch_time - (ctx.others_seconds() - others0) - sum(phases.values()))
+        ctx.timings.clear()
+        metrics = {**metrics, **phases, "epoch_time_s": epoch_time, "gradient_updates": self.method.gradient_updates}
+        if ctx.grad_norms:
+            metrics["grad_norm"] = float(np.mean(ctx.grad_norms))
+            metrics["grad_norm_zero_fraction"] = float(np.mean([g == 0 for g in ctx.grad_norms]))
+        ctx.grad_norms.clear()
+        if ctx.scaler.enabled:
+            metrics.update(loss_scale=ctx.scaler.scale, skipped_steps=ctx.scaler.skipped - skipped_before)
+        for k, v in metrics.items():
+            if v is not None:
+                check_finite(f"training metric {k}", float(v))
+        for p in ctx.backbone.trainable_parameters():  # finite gradients and lr keep them finite; checked per epoch
+            check_finite("LoRA weights", p)
+        self.metric_rows += [dict(run_id=spec.run_name, epoch=self.epoch, reward_queries=self.budget.used, metric=k,
+                                  value=float(v)) for k, v in metrics.items() if v is not None]
+        if self.main:
+            atomic_write_jsonl(self.run_dir / "metrics.jsonl", self.metric_rows)
+        return n, metrics
+
+    def fail(self, e: Exception):
+        """Mark the run failed with one line (and the traceback in error.log when unexpected), then raise."""
         first = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
-        reason = f"epoch {epoch + 1}: {first}"
+        reason = f"epoch {self.epoch + 1}: {first}"
         if not isinstance(e, (RunFailed, BenchError)):  # unexpected: keep the traceback for whoever debugs it
             import traceback
 
-            log = run_dir / "error.log"
-            if main:
+            log = self.run_dir / "error.log"
+            if self.main:
                 atomic_write_bytes(log, traceback.format_exc().encode())
             reason = f"{reason} ({type(e).__name__}; traceback in {log})"
-        run_row.update(status="failed", error=reason, wall_time_s=round(time.time() - t_start, 3))
-        if main:
-            atomic_write_json(run_dir / "run.json", run_row)
-        bar.close()
-        tracker.close()
-        raise RunFailed(f"run {spec.run_name}, {reason}") from None
-    bar.close()
-    tracker.close()
-    accelerator.wait_for_everyone()
-    run_row.update(status="finished", finished_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                   wall_time_s=round(time.time() - t_start, 3))
-    if main:
-        atomic_write_json(run_dir / "run.json", run_row)  # written last: marks the run finished
-        shutil.rmtree(run_dir / "state", ignore_errors=True)  # a finished run needs no resume state
-    return run_row
+        self.row.update(status="failed", error=reason, wall_time_s=round(self.elapsed(), 3))
+        if self.main:
+            atomic_write_json(self.run_dir / "run.json", self.row)
+        raise RunFailed(f"run {self.spec.run_name}, {reason}") from None
 
 
 def _read_json(path: Path) -> dict | None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -121,3 +122,66 @@ def load_tracker_state(tracker, state: dict) -> None:
     from collections import deque
 
     tracker.stats = {k: deque(v, maxlen=tracker.buffer_size) for k, v in state["stats"].items()}
+
+
+# ------------------------------------------------------------------------------ the run's own state
+@dataclass
+class RunState:
+    """The one list of what a run's snapshot holds, besides the method's own `training_state()`: `capture` reads
+    it from a live run and `restore` puts it back, so resume restores exactly what a snapshot saved."""
+
+    epoch: int
+    sampled: int
+    """Images sampled so far (all processes)."""
+    budget_used: int
+    """Reward queries charged to the run's budget (all processes)."""
+    queries: int
+    """This process's counted reward queries, and `allowance` its grant for the epoch."""
+    allowance: int
+    counts: dict
+    """The compute counters (bench/train/compute.py)."""
+    elapsed: float
+    """Seconds of the run before the snapshot (its wall time carries over a resume)."""
+    lora: dict
+    method: dict
+    """The method's `training_state()`: optimizers, trackers, critics, buffers."""
+    generator: torch.Tensor
+    """The sampling-noise generator's state; `rng` the numpy generator's (prompts, shuffles), `torch_rng` torch's
+    global one (dropout)."""
+    rng: dict
+    torch_rng: torch.Tensor
+    scaler: dict
+    """The fp16 loss scaler's state."""
+
+    @classmethod
+    def capture(cls, run) -> "RunState":
+        """From a live run (bench/train/runner.py's RunLoop)."""
+        ctx = run.ctx
+        return cls(epoch=run.epoch, sampled=run.sampled, budget_used=run.budget.used, queries=run.reward.queries,
+                   allowance=run.reward.allowance, counts=ctx.backbone.counts.as_dict(), elapsed=run.elapsed(),
+                   lora=ctx.backbone.lora_state_dict(), method=run.method.training_state(),
+                   generator=ctx.generator.get_state(), rng=ctx.rng.bit_generator.state,
+                   torch_rng=torch.get_rng_state(), scaler=ctx.scaler.state())
+
+    def restore(self, run) -> None:
+        ctx = run.ctx
+        run.epoch, run.sampled, run.budget.used = self.epoch, self.sampled, self.budget_used
+        run.reward.queries, run.reward.allowance = self.queries, self.allowance
+        for k, v in self.counts.items():
+            setattr(ctx.backbone.counts, k, v)
+        ctx.backbone.set_lora_state(self.lora)
+        run.method.load_training_state(self.method)
+        ctx.generator.set_state(self.generator)
+        ctx.rng.bit_generator.state = self.rng
+        torch.set_rng_state(self.torch_rng)
+        ctx.scaler.load(self.scaler)
+
+    def as_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RunState":
+        missing = [f.name for f in fields(cls) if f.name not in d]
+        if missing:
+            raise BenchError(f"a training state lacks {', '.join(missing)}; start over with --restart")
+        return cls(**{f.name: d[f.name] for f in fields(cls)})
