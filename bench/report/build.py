@@ -7,6 +7,7 @@ Everything is deterministic: the same database gives byte-identical tables.
 
 from __future__ import annotations
 
+import functools
 import html
 import json
 import math
@@ -715,181 +716,165 @@ def _roles() -> dict[str, str]:
     return {e.name: e.meta.get("role", "") for e in prompt_sets.entries()}
 
 
+@dataclass
+class ReportData:
+    """What the report shows, read from the database once (figures already drawn into the report folder)."""
+
+    boards: list
+    pngs: list
+    kl_pngs: list
+    div_pngs: list
+    diag_pngs: list
+    diag_table: list
+    gao_pngs: list
+    compute: list
+    critic: list
+    critic_means: dict
+    comparisons: list
+    gao: list
+    drift: list
+    effective: list
+    grids: list
+    runs: list
+
+
 def write_report(db_path: Path, report_dir: Path, out_dir: Path | None = None,
                  boards: list[Board] | None = None, plan: ComparisonPlan | None = None) -> Path:
     """Leaderboard files, figures and index.html under report_dir; returns the HTML path.
     `boards` (from `build_boards` on the same database and plan) saves building them again; `plan`: the
     comparison plan whose rules judge the runs (the main command's when None)."""
     from bench.spec.catalog import MAIN_PLAN
-    from bench.spec.scale import EFFECTIVE_HEADER
     from bench.store.database import connect
 
     plan = plan or MAIN_PLAN
-
     report_dir = Path(report_dir)
     out_dir = Path(out_dir) if out_dir else Path(db_path).parent
     con = connect(db_path, read_only=True)
     try:
-        boards = build_boards(con, plan) if boards is None else boards
-        fig_dir = report_dir / "figures"
-        if fig_dir.exists():
-            shutil.rmtree(fig_dir)
-        frames = figure_frames(con)
-        styles = method_styles(sorted(set().union(*(f["method"] for f in frames.values()))))
-        with themed():
-            pngs = (curve_figures(frames["curves"], fig_dir, styles)
-                    + training_figures(frames["train"], fig_dir, styles))
-            kl_pngs = kl_figures(frames["curves"], fig_dir, styles)
-            div_pngs = diversity_figures(frames["sets"], fig_dir, styles)
-            diag_pngs, diag_table = diagnostics(frames["train"], fig_dir, styles)
-            gao_pngs = gao_figures(frames["curves"], _mean_gao(boards), fig_dir, styles)
-        compute = compute_rows(con)
-        critic, critic_means = critic_rows(con)
-        comparisons = comparison_rows(boards, plan)
-        question = comparison_table(comparisons)
-        sentences = primary_sentences(comparisons, plan)
-        gao = gao_rows(boards)
-        drift = drift_rows(frames["sets"])
-        effective = effective_tables(con)
-        grids = matched_grids(con, out_dir, boards)
-        runs = con.execute("SELECT run_id, method, reward, suite, seed, budget, status FROM runs ORDER BY run_id").fetchall()
+        data = _read_report(con, report_dir, out_dir, plan, boards)
     finally:
         con.close()
     report_dir.mkdir(parents=True, exist_ok=True)
-    first_figures = _primary_figures(boards, plan)
-    below_m = below_m_line(effective, {r[1] for r in runs})
-    md = (f"{below_m}\n\n" if below_m else "") + boards_markdown(boards)
-    if gao:
+    below_m = below_m_line(data.effective, {r[1] for r in data.runs})
+    interim = plan_completeness(data.boards, plan)
+    check = manipulation_check(data.critic_means, plan)
+    (report_dir / "leaderboard.md").write_text(_leaderboard_md(data, plan, below_m, interim, check))
+    (report_dir / "leaderboard.csv").write_text(boards_csv(data.boards))
+    grid_html = _copy_grids(data.grids, report_dir / "grids")
+    board_html = boards_html(data.boards)
+    (report_dir / "leaderboard.html").write_text(_page("Leaderboard", board_html))
+    body = _index_body(data, plan, db_path, below_m, interim, check, board_html, grid_html)
+    index = report_dir / "index.html"
+    index.write_text(_page("Reward overoptimization report", "\n".join(part for part in body if part)))
+    (report_dir / "report.json").write_text(json.dumps({"figures": data.pngs, "grids": [g[:3] for g in data.grids]},
+                                                       indent=1))
+    return index
+
+
+def _read_report(con, report_dir: Path, out_dir: Path, plan: ComparisonPlan, boards) -> ReportData:
+    """The boards, tables and figures of the report (figures drawn into report_dir/figures)."""
+    boards = build_boards(con, plan) if boards is None else boards
+    fig_dir = report_dir / "figures"
+    if fig_dir.exists():
+        shutil.rmtree(fig_dir)
+    frames = figure_frames(con)
+    styles = method_styles(sorted(set().union(*(f["method"] for f in frames.values()))))
+    with themed():
+        pngs = curve_figures(frames["curves"], fig_dir, styles) + training_figures(frames["train"], fig_dir, styles)
+        kl_pngs = kl_figures(frames["curves"], fig_dir, styles)
+        div_pngs = diversity_figures(frames["sets"], fig_dir, styles)
+        diag_pngs, diag_table = diagnostics(frames["train"], fig_dir, styles)
+        gao_pngs = gao_figures(frames["curves"], _mean_gao(boards), fig_dir, styles)
+    critic, critic_means = critic_rows(con)
+    runs = con.execute("SELECT run_id, method, reward, suite, seed, budget, status FROM runs ORDER BY run_id").fetchall()
+    return ReportData(boards=boards, pngs=pngs, kl_pngs=kl_pngs, div_pngs=div_pngs, diag_pngs=diag_pngs,
+                      diag_table=diag_table, gao_pngs=gao_pngs, compute=compute_rows(con), critic=critic,
+                      critic_means=critic_means, comparisons=comparison_rows(boards, plan), gao=gao_rows(boards),
+                      drift=drift_rows(frames["sets"]), effective=effective_tables(con),
+                      grids=matched_grids(con, out_dir, boards), runs=runs)
+
+
+def _leaderboard_md(data: ReportData, plan: ComparisonPlan, below_m, interim, check) -> str:
+    md = (f"{below_m}\n\n" if below_m else "") + boards_markdown(data.boards)
+    if data.gao:
         md = ("### overoptimization coefficients (Gao et al. 2022: gold gain = d (alpha - beta ln d), d = sqrt(KL))"
-              "\n\n" + _table_md(GAO_HEADER, gao) + "\n" + md)
-    interim = plan_completeness(boards, plan)
+              "\n\n" + _table_md(GAO_HEADER, data.gao) + "\n" + md)
     if interim:
         md = f"**{interim}**\n\n" + md
-    check = manipulation_check(critic_means, plan)
-    if critic:
+    if data.critic:
         md = ("### the temporal critic: explained variance of the return (the manipulation check of a reset)\n\n"
-              + (f"**{check}**\n\n" if check else "") + _table_md(CRITIC_HEADER, critic) + "\n" + md)
+              + (f"**{check}**\n\n" if check else "") + _table_md(CRITIC_HEADER, data.critic) + "\n" + md)
+    question = comparison_table(data.comparisons)
     if question:
         md = (f"### the declared comparisons (plan {plan.label}; p (Holm): adjusted within the primary and within "
               "the exploratory comparisons; only the exploratory ones are judged on it)\n\n"
-              + "".join(f"- {s}\n" for s in sentences) + "\n"
+              + "".join(f"- {s}\n" for s in primary_sentences(data.comparisons, plan)) + "\n"
               + _table_md(COMPARISON_HEADER, question) + "\n" + md)
-    if compute:
-        md += "\n### compute at the final checkpoint (mean over seeds)\n\n" + _table_md(COMPUTE_HEADER, compute)
-    (report_dir / "leaderboard.md").write_text(md)
-    (report_dir / "leaderboard.csv").write_text(boards_csv(boards))
-    grid_dir = report_dir / "grids"
+    if data.compute:
+        md += "\n### compute at the final checkpoint (mean over seeds)\n\n" + _table_md(COMPUTE_HEADER, data.compute)
+    return md
+
+
+def _copy_grids(grids, grid_dir: Path) -> list[str]:
+    """The image grids at the matched level, copied into the report; their HTML figures."""
     if grid_dir.exists():
         shutil.rmtree(grid_dir)
-    grid_html = []
+    out = []
     for method, _run, q, path in grids:
         grid_dir.mkdir(parents=True, exist_ok=True)
         name = f"{method}_q{q:08d}.png"
         shutil.copyfile(path, grid_dir / name)
-        grid_html.append(f'<figure><img src="grids/{html.escape(name)}" alt="{html.escape(method)}">'
-                         f"<figcaption>{html.escape(method)} at {q} queries</figcaption></figure>")
-    board_html = boards_html(boards)
-    (report_dir / "leaderboard.html").write_text(_page("Leaderboard", board_html))
-    body = [
-        "<h1>Reward overoptimization report</h1>",
-        f"<p>{len(runs)} run(s): " + html.escape(", ".join(sorted({r[1] for r in runs}))) + ". Built from "
-        f"<code>{html.escape(str(db_path))}</code>.</p>",
-        f"<p>Comparison plan <b>{html.escape(plan.label)}</b>, declared {html.escape(plan.declared)}. Primary: "
-        + html.escape(", ".join(f"{a} vs {b}" for a, b in plan.primary)) + f" on {html.escape(plan.primary_score)} "
-        f"at the matched level, {html.escape(plan.primary_prompts)} prompts; everything else is exploratory.</p>",
-        *([f"<p><b>{html.escape(interim)}</b></p>"] if interim else []),
-        *(["<h2>The question</h2>", *[f"<p><b>{html.escape(s)}</b></p>" for s in sentences],
-           *([f"<p><b>{html.escape(check)}</b></p>"] if check else []),
-           *[f'<figure><img src="figures/{html.escape(p)}" alt="{html.escape(p)}"></figure>' for p in gao_pngs
-             if p in first_figures]]
-          if question or gao_pngs else []),
-        *(["<h2>Summary</h2>", *[f"<p>{html.escape(line)}</p>" for line in verdict_lines(boards)],
-            summary_html(boards)] if boards else []),
-        "<p><small>Scores are means over fixed-seed evaluation images; ± is the 95% confidence interval over "
-        "seeds (shown only with two or more seeds), except in the <i>change</i> column: with one seed, its "
-        "interval is over the paired evaluation images. The verdict says whether that interval of the in-domain "
-        "change from query 0 to the final checkpoint excludes zero.</small></p>",
-        *(["<h2>The declared comparisons</h2>",
-            "<p>At the matched in-domain level: the first method minus the second, over seeds; paired by seed on "
-            "the seeds both ran (their shared luck cancels), Welch when they share fewer than two. <i>min. detectable</i>: the "
-            "difference this design finds with 80% power at 95% confidence. Where the interval includes zero, "
-            "the data rule out differences beyond its farther end. Exploratory p-values are Holm-adjusted as one "
-            "family and judged on that; the primary ones are judged at 95% each, as the plan declares, and their "
-            "Holm-adjusted p over the primary family is shown beside. Only the primary comparisons answer the "
-            "plan's question.</p>",
-            _table_html(COMPARISON_HEADER, question)] if question else []),
-        "<h2>Leaderboard</h2>",
-        *([f"<p><b>{html.escape(below_m)}</b></p>"] if below_m else []),
-        *(["<p><small>A gold score <em>rises then falls</em> when the paired change from query 0 to its peak "
-           "and from the peak to the final checkpoint both exclude zero. The peak is picked on half of the "
-           "evaluation images (every other one, in a fixed order by prompt and sample) and both changes are "
-           "tested on the other half, so picking it does not bias the test toward a peak.</small></p>"]
-          if any(b.gold_shapes for b in boards) else []),
-        board_html or "<p>No evaluation scores yet: run <code>python -m bench eval</code>.</p>",
-        "<h2>Figures</h2>",
-        *[f'<figure><img src="figures/{html.escape(p)}" alt="{html.escape(p)}"></figure>' for p in pngs],
-        "<h2>Overoptimization coefficients</h2>",
-        "<p>Gao, Schulman and Hilton (2022) found that, under RL, the gold reward gained follows "
-        "R(d) = d (α − β ln d) with d = sqrt(KL to the initial policy), and under best-of-n R(d) = d (α − β d). "
-        "Both are fitted per run (least squares over its checkpoints, R(0) = 0), then summarised over seeds "
-        f"(mean, BCa bootstrap 95% interval from 3 seeds). A form with R² below {R2_BAR:g} is marked and not "
-        "ranked on. KL is an imperfect yardstick across methods (Gao et al. say so too): read these beside gold "
-        "against the proxy.</p>",
-        _table_html(GAO_HEADER, gao) if gao else "<p>No fits (needs KL and a gold reward, 3+ checkpoints).</p>",
-        *[f'<figure><img src="figures/{html.escape(p)}" alt="{html.escape(p)}"></figure>' for p in gao_pngs
-          if p.endswith(".png")],
-        "<h2>Overoptimization against KL to the pretrained model</h2>",
-        "<p>Each reward against the KL of the fine-tuned policy to the pretrained one, summed over the denoising "
-        "steps of each evaluation trajectory (closed form: the two DDIM steps share sigma), as Gao et al. (2022) "
-        "plot reward-model overoptimization. Gold rewards that fall while the proxy rises are overoptimization.</p>",
-        *([f'<figure><img src="figures/{html.escape(p)}" alt="{html.escape(p)}"></figure>' for p in kl_pngs]
-          or ["<p>No KL scores.</p>"]),
-        "<h2>Diversity</h2>",
-        "<p>Mean pairwise cosine distance of image embeddings among images of the same prompt; on the toy also the "
-        "entropy (nats) of the gold model's predicted colour, position cell and size bin per prompt. Needs two or "
-        "more evaluation images per prompt (<code>--eval-per-prompt</code>).</p>",
-        *([f'<figure><img src="figures/{html.escape(p)}" alt="{html.escape(p)}"></figure>' for p in div_pngs]
-          or ["<p>No diversity measured (one evaluation image per prompt).</p>"]),
-        *(["<h3>Image-statistics drift</h3>",
-           "<p>Mean brightness (luma), HSV saturation and squared final latent x0² of the evaluation images "
-           "(<code>metrics/drift.py</code>), as changes from query 0 to the final checkpoint on the same images "
-           "(mean over seeds ± 95% CI): brightness creep (reported against DiffusionNFT) and the toy proxy's "
-           "saturation hack show here, with the curves in the drift figures above.</p>",
-           _table_html(DRIFT_HEADER, drift)] if drift else []),
-        "<h2>Compute</h2>",
-        "<p>What each method had spent at its final checkpoint besides reward queries (rows: classifier-free "
-        "guidance counts two per latent; gradient checkpointing's recomputation counts as a forward). The TDPO "
-        "critic's encoder forwards are passes of the reward's image encoder the budget does not count.</p>",
-        f"<p>{html.escape(ALIGNPROP_NOTE)}</p>",
-        _table_html(COMPUTE_HEADER, compute) if compute else "<p>No checkpoints.</p>",
-        "<h2>Diagnostics</h2>",
-        "<p>Per epoch: the ratio of training-time to sampling-time probabilities at the old parameters (must be 1; "
-        f"the red line is {RATIO_TOLERANCE:g}), the fraction of clipped steps, the KL estimate, dense DPO's clamp "
-        "fraction, PRDP's log-ratio gap over its regression target, the critic's loss and explained variance, and "
-        "TDPO-KL's penalty-to-return ratio. The table shows each run's last epoch.</p>",
-        *[f'<figure><img src="figures/{html.escape(p)}" alt="{html.escape(p)}"></figure>' for p in diag_pngs],
-        _table_html(diag_table[0], diag_table[1:]) if diag_table else "<p>No training metrics.</p>",
-        *(["<h2>The temporal critic</h2>",
-           "<p>How much of the return the critic's sampling-time predictions explain (1 perfect, 0 no better than a "
-           "constant): over the run, at its last epoch, and at the first, middle and last denoising step. A critic "
-           "that explains little leaves TDPO's advantages close to normalised returns, and a reset of it little to "
-           "change.</p>", *([f"<p><b>{html.escape(check)}</b></p>"] if check else []),
-           _table_html(CRITIC_HEADER, critic)] if critic else []),
-        "<h2>The scale rule at the runs' scale</h2>",
-        "<p>Every method's source setting mapped to the run's scale by one rule (<code>bench/spec/scale.py</code>; "
-        "<code>python -m bench list methods --effective</code>).</p>",
-        *[f"<h3>{html.escape(title)}</h3>" + _table_html(EFFECTIVE_HEADER, rows) for title, rows in effective],
-        "<h2>Samples at the matched level</h2>",
-        '<div class="grids">' + "".join(grid_html) + "</div>" if grid_html else "<p>No image grids.</p>",
-        "<h2>Runs</h2><table><thead><tr><th>run</th><th>method</th><th>reward</th><th>suite</th><th>seed</th>"
-        "<th>budget</th><th>status</th></tr></thead><tbody>"
-        + "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in r) + "</tr>" for r in runs)
-        + "</tbody></table>",
+        out.append(f'<figure><img src="grids/{html.escape(name)}" alt="{html.escape(method)}">'
+                   f"<figcaption>{html.escape(method)} at {q} queries</figcaption></figure>")
+    return out
+
+
+def _index_body(data: ReportData, plan: ComparisonPlan, db_path, below_m, interim, check, board_html,
+                grid_html) -> list[str]:
+    """index.html's sections, from the template's blocks (bench/report/templates/report.html)."""
+    from bench.spec.scale import EFFECTIVE_HEADER
+
+    esc, figs, boards = html.escape, _figures_html, data.boards
+    question = comparison_table(data.comparisons)
+    first_figures = _primary_figures(boards, plan)
+
+    def bold(text):
+        return _block("bold", text=esc(text)) if text else ""
+    return [
+        _block("header", n_runs=len(data.runs), methods=esc(", ".join(sorted({r[1] for r in data.runs}))),
+               db=esc(str(db_path)), plan=esc(plan.label), declared=esc(plan.declared),
+               primary=esc(", ".join(f"{a} vs {b}" for a, b in plan.primary)), score=esc(plan.primary_score),
+               prompts=esc(plan.primary_prompts)),
+        bold(interim),
+        _block("question", sentences="\n".join(bold(s) for s in primary_sentences(data.comparisons, plan))
+               + bold(check), figures=figs(p for p in data.gao_pngs if p in first_figures))
+        if question or data.gao_pngs else "",
+        _block("summary", verdicts="\n".join(f"<p>{esc(line)}</p>" for line in verdict_lines(boards)),
+               table=summary_html(boards)) if boards else "",
+        _block("scores_note"),
+        _block("comparisons", table=_table_html(COMPARISON_HEADER, question)) if question else "",
+        _block("leaderboard", below_m=bold(below_m),
+               shapes_note=_block("shapes_note") if any(b.gold_shapes for b in boards) else "",
+               boards=board_html or _block("no_scores")),
+        _block("figures", figures=figs(data.pngs)),
+        _block("gao", r2_bar=f"{R2_BAR:g}", table=_table_html(GAO_HEADER, data.gao) if data.gao else _block("no_gao"),
+               figures=figs(p for p in data.gao_pngs if p.endswith(".png"))),
+        _block("kl", figures=figs(data.kl_pngs) or _block("no_kl")),
+        _block("diversity", figures=figs(data.div_pngs) or _block("no_diversity"),
+               drift=_block("drift", table=_table_html(DRIFT_HEADER, data.drift)) if data.drift else ""),
+        _block("compute", alignprop_note=esc(ALIGNPROP_NOTE),
+               table=_table_html(COMPUTE_HEADER, data.compute) if data.compute else _block("no_compute")),
+        _block("diagnostics", tolerance=f"{RATIO_TOLERANCE:g}", figures=figs(data.diag_pngs),
+               table=_table_html(data.diag_table[0], data.diag_table[1:]) if data.diag_table
+               else _block("no_diagnostics")),
+        _block("critic", check=bold(check), table=_table_html(CRITIC_HEADER, data.critic)) if data.critic else "",
+        _block("effective", tables="\n".join(f"<h3>{esc(title)}</h3>" + _table_html(EFFECTIVE_HEADER, rows)
+                                             for title, rows in data.effective)),
+        _block("samples", grids='<div class="grids">' + "".join(grid_html) + "</div>") if grid_html
+        else _block("no_samples"),
+        _block("runs", rows="".join("<tr>" + "".join(f"<td>{esc(str(v))}</td>" for v in r) + "</tr>"
+                                    for r in data.runs)),
     ]
-    index = report_dir / "index.html"
-    index.write_text(_page("Reward overoptimization report", "\n".join(body)))
-    (report_dir / "report.json").write_text(json.dumps({"figures": pngs, "grids": [g[:3] for g in grids]}, indent=1))
-    return index
 
 
 def _primary_figures(boards: list[Board], plan: ComparisonPlan) -> set[str]:
@@ -913,10 +898,27 @@ def _mean_gao(boards: list[Board]) -> dict:
 
 
 def _page(title: str, body: str) -> str:
-    style = ("body{font-family:system-ui,sans-serif;margin:2em;max-width:1400px;color:#222}"
-             "table{border-collapse:collapse;margin:1em 0;font-size:13px}"
-             "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#eef}"
-             "td:first-child,th:first-child{text-align:left}figure{display:inline-block;margin:8px}"
-             ".scroll{overflow-x:auto}img{max-width:100%;border:1px solid #ddd}.grids img{image-rendering:pixelated;width:256px}")
-    return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
-            f"<style>{style}</style></head><body>\n{body}\n</body></html>\n")
+    return _block("page", title=html.escape(title), body=body) + "\n"
+
+
+TEMPLATE = Path(__file__).with_name("templates") / "report.html"
+"""The report's HTML, one block per section (`<!-- block: NAME -->`), filled with string.Template."""
+
+
+@functools.lru_cache(maxsize=1)
+def _blocks() -> dict[str, str]:
+    import re
+
+    parts = re.split(r"^<!-- block: ([a-z_]+) -->\n", TEMPLATE.read_text(), flags=re.M)
+    return {name: text.strip("\n") for name, text in zip(parts[1::2], parts[2::2])}
+
+
+def _block(name: str, **values) -> str:
+    """A template block filled with its values (escaped by the caller); a missing value is an error, not a blank."""
+    from string import Template
+
+    return Template(_blocks()[name]).substitute(values)
+
+
+def _figures_html(names) -> str:
+    return "\n".join(f'<figure><img src="figures/{html.escape(p)}" alt="{html.escape(p)}"></figure>' for p in names)
