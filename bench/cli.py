@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--scale-rule", default=None, choices=("count", "sde"), help="the optimiser at the run's update "
                    "size: the source's (count) or by the square-root scaling rule (sde) (default: the backbone's)")
     r.add_argument("--noise-temperature", type=number, default=None,
-                   help="tau of --scale-rule sde: gradient-noise temperature, a multiple of the source's")
+                   help="tau of --scale-rule sde, the gradient-noise temperature (default: the backbone's)")
     r.add_argument("--num-checkpoints", type=whole, default=None, help="checkpoint marks after step 0 (default: the backbone's; toy 8, "
                    "otherwise 10)")
     r.add_argument("--lora-rank", type=whole, default=4, help="LoRA rank on every attention projection (default 4)")

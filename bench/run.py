@@ -3,12 +3,11 @@ evaluated, ingested and reported."""
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from pathlib import Path
 
-from bench.errors import BenchError, check_positive, env_whole
+from bench.errors import BenchError, env_whole
 from bench.quiet import quiet_libraries
 from bench.report.command import print_and_write
 from bench.store.atomic import check_out_dir
@@ -54,111 +53,35 @@ def check_launcher(args) -> None:
 
 
 def build_specs(args) -> list:
-    """Validate every input and build the grid of RunSpecs, without torch."""
-    from bench.spec import catalog
-    from bench.errors import did_you_mean
-    from bench.spec.prompts import resolve_prompt_set
-    from bench.spec.runspec import RunSpec, parse_budget, parse_methods, parse_overrides, parse_seeds, \
-        resolve_backbone, resolve_hparams, scale_rule_of
+    """Validate every input and build the grid of RunSpecs, without torch: the environment, launcher, output
+    folder and reward weights here; the flags and the grid's expansion in the spec layer (bench/spec/expand.py)."""
+    from bench.spec.expand import expand_grid, grid_inputs, method_settings
+    from bench.store.manifest import inputs_digest
+    from bench.train.trackers import check_available
+    from metrics.weights import preflight, weight_paths
 
     apply_study(args)
     _env_threads()  # the environment's numbers are checked here too, before anything heavy
-    from bench.train.trackers import check_available
-
     check_available(args.log_with)
     check_launcher(args)
     shard = parse_shard(args.shard)
-    method_names = parse_methods(args.methods)
-    dupes = sorted({m for m in method_names if method_names.count(m) > 1})
-    if dupes:
-        raise BenchError(f"--methods names {', '.join(dupes)} twice")
-    reward_entry = catalog.rewards.get(args.reward)
-    if reward_entry.meta.get("eval_only"):
-        raise BenchError(f"{args.reward!r} is a gold reward, for evaluation only; train on a proxy such as "
-                         f"'aesthetic' (see `python -m bench list rewards`)")
-    info = resolve_backbone(args.backbone or catalog.DEFAULT_BACKBONE)
-    d = info.defaults
-    budget = parse_budget(args.budget) if args.budget is not None else d["budget"]
-    if args.eval_per_prompt is None:
-        args.eval_per_prompt = d.get("eval_per_prompt", 1)
-    if args.num_checkpoints is None:
-        args.num_checkpoints = d.get("num_checkpoints", 10)
-    seeds = parse_seeds(args.seeds)
-    for flag in ("num_steps", "guidance_scale", "samples_per_epoch", "train_batch_size", "num_checkpoints",
-                 "lora_rank", "eval_per_prompt", "update_multiplier", "workers", "threads"):
-        check_positive("--" + flag.replace("_", "-"), getattr(args, flag))
-    for flag, most in (("num_steps", 1000), ("lora_rank", 1024), ("eval_per_prompt", 64), ("workers", 256),
-                       ("threads", 1024), ("guidance_scale", 100), ("samples_per_epoch", 10**6),
-                       ("train_batch_size", 10**6), ("num_checkpoints", 10**4), ("update_multiplier", 10**4)):
-        if getattr(args, flag) is not None and getattr(args, flag) > most:
-            raise BenchError(f"--{flag.replace('_', '-')} {getattr(args, flag)} is too large (at most {most}"
-                             + (": the scheduler has 1000 training timesteps)" if flag == "num_steps" else ")"))
-    if args.num_checkpoints > budget:
-        raise BenchError(f"--num-checkpoints {args.num_checkpoints} exceeds the budget of {budget} reward queries: "
-                         f"checkpoints sit at distinct query counts")
+    grid = grid_inputs(args)
     check_out_dir(Path(args.out))
-    overrides = parse_overrides(args.overrides)
-    known = {k for m in method_names for k in catalog.methods.get(m).meta.get("hparams", {})}
-    for key in overrides:
-        if key not in known:
-            raise did_you_mean(f"hyperparameter (--set) of {','.join(method_names)}", key, known)
-    train_prompts, _ = resolve_prompt_set(args.train_prompts or d["train_prompts"])
-    if args.methods.strip() == "all" and not reward_entry.meta["differentiable"]:
-        skipped = [m for m in method_names if catalog.methods.get(m).meta.get("needs_differentiable_reward")]
-        if skipped:  # 'all' means all that can train on this reward
-            print(f"bench: skipping {', '.join(skipped)}: {args.reward!r} is not differentiable", file=sys.stderr)
-            method_names = [m for m in method_names if m not in skipped]
-    for m in method_names:
-        if catalog.methods.get(m).meta.get("needs_differentiable_reward") and not reward_entry.meta["differentiable"]:
-            raise BenchError(f"method {m!r} backpropagates through the reward, but {args.reward!r} is not "
-                             f"differentiable; choose a differentiable reward (see `python -m bench list rewards`)")
-    from metrics.weights import preflight
-    preflight(args.reward, info.suite)
+    method_settings(args, grid)
+    preflight(args.reward, grid.info.suite)
+    from bench.spec.prompts import resolve_prompt_set
 
-    from bench.store.manifest import inputs_digest
-    from bench.spec.scale import Scale
-    from metrics.weights import weight_paths
-
-    _, prompt_list = resolve_prompt_set(train_prompts)
-    if info.location:
-        backbone_input = Path(info.location)
-    elif info.suite == "toy":
+    _, prompt_list = resolve_prompt_set(grid.train_prompts)
+    if grid.info.location:
+        backbone_input = Path(grid.info.location)
+    elif grid.info.suite == "toy":
         from bench.toy.suite import assets_root
 
         backbone_input = assets_root()  # the pipeline and every toy reward's weights
     else:
-        backbone_input = f"built by {info.builder}"  # deterministic, from code
-    inputs = inputs_digest(["\n".join(prompt_list), backbone_input, *weight_paths(args.reward, info.suite)])
-    num_steps = args.num_steps or d["num_steps"]
-    samples_per_epoch = args.samples_per_epoch or d["samples_per_epoch"]
-    rule, multiplier, temperature = scale_rule_of(args, d)
-    scale = Scale(num_steps=num_steps, samples_per_epoch=samples_per_epoch, latent_dims=d["latent_dims"],
-                  budget=budget, multiplier=multiplier, rule=rule, temperature=temperature)
-    specs = []
-    hparams_of = {m: resolve_hparams(m, overrides, scale) for m in method_names}
-    # Seed-major, so that a grid stopped part-way (a study over several sessions) holds whole seeds: every
-    # method on seed 0, then seed 1, ..., which is what the paired-by-seed comparisons need.
-    for seed in seeds:
-        for m in method_names:
-            hparams = hparams_of[m]
-            specs.append(RunSpec(
-                method=m, reward=args.reward, backbone=args.backbone or catalog.DEFAULT_BACKBONE, suite=info.suite,
-                seed=seed, budget=budget, num_checkpoints=args.num_checkpoints, num_steps=num_steps,
-                guidance_scale=args.guidance_scale or d["guidance_scale"], eta=d["eta"],
-                samples_per_epoch=samples_per_epoch,
-                train_batch_size=args.train_batch_size or d["train_batch_size"],
-                sample_batch_size=d["sample_batch_size"], train_prompts=train_prompts,
-                lora_rank=args.lora_rank, mixed_precision=args.mixed_precision, update_multiplier=multiplier,
-                latent_dims=d["latent_dims"], scale_rule=rule, noise_temperature=temperature, inputs=inputs,
-                hparams=hparams,
-            ))
-    if shard is not None:
-        k, n = shard
-        total = len(specs)
-        specs = [spec for i, spec in enumerate(specs) if i % n == k - 1]
-        if not specs:
-            raise BenchError(f"--shard {k}/{n}: the grid has only {total} run(s), so this slice is empty")
-    return specs
+        backbone_input = f"built by {grid.info.builder}"  # deterministic, from code
+    inputs = inputs_digest(["\n".join(prompt_list), backbone_input, *weight_paths(args.reward, grid.info.suite)])
+    return expand_grid(args, grid, inputs, shard)
 
 
 def parse_shard(text: str | None) -> tuple[int, int] | None:
