@@ -10,11 +10,9 @@ This module is the parser and the dispatch; each command's body lives beside wha
 from __future__ import annotations
 
 import argparse
-import math
-import re
 import sys
 
-from bench.errors import BenchError, RunFailed
+from bench.errors import BenchError, RunFailed, number, whole  # noqa: F401  (argument types; tests import them here)
 from bench.spec.listing import KINDS
 
 
@@ -26,26 +24,16 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
-def whole(text: str) -> int:
-    """An ASCII whole number (argparse's int takes '٣' and other Unicode digits)."""
-    t = text.strip().replace("_", "")
-    if not re.fullmatch(r"[+-]?[0-9]+", t):
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}")
-    return int(t)
-
-
-def number(text: str) -> float:
-    """An ASCII finite decimal number (no nan, inf or Unicode digits)."""
-    t = text.strip()
-    if not re.fullmatch(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?", t) or not math.isfinite(float(t)):
-        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")  # 1e400 reads as inf
-    return float(t)
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python -m bench", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
+    _add_run(sub)
+    _add_others(sub)
+    return p
 
+
+def _add_run(sub) -> None:
+    """`bench run`: the grid, its scale, its workers and its outputs."""
     r = sub.add_parser("run", help="train methods to a common reward-query budget and store the results")
     r.add_argument("--study", default=None,
                    help="a preset grid (see `bench list studies`), e.g. overoptimization; explicit flags override it "
@@ -124,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--report-dir", default=None,
                    help="report folder (default: reports/ for --out results, else OUT/report)")
 
+
+def _add_others(sub) -> None:
+    """eval, report, perf, list, ingest, runs, completion."""
     ev = sub.add_parser("eval", help="score the checkpoints of finished runs (every suite reward they lack)")
     ev.add_argument("--out", default="results", help="the --out of the runs to score (default: results)")
     ev.add_argument("--db", default=None, help="DuckDB file (default: OUT/bench.duckdb)")
@@ -177,7 +168,6 @@ def build_parser() -> argparse.ArgumentParser:
     cp = sub.add_parser("completion", help="print a shell completion script: eval \"$(bench completion bash)\"")
     cp.add_argument("shell", choices=("bash", "zsh"), help="the shell (zsh loads the bash script through "
                     "bashcompinit)")
-    return p
 
 
 def refuse_empty(parser: argparse.ArgumentParser, args) -> None:

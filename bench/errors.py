@@ -1,6 +1,9 @@
 """User-facing errors. The CLI prints them as one line and exits 2."""
 
+import argparse
 import difflib
+import math
+import re
 
 
 class BenchError(Exception):
@@ -67,3 +70,20 @@ def env_whole(name: str, default: int | None, lowest: int = 1, highest: int = 1 
     if not re.fullmatch(r"[0-9]{1,9}", text) or not lowest <= int(text) <= highest:
         raise BenchError(f"environment variable {name}={text!r} must be a whole number from {lowest} to {highest}")
     return int(text)
+
+
+# ------------------------------------------------------------------ argument types of the command line
+def whole(text: str) -> int:
+    """An ASCII whole number (argparse's int takes '٣' and other Unicode digits)."""
+    t = text.strip().replace("_", "")
+    if not re.fullmatch(r"[+-]?[0-9]+", t):
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}")
+    return int(t)
+
+
+def number(text: str) -> float:
+    """An ASCII finite decimal number (no nan, inf or Unicode digits)."""
+    t = text.strip()
+    if not re.fullmatch(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?", t) or not math.isfinite(float(t)):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")  # 1e400 reads as inf
+    return float(t)
