@@ -296,26 +296,10 @@ def planned_counts(spec) -> dict:
     return out
 
 
-def floor_rows(db_path, out_dir, threads: int = 1, repeat: int = 2,
-               batch: int = FLOOR_BATCH) -> tuple[list[tuple], dict]:
-    """Per phase of the stored runs: the UNet rows the work needed (forward, backward) and the critic's
-    encoder rows, their cost at this machine's large-batch rate (`floor_costs`, measured in this call),
-    the measured seconds, and measured / floor; the whole grid last.
-
-    Rows, from the compute counters and the evaluation matrix: sampling, `sampling_rows_per_image` per image
-    sampled (2 T with classifier-free guidance); training, the rest of the counted forward rows and every
-    backward row (AlignProp's sampling with gradients is its training); evaluation, 2 T per evaluation image after query 0 (twice
-    that with KL to the pretrained model, which runs the UNet again), plus the shared query-0 images once.
-    Decodes: the counted VAE decodes, one per sampled image (sampling), one per critic state (critic encoding,
-    as many as its encoder rows), the rest training (AlignProp's chains); evaluation, one per evaluation image.
-    Not in the floor: reward scoring, Python overhead (that is what the ratio shows). The summary's
-    `ratio_unet` leaves decoding out (the floor as issue 22 first defined it: UNet and encoder rows)."""
-    import json
-
-    from bench.spec.catalog import methods
-    from bench.spec.runspec import RunSpec
+def _stored_floor_inputs(db_path) -> tuple:
+    """From a results database: the finished runs (id, method, config), each run's compute counters at its last
+    checkpoint, its phase seconds, its evaluation images (with and without KL) and the shared query-0 images."""
     from bench.store.database import connect
-    from bench.spec.registry import shape_of
 
     con = connect(Path(db_path), read_only=True)
     try:
@@ -334,6 +318,30 @@ def floor_rows(db_path, out_dir, threads: int = 1, repeat: int = 2,
                              "WHERE reward_queries = 0").fetchone()[0]
     finally:
         con.close()
+    return runs, finals, times, eval_images, query0
+
+
+def floor_rows(db_path, out_dir, threads: int = 1, repeat: int = 2,
+               batch: int = FLOOR_BATCH) -> tuple[list[tuple], dict]:
+    """Per phase of the stored runs: the UNet rows the work needed (forward, backward) and the critic's
+    encoder rows, their cost at this machine's large-batch rate (`floor_costs`, measured in this call),
+    the measured seconds, and measured / floor; the whole grid last.
+
+    Rows, from the compute counters and the evaluation matrix: sampling, `sampling_rows_per_image` per image
+    sampled (2 T with classifier-free guidance); training, the rest of the counted forward rows and every
+    backward row (AlignProp's sampling with gradients is its training); evaluation, 2 T per evaluation image after query 0 (twice
+    that with KL to the pretrained model, which runs the UNet again), plus the shared query-0 images once.
+    Decodes: the counted VAE decodes, one per sampled image (sampling), one per critic state (critic encoding,
+    as many as its encoder rows), the rest training (AlignProp's chains); evaluation, one per evaluation image.
+    Not in the floor: reward scoring, Python overhead (that is what the ratio shows). The summary's
+    `ratio_unet` leaves decoding out (the floor as issue 22 first defined it: UNet and encoder rows)."""
+    import json
+
+    from bench.spec.catalog import methods
+    from bench.spec.runspec import RunSpec
+    from bench.spec.registry import shape_of
+
+    runs, finals, times, eval_images, query0 = _stored_floor_inputs(db_path)
     if not runs:
         raise BenchError(f"{db_path} holds no finished runs")
     specs = {r: RunSpec.from_dict(json.loads(c) if isinstance(c, str) else c) for r, _, c in runs}
@@ -557,6 +565,24 @@ def run_levers(repeat: int = 3) -> list[tuple]:
     rows.append(("bf16 autocast, fwd+bwd (32 rows)", "fp32", "bf16", base,
                  _unet_call_seconds(unet, 32, True, repeat, torch.bfloat16), "no: see above"))
 
+    rows += _evaluation_levers(bb10, repeat)
+    rows += _update_levers(bb10, g, repeat)
+    # processes vs threads for the small per-timestep updates (3 rows)
+    from bench.grid import available_cores
+
+    cores = available_cores()
+    one = _processes_seconds(1, cores, 3, 20)
+    many = _processes_seconds(cores, 1, 3, 20)
+    rows.append((f"small fwd+bwd calls (3 rows), {cores} cores", f"1 process x {cores} threads",
+                 f"{cores} processes x 1 thread", one, many, "yes: --workers (default one per core)"))
+    return [(a, b, c, f"{x:.4f}", f"{y:.4f}", f"{x / y:.2f}x", k) for a, b, c, x, y, k in rows]
+
+
+def _evaluation_levers(bb10, repeat: int) -> list[tuple]:
+    """The evaluation batch, and batched evaluation across runs."""
+    import torch
+
+    rows = []
     # inference batch for evaluation
     ev = [("a red circle", i) for i in range(64)]
     gens = lambda: [torch.Generator().manual_seed(i) for i in range(len(ev))]  # noqa: E731
@@ -579,7 +605,14 @@ def run_levers(repeat: int = 3) -> list[tuple]:
                  "yes" if per_ckpt / merged >= 1.15 else
                  "no: under 1.15x for the UNet part of evaluation, before the per-row LoRA it would need; every "
                  "stored score would move in its last digits"))
+    return rows
 
+
+def _update_levers(bb10, g, repeat: int) -> list[tuple]:
+    """Fused update windows of DDPO-2's and DDPO-100's shapes."""
+    import torch
+
+    rows = []
     # fused update windows
     bb10.add_lora(4)
     traj = bb10.sample(["a red circle"] * 16, generator=g, batch_size=16)
@@ -606,16 +639,7 @@ def run_levers(repeat: int = 3) -> list[tuple]:
     rows.append(("DDPO-100 update, 1 sample x 3 steps", "3 calls of 1", "1 fused call of 3",
                  _timed(lambda: ddpo100(False), repeat), _timed(lambda: ddpo100(True), repeat),
                  "yes: the same gradient (tested)"))
-
-    # processes vs threads for the small per-timestep updates (3 rows)
-    from bench.grid import available_cores
-
-    cores = available_cores()
-    one = _processes_seconds(1, cores, 3, 20)
-    many = _processes_seconds(cores, 1, 3, 20)
-    rows.append((f"small fwd+bwd calls (3 rows), {cores} cores", f"1 process x {cores} threads",
-                 f"{cores} processes x 1 thread", one, many, "yes: --workers (default one per core)"))
-    return [(a, b, c, f"{x:.4f}", f"{y:.4f}", f"{x / y:.2f}x", k) for a, b, c, x, y, k in rows]
+    return rows
 
 
 # ------------------------------------------------------------------------------ SD scale (issue: real scale)
