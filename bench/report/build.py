@@ -626,7 +626,7 @@ def diagnostics(train, folder: Path, styles: dict) -> tuple[list[str], list[tupl
 def effective_tables(con) -> list[tuple[str, list[tuple]]]:
     """The scale rule's effective quantities at every scale the stored runs used."""
     from bench.spec.prompts import resolve_prompt_set
-    from bench.spec.scale import Scale, effective_table_rows
+    from bench.spec.scale import effective_table_rows
     from bench.spec.runspec import RunSpec, scale_for
 
     scales = {}
