@@ -111,9 +111,19 @@ def local_grid_shape(args, runs: int, cuda: bool, distributed: bool = False) -> 
     return workers, args.threads or _env_threads() or max(1, available_cores() // workers)
 
 
+def report_dir_of(args) -> Path:
+    """Where `bench run` writes its report: --report-dir, else reports/ for --out results, else OUT/report."""
+    return Path(args.report_dir) if args.report_dir else (
+        Path("reports") if args.out == "results" else Path(args.out) / "report")
+
+
 def cmd_run(args) -> int:
     specs = build_specs(args)
     out = Path(args.out)
+    if not args.no_eval and not args.no_report:  # a folder holding someone else's files is refused before training
+        from bench.store.atomic import REPORT_FILES, check_owned_folder
+
+        check_owned_folder(report_dir_of(args), "report folder", legacy=REPORT_FILES)
     db = Path(args.db) if args.db else out / "bench.duckdb"
     from bench.store.database import check_db
 
@@ -178,8 +188,7 @@ def cmd_run(args) -> int:
         print(f"bench: FAILED {o.run_id}: {o.error}", file=sys.stderr)
     report_s = None
     if not args.no_eval:
-        report_dir = Path(args.report_dir) if args.report_dir else (
-            Path("reports") if args.out == "results" else out / "report")
+        report_dir = report_dir_of(args)
         t0 = time.perf_counter()
         print_and_write(db, report_dir, out, write=not args.no_report, study=args.study)
         report_s = time.perf_counter() - t0

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from bench.quiet import quiet_libraries
-from bench.store.atomic import check_out_dir
+from bench.store.atomic import REPORT_FILES, check_out_dir, check_owned_folder
 
 
 def plan_of(study: str | None):
@@ -27,7 +27,12 @@ def print_and_write(db: Path, report_dir: Path, out: Path, write: bool = True, s
         below_m = below_m_line(effective_tables(con), {m for (m,) in con.execute("SELECT method FROM runs").fetchall()})
     finally:
         con.close()
-    index = write_report(db, report_dir, out, boards=boards, plan=plan) if write else None
+    if write:  # built beside the folder and swapped in whole: an interrupted report leaves the old one
+        from bench.store.atomic import REPORT_FILES, replace_folder
+
+        replace_folder(report_dir, lambda tmp: write_report(db, tmp, out, boards=boards, plan=plan), "report folder",
+                       legacy=REPORT_FILES)
+    index = report_dir / "index.html" if write else None
     table = boards_markdown(boards, compact=True).rstrip()
     print()
     print(table or "(no evaluation scores)")
@@ -55,6 +60,7 @@ def cmd_report(args) -> int:
 
     open_results(db).close()
     check_out_dir(Path(args.out))
+    check_owned_folder(Path(args.out), "report folder", legacy=REPORT_FILES)
     plan_of(args.study)  # did-you-mean before anything heavy
     quiet_libraries()
     print_and_write(db, Path(args.out), db.parent, study=args.study)

@@ -44,3 +44,91 @@ def check_out_dir(out: Path) -> None:
         raise BenchError(f"--out {out}: {parent} is not a directory")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise BenchError(f"--out {out}: cannot write in {parent} (permission denied)")
+
+
+# ------------------------------------------------------------------------------ folders the harness owns
+MANIFEST = ".bench-manifest.json"
+"""In a folder the harness writes whole (a report): every file it wrote, so that a later write replaces only
+its own files and refuses a folder that holds someone else's."""
+
+REPORT_FILES = ("index.html", "leaderboard.md", "leaderboard.csv", "leaderboard.html", "report.json")
+"""Files a report folder from before manifests held that can only be the harness's: such a folder is still its
+own. Its figures and grids cannot be told from a user's pictures, so a folder holding them is refused once."""
+
+
+def _files(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() or p.is_symlink())
+
+
+def check_owned_folder(folder: Path, what: str, legacy: tuple[str, ...] = ()) -> None:
+    """A folder the harness may replace whole: absent, empty, or holding only what its manifest lists (or, with
+    no manifest, only files matching `legacy`). Anything else is refused in one line: bench never deletes a
+    file it did not write."""
+    import fnmatch
+
+    folder = Path(folder)
+    if not folder.exists():
+        return
+    if not folder.is_dir() or folder.is_symlink():
+        raise BenchError(f"{what} {folder} is not a folder bench can replace (a file or a link)")
+    files = _files(folder)
+    try:
+        owned = set(json.loads((folder / MANIFEST).read_text())["files"]) | {MANIFEST}
+    except FileNotFoundError:
+        owned = {f for f in files if any(fnmatch.fnmatch(f, pat) for pat in legacy)}
+    except (OSError, ValueError, KeyError, TypeError):
+        raise BenchError(f"{what} {folder}: its manifest {MANIFEST} is unreadable; move the folder aside") from None
+    foreign = [f for f in files if f not in owned]
+    if foreign:
+        why = "" if (folder / MANIFEST).exists() else f", and no {MANIFEST} of its own (a report from before bench " \
+            "kept one is refused once too)"
+        raise BenchError(f"{what} {folder} holds {len(foreign)} file(s) bench did not write (e.g. {foreign[0]}){why}; "
+                         f"choose another folder or move them: bench replaces its folders whole")
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one step (Linux renameat2 RENAME_EXCHANGE); False where the system cannot."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
+def replace_folder(folder: Path, build, what: str = "folder", legacy: tuple[str, ...] = ()):
+    """Build a folder's new contents in a fresh sibling (`build(tmp)`), list them in its manifest, then put it in
+    place of the old one in one step, so an interrupted write leaves the old folder whole. Returns build's value.
+    Leftover siblings of earlier interrupted writes are removed first (their names are bench's own)."""
+    import shutil
+
+    folder = Path(folder)
+    check_owned_folder(folder, what, legacy)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    for stale in folder.parent.glob(f".{folder.name}.bench-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.bench-", dir=folder.parent))
+    try:
+        value = build(tmp)
+        atomic_write_json(tmp / MANIFEST, {"files": [f for f in _files(tmp) if f != MANIFEST]})
+        if not folder.exists():
+            os.rename(tmp, folder)
+        elif _exchange(tmp, folder):
+            shutil.rmtree(tmp, ignore_errors=True)  # now the old contents
+        else:  # no atomic exchange here: the old folder is set aside first, and restored if the swap fails
+            old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.bench-old-", dir=folder.parent))
+            os.rename(folder, old / "x")
+            try:
+                os.rename(tmp, folder)
+            except OSError:
+                os.rename(old / "x", folder)
+                raise
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return value
