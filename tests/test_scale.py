@@ -225,3 +225,15 @@ def test_scale_rule_flags_and_run_names(tmp_path):
     r = run_cli("run", "--noise-temperature", "4", "--out", str(tmp_path / "o"))
     assert r.returncode == 2 and r.stderr.strip() == \
         "error: --noise-temperature has no effect under --scale-rule count; use --scale-rule sde"
+
+
+def test_the_reports_confound_line_reads_the_multiple_and_the_reason():
+    """The report's line on methods off m reads the effective table's 'x source' and 'not m because' columns by
+    name: at the toy default DiffusionNFT (whole updates) is named with its multiple, DDPO-100 (exactly m) not."""
+    from bench.report.build import below_m_line
+    from bench.spec.listing import effective_table
+
+    line = below_m_line([effective_table("toy")], {"diffusion-nft", "ddpo-100"})
+    assert line == ("Updates per reward query other than m x the source's (read their results with it): "
+                    "diffusion-nft 16.20x (whole updates in the run: 17.8 -> 18).")
+    assert below_m_line([effective_table("toy", "sde")], {"ddpo-100"}) == ""

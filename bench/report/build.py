@@ -644,11 +644,14 @@ def effective_tables(con) -> list[tuple[str, list[tuple]]]:
 def below_m_line(effective: list[tuple[str, list[tuple]]], present: set[str]) -> str:
     """The methods of these runs whose updates per reward query are not m times their source's, with the
     multiple and why (a floor or a ceiling): a confound to read beside their results."""
+    from bench.spec.scale import EFFECTIVE_HEADER
+
+    multiple, why = EFFECTIVE_HEADER.index("x source"), EFFECTIVE_HEADER.index("not m because")
     parts = []
     for title, rows in effective:
         for r in rows:
-            if r[0] in present and r[3] != "-":
-                parts.append(f"{r[0]} {r[2]} ({r[3]})")
+            if r[0] in present and r[why] != "-":
+                parts.append(f"{r[0]} {r[multiple]} ({r[why]})")
     return ("Updates per reward query other than m x the source's (read their results with it): "
             + "; ".join(parts) + ".") if parts else ""
 
