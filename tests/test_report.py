@@ -46,26 +46,27 @@ def test_interpolation_auc_and_ci_by_hand():
     assert matched_level([[1, 3, 5], [1, 2, 4], [1, 2, 3]]) == 3
     assert matched_level([[1, 0.5], [1, 2]]) == 1  # a run that never rises pins the level at the start
     m, h = mean_ci([8.0, 7.0])  # sd 0.7071, t(1) = 12.706
-    assert m == 7.5 and h == pytest.approx(12.706 * 0.70710678 / 2 ** 0.5)
+    assert m == 7.5 and h == pytest.approx(12.7062 * 0.70710678 / 2 ** 0.5, rel=1e-5)
     m, h = mean_ci([1.0, 2.0, 3.0, 4.0])  # sd 1.2910, t(3) = 3.182
-    assert m == 2.5 and h == pytest.approx(3.182 * 1.2909944 / 2)
+    assert m == 2.5 and h == pytest.approx(3.182446 * 1.2909944 / 2, rel=1e-6)
     assert mean_ci([3.0]) == (3.0, None)
 
 
-def test_t_quantiles_are_the_printed_table_and_welch_by_hand():
-    """scipy's quantiles, to 3 decimals, are the printed table (df 1..30; the normal's 1.960 beyond), so the
-    leaderboard's numbers did not move when the typed-in table went; Welch's CI checked by hand."""
+def test_t_quantiles_are_exact_at_every_df_and_welch_by_hand():
+    """t_0.975 at df 1..30 is the printed table to its 3 decimals; beyond 30 df it is t, not the normal's 1.960
+    (t(31) = 2.040, t(95) = 1.985: 1-4% wider); Welch's fractional df is used as it is. Welch's CI by hand."""
     from bench.report.analysis import t975, welch_ci
 
     printed = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
                2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
                2.045, 2.042]
-    assert [t975(df) for df in range(1, 31)] == printed
-    assert t975(31) == t975(500) == 1.96 and t975(2.9) == 4.303  # fractional Welch df round down
+    assert [round(t975(df), 3) for df in range(1, 31)] == printed
+    assert t975(31) == pytest.approx(2.0395, abs=1e-4) and t975(95) == pytest.approx(1.9853, abs=1e-4)
+    assert t975(500) > 1.96 and 4.303 > t975(2.306) > 3.182  # between t(2) and t(3)
     # a = (1, 2, 3): var 1; b = (2, 4, 9): mean 5, var 13; se^2 = 1/3 + 13/3 = 4.6667
-    # df = 4.6667^2 / ((1/3)^2/2 + (13/3)^2/2) = 21.778 / 9.4444 = 2.306 -> t(2) = 4.303
+    # df = 4.6667^2 / ((1/3)^2/2 + (13/3)^2/2) = 21.778 / 9.4444 = 2.3059 -> t(2.3059) = 3.799
     diff, h = welch_ci([1, 2, 3], [2, 4, 9])
-    assert diff == pytest.approx(-3.0) and h == pytest.approx(4.303 * (14 / 3) ** 0.5)
+    assert diff == pytest.approx(-3.0) and h == pytest.approx(3.7994 * (14 / 3) ** 0.5, rel=1e-3)
     assert welch_ci([1, 1], [2, 2]) == (-1.0, 0.0)
 
 
@@ -101,11 +102,11 @@ def test_leaderboard_on_a_synthetic_database(tmp_path):
     n, a = rows["A"]
     assert n == 2
     assert a["aesthetic final"].mean == pytest.approx(4.5)
-    assert a["aesthetic final"].ci == pytest.approx(12.706 * 0.70710678 / 2 ** 0.5)
+    assert a["aesthetic final"].ci == pytest.approx(12.7062 * 0.70710678 / 2 ** 0.5, rel=1e-5)
     assert a["queries to level"].mean == pytest.approx((10 + 15) / 2)
     # two seeds: the change is averaged over seeds (4 and 3), its CI over seeds too -> not clear
     assert a["aesthetic change"].mean == pytest.approx(3.5)
-    assert a["aesthetic change"].ci == pytest.approx(12.706 * 0.70710678 / 2 ** 0.5)
+    assert a["aesthetic change"].ci == pytest.approx(12.7062 * 0.70710678 / 2 ** 0.5, rel=1e-5)
     assert board.verdicts == {"A": "flat", "B": "improves"}
     assert a["pickscore @ level"].mean == pytest.approx((8 + 7) / 2)
     assert a["pickscore AUC"].mean == pytest.approx((9 + 8.75) / 2)
@@ -199,7 +200,7 @@ def test_paired_change_pairs_images_by_prompt_and_seed(tmp_path):
     diffs = paired_changes(con, "R", "aesthetic", "toy-seen")
     assert diffs == pytest.approx([0.3, 0.2, 0.4, 0.1])  # ordered by prompt, sample
     m, h = mean_ci(diffs)  # mean 0.25, sd sqrt(0.05 / 3), t(3) = 3.182
-    assert m == pytest.approx(0.25) and h == pytest.approx(3.182 * (0.05 / 3) ** 0.5 / 2)
+    assert m == pytest.approx(0.25) and h == pytest.approx(3.182446 * (0.05 / 3) ** 0.5 / 2, rel=1e-6)
     assert change_verdict(m, h) == "improves"
     assert paired_changes(con, "R", "aesthetic", "toy-unseen") == []  # no query-0 partner
     con.close()
@@ -250,7 +251,7 @@ def test_gold_shape_picks_the_peak_on_one_half_and_tests_it_on_the_other(tmp_pat
     assert b.rise == (pytest.approx(0.5), pytest.approx(0.0)) and b.fall == (pytest.approx(-0.3), pytest.approx(0.0))
     a = shapes["A"]
     # the selection half's mean curve over seeds (5, 6.5, 6.25) peaks at 10; the test half's rises are 2 and 1
-    assert a.peak_queries == 10 and a.rise == (pytest.approx(1.5), pytest.approx(12.706 * 0.70710678 / 2 ** 0.5))
+    assert a.peak_queries == 10 and a.rise == (pytest.approx(1.5), pytest.approx(12.7062 * 0.70710678 / 2 ** 0.5, rel=1e-5))
     assert a.shape == "flat"
     d = shapes["D"]
     # peak at the pretrained model; on the test images (1, 3) the total change is -2 on both: CI 0

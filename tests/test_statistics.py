@@ -15,10 +15,30 @@ def test_paired_ci_and_mdd_by_hand():
     # differences 0.5, 1.0, 0.1, 0.9: mean 0.625, sd sqrt(0.5075 / 3) = 0.41130, se 0.20565
     c = paired_comparison([1, 2, 3, 4], [0.5, 1.0, 2.9, 3.1])
     assert c.paired and c.n == 4 and c.diff == pytest.approx(0.625)
-    assert c.ci == pytest.approx(3.182 * 0.205649, rel=1e-4)                  # t_0.975(3) = 3.182
+    assert c.ci == pytest.approx(3.182446 * 0.205649, rel=1e-5)               # t_0.975(3) = 3.182
     assert c.mdd == pytest.approx((3.182446 + 0.978472) * 0.205649, rel=1e-4)  # t_0.80(3) = 0.978
     assert c.p == pytest.approx(0.0559, abs=2e-4)                            # t = 3.039 on 3 df
-    assert c.equivalence_bound == pytest.approx(0.625 + c.ci)
+    # TOST at 5%: |diff| + t_0.95(3) se = 0.625 + 2.353363 x 0.205649 (the 95% CI's far end, 0.625 + 3.182 se,
+    # was a 2.5% test each side)
+    assert c.equivalence_bound == pytest.approx(0.625 + 2.353363 * 0.205649, rel=1e-5)
+
+
+def test_tost_bound_of_the_v3_primary_and_its_error_rate():
+    """The study v3's TDPO-R - TDPO (+0.0024 +- 0.3518 over 7 pairs, t_0.975(6) = 2.447: se 0.14377): TOST at 5%
+    rules out more than 0.282, not the 0.354 the report printed. And on synthetic pairs whose true difference
+    sits exactly at the margin, TOST wrongly rules it out 5% of the time (the 95% CI's far end: 2.5%)."""
+    from bench.report.analysis import Comparison
+
+    se = 0.3518 / 2.446912
+    c = Comparison(0.0024, 0.3518, 0.987, 7, 0.482, True, se, 6)
+    assert c.equivalence_bound == pytest.approx(0.0024 + 1.943180 * se, rel=1e-5) and 0.28 < c.equivalence_bound < 0.29
+    rng = np.random.default_rng(1)
+    margin, wrong, old = 2.0, 0, 0
+    for _ in range(4000):  # true difference = the margin: claiming "no difference larger than the margin" is wrong
+        c = paired_comparison(rng.normal(margin, 1.0, size=8), np.zeros(8))
+        wrong += c.equivalence_bound < margin
+        old += abs(c.diff) + c.ci < margin
+    assert wrong / 4000 == pytest.approx(0.05, abs=0.012) and old / 4000 == pytest.approx(0.025, abs=0.01)
 
 
 def test_pairing_removes_the_seeds_shared_luck():
@@ -152,8 +172,8 @@ def test_the_report_pairs_by_seed_labels_the_primary_and_holm_adjusts_the_rest(t
     # other seeds: Welch, and the seeds' luck (sd about 0.7) swamps the 0.2
     assert vs_ddpo["primary"] and not vs_ddpo["comp"].paired and vs_ddpo["comp"].ci > 0.5
     assert vs_ddpo["says"].startswith("no difference larger than")
-    assert float(vs_ddpo["says"].split()[-1]) == pytest.approx(abs(vs_ddpo["comp"].diff) + vs_ddpo["comp"].ci,
-                                                               rel=1e-2)
+    assert float(vs_ddpo["says"].split()[-1]) == pytest.approx(vs_ddpo["comp"].equivalence_bound, rel=1e-2)
+    assert vs_ddpo["comp"].equivalence_bound < abs(vs_ddpo["comp"].diff) + vs_ddpo["comp"].ci  # TOST: tighter
     pick = rows["tdpo-r", "tdpo", "pickscore"]  # exploratory: Holm over the exploratory rows
     assert not pick["primary"] and pick["p_holm"] >= pick["comp"].p
     exploratory = sorted(r["comp"].p for r in rows.values() if not r["primary"])

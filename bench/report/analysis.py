@@ -37,13 +37,12 @@ import numpy as np
 
 
 def t975(df: float) -> float:
-    """Two-sided 95% (upper 97.5%) quantile of Student's t with floor(df) degrees of freedom, to 3 decimals as
-    printed in statistics tables (12.706, 4.303, ...), and the normal's 1.960 beyond 30 df: the convention the
-    leaderboard's CIs have always used, so its numbers do not move."""
+    """Two-sided 95% (upper 97.5%) quantile of Student's t at `df` degrees of freedom, exact at every df (Welch's
+    fractional ones too). Until 2026-12-06 it was rounded to 3 decimals, at floor(df), and the normal's 1.960
+    beyond 30 df, which made intervals over 31+ values (images, pairs) 1-4% too narrow."""
     from scipy import stats
 
-    k = max(int(math.floor(df)), 1)
-    return round(float(stats.t.ppf(0.975, k) if k <= 30 else stats.norm.ppf(0.975)), 3)
+    return float(stats.t.ppf(0.975, max(float(df), 1.0)))
 
 
 def mean_ci(values) -> tuple[float, float | None]:
@@ -241,11 +240,19 @@ class Comparison:
     """Minimum detectable difference: the true difference this design finds at 95% confidence with 80% power,
     given the observed spread: (t_0.975 + t_0.80) x the standard error, at the design's degrees of freedom."""
     paired: bool
+    se: float = 0.0
+    """Standard error of the difference."""
+    df: float = 1.0
+    """Degrees of freedom of its t distribution."""
 
     @property
     def equivalence_bound(self) -> float:
-        """When the CI includes 0: the data rule out a difference larger than this (the CI's farther end)."""
-        return abs(self.diff) + self.ci
+        """The smallest margin D for which two one-sided tests at 5% (TOST) reject |difference| >= D: the data
+        rule out a difference larger than this. |diff| + t_0.95(df) se, the far end of the 90% interval (the
+        95% interval's far end, used until 2026-12-06, is a 2.5% test each side: too wide)."""
+        from scipy import stats
+
+        return abs(self.diff) + (float(stats.t.ppf(0.95, self.df)) * self.se if self.se else 0.0)
 
 
 def _mdd(se: float, df: float, alpha: float = 0.05, power: float = 0.8) -> float:
@@ -265,9 +272,9 @@ def paired_comparison(a, b) -> Comparison:
     m = float(d.mean())
     se = float(d.std(ddof=1)) / math.sqrt(n)
     if se == 0:
-        return Comparison(m, 0.0, 0.0 if m else 1.0, n, 0.0, True)
+        return Comparison(m, 0.0, 0.0 if m else 1.0, n, 0.0, True, 0.0, n - 1)
     p = float(2 * stats.t.sf(abs(m) / se, n - 1))
-    return Comparison(m, t975(n - 1) * se, p, n, _mdd(se, n - 1), True)
+    return Comparison(m, t975(n - 1) * se, p, n, _mdd(se, n - 1), True, se, n - 1)
 
 
 def welch_comparison(a, b) -> Comparison:
@@ -281,7 +288,8 @@ def welch_comparison(a, b) -> Comparison:
         return Comparison(diff, 0.0, 0.0 if diff else 1.0, min(len(a), len(b)), 0.0, False)
     df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
     se = math.sqrt(va + vb)
-    return Comparison(diff, ci, float(2 * stats.t.sf(abs(diff) / se, df)), min(len(a), len(b)), _mdd(se, df), False)
+    return Comparison(diff, ci, float(2 * stats.t.sf(abs(diff) / se, df)), min(len(a), len(b)), _mdd(se, df), False,
+                      se, df)
 
 
 def holm(pvalues: list[float]) -> list[float]:

@@ -367,7 +367,7 @@ def comparison_rows(boards: list[Board], plan: ComparisonPlan) -> list[dict]:
     ran is left out), else Welch over all of each one's seeds, with
     its p-value and minimum detectable difference (80% power, 95% confidence). The plan's primary score and
     prompt set are primary; everything else is exploratory, its p-values Holm-adjusted as one family. Where a
-    CI includes 0, the data rule out differences beyond its farther end ('no difference larger than X')."""
+    CI includes 0, the data rule out differences beyond the TOST bound at 5% ('no difference larger than X')."""
     from bench.report.analysis import holm, paired_comparison, welch_comparison
 
     roles = _roles()
