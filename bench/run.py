@@ -117,13 +117,18 @@ def report_dir_of(args) -> Path:
         Path("reports") if args.out == "results" else Path(args.out) / "report")
 
 
-def cmd_run(args) -> int:
-    specs = build_specs(args)
-    out = Path(args.out)
-    if not args.no_eval and not args.no_report:  # a folder holding someone else's files is refused before training
+def check_report_folder(args) -> None:
+    """A report folder holding someone else's files is refused before any training."""
+    if not args.no_eval and not args.no_report:
         from bench.store.atomic import REPORT_FILES, check_owned_folder
 
         check_owned_folder(report_dir_of(args), "report folder", legacy=REPORT_FILES)
+
+
+def cmd_run(args) -> int:
+    specs = build_specs(args)
+    out = Path(args.out)
+    check_report_folder(args)
     db = Path(args.db) if args.db else out / "bench.duckdb"
     from bench.store.database import check_db
 

@@ -56,10 +56,7 @@ def load_into(registry) -> None:
                              f"{type(spec).__name__}")
         fields = dict(spec)
         _check_name(ep.name, registry, where)
-        if registry.kind == "method":
-            fields = _method_fields(fields, registry, where)
-        else:
-            _reward_fields(fields, where)
+        fields = CHECKS[registry.kind](fields, registry, where)
         target, summary = fields.pop("target"), fields.pop("summary")
         registry.register(ep.name, target, summary, plugin=ep.dist.name if getattr(ep, "dist", None) else ep.value,
                           **fields)
@@ -135,7 +132,7 @@ def _method_fields(fields: dict, registry, where: str) -> dict:
     return fields
 
 
-def _reward_fields(fields: dict, where: str) -> None:
+def _reward_fields(fields: dict, registry, where: str) -> dict:
     _target(fields, "target", where)
     _need(fields, "summary", str, where)
     _need(fields, "higher_is_better", bool, where)
@@ -143,3 +140,8 @@ def _reward_fields(fields: dict, where: str) -> None:
     suites = fields.get("suites")
     if suites is not None and (not isinstance(suites, (tuple, list)) or not all(isinstance(s, str) for s in suites)):
         raise BenchError(f"{where}: field 'suites' must be a list of suite names")
+    return fields
+
+
+CHECKS = {"method": _method_fields, "reward": _reward_fields}
+"""Each registry kind's check of a plugin's fields (returns the fields to register)."""
