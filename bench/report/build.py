@@ -734,6 +734,10 @@ class ReportData:
     critic: list
     critic_means: dict
     comparisons: list
+    question: list
+    """The comparisons as table rows."""
+    sentences: list
+    """The primary comparisons in words."""
     gao: list
     drift: list
     effective: list
@@ -789,10 +793,12 @@ def _read_report(con, report_dir: Path, out_dir: Path, plan: ComparisonPlan, boa
         diag_pngs, diag_table = diagnostics(frames["train"], fig_dir, styles)
         gao_pngs = gao_figures(frames["curves"], _mean_gao(boards), fig_dir, styles)
     critic, critic_means = critic_rows(con)
+    comparisons = comparison_rows(boards, plan)
     runs = con.execute("SELECT run_id, method, reward, suite, seed, budget, status FROM runs ORDER BY run_id").fetchall()
     return ReportData(boards=boards, pngs=pngs, kl_pngs=kl_pngs, div_pngs=div_pngs, diag_pngs=diag_pngs,
                       diag_table=diag_table, gao_pngs=gao_pngs, compute=compute_rows(con), critic=critic,
-                      critic_means=critic_means, comparisons=comparison_rows(boards, plan), gao=gao_rows(boards),
+                      critic_means=critic_means, comparisons=comparisons, question=comparison_table(comparisons),
+                      sentences=primary_sentences(comparisons, plan), gao=gao_rows(boards),
                       drift=drift_rows(frames["sets"]), effective=effective_tables(con),
                       grids=matched_grids(con, out_dir, boards), runs=runs)
 
@@ -807,12 +813,11 @@ def _leaderboard_md(data: ReportData, plan: ComparisonPlan, below_m, interim, ch
     if data.critic:
         md = ("### the temporal critic: explained variance of the return (the manipulation check of a reset)\n\n"
               + (f"**{check}**\n\n" if check else "") + _table_md(CRITIC_HEADER, data.critic) + "\n" + md)
-    question = comparison_table(data.comparisons)
-    if question:
+    if data.question:
         md = (f"### the declared comparisons (plan {plan.label}; p (Holm): adjusted within the primary and within "
               "the exploratory comparisons; only the exploratory ones are judged on it)\n\n"
-              + "".join(f"- {s}\n" for s in primary_sentences(data.comparisons, plan)) + "\n"
-              + _table_md(COMPARISON_HEADER, question) + "\n" + md)
+              + "".join(f"- {s}\n" for s in data.sentences) + "\n"
+              + _table_md(COMPARISON_HEADER, data.question) + "\n" + md)
     if data.compute:
         md += "\n### compute at the final checkpoint (mean over seeds)\n\n" + _table_md(COMPUTE_HEADER, data.compute)
     return md
@@ -838,7 +843,7 @@ def _index_body(data: ReportData, plan: ComparisonPlan, db_path, below_m, interi
     from bench.spec.scale import EFFECTIVE_HEADER
 
     esc, figs, boards = html.escape, _figures_html, data.boards
-    question = comparison_table(data.comparisons)
+    question = data.question
     first_figures = _primary_figures(boards, plan)
 
     def bold(text):
@@ -849,7 +854,7 @@ def _index_body(data: ReportData, plan: ComparisonPlan, db_path, below_m, interi
                primary=esc(", ".join(f"{a} vs {b}" for a, b in plan.primary)), score=esc(plan.primary_score),
                prompts=esc(plan.primary_prompts)),
         bold(interim),
-        _block("question", sentences="\n".join(bold(s) for s in primary_sentences(data.comparisons, plan))
+        _block("question", sentences="\n".join(bold(s) for s in data.sentences)
                + bold(check), figures=figs(p for p in data.gao_pngs if p in first_figures))
         if question or data.gao_pngs else "",
         _block("summary", verdicts="\n".join(f"<p>{esc(line)}</p>" for line in verdict_lines(boards)),
