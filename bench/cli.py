@@ -61,6 +61,9 @@ def _add_run(sub) -> None:
                         "(default: the backbone's; 1 at SD scale)")
     r.add_argument("--scale-rule", default=None, choices=("count", "sde"), help="the optimiser at the run's update "
                    "size: the source's (count) or by the square-root scaling rule (sde) (default: the backbone's)")
+    r.add_argument("--reset-rule", default=None, choices=("updates", "share"),
+                   help="TDPO-R's reset period at the run's scale: the critic's updates between resets as the "
+                        "source's (updates, the default) or the period's share of the run (share, study v3)")
     r.add_argument("--noise-temperature", type=number, default=None,
                    help="tau of --scale-rule sde, the gradient-noise temperature (default: the backbone's)")
     r.add_argument("--num-checkpoints", type=whole, default=None, help="checkpoint marks after step 0 (default: the backbone's; toy 8, "

@@ -242,8 +242,8 @@ def suite_prompt_sets(suite: str) -> list[str]:
     return sorted(names, key=lambda n: (order.get(prompt_sets.get(n).meta.get("role"), 9), n))
 
 
-def save_grid(images: torch.Tensor, path: Path, cols: int = 4, scale: int = 4) -> None:
-    """A cols x cols grid of the first images, upscaled (nearest) for viewing, written atomically."""
+def save_grid(images, path: Path, cols: int = 4, scale: int = 4) -> None:
+    """A cols x cols grid of the first `images` (a tensor, N x C x H x W), upscaled (nearest) for viewing, written atomically."""
     import io
 
     import torch

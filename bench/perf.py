@@ -683,7 +683,6 @@ def run_sd_perf(backbone_name: str, num_steps: int, batch: int, repeat: int = 1)
     import torch
 
     from bench.train.backbone import build_backbone
-    from bench.train.runner import backbone_location
     from bench.spec.runspec import resolve_backbone
 
     info = resolve_backbone(backbone_name)

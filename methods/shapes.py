@@ -96,10 +96,24 @@ class PolicyGradient(UpdateShape):
         return S * T / rows * math.ceil(rows / tb) * cost.fb(min(rows, tb))
 
 
+def reset_epochs(src, updates_per_epoch: float, scale) -> int:
+    """Rule 7 (bench/spec/scale.py): epochs between the critic's (or the policy's) resets at `scale`. 'updates':
+    the critic makes as many optimizer steps between resets as the source's (critic and policy step together,
+    `updates_per_epoch` of them per epoch); 'share': the period keeps its share of the run."""
+    if scale.reset_rule == "share":
+        return max(1, _round(scale.epochs * src["reset_every"] / src["epochs"]))
+    return max(1, _round(src["reset_every"] * src["updates_per_epoch"] / updates_per_epoch))
+
+
 class TDPO(PolicyGradient):
     """TDPO's updates are DDPO-100's windows of one step; every state is also decoded and embedded for the
     temporal critic, the LoRA neurons' dormancy batch runs the UNet once, and TDPO-KL scores every step under the
     pretrained policy."""
+
+    def derive(self, src, hp, out, scale):
+        super().derive(src, hp, out, scale)
+        if out.get("reset_every") == "auto":
+            out["reset_every"] = reset_epochs(src, out["updates_per_query"] * scale.samples_per_epoch, scale)
 
     def planned_epoch(self, meta, hp, spec, before, n, out, state):
         super().planned_epoch(meta, hp, spec, before, n, out, state)

@@ -48,8 +48,11 @@ Where the reference and the paper differ we follow the code:
 - the critic target is the per-prompt-normalised reward (the step's return),
   not the raw reward.
 Choices the sources leave open, recorded here:
-- `reset_every="auto"` scales the reference's 10-of-100 epochs to the run:
-  max(1, round(E / 10)) with E = ceil(budget / samples_per_epoch);
+- `reset_every="auto"` gives the critic the reference's 1,000 optimizer steps
+  between resets (10 epochs of 100): round(1000 / updates per epoch) epochs
+  (scale rule 7, reset rule 'updates'; 5 on the toy at m = 16). Study
+  version 3 ran under the older reading, every tenth of the run (reset rule
+  'share'), which at 10 epochs reset every epoch;
 - the dormant-set overlap counts dormant neurons (the reference counts tensor
   elements, so its overlap is always 100%): |prev ∩ cur| / min(|prev|, |cur|);
 - `tdpo-r-leaky` measures activation scores with LeakyReLU(0.01) instead of
@@ -86,7 +89,6 @@ Choices the sources leave open, recorded here:
 
 from __future__ import annotations
 
-import math
 import warnings
 
 import numpy as np
@@ -226,12 +228,12 @@ class KLController:
             self.value *= 1 + error * n_steps / self.horizon
 
 
-def reset_period(reset_every, budget: int, samples_per_epoch: int) -> int:
-    """Epochs between resets. The scale rule resolves `auto` to the reference's 10 of 100
-    epochs, scaled to the run's epoch count; resolved here too for direct callers."""
+def reset_period(reset_every) -> int:
+    """Epochs between resets. 'auto' is the scale rule's to resolve (rule 7, methods/shapes.py:reset_epochs),
+    which every grid does; a spec that bypassed it is refused rather than given a guessed period."""
     if reset_every == "auto":
-        epochs = math.ceil(budget / samples_per_epoch)
-        return max(1, math.floor(epochs / 10 + 0.5))
+        raise ValueError("reset_every='auto' reached the adapter unresolved: resolve it by the scale rule "
+                         "(bench.spec.runspec.resolve_hparams)")
     return max(1, int(reset_every))
 
 
@@ -254,7 +256,7 @@ class TDPO:
         self.kl_ctl = KLController(hp["init_kl_coef"], hp["kl_target"], hp["kl_horizon"])
         self.batch = local_update_samples(ctx, hp)
         self.accumulation = int(hp["update_steps"])
-        self.period = reset_period(hp["reset_every"], spec.budget, spec.samples_per_epoch)
+        self.period = reset_period(hp["reset_every"])
         self.lora = neurons.lora_layers(bb.unet, bb.adapter)
         self.prev_masks: dict[str, dict] = {}
         self.pending_reset: dict | None = None
@@ -352,7 +354,7 @@ class TDPO:
         out = {"critic_neurons_reset": 0.0, "policy_neurons_reset": 0.0}
         if self.pending_reset is None:
             return out
-        ctx, hp = self.ctx, self.hp
+        ctx = self.ctx
         gen = torch.Generator().manual_seed(ctx.spec.seed)  # the reference reseeds for every reset
         critic, policy = self.pending_reset["critic"], self.pending_reset["policy"]
         if critic is not None:

@@ -63,8 +63,19 @@ def test_pairs_discounts_periods_and_coefficients():
     # dense DPO: 4000 * 32 / 24000 = 5.33 pair uses per query, 8 * 4000/24000 = 1.33 updates per query -> 4 pairs
     assert eff("dense-dpo", TOY)["pairs_per_step"] == 4
     assert eff("dense-dpo", TOY)["gamma"] == pytest.approx(0.9 ** 5)
-    # 640 / 32 = 20 epochs: every 10th of the run -> every 2 epochs
-    assert eff("tdpo-r", TOY)["reset_every"] == 2
+    # rule 7: the reference's critic makes 10 epochs x 100 = 1,000 updates between resets; TOY (m = 8) makes
+    # 8 x 100 / 256 = 3.125 updates per query x 32 queries = 100 per epoch -> every 10 epochs of 20
+    assert eff("tdpo-r", TOY)["reset_every"] == 10
+    # m = 16 (the toy default): 200 per epoch -> 5; at 10 epochs (budget 320) still 5, where the share rule
+    # (every tenth of the run) gave 1: a reset after every epoch
+    m16 = Scale(num_steps=10, samples_per_epoch=32, latent_dims=256, budget=320, multiplier=16.0)
+    assert eff("tdpo-r", m16)["reset_every"] == 5
+    share = Scale(num_steps=10, samples_per_epoch=32, latent_dims=256, budget=320, multiplier=16.0,
+                  reset_rule="share")
+    assert eff("tdpo-r", share)["reset_every"] == 1
+    assert eff("tdpo-r", Scale(**{**share.__dict__, "budget": 1920}))["reset_every"] == 6  # study v3: 60 epochs
+    assert eff("tdpo-r", Scale(**{**m16.__dict__, "budget": 1920}))["reset_every"] == 5
+    assert eff("tdpo-r", TOY, reset_every=7)["reset_every"] == 7  # a number is kept as given
     # tdpo-kl: 0.1 / (0.2 * T * clip): 0.1 / (0.2 * 10 * 8e-4) = 62.5 on the toy, 0.1 / (0.2 * 50 * 1e-4) = 100 on SD
     assert eff("tdpo-kl", TOY)["kl_penalty_coef"] == pytest.approx(62.5)
     assert eff("tdpo-kl", SD)["kl_penalty_coef"] == pytest.approx(100.0)
@@ -225,6 +236,26 @@ def test_scale_rule_flags_and_run_names(tmp_path):
     r = run_cli("run", "--noise-temperature", "4", "--out", str(tmp_path / "o"))
     assert r.returncode == 2 and r.stderr.strip() == \
         "error: --noise-temperature has no effect under --scale-rule count; use --scale-rule sde"
+
+
+def test_the_reset_rule_flag_and_study_v3s_pinned_names(tmp_path):
+    """Study version 3 pins the reset rule it ran under ('share'), so its run names (stored in
+    docs/overoptimization-v3/checkpoint_means.csv) are what the study command still plans; a plain grid reads the
+    period by updates and says so in its hash."""
+    from bench.cli import build_parser
+    from bench.run import build_specs
+
+    def specs(*extra):
+        return build_specs(build_parser().parse_args(["run", "--out", str(tmp_path), *extra]))
+
+    v3 = {s.run_name for s in specs("--study", "overoptimization")}
+    stored = (__import__("pathlib").Path(__file__).parents[1] / "docs/overoptimization-v3/checkpoint_means.csv")
+    assert v3 == {line.split(",")[2] for line in stored.read_text().splitlines()[1:]}
+    (new,) = specs("--methods", "tdpo-r", "--budget", "1920")
+    (old,) = specs("--methods", "tdpo-r", "--budget", "1920", "--reset-rule", "share")
+    assert (new.hp["reset_every"], old.hp["reset_every"]) == (5, 6)
+    assert new.to_dict()["reset_rule"] == "updates" and "reset_rule" not in old.to_dict()
+    assert type(new).from_dict(new.to_dict()) == new and type(old).from_dict(old.to_dict()) == old
 
 
 def test_the_reports_confound_line_reads_the_multiple_and_the_reason():

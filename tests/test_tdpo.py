@@ -94,11 +94,18 @@ def test_value_loss_hand_computed():
     assert frac.item() == 0.5
 
 
-def test_reset_period_scales_with_the_run():
-    assert reset_period("auto", budget=25600, samples_per_epoch=256) == 10  # the reference: 100 epochs, every 10
-    assert reset_period("auto", budget=640, samples_per_epoch=32) == 2
-    assert reset_period("auto", budget=32, samples_per_epoch=16) == 1
-    assert reset_period("7", budget=640, samples_per_epoch=32) == 7
+def test_reset_period_is_resolved_by_the_scale_rule_not_guessed():
+    assert reset_period("7") == 7 and reset_period(0) == 1
+    with pytest.raises(ValueError, match="unresolved"):
+        reset_period("auto")
+
+
+def test_resets_in_a_run_skip_the_one_due_after_the_last_epoch():
+    from bench.spec.scale import resets_in_run
+
+    # resets after epochs 5, 10, ..., 35 of 40 (the one after epoch 40 has no epoch to act on)
+    assert resets_in_run(5, 40) == 7 and resets_in_run(5, 41) == 8 and resets_in_run(20, 20) == 0
+    assert resets_in_run(1, 10) == 9
 
 
 # ------------------------------------------------------------------ critic and neuron states
@@ -284,6 +291,7 @@ def test_reference_log_probs_match_sampling_until_lora_moves(backbone):
 def test_every_tdpo_variant_end_to_end_on_toy(tmp_path):
     args = ["run", "--methods", ",".join(TDPO_VARIANTS), "--reward", "aesthetic", "--budget", "16",
             "--num-steps", "2", "--samples-per-epoch", "8", "--train-batch-size", "8", "--num-checkpoints", "2",
+            "--set", "reset_every=1",  # rule 7 would give 20 epochs (1,000 critic updates) and no reset in 2
             "--out", str(tmp_path), "--no-progress", "--no-eval",
             "--workers", "1"]  # one process: grid workers would each pay the imports again (test_grid covers them)
     r = run_cli(*args)
@@ -306,7 +314,7 @@ def test_every_tdpo_variant_end_to_end_on_toy(tmp_path):
         for e in (1, 2):
             assert 0.0 <= got[(m, e, "critic_dormant_fraction")] <= 1.0
             assert 0.0 <= got[(m, e, "policy_dormant_fraction")] <= 1.0
-        # 2 epochs -> the scaled period is 1: neurons selected after epoch 1, reset before epoch 2
+        # period 1: neurons selected after epoch 1, reset before epoch 2
         assert got[(m, 1, "critic_neurons_reset")] == got[(m, 1, "policy_neurons_reset")] == 0
         reset_c = got[(m, 2, "critic_neurons_reset")]
         reset_p = got[(m, 2, "policy_neurons_reset")]

@@ -88,7 +88,7 @@ _TDPO_COMMON = dict(
     critic_reset="none",      # none | active (TDPO-R) | dormant | all
     policy_reset="none",      # none | dormant | active (LoRA neurons)
     policy_dormant_threshold=0.0,
-    reset_every="auto",       # epochs between resets; auto = the reference's 10 of 100, scaled to the run
+    reset_every="auto",       # epochs between resets; auto: the reference's 1,000 critic updates between resets
     dormancy_batch=8,         # samples whose activations classify neurons
     kl_penalty_coef=0.0, kl_penalty="clip", init_kl_coef=0.2, kl_target=0.0, kl_horizon=2000,
 )
@@ -343,7 +343,7 @@ studies.register(
     "aesthetics peaks and falls for the DDPO family; the report compares TDPO-R with TDPO and DDPO-100 at the "
     "matched level with CIs over seeds",
     methods=("ddpo-100", "tdpo", "tdpo-r", "alignprop"), seeds=tuple(range(OVEROPT_PLAN.seeds)), reward="aesthetic",
-    backbone="toy", plan=OVEROPT_PLAN, scale_rule="count",  # version 3 ran under the count rule
+    backbone="toy", plan=OVEROPT_PLAN, scale_rule="count", reset_rule="share",  # version 3's rules
     # 1920, by one rule: the smallest multiple of the default checkpoint spacing (320 queries) at which the probe
     # (DDPO-100, seed 0, run to 2560) shows gold aesthetics past its peak AND below its pretrained value by more
     # than one paired standard error: 6.98 -> 7.24 at 960 -> 6.95 at 1600 (-0.04 +- 0.23, not yet) -> 6.63 at

@@ -97,7 +97,7 @@ def expand_grid(args, grid: GridInputs, inputs: str, shard: tuple[int, int] | No
     seeds: every method on seed 0, then seed 1, ..., which the paired-by-seed comparisons need); `shard` keeps
     the K-th of N deterministic slices."""
     from bench.spec import catalog
-    from bench.spec.runspec import RunSpec, resolve_hparams, scale_rule_of
+    from bench.spec.runspec import RunSpec, reset_rule_of, resolve_hparams, scale_rule_of
     from bench.spec.scale import Scale
 
     d = grid.info.defaults
@@ -105,7 +105,8 @@ def expand_grid(args, grid: GridInputs, inputs: str, shard: tuple[int, int] | No
     samples_per_epoch = args.samples_per_epoch or d["samples_per_epoch"]
     rule, multiplier, temperature = scale_rule_of(args, d)
     scale = Scale(num_steps=num_steps, samples_per_epoch=samples_per_epoch, latent_dims=d["latent_dims"],
-                  budget=grid.budget, multiplier=multiplier, rule=rule, temperature=temperature)
+                  budget=grid.budget, multiplier=multiplier, rule=rule, temperature=temperature,
+                  reset_rule=reset_rule_of(args, d))
     hparams_of = {m: resolve_hparams(m, grid.overrides, scale) for m in grid.method_names}
     specs = [RunSpec(
         method=m, reward=args.reward, backbone=args.backbone or catalog.DEFAULT_BACKBONE, suite=grid.info.suite,
@@ -114,7 +115,8 @@ def expand_grid(args, grid: GridInputs, inputs: str, shard: tuple[int, int] | No
         train_batch_size=args.train_batch_size or d["train_batch_size"], sample_batch_size=d["sample_batch_size"],
         train_prompts=grid.train_prompts, lora_rank=args.lora_rank, mixed_precision=args.mixed_precision,
         update_multiplier=multiplier, latent_dims=d["latent_dims"], scale_rule=rule, noise_temperature=temperature,
-        inputs=inputs, hparams=hparams_of[m]) for seed in grid.seeds for m in grid.method_names]
+        reset_rule=scale.reset_rule, inputs=inputs, hparams=hparams_of[m]) for seed in grid.seeds
+        for m in grid.method_names]
     if shard is not None:
         k, n = shard
         total = len(specs)

@@ -46,7 +46,7 @@ def effective_table(backbone: str, rule: str | None = None) -> tuple[str, list[t
     d = catalog.backbones.get(backbone).meta["defaults"]
     rule, m, tau = scale_rule_of(SimpleNamespace(scale_rule=rule, noise_temperature=None, update_multiplier=None), d)
     scale = Scale(num_steps=d["num_steps"], samples_per_epoch=d["samples_per_epoch"], latent_dims=d["latent_dims"],
-                  budget=d["budget"], multiplier=m, rule=rule, temperature=tau)
+                  budget=d["budget"], multiplier=m, rule=rule, temperature=tau, reset_rule=d.get("reset_rule", "updates"))
     return effective_table_rows(scale, len(resolve_prompt_set(d["train_prompts"])[1]), backbone)
 
 

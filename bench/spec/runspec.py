@@ -62,6 +62,10 @@ class RunSpec:
     noise_temperature: float = 1.0
     """tau of the 'sde' rule (the run's gradient-noise temperature as a multiple of its source's); unused by
     'count'."""
+    reset_rule: str = "share"
+    """Rule 7's reading of a reset period (bench/spec/scale.py): 'updates' (the critic's optimizer steps between
+    resets are the source's; every grid since 2026-12-07) or 'share' (the period's share of the run; the default
+    here because every stored run before that field used it)."""
     inputs: str = ""
     """Digest of the CONTENTS of what the run reads: its prompts, backbone folder and reward weights
     (bench/store/manifest.py). A changed input is a new run."""
@@ -75,6 +79,8 @@ class RunSpec:
         d["hparams"] = dict(self.hparams)
         if self.scale_rule == "count":  # the fields came after the count rule's runs: their names stay as stored
             del d["scale_rule"], d["noise_temperature"]
+        if self.reset_rule == "share":  # likewise: the runs before the field keep their names
+            del d["reset_rule"]
         return d
 
     @classmethod
@@ -231,13 +237,19 @@ def scale_rule_of(args, defaults: dict) -> tuple[str, float, float]:
     return rule, m, temperature if temperature is not None else defaults.get("sde_temperature", 1.0)
 
 
+def reset_rule_of(args, defaults: dict) -> str:
+    """Rule 7's reading of a reset period for a grid: the flag, else the study's or the backbone's, else
+    'updates'."""
+    return getattr(args, "reset_rule", None) or defaults.get("reset_rule", "updates")
+
+
 def scale_for(spec: "RunSpec"):
     """The scale rule's target for a spec."""
     from bench.spec.scale import Scale
 
     return Scale(num_steps=spec.num_steps, samples_per_epoch=spec.samples_per_epoch, latent_dims=spec.latent_dims,
                  budget=spec.budget, multiplier=spec.update_multiplier, rule=spec.scale_rule,
-                 temperature=spec.noise_temperature)
+                 temperature=spec.noise_temperature, reset_rule=spec.reset_rule)
 
 
 def resolve_hparams(method: str, overrides: dict[str, str], scale) -> tuple[tuple[str, Any], ...]:
@@ -327,7 +339,7 @@ SUITE_DEFAULTS = {
     "budget": (int, 1, 10**9), "samples_per_epoch": (int, 1, 10**6), "train_batch_size": (int, 1, 10**6),
     "sample_batch_size": (int, 1, 10**6), "train_prompts": (str, None, None), "latent_dims": (int, 1, 10**9),
     "update_multiplier": (float, 0.0, 10**4), "eval_per_prompt": (int, 1, 64), "num_checkpoints": (int, 1, 10**4),
-    "scale_rule": (str, None, None), "sde_update_multiplier": (float, 0.0, 10**4),
+    "scale_rule": (str, None, None), "reset_rule": (str, None, None), "sde_update_multiplier": (float, 0.0, 10**4),
     "sde_temperature": (float, 0.0, 10**4),
 }
 """The defaults a backbone folder's bench_suite.json may set: (type, lowest, highest). A float's lowest is
@@ -348,6 +360,8 @@ def check_suite_defaults(values: dict, where: Path) -> None:
                 raise BenchError(f"{where}: defaults.{key} must be a non-empty name, got {value!r}")
             if key == "scale_rule" and value not in ("count", "sde"):
                 raise did_you_mean(f"defaults.scale_rule in {where}", value, ("count", "sde"))
+            if key == "reset_rule" and value not in ("updates", "share"):
+                raise did_you_mean(f"defaults.reset_rule in {where}", value, ("updates", "share"))
             continue
         ok_type = isinstance(value, int) if kind is int else isinstance(value, (int, float))
         if isinstance(value, bool) or not ok_type or not math.isfinite(value):

@@ -51,8 +51,14 @@ The rule, the same for every method
    1/sqrt(D), so the bound is multiplied by sqrt(D0/D) (x8 from SD's 4x64x64
    latents to the toy's 4x8x8).
 6. **Per-step discounts keep their horizon**: gamma -> gamma^(T0/T).
-7. **Periods in epochs keep their share of the run**: TDPO-R resets every 10
-   of 100 epochs, i.e. every tenth of the run.
+7. **A reset period keeps the critic's updates between resets** (reset rule
+   'updates', the default): TDPO-R's reference resets every 10 epochs of 100
+   optimizer steps, so its critic learns for 1,000 updates between resets; a run
+   resets every round(1,000 / its updates per epoch) epochs (5 on the toy at
+   m = 16; a run shorter than that never resets, which `--effective` says).
+   Rule 'share', before 2026-12-07 and pinned by study version 3, kept the
+   period's share of the run instead (every tenth), which left the critic of a
+   short run almost nothing to learn: every epoch at 10 epochs.
 8. **Coefficients on a log-ratio get the inverse conversion**: PRDP's beta
    turns a reward difference into a target log-ratio (dr / beta), and dense
    DPO's beta_tilde turns a log-ratio into a logit. Both are multiplied by
@@ -116,10 +122,19 @@ class Scale:
     'sde': those converted by the square-root scaling rule for the update's size (rule 10)."""
     temperature: float = 1.0
     """tau of the 'sde' rule: the gradient-noise temperature of a run as a multiple of its source's."""
+    reset_rule: str = "updates"
+    """Rule 7's reading of a reset period: 'updates' (the critic's updates between resets are the source's) or
+    'share' (the period's share of the run, the rule of study version 3)."""
 
     @property
     def epochs(self) -> int:
         return math.ceil(self.budget / self.samples_per_epoch)
+
+
+def resets_in_run(period: int, epochs: int) -> int:
+    """Resets a run applies: one after every `period`-th epoch, except one due after the last epoch (no epoch
+    follows it; methods/tdpo.py)."""
+    return (epochs - 1) // period
 
 
 def _round(x: float) -> int:
@@ -165,14 +180,13 @@ def effective_hparams(entry, hp: dict[str, Any], scale: Scale) -> dict[str, Any]
                       scale.temperature)
     if "gamma" in entry.meta.get("per_step_discounts", ()):
         out["gamma"] = hp["gamma"] ** (src["num_steps"] / scale.num_steps)
-    if out.get("reset_every") == "auto":
-        out["reset_every"] = max(1, _round(scale.epochs * src["reset_every"] / src["epochs"]))
     if out.get("kl_penalty_coef") == "auto":
         out["kl_penalty_coef"] = 0.1 / (out["init_kl_coef"] * scale.num_steps * out["clip_range"])
     return out
 
 
 SCALE_RULES = ("count", "sde")
+RESET_RULES = ("updates", "share")
 
 
 def sde_optimizer(method: str, kappa: float, hp: dict, out: dict, temperature: float) -> None:
@@ -260,8 +274,10 @@ def effective_rows(scale: Scale, num_prompts: int) -> list[dict[str, Any]]:
             why = "ceiling: an update holds at most one epoch's data" if row["multiple_of_source"] > m else "?"
         row["below_m"] = why if off else ""
         row["clip"] = ", ".join(f"{k} {hp[k]:.3g}" for k in entry.meta.get("log_ratio_bounds", ())) or "-"
-        row["reset_every"] = hp.get("reset_every") if (hp.get("critic_reset", "none") != "none"
-                                                        or hp.get("policy_reset", "none") != "none") else "-"
+        row["reset_every"] = "-"
+        if hp.get("critic_reset", "none") != "none" or hp.get("policy_reset", "none") != "none":
+            n = resets_in_run(int(hp["reset_every"]), scale.epochs)
+            row["reset_every"] = f"{hp['reset_every']} ({n} reset{'s' * (n != 1)})"
         if hp.get("per_prompt_stat_tracking"):
             row["stat_tracker"] = stat_tracker_activity(num_prompts, scale, hp["stat_min_count"],
                                                         hp["stat_buffer_size"])
@@ -280,6 +296,7 @@ EFFECTIVE_HEADER = ("method", "rows/update", "source's", "lr", "Adam b1, b2, eps
 def effective_table_rows(scale: Scale, num_prompts: int, name: str) -> tuple[str, list[tuple]]:
     """(title, rows under EFFECTIVE_HEADER) of the rule's effective quantities at `scale`."""
     rule = "count" if scale.rule == "count" else f"sde, tau={scale.temperature:g}"
+    rule += "" if scale.reset_rule == "updates" else f", reset rule {scale.reset_rule}"
     title = (f"{name}: S={scale.samples_per_epoch} samples/epoch, T={scale.num_steps}, D={scale.latent_dims}, "
              f"budget {scale.budget} ({scale.epochs} epochs), m={scale.multiplier:g}, {num_prompts} prompts, "
              f"scale rule {rule}")
