@@ -92,3 +92,26 @@ def test_the_scale_rule_gives_the_reference_update_and_16x_at_the_toy(T, S, m, s
     assert (b, tau, U) == (samples, steps, updates) and z == samples * steps
     row = next(r for r in effective_rows(scale, 45) if r["method"] == "grpo")
     assert row["multiple_of_source"] == pytest.approx(m)
+
+
+def test_rule_11_converts_only_a_full_unet_sources_rate_and_composes_with_rule_10():
+    """DanceGRPO fine-tunes the full UNet: its 1e-5 is multiplied by c (`full_to_lora_lr`) on LoRA, before the
+    sde rule converts the rate for the update's size; a LoRA source (DDPO-2) is untouched."""
+    import math
+
+    from bench.spec.catalog import methods
+    from bench.spec.scale import Scale, effective_hparams
+
+    def lr(method, scale, **over):
+        entry = methods.get(method)
+        return effective_hparams(entry, {**entry.meta["hparams"], **over}, scale)["lr"]
+
+    toy = Scale(num_steps=10, samples_per_epoch=32, latent_dims=256, budget=1280, multiplier=16.0)
+    assert lr("grpo", toy, full_to_lora_lr=10.0) == pytest.approx(1e-4)
+    assert lr("grpo", toy, full_to_lora_lr=1.0) == pytest.approx(1e-5)  # the runs before the rule
+    assert lr("ddpo-2", toy) == pytest.approx(3e-4)
+    assert "full_to_lora_lr" not in methods.get("ddpo-2").meta["hparams"]
+    # sde, m = 4, tau = 16: kappa = 288 / 12544 (32 x 9 rows against 256 x 49), lr = c x 1e-5 x sqrt(kappa x tau)
+    sde = Scale(num_steps=10, samples_per_epoch=32, latent_dims=256, budget=1280, multiplier=4.0, rule="sde",
+                temperature=16.0)
+    assert lr("grpo", sde, full_to_lora_lr=30.0) == pytest.approx(30 * 1e-5 * math.sqrt(288 / 12544 * 16))

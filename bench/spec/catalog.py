@@ -11,6 +11,7 @@ from pathlib import Path
 
 from bench.spec.plan import ComparisonPlan
 from bench.spec.registry import Registry
+from bench.spec.scale import FULL_TO_LORA_LR
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -123,8 +124,9 @@ methods.register(
     shape="methods.shapes:PolicyGradient", log_ratio_bounds=("clip_range",), companion="DanceGRPO (Xue et al. 2025), SD v1.4 recipe",
     # 8 GPUs x 4 prompts x 16 images = 512 per epoch; batch 4, accumulation 8 x 49 micro-steps: 2 updates of
     # 256 samples x the 49 trained steps (the last DDIM step is never trained)
-    source=dict(samples_per_epoch=512, num_steps=50, updates_per_epoch=2, update_steps=49, trains_last_step=False),
-    hparams=dict(lr=1e-5, weight_decay=1e-4, adam_beta1=0.9, adam_beta2=0.999, adam_eps=1e-8, max_grad_norm=1.0,
+    source=dict(samples_per_epoch=512, num_steps=50, updates_per_epoch=2, update_steps=49, trains_last_step=False,
+                trains="full-unet"),  # use_lora=False: its lr 1e-5 is a full-UNet rate (scale rule 11)
+    hparams=dict(lr=1e-5, full_to_lora_lr=FULL_TO_LORA_LR, weight_decay=1e-4, adam_beta1=0.9, adam_beta2=0.999, adam_eps=1e-8, max_grad_norm=1.0,
                  clip_range=1e-4, adv_clip_max=5.0, images_per_prompt=16, num_inner_epochs=1),
 )
 methods.register(

@@ -91,6 +91,12 @@ The rule, the same for every method
    tau = 1 / kappa per method (80 for the per-step methods on the toy, 16 for
    AlignProp, dense DPO and DiffusionNFT): the same Adam constants, but
    temperatures that differ by method.
+11. **A full-UNet source's learning rate is converted to LoRA** by one constant
+   c for every such source (`source["trains"] == "full-unet"`; DanceGRPO's GRPO
+   is the only one): lr -> c x lr, before rule 10. c is each such method's key
+   `full_to_lora_lr` (stored with the run; 1 reproduces the runs before the
+   rule), its default FULL_TO_LORA_LR, decided on the development reward
+   (docs/decisions/full-unet-lr.md).
 """
 
 from __future__ import annotations
@@ -98,6 +104,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from typing import Any
+
+FULL_TO_LORA_LR = 1.0
+"""Rule 11's c: a full-UNet source's learning rate times c on LoRA (undecided: docs/decisions/full-unet-lr.md)."""
 
 SOURCE_LATENT_DIMS = 4 * 64 * 64
 """SD v1.4's latent size (4 x 64 x 64): the scale every source setting is stated at."""
@@ -164,6 +173,8 @@ def effective_hparams(entry, hp: dict[str, Any], scale: Scale) -> dict[str, Any]
     from bench.spec.registry import shape_of
 
     src = entry.meta["source"]
+    if src.get("trains") == "full-unet":  # rule 11, before rule 10 converts the rate it gives
+        hp = {**hp, "lr": hp["lr"] * hp["full_to_lora_lr"]}
     out = dict(hp)
     m = scale.multiplier
     out["updates_per_query"] = m * src["updates_per_epoch"] / src["samples_per_epoch"]

@@ -69,6 +69,7 @@ HPARAM_RANGES = {
     **dict.fromkeys(("old_decay_per_update", "old_decay_max", "rollout_eta"), _CLOSED_UNIT),
     **dict.fromkeys(("rollout_guidance", "train_guidance"), Range(0.0, 100.0)),
     "reward_target": Range(-_BIG, _BIG),
+    "full_to_lora_lr": Range(0.0, 1000.0, low_open=True),  # scale rule 11: a full-UNet source's rate on LoRA
 }
 """Every numeric hyperparameter's declared range. `tests/test_validation.py` walks every key of every method
 and tries a value outside each."""
