@@ -24,6 +24,28 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
+PERF_MODES = {  # flag -> the modes of `bench perf` that read it
+    "backbone": {"micro"}, "num_steps": {"micro"}, "batch": {"micro"}, "reward": {"micro"}, "levers": {"micro"},
+    "repeat": {"micro", "floor", "db floor"}, "study": {"floor"},
+}
+PERF_DEFAULTS = {"batch": 8, "reward": "aesthetic", "repeat": 2}
+
+
+def check_perf_flags(args) -> None:
+    """A flag `bench perf` would ignore in the chosen mode is refused (one line), then the defaults are filled."""
+    mode = ("db floor" if args.floor else "db") if args.db else ("floor" if args.floor else "micro")
+    names = {"micro": "micro-benchmarks (no --floor, no --db)", "floor": "--floor without --db",
+             "db": "--db without --floor", "db floor": "--floor --db"}
+    for flag, modes in PERF_MODES.items():
+        value = getattr(args, flag, None)
+        if value is not None and value is not False and mode not in modes:  # 0 is a value given (0 == False)
+            raise BenchError(f"--{flag.replace('_', '-')} has no effect with {names[mode]}; it applies to "
+                             + " and ".join(names[m] for m in sorted(modes)))
+    for flag, value in PERF_DEFAULTS.items():
+        if getattr(args, flag) is None:
+            setattr(args, flag, value)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python -m bench", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -137,9 +159,9 @@ def _add_others(sub) -> None:
     pf.add_argument("--backbone", default=None,
                     help="default: toy; sd-v1-4-random(-128) measures SD v1.4's architecture with random weights")
     pf.add_argument("--num-steps", type=whole, default=None, help="denoising steps T (default: the backbone's)")
-    pf.add_argument("--batch", type=whole, default=8, help="images per measured call (default 8)")
-    pf.add_argument("--reward", default="aesthetic", help="reward whose scoring is timed (default: aesthetic)")
-    pf.add_argument("--repeat", type=whole, default=2, help="timed repetitions after a warm-up (default 2)")
+    pf.add_argument("--batch", type=whole, default=None, help="images per measured call (default 8)")
+    pf.add_argument("--reward", default=None, help="reward whose scoring is timed (default: aesthetic)")
+    pf.add_argument("--repeat", type=whole, default=None, help="timed repetitions after a warm-up (default 2)")
     pf.add_argument("--levers", action="store_true",
                     help="also measure each lever of the fast toy default against the old path (a ratio table)")
     pf.add_argument("--floor", action="store_true",
@@ -211,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
 
             return cmd_report(args)
         if args.command == "perf":
+            check_perf_flags(args)
             if args.floor and not args.db:  # the grid `bench run` would run, built and shaped as it builds it
                 from bench.perf import cmd_planned_floor
                 from bench.run import build_specs, local_grid_shape

@@ -788,8 +788,6 @@ def cmd_planned_floor(args, run_args, specs, workers: int, threads: int) -> int:
 
 def cmd_perf(args) -> int:
     """`bench perf` (the cli sends --floor without --db to `cmd_planned_floor`)."""
-    if getattr(args, "study", None):
-        raise BenchError("--study goes with --floor (without --db): the floor of that study's planned grid")
     if args.db:
         db = Path(args.db)
         from bench.store.database import open_results

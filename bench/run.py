@@ -47,6 +47,8 @@ def check_launcher(args) -> None:
     gpus = getattr(args, "gpus_per_run", None)
     if gpus is not None and (gpus < 0 or gpus > 1024 or (gpus > 1 and gpus != int(gpus))):
         raise BenchError(f"--gpus-per-run {gpus:g}: a fraction up to 1 (runs sharing a GPU) or a whole number")
+    if gpus is not None and 0 < gpus < 1 and abs(gpus * 10**4 - round(gpus * 10**4)) > 1e-9 * 10**4:
+        raise BenchError(f"--gpus-per-run {gpus!r}: Ray divides a GPU in steps of 0.0001; give at most 4 decimals")
     if env_whole("WORLD_SIZE", 1) > 1:
         raise BenchError("--launcher ray submits the grid from one driver; do not start it under accelerate "
                          "launch / torchrun (use --gpus-per-run N for data-parallel runs)")
@@ -61,7 +63,7 @@ def build_specs(args) -> list:
     from metrics.weights import preflight, weight_paths
 
     apply_study(args)
-    _env_threads()  # the environment's numbers are checked here too, before anything heavy
+    check_environment(args)  # the environment and the output folder's parts are input too
     check_available(args.log_with)
     check_launcher(args)
     shard = parse_shard(args.shard)
@@ -94,6 +96,34 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
     if not m or not 1 <= int(m.group(1)) <= int(m.group(2)):
         raise BenchError(f"--shard {text!r}: expected K/N with 1 <= K <= N, e.g. 2/4")
     return int(m.group(1)), int(m.group(2))
+
+
+def check_environment(args) -> None:
+    """WORLD_SIZE, BENCH_CACHE, OMP_NUM_THREADS and the parts of --out, each refused in one line before anything
+    heavy (a data-parallel WORLD_SIZE without the launcher's rendezvous would end in accelerate's traceback)."""
+    import os
+
+    _env_threads()
+    world = env_whole("WORLD_SIZE", 1, 1, 1 << 16)
+    if world > 1 and getattr(args, "launcher", "local") != "ray":
+        missing = [k for k in ("MASTER_ADDR", "MASTER_PORT", "RANK") if not os.environ.get(k, "").strip()]
+        if missing:
+            raise BenchError(f"WORLD_SIZE={world} is set but {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} "
+                             "not: this process was not "
+                             "started by a launcher; run it under `accelerate launch` or `torchrun`, or unset "
+                             "WORLD_SIZE")
+    from bench.spec.cache import cache_root
+
+    cache_root()  # BENCH_CACHE
+    out = Path(args.out)
+    for part, kind in (("runs", "folder"), ("bench.duckdb", "file")):
+        path = out / part
+        if kind == "folder" and path.exists() and not path.is_dir():
+            raise BenchError(f"--out {out}: {path} is a file, where bench keeps its run folders; move it or "
+                             "choose another --out")
+        if kind == "file" and path.is_dir():
+            raise BenchError(f"--out {out}: {path} is a folder, where bench keeps its database; move it or "
+                             "choose another --out")
 
 
 def _env_threads() -> int | None:

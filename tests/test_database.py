@@ -116,6 +116,62 @@ def test_a_truncated_database_is_one_line(tmp_path, out, capsys, command):
     assert _sha(db) == before
 
 
+@pytest.fixture(scope="module")
+def cut_past_schema(tmp_path_factory) -> Path:
+    """A bench database with rows from several sessions, cut where its tables still open but its rows do not:
+    the first such cut of 39 (found, not assumed: where DuckDB puts its blocks is its own business)."""
+    import duckdb
+
+    from bench.store.database import _table_columns, connect
+
+    folder = tmp_path_factory.mktemp("cut")
+    good = folder / "good.duckdb"
+    for b in range(4):  # four sessions: rows in blocks before the last catalog
+        con = connect(good)
+        con.execute("INSERT INTO scores (run_id, reward, prompt_set, prompt, sample_index, eval_seed, "
+                    f"reward_queries, value) SELECT 'r{b}_' || (i % 7), 'aesthetic', 'toy-seen', md5(i::varchar) "
+                    "|| i, 0, i, 0, i / 3.0 FROM range(60000) t(i)")
+        con.close()
+    data = good.read_bytes()
+    db = folder / "cut.duckdb"
+    for k in range(1, 40):
+        db.write_bytes(data[: len(data) * k // 40])
+        try:
+            con = duckdb.connect(str(db), read_only=True)
+        except duckdb.Error:
+            continue
+        try:
+            try:  # what the check read before: every table's columns and the schema version
+                _table_columns(con)
+                con.execute("SELECT value FROM bench_meta").fetchall()
+            except duckdb.Error:
+                continue
+            try:
+                con.execute("SELECT count(*), bit_xor(hash(t)) FROM scores t").fetchone()
+            except duckdb.Error:
+                return db
+        finally:
+            con.close()
+    raise AssertionError("no cut leaves the schema readable and the rows not")
+
+
+@pytest.mark.parametrize("command", ["run", "ingest", "runs", "report"])
+def test_a_database_cut_past_its_schema_is_refused_before_any_training(tmp_path, out, capsys, command,
+                                                                      cut_past_schema):
+    """Such a file opens and shows its tables; only a scan of every row finds the cut. Each command refuses it in
+    one line naming the file and the way to rebuild it, and `run` trains nothing first."""
+    db = tmp_path / "cut.duckdb"
+    db.write_bytes(cut_past_schema.read_bytes())
+    before = _sha(db)
+    tiny = ["--budget", "8", "--num-steps", "2", "--samples-per-epoch", "8", "--no-eval", "--no-progress"]
+    args = {"run": ["--methods", "ddpo-2", "--out", str(out), *tiny], "ingest": ["--out", str(out)],
+            "runs": ["--out", str(out)], "report": ["--out", str(tmp_path / "rep")]}[command]
+    rc, lines = _run_cli(capsys, command, "--db", str(db), *args)
+    assert rc == 2 and len(lines) == 1 and "cut.duckdb is damaged" in lines[0] and "bench ingest" in lines[0], lines
+    assert _sha(db) == before
+    assert list((out / "runs").iterdir()) == []  # nothing trained
+
+
 def test_an_older_bench_database_is_migrated_in_one_go_and_keeps_its_rows(tmp_path, out, capsys):
     from bench.store.database import COLUMNS, SCHEMA_VERSION
 

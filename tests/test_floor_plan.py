@@ -115,7 +115,7 @@ def test_planned_floor_rows_by_hand():
 
 
 @pytest.mark.parametrize("argv,needle", [(["perf", "--floor", "--study", "overoptimisation"], "overoptimization"),
-                                         (["perf", "--study", "overoptimization"], "--study goes with --floor")])
+                                         (["perf", "--study", "overoptimization"], "--study has no effect with micro-benchmarks")])
 def test_perf_floor_bad_study_exits_2(argv, needle, capsys):
     from bench.cli import main
 

@@ -398,7 +398,8 @@ def _variant_specs():
     # TDPO-R (critic resets) and TDPO with active policy resets at one seed: the same calls, different resets
     # (every epoch here) of their own critic and adapter; 2 epochs of 4 at lr 1e-2
     return [make_spec(m, num_steps=2, samples_per_epoch=4, budget=8, num_checkpoints=2, sample_batch_size=4,
-                      overrides={"lr": "1e-2"}, multiplier=8.0, seed=0) for m in ("tdpo-r", "tdpo-policy-reset-active")]
+                      overrides={"lr": "1e-2", "reset_every": "1"}, multiplier=8.0, seed=0)
+            for m in ("tdpo-r", "tdpo-policy-reset-active")]
 
 
 def test_a_variant_group_equals_its_serial_runs(tmp_path):

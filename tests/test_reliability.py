@@ -6,7 +6,6 @@ import json
 import duckdb
 import pytest
 
-from tests.conftest import run_cli
 from tests.helpers import make_spec, register_counting_reward, register_nan_reward
 
 
@@ -90,3 +89,74 @@ def test_inputs_digest_follows_weights_not_model_cards(tmp_path):
     (root / "unet" / "config.json").write_text("{}")
     assert inputs_digest(["a red circle", root]) not in (base, changed)
     assert inputs_digest(["a red square", root]) != inputs_digest(["a red circle", root])
+
+
+# ------------------------------------------------------------------ environment, paths and flags are input too
+def _one_line(capsys, argv, env, monkeypatch):
+    from bench.cli import main
+
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    rc = main(argv)
+    lines = [x for x in capsys.readouterr().err.splitlines() if x.strip()]
+    return rc, lines
+
+
+@pytest.mark.parametrize("case", ["world-size", "world-size-half", "cache-file", "runs-file", "db-folder",
+                                  "ray-fraction"])
+def test_environment_and_output_paths_are_refused_in_one_line_before_torch(tmp_path, capsys, monkeypatch, case):
+    import sys
+
+    out = tmp_path / "out"
+    out.mkdir()
+    env, extra = {}, []
+    if case == "world-size":  # no launcher: accelerate would end in a MASTER_ADDR traceback
+        env = {"WORLD_SIZE": "2"}
+    elif case == "world-size-half":  # a launcher's address but no rank
+        env = {"WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}
+    elif case == "cache-file":
+        (tmp_path / "cache").write_text("not a folder")
+        env = {"BENCH_CACHE": str(tmp_path / "cache")}
+    elif case == "runs-file":
+        (out / "runs").write_text("a file where the run folders go")
+    elif case == "db-folder":
+        (out / "bench.duckdb").mkdir()
+    else:
+        extra = ["--launcher", "ray", "--gpus-per-run", "0.33333"]
+    for k in ("WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "RANK", "BENCH_CACHE"):
+        monkeypatch.delenv(k, raising=False)
+    torch_before = "torch" in sys.modules
+    rc, lines = _one_line(capsys, ["run", "--methods", "ddpo-2", "--budget", "8", "--out", str(out), *extra],
+                          env, monkeypatch)
+    words = {"world-size": "WORLD_SIZE=2 is set but MASTER_ADDR, MASTER_PORT, RANK are not",
+             "world-size-half": "WORLD_SIZE=2 is set but RANK is not", "cache-file": "is a file, not a folder",
+             "runs-file": "runs is a file, where bench keeps its run folders",
+             "db-folder": "is a folder, where bench keeps its database",
+             "ray-fraction": "Ray divides a GPU in steps of 0.0001"}[case]
+    assert rc == 2 and len(lines) == 1 and words in lines[0], lines
+    if not torch_before:
+        assert "torch" not in sys.modules
+    assert not (out / "runs").is_dir()
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["perf", "--floor", "--batch", "-1"], "--batch has no effect with --floor without --db"),
+    (["perf", "--db", "DB", "--num-steps", "0"], "--num-steps has no effect with --db without --floor"),
+    (["perf", "--db", "DB", "--levers"], "--levers has no effect with --db without --floor"),
+    (["perf", "--study", "overoptimization"], "--study has no effect with micro-benchmarks"),
+])
+def test_a_perf_flag_without_effect_in_its_mode_is_refused(tmp_path, capsys, monkeypatch, argv, words):
+    argv = [str(tmp_path / "x.duckdb") if a == "DB" else a for a in argv]
+    rc, lines = _one_line(capsys, argv, {}, monkeypatch)
+    assert rc == 2 and len(lines) == 1 and words in lines[0], lines
+
+
+@pytest.mark.parametrize("char", ["\u0085", "\u009b", "\u0080"])
+def test_a_c1_control_character_in_a_prompt_is_refused(tmp_path, capsys, monkeypatch, char):
+    """C0 and DEL were refused; C1 (U+0080-U+009F) is too, NEL (U+0085) included, which str.splitlines would
+    have taken for a line break."""
+    f = tmp_path / "prompts.txt"
+    f.write_text(f"a cat\na d{char}og\n", encoding="utf-8")
+    rc, lines = _one_line(capsys, ["run", "--methods", "ddpo-2", "--train-prompts", str(f), "--out",
+                                   str(tmp_path / "o"), "--plan"], {}, monkeypatch)
+    assert rc == 2 and lines == [f"error: {f}:2: control character {char!r} in a prompt (is this a text file?)"]

@@ -140,3 +140,23 @@ def test_a_corrupt_run_folder_is_quarantined_and_the_rest_ingested(tmp_path):
     # repaired: ingested on the next call, and off the quarantine list
     write_run(tmp_path, "half", "finished", epochs=2)
     assert ingest(db, tmp_path)["quarantined"] == 2
+
+
+@pytest.mark.parametrize("text, shown", [("NaN", "NaN"), ("1e400", "1e400"), ("-Infinity", "-Infinity")])
+def test_a_non_finite_value_quarantines_its_run_never_stored_as_null_or_inf(tmp_path, text, shown):
+    """Python's json reads NaN as nan (DuckDB then stores NULL) and 1e400 as inf: both would enter the tables
+    silently. The run is quarantined with the file, line and value; the other runs are ingested."""
+    db = tmp_path / "bench.duckdb"
+    write_run(tmp_path, "good", "finished", epochs=1)
+    write_run(tmp_path, "odd", "finished", epochs=1)
+    shard = tmp_path / "runs" / "odd" / "scores" / "aesthetic.jsonl"
+    shard.parent.mkdir(exist_ok=True)
+    shard.write_text('{"run_id": "odd", "reward_queries": 0, "reward": "aesthetic", "prompt_set": "s", "prompt": '
+                     f'"p", "sample_index": 0, "eval_seed": 1, "value": {text}}}\n')
+    assert ingest(db, tmp_path)["quarantined"] == 1
+    con = duckdb.connect(str(db), read_only=True)
+    assert [r[0] for r in con.execute("select run_id from runs").fetchall()] == ["good"]
+    assert con.execute("select count(*) from scores").fetchone()[0] == 0
+    reason = dict(con.execute("select run_dir, reason from quarantine").fetchall())["odd"]
+    con.close()
+    assert f"aesthetic.jsonl:1: a non-finite number ({shown})" in reason

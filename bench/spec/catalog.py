@@ -11,7 +11,7 @@ from pathlib import Path
 
 from bench.spec.plan import ComparisonPlan
 from bench.spec.registry import Registry
-from bench.spec.scale import FULL_TO_LORA_LR
+from bench.spec.values import FULL_TO_LORA_LR
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

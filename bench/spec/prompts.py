@@ -29,11 +29,13 @@ def read_prompt_file(path: str | Path) -> list[str]:
         raise BenchError(f"{path}:{line}: not valid UTF-8") from None
     prompts: list[str] = []
     first_seen: dict[str, int] = {}
-    for lineno, raw in enumerate(text.splitlines(), start=1):
+    # split on newlines only: str.splitlines would also break a line at C1's NEL (U+0085) and at U+2028, hiding them
+    for lineno, raw in enumerate(text.split("\n"), start=1):
         prompt = raw.strip()
         if not prompt or prompt.startswith("#"):
             continue
-        bad = next((c for c in prompt if ord(c) < 32 and c != "\t" or ord(c) == 127), None)
+        # C0 (but tab), DEL and C1 (U+0080-U+009F): none belongs in a prompt
+        bad = next((c for c in prompt if ord(c) < 32 and c != "\t" or 127 <= ord(c) <= 159), None)
         if bad is not None:
             raise BenchError(f"{path}:{lineno}: control character {bad!r} in a prompt (is this a text file?)")
         if len(prompt) > MAX_PROMPT_CHARS:

@@ -105,8 +105,6 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-FULL_TO_LORA_LR = 1.0
-"""Rule 11's c: a full-UNet source's learning rate times c on LoRA (undecided: docs/decisions/full-unet-lr.md)."""
 
 SOURCE_LATENT_DIMS = 4 * 64 * 64
 """SD v1.4's latent size (4 x 64 x 64): the scale every source setting is stated at."""

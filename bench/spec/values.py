@@ -47,6 +47,10 @@ class Range:
         return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
 
 
+FULL_TO_LORA_LR = 1.0
+"""Scale rule 11's c (bench/spec/scale.py): a full-UNet source's learning rate times c on LoRA (undecided:
+docs/decisions/full-unet-lr.md)."""
+
 _BIG = 1e6       # no count or coefficient of a source comes near it: a larger value is a typo
 _POS = Range(0.0, _BIG, low_open=True)
 _NONNEG = Range(0.0, _BIG)

@@ -206,6 +206,12 @@ def schema_state(con, db_path: Path) -> str:
         if int(version) > SCHEMA_VERSION:
             raise BenchError(f"{db_path} has bench schema version {version}, newer than this harness's "
                              f"{SCHEMA_VERSION}; use a newer bench to read it")
+    try:  # every row of every table, every column: a file cut short fails here, not after hours of training
+        for table in sorted(tables | ({META} & set(cols))):
+            con.execute(f"SELECT count(*), bit_xor(hash(t)) FROM {table} t").fetchone()
+    except duckdb.Error as e:
+        raise BenchError(f"{db_path} is damaged (truncated or corrupt: {_first_line(e)[:120]}); move it aside and "
+                         f"rebuild it from the run folders: `python -m bench ingest --out OUT --db {db_path}`") from None
     complete = tables == set(COLUMNS) and all(cols[t] == set(COLUMNS[t]) for t in tables)
     return "current" if version is not None and int(version) == SCHEMA_VERSION and complete else "older"
 
@@ -303,7 +309,24 @@ class CorruptRun(Exception):
     """A run folder file that cannot be read: the run is quarantined, not ingested."""
 
 
+class _NonFinite(ValueError):
+    pass
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):  # 1e400 overflows to inf
+        raise _NonFinite(text)
+    return value
+
+
+def _no_constant(text: str):
+    raise _NonFinite(text)  # NaN, Infinity, -Infinity: the harness writes none (its metrics are checked finite)
+
+
 def _read_jsonl(path: Path) -> list[dict]:
+    """The rows of a run folder's JSON-lines file; a non-finite number quarantines the run (CorruptRun) rather than
+    being stored as NULL or inf."""
     if not path.is_file():
         return []
     rows = []
@@ -311,7 +334,10 @@ def _read_jsonl(path: Path) -> list[dict]:
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
+            row = json.loads(line, parse_float=_finite_float, parse_constant=_no_constant)
+        except _NonFinite as e:
+            raise CorruptRun(f"{path.parent.name}/{path.name}:{lineno}: a non-finite number ({e}); bench writes "
+                             "only finite values, so the file is not what it wrote") from None
         except ValueError:
             raise CorruptRun(f"{path.parent.name}/{path.name}:{lineno}: not valid JSON (half-written?)") from None
         if not isinstance(row, dict) or "run_id" not in row:
