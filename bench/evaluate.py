@@ -371,9 +371,11 @@ def cmd_eval(args) -> int:
         raise BenchError(f"--per-prompt must be between 1 and 64, got {args.per_prompt}")
     if not (out / "runs").is_dir():
         raise BenchError(f"no run folders under {out / 'runs'}; pass the --out of a `bench run`")
+    from bench.store.atomic import hold_writer_lock
     from bench.store.database import check_db
 
     check_db(db)
+    lock = hold_writer_lock(out, "eval")  # noqa: F841  (held to the end: one writer of these run folders)
     run_dirs = []
     for p in sorted((out / "runs").glob("*/run.json")):
         try:

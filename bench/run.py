@@ -189,6 +189,12 @@ def cmd_run(args) -> int:
 
         plan_and_print(specs, opts, threads, Estimator(out, threads, workers), distributed)
         return 0
+    import os
+
+    from bench.store.atomic import hold_writer_lock
+
+    # one writer per --out (the data-parallel ranks of one run are one writer: rank 0 holds it)
+    lock = hold_writer_lock(out, "run") if os.environ.get("RANK", "0").strip() in ("", "0") else None  # noqa: F841
     accelerator = None
     if workers == 1 and not ray:
         from bench.train.runner import make_accelerator

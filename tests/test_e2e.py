@@ -8,7 +8,7 @@ import pytest
 from tests.conftest import run_cli
 
 
-@pytest.mark.heavy
+@pytest.mark.slow  # the grid, marks and update counts are also checked by test_report, test_plugins, test_budget, test_ddpo
 def test_run_ddpo_jpeg_end_to_end(tmp_path):
     args = ["run", "--methods", "ddpo-2,ddpo-100", "--reward", "jpeg-compressibility", "--budget", "24",
             "--num-steps", "4", "--samples-per-epoch", "16", "--train-batch-size", "8", "--num-checkpoints", "2",
@@ -77,7 +77,7 @@ def test_run_ddpo_jpeg_end_to_end(tmp_path):
     assert "reward@last" in again.stdout  # the summary table
 
 
-@pytest.mark.heavy
+@pytest.mark.slow  # a learning check (about 30 s); AlignProp's machinery is in test_alignprop, test_budget, test_resume
 def test_alignprop_raises_the_toy_aesthetic(tmp_path):
     """AlignProp on the default (toy) backbone: the proxy aesthetic goes up within a small budget."""
     r = run_cli("run", "--methods", "alignprop", "--reward", "aesthetic", "--budget", "64", "--num-steps", "6",

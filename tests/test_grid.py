@@ -57,10 +57,6 @@ def test_workers_give_the_serial_results(tmp_path):
     a, b = _rows(tmp_path / "serial" / "bench.duckdb"), _rows(tmp_path / "parallel" / "bench.duckdb")
     assert a[0] and a[1] and a[2] and not b[2]
     assert a[:2] == b[:2]  # checkpoints and training metrics, bit for bit
-    # re-submitting the finished grid to Ray trains nothing: both runs are planned as finished
-    again = run_cli(*_TRAIN_ONLY, "--launcher", "ray", "--workers", "2", "--out", str(tmp_path / "parallel"))
-    assert again.returncode == 0, again.stderr[-2000:]
-    assert "0 to train, 0 to resume, 0 to evaluate only, 2 finished" in again.stdout
     for run in (tmp_path / "serial" / "runs").iterdir():
         for f in (run / "checkpoints").iterdir():
             meta_a, ta = _load_safetensors(f)
@@ -80,6 +76,10 @@ def test_ray_gives_the_serial_results(tmp_path):
     assert "Ray tasks on a local instance of 2 x 1 CPU(s)" in ray.stdout
     a, c = _rows(tmp_path / "serial" / "bench.duckdb"), _rows(tmp_path / "ray" / "bench.duckdb")
     assert a[0] and a == c
+    # re-submitting the finished grid to Ray trains nothing: both runs are planned as finished
+    again = run_cli(*_TRAIN_ONLY, "--launcher", "ray", "--workers", "2", "--out", str(tmp_path / "ray"))
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "0 to train, 0 to resume, 0 to evaluate only, 2 finished" in again.stdout
 
 
 @pytest.mark.heavy

@@ -245,7 +245,7 @@ def test_swapping_winner_and_loser_flips_the_gradient(backbone):
 
 
 # ------------------------------------------------------------------ end to end on the default backbone
-@pytest.mark.heavy
+@pytest.mark.slow  # their budgets and resume are in test_budget and test_resume; their losses in this file
 def test_prdp_and_dense_dpo_end_to_end_on_toy(tmp_path):
     args = ["run", "--methods", "prdp,dense-dpo", "--reward", "aesthetic", "--budget", "32", "--num-steps", "3",
             "--samples-per-epoch", "16", "--train-batch-size", "8", "--num-checkpoints", "2",

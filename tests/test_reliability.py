@@ -160,3 +160,39 @@ def test_a_c1_control_character_in_a_prompt_is_refused(tmp_path, capsys, monkeyp
     rc, lines = _one_line(capsys, ["run", "--methods", "ddpo-2", "--train-prompts", str(f), "--out",
                                    str(tmp_path / "o"), "--plan"], {}, monkeypatch)
     assert rc == 2 and lines == [f"error: {f}:2: control character {char!r} in a prompt (is this a text file?)"]
+
+
+@pytest.mark.parametrize("command", ["run", "eval"])
+def test_a_second_writer_on_one_out_exits_2_naming_the_first(tmp_path, capsys, monkeypatch, command):
+    """Two `bench run` on one --out both trained the same run folders; now the second (or an `eval` beside a
+    `run`) is refused in one line naming the holder's PID, and the lock goes with its holder, even on kill -9."""
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "out"
+    (out / "runs").mkdir(parents=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; from bench.store.atomic import "
+         "hold_writer_lock; f = hold_writer_lock(Path(sys.argv[1]), 'run'); print('held', flush=True); "
+         "time.sleep(60)", str(out)], stdout=subprocess.PIPE, text=True, cwd=str(__import__("pathlib").Path(
+             __file__).parents[1]))
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        argv = {"run": ["run", "--methods", "ddpo-2", "--budget", "8", "--num-steps", "2", "--samples-per-epoch",
+                        "8", "--no-eval", "--no-progress", "--out", str(out)],
+                "eval": ["eval", "--out", str(out), "--no-progress"]}[command]
+        if command == "eval":  # eval needs a finished run to get as far as the lock
+            run = out / "runs" / "r"
+            run.mkdir()
+            (run / "run.json").write_text('{"status": "finished"}')
+        rc, lines = _one_line(capsys, argv, {}, monkeypatch)
+        assert rc == 2 and len(lines) == 1, lines
+        assert f"is in use by `bench run` (PID {holder.pid}, since " in lines[0]
+        assert [p.name for p in (out / "runs").iterdir()] == (["r"] if command == "eval" else [])
+    finally:
+        holder.kill()
+        holder.wait()
+    from bench.store.atomic import hold_writer_lock
+
+    hold_writer_lock(out, "run").close()  # free again once the holder is gone (killed, not unlocked)

@@ -46,6 +46,35 @@ def check_out_dir(out: Path) -> None:
         raise BenchError(f"--out {out}: cannot write in {parent} (permission denied)")
 
 
+# ------------------------------------------------------------------------------ one writer per output folder
+WRITER_LOCK = ".bench-lock"
+"""In an output folder: the advisory lock its writer holds (`bench run`, `bench eval`) and who that is."""
+
+
+def hold_writer_lock(out: Path, command: str):
+    """Take OUT's writer lock (flock on OUT/.bench-lock) or refuse in one line naming the holder. The lock lives
+    as long as the returned file object (the process, in practice) and goes with it, even on kill -9. Two
+    writers would both train the same run folders; every write being atomic kept the result right, by luck."""
+    import fcntl
+    import time
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    f = open(out / WRITER_LOCK, "a+")
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.seek(0)
+        holder = f.read().strip() or "another process"
+        f.close()
+        raise BenchError(f"--out {out} is in use by {holder}; wait for it to end or choose another --out") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"`bench {command}` (PID {os.getpid()}, since {time.strftime('%Y-%m-%d %H:%M:%S')})\n")
+    f.flush()
+    return f
+
+
 # ------------------------------------------------------------------------------ folders the harness owns
 MANIFEST = ".bench-manifest.json"
 """In a folder the harness writes whole (a report): every file it wrote, so that a later write replaces only
