@@ -36,6 +36,7 @@ def main(argv=None) -> int:
     p.add_argument("--mc-per-prompt", type=int, default=8, help="states per prompt and step")
     p.add_argument("--continuations", type=int, default=8, help="K continuations per state")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--skip-leverage", action="store_true", help="the linear ceilings only")
     a = p.parse_args(argv)
 
     import numpy as np
@@ -81,7 +82,7 @@ def main(argv=None) -> int:
     X = emb.reshape(B, T, -1).numpy().astype(np.float64)
     folds = np.random.default_rng(a.seed).permutation(B) % 5
 
-    def held_out(steps_of_fit) -> tuple[list[float], float]:
+    def held_out(steps_of_fit, z=z) -> tuple[list[float], float]:
         """Per-step held-out R^2 of ridge fits (5-fold by chain), each fit on the steps `steps_of_fit(k)`
         gives for step k; the ridge strength is the best of a small grid (a slight optimism, for a ceiling)."""
         best = None
@@ -103,13 +104,18 @@ def main(argv=None) -> int:
         return best
 
     print(f"\n## linear ceiling: held-out R^2 of ridge fits to the normalised reward, {B} chains, 5-fold")
-    for label, fit in (("one fit over all steps (the critic: no timestep input)", lambda k: range(T)),
-                       ("one fit per step (a critic that knew the step)", lambda k: [k])):
-        r2, lam = held_out(fit)
+    for label, fit, target in (
+            ("one fit over all steps (the critic: no timestep input)", lambda k: range(T), z),
+            ("one fit per step (a critic that knew the step)", lambda k: [k], z),
+            ("one fit over all steps, to the RAW reward (what per-prompt normalisation hides)", lambda k: range(T),
+             (r - r.mean()) / r.std())):
+        r2, lam = held_out(fit, target)
         print(f"{label}, ridge {lam:g} x rows:")
         print("  step (x_T first): " + "; ".join(f"{k:02d}: {v:.2f}" for k, v in enumerate(r2))
               + f"; mean {np.mean(r2):.3f}")
 
+    if a.skip_leverage:
+        return 0
     # ---------------------------------------------------------------- 1. leverage by Monte Carlo
     mc_prompts = [q for q in prompts_all[:a.mc_prompts] for _ in range(a.mc_per_prompt)]
     mc_groups = np.repeat(np.arange(a.mc_prompts), a.mc_per_prompt)
