@@ -24,28 +24,6 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
-PERF_MODES = {  # flag -> the modes of `bench perf` that read it
-    "backbone": {"micro"}, "num_steps": {"micro"}, "batch": {"micro"}, "reward": {"micro"}, "levers": {"micro"},
-    "repeat": {"micro", "floor", "db floor"}, "study": {"floor"},
-}
-PERF_DEFAULTS = {"batch": 8, "reward": "aesthetic", "repeat": 2}
-
-
-def check_perf_flags(args) -> None:
-    """A flag `bench perf` would ignore in the chosen mode is refused (one line), then the defaults are filled."""
-    mode = ("db floor" if args.floor else "db") if args.db else ("floor" if args.floor else "micro")
-    names = {"micro": "micro-benchmarks (no --floor, no --db)", "floor": "--floor without --db",
-             "db": "--db without --floor", "db floor": "--floor --db"}
-    for flag, modes in PERF_MODES.items():
-        value = getattr(args, flag, None)
-        if value is not None and value is not False and mode not in modes:  # 0 is a value given (0 == False)
-            raise BenchError(f"--{flag.replace('_', '-')} has no effect with {names[mode]}; it applies to "
-                             + " and ".join(names[m] for m in sorted(modes)))
-    for flag, value in PERF_DEFAULTS.items():
-        if getattr(args, flag) is None:
-            setattr(args, flag, value)
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python -m bench", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -233,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
 
             return cmd_report(args)
         if args.command == "perf":
+            from bench.perf import check_perf_flags
+
             check_perf_flags(args)
             if args.floor and not args.db:  # the grid `bench run` would run, built and shaped as it builds it
                 from bench.perf import cmd_planned_floor

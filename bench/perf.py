@@ -753,6 +753,28 @@ def run_sd_perf(backbone_name: str, num_steps: int, batch: int, repeat: int = 1)
 
 
 # ------------------------------------------------------------------------------ the command
+PERF_MODES = {  # flag -> the modes of `bench perf` that read it
+    "backbone": {"micro"}, "num_steps": {"micro"}, "batch": {"micro"}, "reward": {"micro"}, "levers": {"micro"},
+    "repeat": {"micro", "floor", "db floor"}, "study": {"floor"},
+}
+PERF_DEFAULTS = {"batch": 8, "reward": "aesthetic", "repeat": 2}
+
+
+def check_perf_flags(args) -> None:
+    """A flag `bench perf` would ignore in the chosen mode is refused (one line), then the defaults are filled."""
+    mode = ("db floor" if args.floor else "db") if args.db else ("floor" if args.floor else "micro")
+    names = {"micro": "micro-benchmarks (no --floor, no --db)", "floor": "--floor without --db",
+             "db": "--db without --floor", "db floor": "--floor --db"}
+    for flag, modes in PERF_MODES.items():
+        value = getattr(args, flag, None)
+        if value is not None and value is not False and mode not in modes:  # 0 is a value given (0 == False)
+            raise BenchError(f"--{flag.replace('_', '-')} has no effect with {names[mode]}; it applies to "
+                             + " and ".join(names[m] for m in sorted(modes)))
+    for flag, value in PERF_DEFAULTS.items():
+        if getattr(args, flag) is None:
+            setattr(args, flag, value)
+
+
 def cmd_planned_floor(args, run_args, specs, workers: int, threads: int) -> int:
     """`bench perf --floor` without --db: the floor of the grid `bench run` (with --study, that study's) would
     run, at the workers and threads per run it would use (the cli's `local_grid_shape`), beside the grid's own
