@@ -48,8 +48,8 @@ class Range:
 
 
 FULL_TO_LORA_LR = 1.0
-"""Scale rule 11's c (bench/spec/scale.py): a full-UNet source's learning rate times c on LoRA (undecided:
-docs/decisions/full-unet-lr.md)."""
+"""Scale rule 11's c (bench/spec/scale.py): a full-UNet source's learning rate times c on LoRA. 1 by the
+decision of 2026-12-07 (docs/decisions/full-unet-lr.md): neither candidate (10, 30) passed its declared rule."""
 
 _BIG = 1e6       # no count or coefficient of a source comes near it: a larger value is a typo
 _POS = Range(0.0, _BIG, low_open=True)
