@@ -40,10 +40,16 @@ def test_counted_reward_refuses_queries_beyond_the_allowance():
     assert r.queries == 2
 
 
+# the TDPO variants that differ from tdpo-r only in WHICH neurons a reset picks: their sampling, updates and
+# budget are tdpo-r's code path, so the default suite checks tdpo and tdpo-r and these run with -m slow
+_SAME_BUDGET_PATH = ("tdpo-reset-all", "tdpo-reset-dormant", "tdpo-r-leaky", "tdpo-policy-reset-dormant",
+                     "tdpo-policy-reset-active")
+
+
 def _every_method():
     from bench.spec.catalog import methods
 
-    return methods.names()
+    return [pytest.param(m, marks=pytest.mark.slow) if m in _SAME_BUDGET_PATH else m for m in methods.names()]
 
 
 @pytest.mark.parametrize("method", _every_method())
