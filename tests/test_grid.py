@@ -98,12 +98,12 @@ def test_shared_query0_evaluation_equals_a_per_run_one(tmp_path):
     own = {}
     for spec in specs:  # scored in the run, as any other checkpoint
         d = run_dir_for(spec, tmp_path)
-        evaluate_run(d, ["aesthetic"], progress=False, shared=False)
+        evaluate_run(d, ["aesthetic"], per_prompt=1, progress=False, shared=False)
         own[spec.run_name] = (d / "scores" / "aesthetic.jsonl").read_text(), (d / "grids" / "q00000000.png").read_bytes()
         shutil.rmtree(d / "scores")
         shutil.rmtree(d / "grids")
     for spec in specs:  # the first fills OUT/shared, the second reuses it
-        evaluate_run(run_dir_for(spec, tmp_path), ["aesthetic"], progress=False, shared=True)
+        evaluate_run(run_dir_for(spec, tmp_path), ["aesthetic"], per_prompt=1, progress=False, shared=True)
     caches = list((tmp_path / "shared").glob("q0-*"))
     assert len(caches) == 1  # one key: same backbone, T, guidance, eta, seeds and prompt sets
     for spec in specs:
