@@ -78,3 +78,19 @@ def test_a_killed_report_leaves_the_old_one_whole(tmp_path):
             assert after == before, delay
     # what a killed report left beside the folder is only bench's own temporary (removed by the next report)
     assert all(p.name.startswith(".report.bench-") for p in tmp_path.iterdir() if p.name not in ("report", "b.duckdb"))
+
+
+def test_the_readme_main_commands_default_folders_hold_nothing_the_checkout_ships(tmp_path):
+    """The README's main command writes its report to reports/ and its runs to results/ in the checkout: a
+    tracked file in reports/ (there was a README.md) made `bench run --methods all` refuse the folder on every
+    fresh clone. What git tracks there must be what the report would accept."""
+    from bench.store.atomic import REPORT_FILES, check_owned_folder
+
+    tracked = subprocess.run(["git", "ls-files", "reports"], cwd=ROOT, capture_output=True, text=True,
+                             check=True).stdout.split()
+    assert tracked == []
+    clone = tmp_path / "reports"  # the default report folder as a fresh clone has it: only tracked files
+    clone.mkdir()
+    for name in tracked:
+        (clone / name).write_text("tracked")
+    check_owned_folder(clone, "report folder", legacy=REPORT_FILES)  # raises (one line) on a foreign file
