@@ -109,6 +109,7 @@ def test_rule_11_converts_only_a_full_unet_sources_rate_and_composes_with_rule_1
     toy = Scale(num_steps=10, samples_per_epoch=32, latent_dims=256, budget=1280, multiplier=16.0)
     assert lr("grpo", toy, full_to_lora_lr=10.0) == pytest.approx(1e-4)
     assert lr("grpo", toy, full_to_lora_lr=1.0) == pytest.approx(1e-5)  # the runs before the rule
+    assert lr("grpo", toy) == pytest.approx(3e-4)  # the default c = 30 (docs/decisions/full-unet-lr.md, version 2)
     assert lr("ddpo-2", toy) == pytest.approx(3e-4)
     assert "full_to_lora_lr" not in methods.get("ddpo-2").meta["hparams"]
     # sde, m = 4, tau = 16: kappa = 288 / 12544 (32 x 9 rows against 256 x 49), lr = c x 1e-5 x sqrt(kappa x tau)
