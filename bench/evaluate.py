@@ -225,12 +225,15 @@ def shared_query0_rows(cache: Path, spec, rewards: dict, prompt_sets: dict[str, 
 
 
 # ------------------------------------------------------------------------------ the metric matrix of a suite
-def suite_rewards(suite: str) -> list[str]:
-    """Every reward that can score images of this suite (in-domain, out-of-domain and gold)."""
+def suite_rewards(suite: str, train_reward: str | None = None) -> list[str]:
+    """Every reward that can score images of this suite (in-domain, out-of-domain and gold), and the run's own
+    training reward when the matrix leaves it out (jpeg-incompressibility, a planted control's blend): the
+    report's curves are drawn against it, so a run without it would have none."""
     from bench.spec.catalog import rewards
 
-    return [e.name for e in rewards.entries()
-            if suite in e.meta.get("suites", (suite,)) and e.meta.get("in_eval_matrix", True)]
+    names = [e.name for e in rewards.entries()
+             if suite in e.meta.get("suites", (suite,)) and e.meta.get("in_eval_matrix", True)]
+    return names + [train_reward] if train_reward and train_reward not in names else names
 
 
 def suite_prompt_sets(suite: str) -> list[str]:
@@ -309,7 +312,7 @@ def evaluate_run(run_dir: Path, reward_names: list[str] | None = None, per_promp
                 f.unlink()
         force = True
     extras = extras and reward_names is None
-    names = reward_names or suite_rewards(spec.suite)
+    names = reward_names or suite_rewards(spec.suite, spec.reward)
     missing = [r for r in names if force or not (run_dir / "scores" / f"{r}.jsonl").is_file()]
     kl = extras and (force or not (run_dir / "scores" / f"{KL_METRIC}.jsonl").is_file())
     # set-level metrics: diversity (needs 2+ images per prompt; a metric without them is left out) and the

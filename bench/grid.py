@@ -107,7 +107,7 @@ def plan_grid(specs, opts: GridOptions, estimator=None) -> list[Planned]:
     for spec in specs:
         done = is_finished(spec, opts.out) and not opts.force
         scores = run_dir_for(spec, opts.out) / "scores"
-        missing_eval = opts.evaluate and any(not (scores / f"{r}.jsonl").is_file() for r in suite_rewards(spec.suite))
+        missing_eval = opts.evaluate and any(not (scores / f"{r}.jsonl").is_file() for r in suite_rewards(spec.suite, spec.reward))
         action = "train" if not done else ("evaluate" if missing_eval else "skip")
         resume_from = None
         if action == "train" and not opts.restart and not opts.force:

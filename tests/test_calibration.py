@@ -67,3 +67,82 @@ def test_the_planted_power_curve_and_its_smallest_lambda():
     lam = smallest_detectable_lambda(effects, 0.38, 7)
     assert lam == pytest.approx(smallest_detectable(0.38, 7), rel=1e-9)  # 1:1, so lambda equals the effect
     assert smallest_detectable_lambda({0.0: 0.0, 0.1: 0.05}, 0.38, 7) is None
+
+
+# ------------------------------------------------------------------------------ the report's calibration, wired
+def _calibration_db(path):
+    """Four seeds each: tdpo, tdpo-r and ddpo-100 trained on aesthetic, and ddpo-100 on the planted control
+    aesthetic + 0.5 x gold. Aesthetic rises 1 -> 3 -> 5 in every run, so the matched level is 5 and a run's gold
+    at the level is its gold at the last checkpoint: known by construction."""
+    from bench.store.database import connect
+
+    gold_last = {("tdpo", "aesthetic"): [7.0, 7.2, 6.8, 7.1], ("tdpo-r", "aesthetic"): [7.1, 7.1, 6.85, 7.05],
+                 ("ddpo-100", "aesthetic"): [6.9, 7.0, 7.0, 6.8],
+                 ("ddpo-100", "aesthetic+0.5gold"): [7.3, 7.5, 7.3, 7.2]}  # + 0.4, 0.5, 0.3, 0.4 over ddpo-100
+    con = connect(path)
+    for (method, reward), golds in gold_last.items():
+        for seed, g in enumerate(golds):
+            run_id = f"{method}_{reward}_s{seed}"
+            con.execute("INSERT INTO runs (run_id, config_hash, method, reward, backbone, suite, seed, budget, "
+                        "status) VALUES (?, 'h', ?, ?, 'toy', 'toy', ?, 20, 'finished')", [run_id, method, reward, seed])
+            for q, aes, gold in ((0, 1.0, 6.5), (10, 3.0, 6.7), (20, 5.0, g)):
+                scores = {"aesthetic": aes, "gold-aesthetic": gold}
+                if reward != "aesthetic":
+                    scores[reward] = aes + 0.5 * gold
+                for name, v in scores.items():
+                    for i, d in enumerate((-0.25, 0.25)):
+                        con.execute("INSERT INTO scores VALUES (?, ?, ?, 'toy-seen', 'a red circle', ?, 1, ?)",
+                                    [run_id, q, name, i, v + d])
+    return con, gold_last
+
+
+def test_the_report_calibrates_from_the_database(tmp_path):
+    from bench.report.analysis import load_curves, mean_ci
+    from bench.report.build import build_boards, comparison_rows
+    from bench.report.calibration import calibrate
+    from bench.spec.plan import ComparisonPlan
+
+    con, gold = _calibration_db(tmp_path / "c.duckdb")
+    plan = ComparisonPlan(name="t", version=1, declared="test", level_setters="all",
+                          primary=(("tdpo-r", "tdpo"),), primary_score="gold-aesthetic", primary_prompts="seen")
+    boards = build_boards(con, plan)
+    rows = comparison_rows(boards, plan)
+    cal = calibrate(load_curves(con), boards, rows, plan)
+    con.close()
+    # A/A on each primary method's own four per-seed values at the level, 2 seeds per stream
+    assert dict(cal.aa) == {"tdpo": aa_false_positive_rate(gold["tdpo", "aesthetic"], 2),
+                            "tdpo-r": aa_false_positive_rate(gold["tdpo-r", "aesthetic"], 2)}
+    assert cal.aa[0][1].splits == 6 * 2  # C(4,2) first streams x 2 pairings of the other two
+    # the primary's paired sd: differences 0.1, -0.1, 0.05, -0.05
+    sd = float(np.std([0.1, -0.1, 0.05, -0.05], ddof=1))
+    assert cal.sd == pytest.approx(sd) and cal.n == 4
+    (point,) = cal.planted
+    m, ci = mean_ci([0.4, 0.5, 0.3, 0.4])
+    assert (point.weight, point.pairs, cal.base) == (0.5, 4, "ddpo-100")
+    assert (point.effect, point.ci) == (pytest.approx(m), pytest.approx(ci))
+    # noncentrality 0.4 / (sd / 2) = 8.76 at 3 df, where scipy's nct.cdf is nan: the lower tail is taken as
+    # nct.sf at -nc, and the power is the upper tail's (the lower one is below 1e-9)
+    from scipy import stats
+
+    assert point.power == pytest.approx(paired_power(0.4, sd, 4)) and 0.999 < point.power < 1
+    assert paired_power(0.4, sd, 4) == pytest.approx(stats.nct.sf(stats.t.ppf(0.975, 3), 3, 0.4 / (sd / 2)), abs=1e-9)
+    # linear between (0, 0) and (0.5, 0.4): the weight whose effect is the smallest detectable one
+    assert cal.smallest_weight == pytest.approx(0.5 * smallest_detectable(sd, 4) / 0.4, rel=1e-6)
+    assert "false-positive rate" in cal.line() and f"w >= {cal.smallest_weight:.2g}" in cal.line()
+
+
+def test_the_planted_reward_is_the_blend_and_stays_out_of_the_matrix():
+    import torch
+
+    from bench.evaluate import suite_rewards
+    from bench.train.runner import load_reward
+
+    images = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    prompts = ["a red circle", "a blue square", "two green triangles"]
+    blend = load_reward("aesthetic+0.5gold", "toy", "cpu")
+    expected = (load_reward("aesthetic", "toy", "cpu").score(images, prompts)
+                + 0.5 * load_reward("gold-aesthetic", "toy", "cpu").score(images, prompts))
+    assert torch.allclose(blend.score(images, prompts), expected)
+    assert "aesthetic+0.5gold" not in suite_rewards("toy")                       # never scored by default
+    assert suite_rewards("toy", "aesthetic+0.5gold")[-1] == "aesthetic+0.5gold"  # but a run's own reward is
+    assert suite_rewards("toy", "aesthetic") == suite_rewards("toy")

@@ -20,6 +20,7 @@ from bench.report.analysis import (R2_BAR, Curve, GaoFit, GoldShape, change_verd
                                    paired_changes)
 from bench.report.figures import (GOLD, KL, curve_figures, diagnostics_figure, diversity_figures,  # noqa: F401
                                   gao_figures, kl_figures, method_styles, themed, training_figures)
+from bench.report.calibration import PLANTED_HEADER, calibrate, planted_rows
 from bench.report.frames import figure_frames
 from bench.spec.plan import ComparisonPlan
 
@@ -744,6 +745,8 @@ class ReportData:
     effective: list
     grids: list
     runs: list
+    calibration: object = None
+    """bench/report/calibration.py's Calibration: the A/A rate and the planted-effect power curve."""
 
 
 def write_report(db_path: Path, report_dir: Path, out_dir: Path | None = None,
@@ -801,7 +804,8 @@ def _read_report(con, report_dir: Path, out_dir: Path, plan: ComparisonPlan, boa
                       critic_means=critic_means, comparisons=comparisons, question=comparison_table(comparisons),
                       sentences=primary_sentences(comparisons, plan), gao=gao_rows(boards),
                       drift=drift_rows(frames["sets"]), effective=effective_tables(con),
-                      grids=matched_grids(con, out_dir, boards), runs=runs)
+                      grids=matched_grids(con, out_dir, boards), runs=runs,
+                      calibration=calibrate(load_curves(con), boards, comparisons, plan) if comparisons else None)
 
 
 def _leaderboard_md(data: ReportData, plan: ComparisonPlan, below_m, interim, check) -> str:
@@ -815,9 +819,11 @@ def _leaderboard_md(data: ReportData, plan: ComparisonPlan, below_m, interim, ch
         md = ("### the temporal critic: explained variance of the return (the manipulation check of a reset)\n\n"
               + (f"**{check}**\n\n" if check else "") + _table_md(CRITIC_HEADER, data.critic) + "\n" + md)
     if data.question:
+        cal = data.calibration
         md = (f"### the declared comparisons (plan {plan.label}; p (Holm): adjusted within the primary and within "
               "the exploratory comparisons; only the exploratory ones are judged on it)\n\n"
-              + "".join(f"- {s}\n" for s in data.sentences) + "\n"
+              + "".join(f"- {s}\n" for s in data.sentences) + (f"- {cal.line()}\n" if cal else "") + "\n"
+              + (_table_md(PLANTED_HEADER, planted_rows(cal)) + "\n" if cal and cal.planted else "")
               + _table_md(COMPARISON_HEADER, data.question) + "\n" + md)
     if data.compute:
         md += "\n### compute at the final checkpoint (mean over seeds)\n\n" + _table_md(COMPUTE_HEADER, data.compute)
@@ -856,7 +862,10 @@ def _index_body(data: ReportData, plan: ComparisonPlan, db_path, below_m, interi
                prompts=esc(plan.primary_prompts)),
         bold(interim),
         _block("question", sentences="\n".join(bold(s) for s in data.sentences)
-               + bold(check), figures=figs(p for p in data.gao_pngs if p in first_figures))
+               + bold(check) + (_block("calibration", line=esc(data.calibration.line()),
+                                       table=_table_html(PLANTED_HEADER, planted_rows(data.calibration))
+                                       if data.calibration.planted else "") if data.calibration else ""),
+               figures=figs(p for p in data.gao_pngs if p in first_figures))
         if question or data.gao_pngs else "",
         _block("summary", verdicts="\n".join(f"<p>{esc(line)}</p>" for line in verdict_lines(boards)),
                table=summary_html(boards)) if boards else "",

@@ -84,7 +84,11 @@ def paired_power(effect: float, sd: float, n: int, alpha: float = 0.05) -> float
     df = n - 1
     crit = float(stats.t.ppf(1 - alpha / 2, df))
     nc = effect / (sd / math.sqrt(n))
-    return float(stats.nct.sf(crit, df, nc) + stats.nct.cdf(-crit, df, nc))
+    # P(T <= -crit | nc) written as P(T >= crit | -nc): scipy's nct.cdf returns nan at some (df, nc), e.g. 3, 8
+    power = float(stats.nct.sf(crit, df, nc) + stats.nct.sf(crit, df, -nc))
+    if not math.isfinite(power):
+        raise ValueError(f"the noncentral t gave no finite power (effect {effect}, sd {sd}, n {n})")
+    return power
 
 
 def smallest_detectable(sd: float, n: int, power: float = 0.8, alpha: float = 0.05) -> float:
@@ -116,3 +120,119 @@ def smallest_detectable_lambda(effect_by_lambda: dict[float, float], sd: float, 
     if pts and pts[0][1] >= target:
         return pts[0][0]
     return None
+
+
+# ------------------------------------------------------------------------------ the report's calibration section
+@dataclass(frozen=True)
+class PlantedPoint:
+    """One blend weight of the planted-effect control, read from the database."""
+    weight: float
+    effect: float
+    """Mean over seeds of gold at the proxy level: the control's run minus the base method's at the same seed."""
+    ci: float | None
+    pairs: int
+    power: float | None
+    """The design's power against `effect` at N (the noncentral t with the primary comparisons' paired sd)."""
+
+
+@dataclass(frozen=True)
+class Calibration:
+    aa: tuple[tuple[str, AARate], ...]
+    """(method, its A/A rate) for each primary method with 4+ seeds at the level."""
+    n: int | None
+    """The design's N: the plan's seeds, else the primary comparisons' pairs."""
+    sd: float | None
+    """The largest paired sd of the primary comparisons (the conservative one for power)."""
+    base: str = ""
+    """The method trained on the blends (and, at weight 0, on the proxy)."""
+    planted: tuple[PlantedPoint, ...] = ()
+    smallest_weight: float | None = None
+    """The smallest blend weight detected with 80% power at N (interpolated; None when none is)."""
+
+    @property
+    def pooled_aa(self) -> AARate | None:
+        if not self.aa:
+            return None
+        splits = sum(r.splits for _, r in self.aa)
+        return AARate(sum(r.rate * r.splits for _, r in self.aa) / splits, splits, min(r.n for _, r in self.aa))
+
+    def line(self) -> str:
+        """The report's calibration sentence: the false-positive rate and the smallest planted effect detected."""
+        aa = self.pooled_aa
+        first = (f"false-positive rate {100 * aa.rate:.1f}% (A/A: {', '.join(m for m, _ in self.aa)}, {aa.n} seeds "
+                 f"per stream, {aa.splits} splits; nominal 5%)" if aa else
+                 "false-positive rate not measured (the A/A control needs 4+ seeds of a primary method)")
+        if not self.planted:
+            second = ("power against a planted effect not measured (no run trained on a planted control, "
+                      "e.g. `--reward aesthetic+0.5gold`)")
+        elif self.smallest_weight is None:
+            second = (f"no planted blend weight up to {max(p.weight for p in self.planted):g} is detected with 80% "
+                      f"power at N = {self.n}")
+        else:
+            second = (f"detects a method as good as blending gold into the training reward at weight "
+                      f"w >= {self.smallest_weight:.2g} with 80% power at N = {self.n} ({self.base}, paired sd "
+                      f"{self.sd:.3g})")
+        return f"Calibration: {first}; {second}."
+
+
+def calibrate(curves, boards, comparisons, plan) -> Calibration:
+    """The report's calibration from the database's runs: the A/A rate of each primary method's per-seed scores
+    at the matched level (its primary board), and the planted-effect power curve from the runs trained on a
+    control reward (catalog meta `control`, params proxy/gold/weight): per seed, gold at the proxy board's
+    matched level, the control's run minus the same method's run on the proxy."""
+    from bench.report.analysis import interpolate_at, mean_ci
+    from bench.spec.catalog import rewards
+
+    primaries = [r for r in comparisons if r["primary"]]
+    paired = [r["comp"] for r in primaries if r["comp"].paired and r["comp"].n >= 2]
+    sd = max((c.se * math.sqrt(c.n) for c in paired), default=None)
+    n = plan.seeds or max((c.n for c in paired), default=None)
+    aa = []
+    if primaries:
+        board = next(b for b in boards if (b.train_reward, b.prompt_set) ==
+                     (primaries[0]["train_reward"], primaries[0]["prompt_set"]))
+        col = board.columns.index(f"{plan.primary_score} @ level")
+        methods = sorted({m for pair in plan.primary for m in pair})
+        for method, _, cells in board.rows:
+            values = [v for v in cells[col].values if v is not None]
+            if method in methods and len(values) >= 4 and len(values) == len(cells[col].values):
+                aa.append((method, aa_false_positive_rate(values, len(values) // 2)))
+    points, base = {}, ""
+    for c in curves:
+        meta = rewards.get(c.train_reward).meta if c.train_reward in rewards else {}
+        if not meta.get("control"):
+            continue
+        p = meta["params"]
+        board = next((b for b in boards if (b.train_reward, b.prompt_set) == (p["proxy"], c.prompt_set)), None)
+        partner = next((o for o in curves if (o.train_reward, o.prompt_set, o.method, o.seed) ==
+                        (p["proxy"], c.prompt_set, c.method, c.seed)), None)
+        if board is None or partner is None or _role(c.prompt_set) != plan.primary_prompts:
+            continue
+        gold = p["gold"]
+        ours = interpolate_at(c.scores[p["proxy"]], c.scores[gold], board.level)
+        theirs = interpolate_at(partner.scores[p["proxy"]], partner.scores[gold], board.level)
+        if ours is not None and theirs is not None:
+            points.setdefault(float(p["weight"]), []).append(ours - theirs)
+            base = c.method
+    planted = []
+    for w, diffs in sorted(points.items()):
+        m, ci = mean_ci(diffs)
+        power = paired_power(m, sd, n) if sd and n and n >= 2 else None
+        planted.append(PlantedPoint(w, m, ci, len(diffs), power))
+    smallest = (smallest_detectable_lambda({0.0: 0.0, **{p.weight: p.effect for p in planted}}, sd, n)
+                if planted and sd and n and n >= 2 else None)
+    return Calibration(tuple(aa), n, sd, base, tuple(planted), smallest)
+
+
+def _role(prompt_set: str) -> str:
+    from bench.spec.catalog import prompt_sets
+
+    return prompt_sets.get(prompt_set).meta.get("role", "") if prompt_set in prompt_sets else ""
+
+
+PLANTED_HEADER = ("blend weight w", "gold at the level: control - base (mean ± 95% CI)", "pairs", "power at N")
+
+
+def planted_rows(cal: Calibration) -> list[tuple]:
+    return [(f"{p.weight:g}", f"{p.effect:+.3f}" + (f" ± {p.ci:.3f}" if p.ci is not None else ""), str(p.pairs),
+             "-" if p.power is None else f"{100 * p.power:.0f}%") for p in cal.planted]

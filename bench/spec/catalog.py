@@ -11,7 +11,7 @@ from pathlib import Path
 
 from bench.spec.plan import ComparisonPlan
 from bench.spec.registry import Registry
-from bench.spec.values import FULL_TO_LORA_LR
+from bench.spec.values import FULL_TO_LORA_LR, PLANTED_WEIGHTS
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -223,6 +223,17 @@ rewards.register(
     "toy ground truth: probability the image shows what the prompt says (evaluation only)",
     higher_is_better=True, differentiable=False, suites=("toy",), eval_only=True, scale="probability, 0-1",
 )
+
+# The planted-effect controls (issue 45, bench/report/calibration.py): aesthetic + w x gold aesthetics, for a few
+# declared weights. `control` keeps them out of the evaluation matrix and every default grid; a run names one
+# with --reward. `params` are the loader's arguments.
+for _w in PLANTED_WEIGHTS:
+    rewards.register(
+        f"aesthetic+{_w:g}gold", "metrics.planted:PlantedBlend",
+        f"CONTROL: the aesthetic proxy plus {_w:g} x gold aesthetics (a planted effect of known direction; toy only)",
+        higher_is_better=True, differentiable=False, suites=("toy",), in_eval_matrix=False, control=True,
+        params=dict(proxy="aesthetic", gold="gold-aesthetic", weight=_w), scale="aesthetic + w x gold, about 7 (1 + w)",
+    )
 
 # --------------------------------------------------------------------------- prompt sets
 prompt_sets.register(

@@ -52,6 +52,10 @@ FULL_TO_LORA_LR = 30.0
 of the decision of 2026-12-07 (docs/decisions/full-unet-lr.md: GRPO +0.0174 +- 0.0062 on jpeg over 5 fresh
 seeds, "improves"); `--set full_to_lora_lr=1` reproduces the runs before the rule."""
 
+PLANTED_WEIGHTS = (0.25, 0.5, 1.0)
+"""The planted-effect control's declared blend weights w (training reward aesthetic + w x gold aesthetics; issue 45).
+Both scores sit near 7 on the toy, so w = 1 weighs gold like the proxy; w = 0 is the base method itself."""
+
 _BIG = 1e6       # no count or coefficient of a source comes near it: a larger value is a typo
 _POS = Range(0.0, _BIG, low_open=True)
 _NONNEG = Range(0.0, _BIG)

@@ -256,7 +256,8 @@ def backbone_location(spec: RunSpec) -> str:
 def load_reward(name: str, suite: str, device):
     from bench.spec.catalog import rewards
 
-    return rewards.get(name).load()(suite=suite, device=device)
+    entry = rewards.get(name)
+    return entry.load()(suite=suite, device=device, **entry.meta.get("params", {}))
 
 
 def run_dir_for(spec: RunSpec, out_dir: Path) -> Path:
