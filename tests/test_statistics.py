@@ -299,3 +299,65 @@ def test_gao_coefficient_intervals_cover_at_seven_seeds():
     assert t_cover / sims == pytest.approx(0.95, abs=0.035)
     lo, hi = seed_interval([1.0, 2.0, 3.0])  # mean 2, sd 1, t_0.975(2) = 4.303: half-width 4.302653 / sqrt(3) = 2.484138
     assert (lo, hi) == (pytest.approx(2 - 2.484138, rel=1e-5), pytest.approx(2 + 2.484138, rel=1e-5)) and seed_interval([1.0]) is None
+
+
+# ------------------------------------------------------------------------------ plan rules of study v4 / main v3
+def test_interval_mean_and_fraction_level_by_hand():
+    from bench.report.analysis import fraction_level, interval_mean
+
+    # y = 10 - x along x = 1, 3, 5: the mean of y over proxy levels in [2, 4] is y at x = 3, i.e. 7
+    assert interval_mean([1, 3, 5], [9, 7, 5], 2, 4) == pytest.approx(7.0)
+    # y jumps where x crosses 3 (x: 1 -> 3 -> 3.5): over [2, 3] y rises linearly 5 -> 6, mean 5.5
+    assert interval_mean([1, 3, 3.5], [4, 6, 0], 2, 3) == pytest.approx(5.5)
+    assert interval_mean([1, 3, 3.5], [4, 6, 0], 2, 4) is None      # never reaches 4: no value
+    # levels below the start count at the start: half the interval at 8, half falling 8 -> 6 (mean 7): 7.5
+    assert interval_mean([2.5, 3.0], [8, 6], 2, 3) == pytest.approx(7.5)
+    # gains: A best 4 and 2 (mean 3), B 1, C 0.2: median 1; start 1 (the highest query-0 score)
+    curves = {"A": [[1, 5, 4], [1, 3, 2]], "B": [[1, 2, 1.5]], "C": [[0.9, 1.1, 1.0]]}
+    assert fraction_level(curves, 0.5) == pytest.approx(1.5)
+    # the old rule: C, barely learning (gain 0.2), sets it at 1.1; the fraction rule moves with the median only
+    from bench.report.analysis import matched_level
+
+    assert matched_level([xs for runs in curves.values() for xs in runs]) == pytest.approx(1.1)
+    assert fraction_level({**curves, "C": [[1, 1.01, 1.0]]}, 0.5) == pytest.approx(1.5)
+
+
+def test_a_fixed_level_pairs_only_the_seeds_that_reach_it(tmp_path):
+    """Plan with a fixed level 4.5 on aesthetic (seen prompts): aesthetic climbs 1, 2, ... per checkpoint (5
+    checkpoints), except tdpo seed 2, which stops at 4 and never reaches the level: that seed leaves the pair and
+    the sentence says so. The co-primary (gold over proxy levels [2, 4.5]) pairs on the same seeds; with
+    familywise judging, the primaries are judged on Holm."""
+    from bench.report.build import build_boards, comparison_rows, primary_sentences
+    from bench.spec.plan import ComparisonPlan
+    from bench.store.database import connect
+
+    con = connect(tmp_path / "f.duckdb")
+    gold_offset = {"tdpo-r": [0.3, 0.35, 0.0, 0.25], "tdpo": [0.0, 0.0, 0.0, 0.0]}
+    for method, offsets in gold_offset.items():
+        for s, off in enumerate(offsets):
+            run_id = f"{method}_s{s}"
+            con.execute("INSERT INTO runs (run_id, config_hash, method, reward, backbone, suite, seed, budget, "
+                        "status) VALUES (?, 'h', ?, 'aesthetic', 'toy', 'toy', ?, 40, 'finished')", [run_id, method, s])
+            for k in range(5):
+                aes = min(1.0 + k, 4.0) if (method, s) == ("tdpo", 2) else 1.0 + k
+                for reward, v in (("aesthetic", aes), ("gold-aesthetic", 6.0 + 0.1 * k + off)):
+                    for i in range(4):
+                        con.execute("INSERT INTO scores VALUES (?, ?, ?, 'toy-seen', 'a red circle', ?, 1, ?)",
+                                    [run_id, 10 * k, reward, i, v])
+    plan = ComparisonPlan(name="t", version=4, declared="test", level_setters="paper", primary=(("tdpo-r", "tdpo"),),
+                          primary_score="gold-aesthetic", primary_prompts="seen", fixed_level=("aesthetic", 4.5),
+                          auc_interval=(2.0, 4.5), familywise=True)
+    (board,) = build_boards(con, plan)
+    con.close()
+    assert board.level == 4.5 and board.level_rule == "fixed by plan t v4"
+    rows = {r["score"]: r for r in comparison_rows([board], plan)}
+    at_level, co = rows["gold-aesthetic"], rows["gold-aesthetic mean over [2, 4.5]"]
+    # seeds 0, 1, 3 pair: differences 0.3, 0.35, 0.25 at the level and over the interval (a constant offset)
+    for r in (at_level, co):
+        assert r["primary"] and r["comp"].paired and r["comp"].n == 3 and r["never_reached"] == 1
+        assert r["comp"].diff == pytest.approx(0.3)
+    # Holm over the two primaries, and the judgement uses it (p values are equal: both adjusted to 2p, capped 1)
+    assert at_level["p_holm"] == pytest.approx(min(1.0, 2 * at_level["comp"].p)) and at_level["family"] == 2
+    sentences = primary_sentences(list(rows.values()), plan)
+    assert all("1 run(s) never reached the level" in s and "Holm over the 2 primary" in s for s in sentences)
+    assert any("over the declared proxy interval" in s for s in sentences)

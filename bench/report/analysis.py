@@ -120,6 +120,25 @@ def normalised_auc(xs: list[float], ys: list[float], level: float) -> float | No
     return float(np.trapezoid(py, px)) / (level - xs[0])
 
 
+def interval_mean(xs: list[float], ys: list[float], low: float, high: float, points: int = 31) -> float | None:
+    """The mean of y at the first crossing of each of `points` evenly spaced proxy levels in [low, high]: the
+    area under y against the proxy over the interval, divided by its width (trapezoid rule over the levels).
+    A level the run starts above counts at its start. None when the run never reaches `high`."""
+    if first_crossing(xs, high) is None:
+        return None
+    values = np.array([interpolate_at(xs, ys, float(level)) for level in np.linspace(low, high, points)])
+    return float(np.trapezoid(values, dx=1.0)) / (points - 1)
+
+
+def fraction_level(curves: dict[str, list[list[float]]], fraction: float) -> float:
+    """The main command's level rule from plan version 3: the common start (the highest query-0 score) plus
+    `fraction` of the median over methods of each method's best gain over its start (mean over its seeds).
+    `curves`: method -> its runs' in-domain curves (sign-adjusted: higher is better)."""
+    start = max(xs[0] for runs in curves.values() for xs in runs)
+    gains = [float(np.mean([max(xs) - xs[0] for xs in runs])) for runs in curves.values()]
+    return start + fraction * float(np.median(gains))
+
+
 def matched_level(curves: list[list[float]]) -> float:
     """The highest level every curve reaches (and never below their common start)."""
     return max(min(max(xs) for xs in curves), max(xs[0] for xs in curves))

@@ -15,9 +15,9 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.report.analysis import (R2_BAR, Curve, GaoFit, GoldShape, change_verdict, gao_fit, gold_shape,
-                                   interpolate_at, load_curves, matched_level, mean_ci, normalised_auc,
-                                   paired_changes)
+from bench.report.analysis import (R2_BAR, Curve, GaoFit, GoldShape, change_verdict, fraction_level, gao_fit,
+                                   gold_shape, interpolate_at, interval_mean, load_curves, matched_level, mean_ci,
+                                   normalised_auc, paired_changes)
 from bench.report.figures import (GOLD, KL, curve_figures, diagnostics_figure, diversity_figures,  # noqa: F401
                                   gao_figures, kl_figures, method_styles, themed, training_figures)
 from bench.report.calibration import PLANTED_HEADER, calibrate, planted_rows
@@ -71,12 +71,16 @@ class Board:
     """method -> its runs' seeds, in the order of every Cell's values (for comparisons paired by seed)."""
     gao: dict[str, dict[str, list[tuple[int, GaoFit | None, GaoFit | None]]]] = field(default_factory=dict)
     """gold reward -> method -> per seed (seed, RL fit, best-of-n fit) of the gold gain against sqrt(KL)."""
+    level_rule: str = ""
+    """How the level was set when not by the highest level every setting run reaches: 'fixed by plan ...' or
+    '<fraction> of the median best gain'."""
 
 
 def _agg(values: list[float | None]) -> Cell:
     vals = [v for v in values if v is not None]
     if len(vals) < len(values) or not vals:
-        return Cell(None)
+        # shown as '-'; the per-seed values (None where a run never reached the level) still pair by seed
+        return Cell(None, values=tuple(values) if vals else ())
     return Cell(*mean_ci(vals), values=tuple(vals))
 
 
@@ -131,8 +135,16 @@ def build_boards(con, plan: ComparisonPlan | None = None) -> list[Board]:
         # (PRDP, dense DPO) is placed where it reaches the level; the level it would have set is kept.
         setters = ([m for m in improving if not _companion(m)] or improving) if plan.level_setters == "paper" \
             else improving
-        level = matched_level([xs[c.run_id] for c in group if c.method in setters])
-        with_companions = matched_level([xs[c.run_id] for c in group if c.method in improving])
+        fixed = plan.fixed_level is not None and plan.fixed_level[0] == train_reward \
+            and roles.get(pset) == plan.primary_prompts
+
+        def rule_level(among):
+            if plan.level_fraction is not None:  # plan v3 of the main command: no barely-learning method pins it
+                return fraction_level({m: [xs[c.run_id] for c in group if c.method == m] for m in among},
+                                      plan.level_fraction)
+            return matched_level([xs[c.run_id] for c in group if c.method in among])
+        level = sign * plan.fixed_level[1] if fixed else rule_level(setters)
+        with_companions = level if fixed else rule_level(improving)
         present = set.intersection(*(set(c.scores) for c in group))
         others = sorted(present - {train_reward, KL})
         cols = [f"{train_reward} final", f"{train_reward} change", "queries to level"]
@@ -140,9 +152,13 @@ def build_boards(con, plan: ComparisonPlan | None = None) -> list[Board]:
         cols += [f"{r} @ level" for r in others] + [f"{r} AUC" for r in others]
         gold = [g for g in GOLD if g in others]
         cols += [f"{g} peak" for g in gold] + [f"{g} drop after peak" for g in gold]
+        co_primary = fixed and plan.auc_score is not None and plan.primary_score in present
+        cols += [plan.auc_score] if co_primary else []
         board = Board(train_reward, pset, sign * level, cols, verdicts={m: verdicts[train_reward, pset, m] for m in methods},
                       level_methods=setters, level_judged_on=judge,
-                      level_with_companions=sign * with_companions if setters != improving else None)
+                      level_with_companions=sign * with_companions if setters != improving and not fixed else None,
+                      level_rule=f"fixed by plan {plan.label}" if fixed else
+                      f"{plan.level_fraction:g} of the median best gain" if plan.level_fraction is not None else "")
         for method in methods:
             runs = sorted((c for c in group if c.method == method), key=lambda c: c.seed)
             cells = [_agg([sign * xs[c.run_id][-1] for c in runs]), changes[train_reward, pset, method],
@@ -159,6 +175,11 @@ def build_boards(con, plan: ComparisonPlan | None = None) -> list[Board]:
                 cells.append(_agg([max(c.scores[g]) for c in runs]))
             for g in gold:
                 cells.append(_agg([max(c.scores[g]) - c.scores[g][-1] for c in runs]))
+            if co_primary:
+                low, high = sorted(sign * v for v in plan.auc_interval)
+                s = 1.0 if higher_is_better(plan.primary_score) else -1.0
+                cells.append(_agg([_signed(interval_mean(xs[c.run_id], [s * v for v in c.scores[plan.primary_score]],
+                                                         low, high), s) for c in runs]))
             board.rows.append((method, len(runs), cells))
             board.seeds[method] = tuple(c.seed for c in runs)
             for g in gold:
@@ -216,13 +237,16 @@ def boards_markdown(boards: list[Board], compact: bool = False) -> str:
 
 
 def _level_text(b: Board) -> str:
+    if b.level_rule.startswith("fixed"):
+        return f"matched level {b.level:.3f}, {b.level_rule}"
+    rule = f" ({b.level_rule})" if b.level_rule else ""
     left_out = sorted(m for m, _, _ in b.rows if m not in b.level_methods)
     if not left_out:
-        return f"matched level {b.level:.3f}"
+        return f"matched level {b.level:.3f}{rule}"
     flat = [m for m in left_out if _expected_flat(m)]
     companions = [m for m in left_out if _companion(m) and m not in flat]
     other = [m for m in left_out if m not in flat and m not in companions]
-    parts = [f"matched level {b.level:.3f}, over the methods that improve on {b.level_judged_on}"]
+    parts = [f"matched level {b.level:.3f}{rule}, over the methods that improve on {b.level_judged_on}"]
     if companions:
         text = f"companion papers' methods, placed where they reach it: {', '.join(companions)}"
         if b.level_with_companions is not None:
@@ -379,13 +403,18 @@ def comparison_rows(boards: list[Board], plan: ComparisonPlan) -> list[dict]:
             if focus not in rows or other not in rows:
                 continue
             for i, col in enumerate(b.columns):
-                if not col.endswith(" @ level") or col.startswith(KL):
+                if not (col.endswith(" @ level") or col == plan.auc_score) or col.startswith(KL):
                     continue
-                a, c = rows[focus][i].values, rows[other][i].values
+                score = col[:-len(" @ level")] if col.endswith(" @ level") else col
+                sa, sc = b.seeds.get(focus, ()), b.seeds.get(other, ())
+                # a run that never reaches the level has no value there: its seed leaves the pairs
+                a_by = {seed: v for seed, v in zip(sa, rows[focus][i].values) if v is not None}
+                c_by = {seed: v for seed, v in zip(sc, rows[other][i].values) if v is not None}
+                sa, sc = tuple(a_by), tuple(c_by)
+                a, c = list(a_by.values()), list(c_by.values())
+                never = len(b.seeds.get(focus, ())) + len(b.seeds.get(other, ())) - len(a) - len(c)
                 if len(a) < 2 or len(c) < 2:
                     continue
-                score = col[:-len(" @ level")]
-                sa, sc = b.seeds.get(focus, ()), b.seeds.get(other, ())
                 common = [seed for seed in sa if seed in sc]
                 if len(common) >= 2:  # a part-way grid: paired on the seeds both ran, the others left out
                     a, c = [a[sa.index(seed)] for seed in common], [c[sc.index(seed)] for seed in common]
@@ -394,7 +423,8 @@ def comparison_rows(boards: list[Board], plan: ComparisonPlan) -> list[dict]:
                     comp = welch_comparison(a, c)
                 out.append(dict(primary=plan.is_primary(focus, other, score, roles.get(b.prompt_set, "")),
                                 train_reward=b.train_reward, prompt_set=b.prompt_set, score=score,
-                                focus=focus, other=other, comp=comp, better_up=higher_is_better(score)))
+                                focus=focus, other=other, comp=comp, better_up=higher_is_better(score),
+                                never_reached=never))
     # Holm within each family: the exploratory rows decide on it; the primary rows are judged at 95% each, as
     # the plans declare, and carry their family-wise p beside so a reader sees what two or more primaries cost
     for family in ([r for r in out if not r["primary"]], [r for r in out if r["primary"]]):
@@ -403,7 +433,7 @@ def comparison_rows(boards: list[Board], plan: ComparisonPlan) -> list[dict]:
             r["family"] = len(family)
     for r in out:
         comp, up = r["comp"], 1.0 if r["better_up"] else -1.0
-        significant = comp.p < 0.05 if r["primary"] else r["p_holm"] < 0.05
+        significant = r["p_holm"] < 0.05 if not r["primary"] or plan.familywise else comp.p < 0.05
         if significant and comp.ci < abs(comp.diff):
             r["says"] = f"{r['focus']} {'better' if up * comp.diff > 0 else 'worse'}"
         else:
@@ -453,10 +483,15 @@ def primary_sentences(rows: list[dict], plan: ComparisonPlan) -> list[str]:
                        f"{c.mdd:.3g} with 80% power")
         else:
             verdict = (f"{r['says']} ({c.diff:+.3f} ± {c.ci:.3f}, {design}, {c.n} seeds, p = {c.p:.3g})")
-            if r["family"] > 1 and r["p_holm"] >= 0.05:  # declared at 95% each; family-wise it does not hold
+            if r["family"] > 1 and plan.familywise:
+                verdict += f"; Holm over the {r['family']} primary comparisons: p = {r['p_holm']:.3g}"
+            elif r["family"] > 1 and r["p_holm"] >= 0.05:  # declared at 95% each; family-wise it does not hold
                 verdict += (f"; Holm over the {r['family']} primary comparisons: p = {r['p_holm']:.3g}, "
                             "not significant family-wise")
-        out.append(f"{r['score']} at the matched level on {r['prompt_set']}, {r['focus']} - {r['other']}: {verdict}.")
+        if r.get("never_reached"):
+            verdict += f" ({r['never_reached']} run(s) never reached the level and left their pairs)"
+        where = "over the declared proxy interval" if r["score"] == plan.auc_score else "at the matched level"
+        out.append(f"{r['score']} {where} on {r['prompt_set']}, {r['focus']} - {r['other']}: {verdict}.")
     return out
 
 

@@ -37,9 +37,35 @@ class ComparisonPlan:
     advantages, and the report says the comparison does not test what a critic reset does. None: not declared
     (the report still prints the critic's explained variance)."""
 
+    fixed_level: tuple[str, float] | None = None
+    """(training reward, level): the matched level of that reward's board on the primary prompts, fixed before
+    the runs (version 4 of the study) so that the estimand does not move with the number of seeds. A run that
+    never reaches it leaves its pairs. None: the level rule (`level_setters`, `level_fraction`)."""
+    level_fraction: float | None = None
+    """The level rule of the main command from version 3: the common start plus this fraction of the median, over
+    the level-setting methods, of each method's best gain over the start (mean over its seeds). A method that
+    barely learns then fails to reach the level instead of pinning it at the pretrained model. None: the highest
+    level every setting run reaches (versions 1 and 2)."""
+    auc_interval: tuple[float, float] | None = None
+    """A co-primary score for the 'uniform offset' alternative: the mean of the primary score at the first
+    crossing of each proxy level in [low, high] (the area under it against the proxy, over the width), on the
+    `fixed_level` board. None: no co-primary."""
+    familywise: bool = False
+    """True: the primary comparisons are judged on their Holm-adjusted p (family-wise 5%); False: at 95% each
+    (versions before 4), with the Holm p printed beside."""
+
+    @property
+    def auc_score(self) -> str | None:
+        """The co-primary's column name on the board, or None."""
+        if self.auc_interval is None:
+            return None
+        low, high = self.auc_interval
+        return f"{self.primary_score} mean over [{low:g}, {high:g}]"
+
     @property
     def label(self) -> str:
         return f"{self.name} v{self.version}"
 
     def is_primary(self, focus: str, other: str, score: str, prompt_role: str) -> bool:
-        return (focus, other) in self.primary and score == self.primary_score and prompt_role == self.primary_prompts
+        return ((focus, other) in self.primary and score in (self.primary_score, self.auc_score)
+                and prompt_role == self.primary_prompts)
