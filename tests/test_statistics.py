@@ -3,6 +3,7 @@ answer: the paired-by-seed CI, the minimum detectable difference, Holm's adjustm
 split-half gold-peak test and Gao et al.'s overoptimization fits."""
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -361,3 +362,25 @@ def test_a_fixed_level_pairs_only_the_seeds_that_reach_it(tmp_path):
     sentences = primary_sentences(list(rows.values()), plan)
     assert all("1 run(s) never reached the level" in s and "Holm over the 2 primary" in s for s in sentences)
     assert any("over the declared proxy interval" in s for s in sentences)
+
+
+def test_the_main_level_decision_takes_the_largest_fraction_keeping_two_thirds():
+    """scripts/decide_main_level.py's rule on boards built by hand: 6 setters; at f = 0.25 all 6 reach the
+    level, at 0.5 four (= ceil(2/3 x 6)), at 0.75 three: f = 0.5 is chosen; with 2 of 6 at 0.25, none is."""
+    import importlib.util
+
+    from bench.report.build import Board, Cell
+
+    spec = importlib.util.spec_from_file_location("decide", Path(__file__).resolve().parents[1] / "scripts/decide_main_level.py")
+    decide = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(decide)
+    setters = [f"m{i}" for i in range(6)]
+
+    def board(reaching, level):
+        b = Board("jpeg-compressibility", "toy-seen", level, ["queries to level"], level_methods=setters)
+        b.rows = [(m, 1, [Cell(100.0 if m in reaching else None)]) for m in setters + ["flat-one"]]
+        return b
+    chosen, rows = decide.decide({0.25: board(setters + ["flat-one"], -1.0), 0.5: board(setters[:4], -0.99),
+                                  0.75: board(setters[:3], -0.98)})
+    assert chosen == 0.5 and [len(r[2]) for r in rows] == [6, 4, 3] and rows[0][4] == ["flat-one"]
+    assert decide.decide({0.25: board(setters[:2], -1.0)})[0] is None
