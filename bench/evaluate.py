@@ -20,12 +20,9 @@ from bench.errors import BenchError
 from bench.quiet import quiet_libraries
 from bench.store.atomic import atomic_write_json, atomic_write_jsonl
 
-DEFAULT_EVAL_SEED = 2024
-
-
-def noise_seed(eval_seed: int, prompt_set: str, prompt: str, sample_index: int) -> int:
-    key = f"{eval_seed}|{prompt_set}|{prompt}|{sample_index}".encode()
-    return int.from_bytes(hashlib.sha256(key).digest()[:8], "little") & ((1 << 63) - 1)
+# the fixed-seed images live below training (bench/train/fixed_seeds.py, torch-free at import), so that a run's
+# stop rule draws the very images evaluation scores; these names stay importable from here
+from bench.train.fixed_seeds import DEFAULT_EVAL_SEED, EVAL_BATCH, noise_seed, sample_fixed_traj  # noqa: F401
 
 
 KL_METRIC = "kl-to-pretrained"
@@ -34,20 +31,6 @@ to the pretrained policy (0 at query 0); lower is closer to the pretrained model
 DIVERSITY = "diversity"
 """The eval_metrics shard of set-level diversity (mean pairwise cosine distance among images of a prompt,
 and on the toy the entropy of the gold model's predicted attributes)."""
-EVAL_BATCH = 64
-
-
-def sample_fixed_traj(backbone, prompt_set: str, prompts: list[str], per_prompt: int, eval_seed: int,
-                      batch_size: int = EVAL_BATCH, kl: bool = False):
-    """The trajectories for every (prompt, sample_index), each from its own seeded generator
-    (batched: a per-sample generator makes an image independent of its batch), and the keys."""
-    import torch
-
-    keys = [(p, i) for p in prompts for i in range(per_prompt)]
-    gens = [torch.Generator().manual_seed(noise_seed(eval_seed, prompt_set, p, i)) for p, i in keys]
-    with torch.no_grad():
-        traj = backbone.sample([p for p, _ in keys], generator=gens, batch_size=batch_size, kl_to_pretrained=kl)
-    return traj, keys
 
 
 def sample_fixed(backbone, prompt_set: str, prompts: list[str], per_prompt: int, eval_seed: int,

@@ -292,6 +292,8 @@ def print_plan(plans: list[Planned], opts: GridOptions, threads: int, say=print)
                                                     if hi == LOCKSTEP_MODEL_MISS else ""))
         say(f"bench: estimated wall time {fmt_seconds(wall)} (training {fmt_seconds(sum(p.train_s for p in todo))}, "
             f"evaluation {fmt_seconds(sum(p.eval_s for p in todo))} of work; {spread})")
+        if any(p.spec.stop_level is not None for p in todo):
+            say("bench: the stop rule may end runs before their budget: the estimate is for the cap")
 
 
 # ------------------------------------------------------------------------------ executing one run

@@ -92,6 +92,30 @@ def method_settings(args, grid: GridInputs) -> None:
                              f"differentiable; choose a differentiable reward (see `python -m bench list rewards`)")
 
 
+def stop_rule_of(args, grid: GridInputs, num_checkpoints: int) -> tuple[float | None, int]:
+    """--stop-level and --stop-margin, checked: a finite level, a margin below the number of marks, and training
+    prompts that are a registered prompt set (the stop rule scores the fixed-seed images evaluation draws for that
+    set, and evaluation draws them only for registered sets)."""
+    import math
+
+    level, margin = getattr(args, "stop_level", None), getattr(args, "stop_margin", None)
+    if level is None:
+        if margin is not None:
+            raise BenchError("--stop-margin needs --stop-level")
+        return None, 1
+    if not math.isfinite(level):
+        raise BenchError(f"--stop-level must be a finite number, not {level}")
+    margin = 1 if margin is None else margin
+    if not 0 <= margin < num_checkpoints:
+        raise BenchError(f"--stop-margin {margin} must be at least 0 and below --num-checkpoints ({num_checkpoints})")
+    from bench.spec.catalog import prompt_sets
+
+    if grid.train_prompts not in prompt_sets:
+        raise BenchError(f"--stop-level needs registered training prompts (the fixed evaluation images are drawn per "
+                         f"registered set); {grid.train_prompts!r} is a file")
+    return float(level), int(margin)
+
+
 def expand_grid(args, grid: GridInputs, inputs: str, shard: tuple[int, int] | None) -> list:
     """The grid's RunSpecs, seed-major (a grid stopped part-way, a study over several sessions, holds whole
     seeds: every method on seed 0, then seed 1, ..., which the paired-by-seed comparisons need); `shard` keeps
@@ -108,6 +132,7 @@ def expand_grid(args, grid: GridInputs, inputs: str, shard: tuple[int, int] | No
                   budget=grid.budget, multiplier=multiplier, rule=rule, temperature=temperature,
                   reset_rule=reset_rule_of(args, d))
     hparams_of = {m: resolve_hparams(m, grid.overrides, scale) for m in grid.method_names}
+    stop_level, stop_margin = stop_rule_of(args, grid, num_checkpoints=args.num_checkpoints)
     specs = [RunSpec(
         method=m, reward=args.reward, backbone=args.backbone or catalog.DEFAULT_BACKBONE, suite=grid.info.suite,
         seed=seed, budget=grid.budget, num_checkpoints=args.num_checkpoints, num_steps=num_steps,
@@ -115,7 +140,9 @@ def expand_grid(args, grid: GridInputs, inputs: str, shard: tuple[int, int] | No
         train_batch_size=args.train_batch_size or d["train_batch_size"], sample_batch_size=d["sample_batch_size"],
         train_prompts=grid.train_prompts, lora_rank=args.lora_rank, mixed_precision=args.mixed_precision,
         update_multiplier=multiplier, latent_dims=d["latent_dims"], scale_rule=rule, noise_temperature=temperature,
-        reset_rule=scale.reset_rule, inputs=inputs, hparams=hparams_of[m]) for seed in grid.seeds
+        reset_rule=scale.reset_rule, stop_level=stop_level, stop_margin=stop_margin,
+        stop_per_prompt=args.eval_per_prompt, inputs=inputs,
+        hparams=hparams_of[m]) for seed in grid.seeds
         for m in grid.method_names]
     if shard is not None:
         k, n = shard

@@ -66,6 +66,14 @@ class RunSpec:
     """Rule 7's reading of a reset period (bench/spec/scale.py): 'updates' (the critic's optimizer steps between
     resets are the source's; every grid since 2026-12-07) or 'share' (the period's share of the run; the default
     here because every stored run before that field used it)."""
+    stop_level: float | None = None
+    """The stop rule (study version 4): once the mean of the training reward over the fixed-seed evaluation images
+    of the training prompts reaches this level at a checkpoint, the run trains `stop_margin` more checkpoint
+    marks and stops; `budget` is then the cap. None: train to the budget (every run before the field)."""
+    stop_margin: int = 1
+    """Checkpoint marks trained past the first one at or above `stop_level` (0: stop at the crossing mark)."""
+    stop_per_prompt: int = 2
+    """Fixed-seed images per training prompt the stop rule scores (the grid's --eval-per-prompt: evaluation's)."""
     inputs: str = ""
     """Digest of the CONTENTS of what the run reads: its prompts, backbone folder and reward weights
     (bench/store/manifest.py). A changed input is a new run."""
@@ -81,6 +89,8 @@ class RunSpec:
             del d["scale_rule"], d["noise_temperature"]
         if self.reset_rule == "share":  # likewise: the runs before the field keep their names
             del d["reset_rule"]
+        if self.stop_level is None:  # likewise
+            del d["stop_level"], d["stop_margin"], d["stop_per_prompt"]
         return d
 
     @classmethod

@@ -319,6 +319,8 @@ class RunLoop:
                     shutil.rmtree(self.run_dir / stale, ignore_errors=True)
             atomic_write_json(self.run_dir / "run.json", self.row)
         self.epoch = self.sampled = 0
+        self.stop_scores: dict[int, float] = {}
+        """Checkpoint mark index -> the stop rule's score there (RunSpec.stop_level)."""
         self.ckpt_rows: list[dict] = []
         self.metric_rows: list[dict] = []
 
@@ -360,6 +362,7 @@ class RunLoop:
             # rows written after the snapshot belong to the epochs that will run again
             self.ckpt_rows = [r for r in _read_jsonl(self.run_dir / "checkpoints.jsonl")
                               if r["reward_queries"] <= self.budget.used]
+            self.stop_scores = {r["mark_index"]: r["stop_score"] for r in self.ckpt_rows if "stop_score" in r}
             self.metric_rows = [r for r in _read_jsonl(self.run_dir / "metrics.jsonl") if r["epoch"] <= self.epoch]
 
     def snapshot(self) -> None:
@@ -404,6 +407,8 @@ class RunLoop:
                 if self.budget.at_mark():
                     self.checkpoint()
                     crash_point(self.epoch, "ckpt")
+                    if self.stop_reached():
+                        break
                     if not self.budget.exhausted:
                         self.snapshot()
         except Exception as e:  # mark the run failed (a kill never gets here, and stays 'running')
@@ -419,6 +424,55 @@ class RunLoop:
             atomic_write_json(self.run_dir / "run.json", self.row)  # written last: marks the run finished
             shutil.rmtree(self.run_dir / "state", ignore_errors=True)  # a finished run needs no resume state
         return self.row
+
+    def stop_reached(self) -> bool:
+        """The stop rule (RunSpec.stop_level): this checkpoint's score is recorded in checkpoints.jsonl
+        (`stop_score`), and True once the run has trained `stop_margin` marks past the first mark at or above the
+        level (in the training reward's direction). The scores of earlier marks come back with a resumed run's
+        checkpoint rows, so a resumed run decides as an uninterrupted one."""
+        spec = self.spec
+        if spec.stop_level is None:
+            return False
+        index = self.marks.index(self.budget.used)
+        self.stop_scores[index] = score = self.stop_score()
+        if self.main:
+            self.ckpt_rows[-1]["stop_score"] = score
+            atomic_write_jsonl(self.run_dir / "checkpoints.jsonl", self.ckpt_rows)
+        sign = 1.0 if self.reward.higher_is_better else -1.0
+        crossed = [i for i, v in sorted(self.stop_scores.items()) if sign * v >= sign * spec.stop_level]
+        if not crossed or index - crossed[0] < spec.stop_margin or self.budget.exhausted:
+            return False  # (at the cap the run ends anyway: not an early stop)
+        self.row.update(stopped_at=self.budget.used, stop_crossed_at=self.marks[crossed[0]])
+        return True
+
+    def stop_score(self) -> float:
+        """Mean training reward over the fixed-seed evaluation images of the training prompts at the current
+        weights: the images evaluation will score for this checkpoint (bench/train/fixed_seeds.py). Not a reward
+        query (evaluation, outside the budget); the compute counts and torch's generator are left as they were,
+        so the rule does not change the training it watches."""
+        from dataclasses import fields
+
+        from bench.spec.prompts import resolve_prompt_set
+        from bench.train.fixed_seeds import DEFAULT_EVAL_SEED, sample_fixed_traj
+
+        spec, counts = self.spec, self.ctx.backbone.counts
+        saved = {f.name: getattr(counts, f.name) for f in fields(counts)}
+        rng = torch.get_rng_state()
+        _, prompts = resolve_prompt_set(spec.train_prompts)
+        traj, keys = sample_fixed_traj(self.ctx.backbone, spec.train_prompts, prompts, spec.stop_per_prompt,
+                                       DEFAULT_EVAL_SEED)
+        with torch.no_grad():
+            scores = self.reward.reward.score(traj.images, [p for p, _ in keys])
+        check_finite("stop-rule scores", scores)
+        torch.set_rng_state(rng)
+        for name, value in saved.items():
+            setattr(counts, name, value)
+        score = float(scores.double().mean())
+        if self.accelerator.num_processes > 1:  # one decision for every process: the main one's number
+            from accelerate.utils import broadcast_object_list
+
+            score = broadcast_object_list([score])[0]
+        return score
 
     def train_epoch(self) -> tuple[int, dict]:
         """One epoch of the method on its share of the budget, its metrics checked finite and written."""
