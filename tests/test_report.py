@@ -554,3 +554,17 @@ def test_a_study_read_part_way_is_marked_interim_with_the_seeds_it_holds():
     seen.seeds["tdpo"] = (0, 1, 2, 3)
     assert "tdpo 4" in plan_completeness([seen, unseen], plan)  # more than declared is flagged too
     assert plan_completeness([seen], ComparisonPlan(**{**plan.__dict__, "seeds": None})) is None
+
+
+def test_gold_shape_reads_stopped_runs_over_their_common_marks(tmp_path):
+    """A run that stopped early (the stop rule) has fewer marks: the shape is read over the marks every run has
+    (0 and 10 here), not dropped. Both seeds rise 0.5 on every image by 10."""
+    from bench.report.build import build_boards
+
+    same = lambda *g: [[v] * 4 for v in g]
+    con = _gold_db(tmp_path / "s.duckdb", {"B_s0": ("B", 0, same(5.0, 5.5, 5.2)), "B_s1": ("B", 1, same(5.0, 5.5, 5.0))})
+    con.execute("DELETE FROM scores WHERE run_id = 'B_s1' AND reward_queries = 20")
+    (board,) = build_boards(con)
+    con.close()
+    shape = board.gold_shapes["gold-aesthetic"]["B"]
+    assert shape.peak_queries == 10 and shape.rise[0] == pytest.approx(0.5) and shape.total[0] == pytest.approx(0.5)

@@ -231,8 +231,9 @@ def gold_shape(con, runs: list[Curve], gold: str) -> GoldShape | None:
     images per checkpoint."""
     if not runs or any(gold not in c.scores for c in runs):
         return None
-    queries = runs[0].queries
-    if any(c.queries != queries for c in runs) or len(queries) < 2:
+    # the marks every run has: runs that stopped early (the stop rule) are read over their common first marks
+    queries = runs[0].queries[:min(len(c.queries) for c in runs)]
+    if any(c.queries[:len(queries)] != queries for c in runs) or len(queries) < 2:
         return None
     arrays = image_matrix(con, [c.run_id for c in runs], gold, runs[0].prompt_set, queries)
     if arrays[0].shape[1] < 4:

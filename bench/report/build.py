@@ -482,7 +482,9 @@ def primary_sentences(rows: list[dict], plan: ComparisonPlan) -> list[str]:
                        f"a difference larger than {c.equivalence_bound:.3g} and could have detected one of "
                        f"{c.mdd:.3g} with 80% power")
         else:
-            verdict = (f"{r['says']} ({c.diff:+.3f} ± {c.ci:.3f}, {design}, {c.n} seeds, p = {c.p:.3g})")
+            verdict = (f"{r['says']} ({c.diff:+.3f} ± {c.ci:.3f}, {design}, {c.n} seeds, p = {c.p:.3g}; the data "
+                       f"rule out a difference larger than {c.equivalence_bound:.3g}; the design detects {c.mdd:.3g} "
+                       f"with 80% power)")
             if r["family"] > 1 and plan.familywise:
                 verdict += f"; Holm over the {r['family']} primary comparisons: p = {r['p_holm']:.3g}"
             elif r["family"] > 1 and r["p_holm"] >= 0.05:  # declared at 95% each; family-wise it does not hold
