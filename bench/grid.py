@@ -131,7 +131,7 @@ def plan_grid(specs, opts: GridOptions, estimator=None) -> list[Planned]:
                 continue
             size = sizes.get(p.group, 1)
             left = 1.0 - (p.resume_from or 0) / p.spec.budget
-            p.train_s = estimator.train_seconds(p.spec, size) * left if p.action in ("train", "resume") else 0.0
+            p.train_s = estimator.train_seconds(p.spec, size, left) if p.action in ("train", "resume") else 0.0
             p.eval_s = estimator.eval_seconds(p.spec, opts.eval_per_prompt, sharing[query0_setting(p.spec)]) \
                 if opts.evaluate else 0.0
             p.stored = estimator.has_stored(p.spec, size)
@@ -701,8 +701,9 @@ def _run_ray(todo: list[Planned], opts: GridOptions, threads: int, bar: OverallB
 
 
 # ------------------------------------------------------------------------------ estimates
-CALIBRATION_VERSION = 3
-"""Bumped when the timed calls change, so that no cached calibration outlives the code that measured it."""
+CALIBRATION_VERSION = 4
+"""Bumped when the timed calls change, so that no cached calibration outlives the code that measured it (4: the
+backbone's set-up time joined the calls)."""
 CALIBRATION_STEPS = 2
 """Denoising steps of the trajectory whose latents the calibration times (the cost of a call is the same at any T)."""
 CALIBRATION_MAX_AGE_S = 7 * 86400
@@ -724,10 +725,11 @@ def _read_calibration(path: Path) -> dict | None:
             return None
         raw = json.loads(path.read_text())
         cost = {"fwd": tuple(map(float, raw["fwd"])), "fb": tuple(map(float, raw["fb"])),
-                "decode": float(raw["decode"])}
+                "decode": float(raw["decode"]), "setup": float(raw["setup"])}
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    return cost if all(math.isfinite(v) for v in (*cost["fwd"], *cost["fb"], cost["decode"])) else None
+    values = (*cost["fwd"], *cost["fb"], cost["decode"], cost["setup"])
+    return cost if all(math.isfinite(v) for v in values) else None
 
 
 class Estimator:
@@ -810,9 +812,13 @@ class Estimator:
 
         from bench.train.backbone import build_backbone
 
-        # a UNet call costs the same at every timestep: 2 denoising steps give the latents to time, at any T
+        # a UNet call costs the same at every timestep: 2 denoising steps give the latents to time, at any T.
+        # The build itself is timed too: every run (and every run's evaluation) builds its backbone once, a fixed
+        # cost the per-call model would leave out (issue 47: a tiny grid took 24 s against 13 s planned)
+        t0 = time.perf_counter()
         bb = build_backbone(location, CALIBRATION_STEPS, spec.guidance_scale, spec.eta)
         bb.add_lora(spec.lora_rank)
+        setup = time.perf_counter() - t0
         traj = bb.sample(["a"] * 32, generator=torch.Generator().manual_seed(0), batch_size=32)
 
         def timed(rows: int, grad: bool) -> float:
@@ -842,7 +848,7 @@ class Estimator:
                 bb.decode(traj.latents[:, 0])
                 decode = min(decode, (time.perf_counter() - t0) / 32)
         # cores shared by workers: a worker's thread count slows each call by about cores / (workers*threads) ≤ 1
-        cost = {"fwd": (f1, (f32 - f1) / 31), "fb": (b1, (b32 - b1) / 31), "decode": decode}
+        cost = {"fwd": (f1, (f32 - f1) / 31), "fb": (b1, (b32 - b1) / 31), "decode": decode, "setup": setup}
         self._costs[key] = cost
         tmp = cached.with_suffix(f".{os.getpid()}.tmp")
         try:  # written whole (a temporary file renamed), so a concurrent plan reads the old file or this one
@@ -884,10 +890,14 @@ class Estimator:
         per_epoch = sampling + max(0.0, train)
         return per_epoch * spec.budget / S
 
-    def train_seconds(self, spec, group: int = 1) -> float:
-        """One run's training seconds; in a lockstep group of `group`, its share of the group's wall time."""
+    def train_seconds(self, spec, group: int = 1, left: float = 1.0) -> float:
+        """One run's training seconds for the `left` share of its budget; in a lockstep group of `group`, its share
+        of the group's wall time. The model adds the run's set-up (building its backbone, once per process,
+        resumed or not; stored timings include it already)."""
         stored = self._stored_value(spec, 0, group)
-        return stored * spec.budget if stored is not None else self._model_train(spec, group)
+        if stored is not None:
+            return stored * spec.budget * left
+        return self._model_train(spec, group) * left + self._calibrate(spec).get("setup", 0.0) / group
 
     def eval_seconds(self, spec, per_prompt: int, sharing: int = 1) -> float:
         """One run's evaluation seconds. Stored timings (seconds per image of earlier runs, their query-0 images
@@ -901,5 +911,5 @@ class Estimator:
         # sampling, and the pretrained model's pass of the KL to it (every checkpoint but query 0); decode + 6 rewards
         per_image = 2 * spec.num_steps * (c["fwd"][0] / 32 + c["fwd"][1]) + c["decode"] * 8
         query0 = images // len(spec.checkpoint_marks())
-        return per_image * (images - query0 + query0 / max(1, sharing))
+        return per_image * (images - query0 + query0 / max(1, sharing)) + c.get("setup", 0.0)
 

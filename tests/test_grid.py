@@ -143,7 +143,7 @@ def test_the_calibration_is_cached_per_setting_and_measured_again_when_bad_or_st
     monkeypatch.setattr(backbone, "build_backbone", lambda *a, **k: calls.append(1) or real(*a, **k))
     first = grid.Estimator(tmp_path / "out", 1, 1)._calibrate(spec)
     files = list((tmp_path / "estimates").glob("*.json"))
-    assert len(calls) == 1 and len(files) == 1 and first["fwd"][1] > 0 and first["fb"][1] > 0
+    assert len(calls) == 1 and len(files) == 1 and first["fwd"][1] > 0 and first["fb"][1] > 0 and first["setup"] > 0
     assert grid.Estimator(tmp_path / "out", 1, 1)._calibrate(spec) == first and len(calls) == 1  # read back
     # another guidance or thread count is another file (another calibration); another T is not (a UNet call
     # costs the same at every timestep)
@@ -325,3 +325,24 @@ def test_workers_stop_when_the_grid_process_is_killed_alone(tmp_path):
                     os.kill(pid, signal.SIGKILL)
                 except OSError:
                     pass
+
+
+def test_the_plan_counts_each_runs_set_up_once(tmp_path):
+    """The model's fixed cost (issue 47: a tiny grid took 24 s against 13 s planned): a synthetic calibration whose
+    backbone build takes 3 s adds 3 s to a run's training (once, also when it resumes half-way: not scaled by the
+    share left), 3 / G s to each run of a lockstep group of G (one build for the group), and 3 s to its
+    evaluation (which builds its own)."""
+    import bench.grid as grid
+    from tests.helpers import make_spec
+
+    spec = make_spec("ddpo-2", num_steps=4, samples_per_epoch=8, budget=16)
+    est = grid.Estimator(tmp_path / "out", 1, 1)
+    key = (spec.backbone, spec.guidance_scale, spec.eta, spec.lora_rank)
+    est._costs[key] = {"fwd": (5.0, 1.0), "fb": (7.0, 10.0), "decode": 0.0, "setup": 3.0}
+    body = est._model_train(spec)
+    assert est.train_seconds(spec) == pytest.approx(body + 3.0)
+    assert est.train_seconds(spec, left=0.5) == pytest.approx(body / 2 + 3.0)
+    assert est.train_seconds(spec, group=2) == pytest.approx(est._model_train(spec, 2) + 1.5)
+    with_setup = est.eval_seconds(spec, 1)
+    est._costs[key] = {**est._costs[key], "setup": 0.0}
+    assert with_setup - est.eval_seconds(spec, 1) == pytest.approx(3.0)
