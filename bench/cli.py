@@ -68,6 +68,9 @@ def _add_run(sub) -> None:
                    help="stop rule: once the training reward's mean over the fixed evaluation images of the training "
                         "prompts reaches this level at a checkpoint, train --stop-margin more marks and stop (the "
                         "budget is the cap; default: train to the budget)")
+    r.add_argument("--stop-reward", default=None,
+                   help="the reward whose level stops a run (default: the training reward; e.g. aesthetic for a "
+                        "planted control trained on aesthetic+0.5gold; needs --stop-level)")
     r.add_argument("--stop-margin", type=whole, default=None,
                    help="checkpoint marks trained past the stop level's first crossing (default 1; needs --stop-level)")
     r.add_argument("--noise-temperature", type=number, default=None,

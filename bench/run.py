@@ -25,10 +25,11 @@ def apply_study(args) -> None:
                       reward=study["reward"], backbone=study["backbone"], budget=str(study["budget"]),
                       num_checkpoints=study["num_checkpoints"], eval_per_prompt=study["eval_per_prompt"],
                       scale_rule=study.get("scale_rule"), reset_rule=study.get("reset_rule"),
-                      stop_level=study.get("stop_level"), stop_margin=study.get("stop_margin"))
+                      stop_level=study.get("stop_level"), stop_margin=study.get("stop_margin"),
+                      stop_reward=study.get("stop_reward"))
     defaults = dict(methods="all", seeds="0", reward="aesthetic")  # budget, checkpoints: the backbone's
     for key in ("methods", "seeds", "reward", "backbone", "budget", "num_checkpoints", "eval_per_prompt",
-                "scale_rule", "reset_rule", "stop_level", "stop_margin"):
+                "scale_rule", "reset_rule", "stop_level", "stop_margin", "stop_reward"):
         if getattr(args, key, None) is None:
             setattr(args, key, preset.get(key, defaults.get(key)))
 

@@ -81,3 +81,21 @@ def test_in_a_lockstep_group_a_stopped_run_leaves_and_the_other_trains_on(tmp_pa
     assert [r["status"] for r in rows] == ["finished", "finished"]
     other = (tmp_path / "group" / "runs" / specs[1 - high].run_name / "checkpoints.jsonl").read_text().splitlines()
     assert [json.loads(line)["reward_queries"] for line in other] == [0, 10, 20, 30, 40]
+
+
+@pytest.mark.slow
+def test_a_run_can_stop_on_another_reward_than_it_trains_on(tmp_path, tiny_dir):
+    """A planted control trains on a blend and stops on the proxy: here training on the counting reward and
+    stopping on jpeg-compressibility, whose recorded score is evaluation's jpeg mean for that checkpoint."""
+    from bench.evaluate import evaluate_checkpoints
+    from bench.spec.prompts import resolve_prompt_set
+    from bench.train.runner import load_reward
+
+    spec, run_dir, rows, row = _run(tmp_path, "other", stop_level=-1e9, stop_margin=0, stop_per_prompt=1,
+                                    stop_reward="jpeg-compressibility")
+    assert row["stopped_at"] == 10 and spec.to_dict()["stop_reward"] == "jpeg-compressibility"
+    _, prompts = resolve_prompt_set(spec.train_prompts)
+    scores = evaluate_checkpoints(run_dir, {"jpeg": load_reward("jpeg-compressibility", spec.suite, "cpu")},
+                                  {spec.train_prompts: prompts}, per_prompt=1, progress=False, shard=None,
+                                  queries={10})
+    assert rows[1]["stop_score"] == pytest.approx(sum(r["value"] for r in scores) / len(scores), rel=1e-6)

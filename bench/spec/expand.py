@@ -92,17 +92,27 @@ def method_settings(args, grid: GridInputs) -> None:
                              f"differentiable; choose a differentiable reward (see `python -m bench list rewards`)")
 
 
-def stop_rule_of(args, grid: GridInputs, num_checkpoints: int) -> tuple[float | None, int]:
+def stop_rule_of(args, grid: GridInputs, num_checkpoints: int) -> tuple[float | None, int, str | None]:
     """--stop-level and --stop-margin, checked: a finite level, a margin below the number of marks, and training
     prompts that are a registered prompt set (the stop rule scores the fixed-seed images evaluation draws for that
     set, and evaluation draws them only for registered sets)."""
     import math
 
     level, margin = getattr(args, "stop_level", None), getattr(args, "stop_margin", None)
+    reward = getattr(args, "stop_reward", None)
     if level is None:
-        if margin is not None:
-            raise BenchError("--stop-margin needs --stop-level")
-        return None, 1
+        for flag, value in (("--stop-margin", margin), ("--stop-reward", reward)):
+            if value is not None:
+                raise BenchError(f"{flag} needs --stop-level")
+        return None, 1, None
+    if reward is not None:
+        from bench.spec import catalog
+
+        entry = catalog.rewards.get(reward)  # did-you-mean on a typo
+        if entry.meta.get("eval_only") or entry.meta.get("control"):
+            raise BenchError(f"--stop-reward {reward!r}: a run stops on a proxy reward, not a gold or control one")
+        if reward == args.reward:
+            reward = None  # the training reward: the default, so the run keeps one name
     if not math.isfinite(level):
         raise BenchError(f"--stop-level must be a finite number, not {level}")
     margin = 1 if margin is None else margin
@@ -113,7 +123,7 @@ def stop_rule_of(args, grid: GridInputs, num_checkpoints: int) -> tuple[float | 
     if grid.train_prompts not in prompt_sets:
         raise BenchError(f"--stop-level needs registered training prompts (the fixed evaluation images are drawn per "
                          f"registered set); {grid.train_prompts!r} is a file")
-    return float(level), int(margin)
+    return float(level), int(margin), reward
 
 
 def expand_grid(args, grid: GridInputs, inputs: str, shard: tuple[int, int] | None) -> list:
@@ -132,7 +142,7 @@ def expand_grid(args, grid: GridInputs, inputs: str, shard: tuple[int, int] | No
                   budget=grid.budget, multiplier=multiplier, rule=rule, temperature=temperature,
                   reset_rule=reset_rule_of(args, d))
     hparams_of = {m: resolve_hparams(m, grid.overrides, scale) for m in grid.method_names}
-    stop_level, stop_margin = stop_rule_of(args, grid, num_checkpoints=args.num_checkpoints)
+    stop_level, stop_margin, stop_reward = stop_rule_of(args, grid, num_checkpoints=args.num_checkpoints)
     specs = [RunSpec(
         method=m, reward=args.reward, backbone=args.backbone or catalog.DEFAULT_BACKBONE, suite=grid.info.suite,
         seed=seed, budget=grid.budget, num_checkpoints=args.num_checkpoints, num_steps=num_steps,
@@ -141,7 +151,7 @@ def expand_grid(args, grid: GridInputs, inputs: str, shard: tuple[int, int] | No
         train_prompts=grid.train_prompts, lora_rank=args.lora_rank, mixed_precision=args.mixed_precision,
         update_multiplier=multiplier, latent_dims=d["latent_dims"], scale_rule=rule, noise_temperature=temperature,
         reset_rule=scale.reset_rule, stop_level=stop_level, stop_margin=stop_margin,
-        stop_per_prompt=args.eval_per_prompt, inputs=inputs,
+        stop_per_prompt=args.eval_per_prompt, stop_reward=stop_reward, inputs=inputs,
         hparams=hparams_of[m]) for seed in grid.seeds
         for m in grid.method_names]
     if shard is not None:

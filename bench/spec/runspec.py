@@ -74,6 +74,9 @@ class RunSpec:
     """Checkpoint marks trained past the first one at or above `stop_level` (0: stop at the crossing mark)."""
     stop_per_prompt: int = 2
     """Fixed-seed images per training prompt the stop rule scores (the grid's --eval-per-prompt: evaluation's)."""
+    stop_reward: str | None = None
+    """The reward whose level stops the run (None: the training reward). A planted control trained on a blend
+    stops on its proxy, where the study's level is."""
     inputs: str = ""
     """Digest of the CONTENTS of what the run reads: its prompts, backbone folder and reward weights
     (bench/store/manifest.py). A changed input is a new run."""
@@ -90,7 +93,7 @@ class RunSpec:
         if self.reset_rule == "share":  # likewise: the runs before the field keep their names
             del d["reset_rule"]
         if self.stop_level is None:  # likewise
-            del d["stop_level"], d["stop_margin"], d["stop_per_prompt"]
+            del d["stop_level"], d["stop_margin"], d["stop_per_prompt"], d["stop_reward"]
         return d
 
     @classmethod

@@ -438,12 +438,21 @@ class RunLoop:
         if self.main:
             self.ckpt_rows[-1]["stop_score"] = score
             atomic_write_jsonl(self.run_dir / "checkpoints.jsonl", self.ckpt_rows)
-        sign = 1.0 if self.reward.higher_is_better else -1.0
+        sign = 1.0 if self.stop_reward().higher_is_better else -1.0
         crossed = [i for i, v in sorted(self.stop_scores.items()) if sign * v >= sign * spec.stop_level]
         if not crossed or index - crossed[0] < spec.stop_margin or self.budget.exhausted:
             return False  # (at the cap the run ends anyway: not an early stop)
         self.row.update(stopped_at=self.budget.used, stop_crossed_at=self.marks[crossed[0]])
         return True
+
+    def stop_reward(self):
+        """The reward the stop rule scores with, uncounted: the training reward's own model, or `stop_reward`'s
+        (loaded once)."""
+        if self.spec.stop_reward is None:
+            return self.reward.reward
+        if getattr(self, "_stop_reward", None) is None:
+            self._stop_reward = load_reward(self.spec.stop_reward, self.spec.suite, self.accelerator.device)
+        return self._stop_reward
 
     def stop_score(self) -> float:
         """Mean training reward over the fixed-seed evaluation images of the training prompts at the current
@@ -462,7 +471,7 @@ class RunLoop:
         traj, keys = sample_fixed_traj(self.ctx.backbone, spec.train_prompts, prompts, spec.stop_per_prompt,
                                        DEFAULT_EVAL_SEED)
         with torch.no_grad():
-            scores = self.reward.reward.score(traj.images, [p for p, _ in keys])
+            scores = self.stop_reward().score(traj.images, [p for p, _ in keys])
         check_finite("stop-rule scores", scores)
         torch.set_rng_state(rng)
         for name, value in saved.items():
