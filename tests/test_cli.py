@@ -311,7 +311,7 @@ t bench list ""; complete -p bench
     assert lines[1] == "--methods"
     assert lines[2].split() == ["tdpo-r", "tdpo-reset-all", "tdpo-reset-dormant", "tdpo-r-leaky"]
     assert lines[3].split() == ["local", "ray"]
-    assert lines[4] == "overoptimization"
+    assert lines[4].split() == ["overoptimization", "overoptimization-alignprop", "overoptimization-v3"]
     assert set(lines[5].split()) >= {"methods", "rewards", "studies", "--effective"}
     assert "_bench_complete" in lines[6]
     assert body.startswith("# bench shell completion")

@@ -248,7 +248,7 @@ def test_the_reset_rule_flag_and_study_v3s_pinned_names(tmp_path):
     def specs(*extra):
         return build_specs(build_parser().parse_args(["run", "--out", str(tmp_path), *extra]))
 
-    v3 = {s.run_name for s in specs("--study", "overoptimization")}
+    v3 = {s.run_name for s in specs("--study", "overoptimization-v3")}
     stored = (__import__("pathlib").Path(__file__).parents[1] / "docs/overoptimization-v3/checkpoint_means.csv")
     assert v3 == {line.split(",")[2] for line in stored.read_text().splitlines()[1:]}
     (new,) = specs("--methods", "tdpo-r", "--budget", "1920")

@@ -158,7 +158,7 @@ def _comparison_db(path, tdpo_r_seeds=(0, 1, 2)):
 
 def test_the_report_pairs_by_seed_labels_the_primary_and_holm_adjusts_the_rest(tmp_path):
     from bench.report.build import build_boards, comparison_rows, primary_sentences
-    from bench.spec.catalog import OVEROPT_PLAN
+    from bench.spec.catalog import OVEROPT_PLAN_V3 as OVEROPT_PLAN
 
     con = _comparison_db(tmp_path / "c.duckdb")
     boards = build_boards(con, OVEROPT_PLAN)
@@ -193,7 +193,7 @@ def test_a_primary_significant_alone_but_not_family_wise_says_so():
     sentence adds Holm's 0.06 over the 2 primaries; with one primary (family 1) no such note."""
     from bench.report.analysis import Comparison
     from bench.report.build import primary_sentences
-    from bench.spec.catalog import OVEROPT_PLAN
+    from bench.spec.catalog import OVEROPT_PLAN_V3 as OVEROPT_PLAN
 
     comp = Comparison(diff=-0.2, ci=0.18, p=0.03, n=7, mdd=0.25, paired=True)
     row = dict(primary=True, score="gold-aesthetic", prompt_set="toy-seen", focus="tdpo-r", other="ddpo-100",
@@ -209,7 +209,7 @@ def test_a_part_way_grid_is_paired_on_the_seeds_both_ran(tmp_path):
     """tdpo-r on seeds 0-3 (seed 3's luck +0.3), tdpo on 0-2: paired on seeds 0-2, the difference is exactly 0.2
     on each (CI 0, 3 pairs); Welch over all seven values would carry the luck's spread (CI > 0.5)."""
     from bench.report.build import build_boards, comparison_rows
-    from bench.spec.catalog import OVEROPT_PLAN
+    from bench.spec.catalog import OVEROPT_PLAN_V3 as OVEROPT_PLAN
 
     con = _comparison_db(tmp_path / "c.duckdb", tdpo_r_seeds=(0, 1, 2, 3))
     boards = build_boards(con, OVEROPT_PLAN)

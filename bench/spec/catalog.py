@@ -310,6 +310,12 @@ DEFAULT_BACKBONE = "toy"
 SD_DEFAULTS = backbones.get("sd-v1-4").meta["defaults"]
 
 # --------------------------------------------------------------------------- comparison plans
+V4_LEVEL = 8.80
+"""Study v4's fixed level: aesthetic on the seen prompts, set from v3's data without reading gold (the 10th
+percentile of the best proxy checkpoint mean of v3's 21 DDPO-family runs, 8.815, rounded down to 0.05;
+docs/decisions/probe-aesthetic.md)."""
+V4_SEEDS = 10
+V4_POWER_RULE = "PENDING"
 # Declared before the runs they judge (bench/spec/plan.py); a changed rule is a new version.
 MAIN_PLAN_V1 = ComparisonPlan(
     name="main", version=1,
@@ -334,7 +340,7 @@ OVEROPT_PLAN_V2 = ComparisonPlan(
     primary_prompts="seen", seeds=7,
     power_rule="the fewest seeds n with t_0.975(n-1) sd / sqrt(n) <= 0.15 gold points on each primary paired "
                "difference, capped at what fits in about 3 hours on 2 cores")
-OVEROPT_PLAN = ComparisonPlan(
+OVEROPT_PLAN_V3 = ComparisonPlan(
     name="overoptimization", version=3,
     declared="2026-12-02, before any run of this version; it differs from version 2 only in the runs it judges: "
              "the scale rule now gives DDPO-100 and the TDPO family exactly 16x their sources' updates per query "
@@ -348,15 +354,40 @@ OVEROPT_PLAN = ComparisonPlan(
                "of 7 the expected half-width is 0.39, so that comparison stays underpowered and the report gives "
                "its minimum detectable difference)")
 
+OVEROPT_PLAN = ComparisonPlan(
+    name="overoptimization", version=4,
+    declared="2026-12-07, before any run of this version (docs/decisions/study-v4.md): a fixed level, runs "
+             "stopped at the first mark at or past it, AlignProp in a separate arm, a co-primary over a proxy interval, Holm "
+             "across the primaries, seeds by a power rule on the final regime's pilot with its sd's upper limit",
+    level_setters="paper", primary=(("tdpo-r", "tdpo"), ("tdpo-r", "ddpo-100")), primary_score="gold-aesthetic",
+    primary_prompts="seen", seeds=V4_SEEDS, fixed_level=("aesthetic", V4_LEVEL), auc_interval=(7.0, V4_LEVEL),
+    familywise=True, critic_ev_threshold=0.1,
+    power_rule=V4_POWER_RULE)
+
 # --------------------------------------------------------------------------- studies
 # `bench run --study NAME` runs a preset grid; explicit flags override its settings.
 studies.register(
     "overoptimization", "",
-    "the TDPO paper's question on the toy: DDPO-100, TDPO, TDPO-R and AlignProp, 7 seeds (plan v3), to the budget where gold "
-    "aesthetics peaks and falls for the DDPO family; the report compares TDPO-R with TDPO and DDPO-100 at the "
-    "matched level with CIs over seeds",
-    methods=("ddpo-100", "tdpo", "tdpo-r", "alignprop"), seeds=tuple(range(OVEROPT_PLAN.seeds)), reward="aesthetic",
-    backbone="toy", plan=OVEROPT_PLAN, scale_rule="count", reset_rule="share",  # version 3's rules
+    f"the TDPO paper's question on the toy (plan v4): DDPO-100, TDPO and TDPO-R, {V4_SEEDS} seeds, each run stopped "
+    f"at the first checkpoint at or past aesthetic {V4_LEVEL} on the seen prompts (cap 1,920 queries); the report compares TDPO-R "
+    f"with TDPO and DDPO-100 at that fixed level, Holm over the primaries, with its A/A and planted controls",
+    methods=("ddpo-100", "tdpo", "tdpo-r"), seeds=tuple(range(V4_SEEDS)), reward="aesthetic", backbone="toy",
+    plan=OVEROPT_PLAN, scale_rule="count", reset_rule="updates", stop_level=V4_LEVEL, stop_margin=0,
+    budget=1920, num_checkpoints=6, eval_per_prompt=2,
+)
+studies.register(
+    "overoptimization-alignprop", "",
+    "study v4's exploratory arm: AlignProp alone, 3 seeds, the same stop rule and budget (in no primary comparison)",
+    methods=("alignprop",), seeds=(0, 1, 2), reward="aesthetic", backbone="toy", plan=OVEROPT_PLAN,
+    scale_rule="count", reset_rule="updates", stop_level=V4_LEVEL, stop_margin=0, budget=1920, num_checkpoints=6,
+    eval_per_prompt=2,
+)
+studies.register(
+    "overoptimization-v3", "",
+    "the TDPO paper's question on the toy as study v3 ran it (2026-12-05): DDPO-100, TDPO, TDPO-R and AlignProp, 7 "
+    "seeds, to 1,920 queries, matched level over the runs",
+    methods=("ddpo-100", "tdpo", "tdpo-r", "alignprop"), seeds=tuple(range(OVEROPT_PLAN_V3.seeds)), reward="aesthetic",
+    backbone="toy", plan=OVEROPT_PLAN_V3, scale_rule="count", reset_rule="share",  # version 3's rules
     # 1920, by one rule: the smallest multiple of the default checkpoint spacing (320 queries) at which the probe
     # (DDPO-100, seed 0, run to 2560) shows gold aesthetics past its peak AND below its pretrained value by more
     # than one paired standard error: 6.98 -> 7.24 at 960 -> 6.95 at 1600 (-0.04 +- 0.23, not yet) -> 6.63 at
