@@ -361,7 +361,7 @@ def test_a_fixed_level_pairs_only_the_seeds_that_reach_it(tmp_path):
     assert at_level["p_holm"] == pytest.approx(min(1.0, 2 * at_level["comp"].p)) and at_level["family"] == 2
     sentences = primary_sentences(list(rows.values()), plan)
     assert all("1 run(s) never reached the level" in s and "Holm over the 2 primary" in s for s in sentences)
-    assert any("over the declared proxy interval" in s for s in sentences)
+    assert any("mean over [2, 4.5] (the declared proxy interval)" in s for s in sentences)
 
 
 def test_the_main_level_decision_takes_the_largest_fraction_keeping_two_thirds():

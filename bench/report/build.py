@@ -492,7 +492,7 @@ def primary_sentences(rows: list[dict], plan: ComparisonPlan) -> list[str]:
                             "not significant family-wise")
         if r.get("never_reached"):
             verdict += f" ({r['never_reached']} run(s) never reached the level and left their pairs)"
-        where = "over the declared proxy interval" if r["score"] == plan.auc_score else "at the matched level"
+        where = "(the declared proxy interval)" if r["score"] == plan.auc_score else "at the matched level"
         out.append(f"{r['score']} {where} on {r['prompt_set']}, {r['focus']} - {r['other']}: {verdict}.")
     return out
 

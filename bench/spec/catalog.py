@@ -314,8 +314,13 @@ V4_LEVEL = 8.80
 """Study v4's fixed level: aesthetic on the seen prompts, set from v3's data without reading gold (the 10th
 percentile of the best proxy checkpoint mean of v3's 21 DDPO-family runs, 8.815, rounded down to 0.05;
 docs/decisions/probe-aesthetic.md)."""
-V4_SEEDS = 10
-V4_POWER_RULE = "PENDING"
+V4_SEEDS = 12
+V4_POWER_RULE = (
+    "the fewest seeds n with t_0.975(n-1) sd80 / sqrt(n) <= 0.15 gold points for both primaries at the level, sd80 "
+    "the pilot's paired sd's one-sided 80% upper confidence limit, capped at 12 (about 39 min per seed on 2 cores). "
+    "Pilot (docs/decisions/probe-aesthetic.md, final regime, seeds 0-4): TDPO-R - TDPO sd 0.471, sd80 0.734 (95 "
+    "seeds); TDPO-R - DDPO-100 (v3's DDPO-100) sd 0.178, sd80 0.307 (19). N = 12, the cap: detectable with 80% "
+    "power 0.42 (0.65 at sd80) and 0.16 (0.27) at the level; on the co-primary 0.12 (0.18) and 0.06 (0.10)")
 # Declared before the runs they judge (bench/spec/plan.py); a changed rule is a new version.
 MAIN_PLAN_V1 = ComparisonPlan(
     name="main", version=1,
