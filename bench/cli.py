@@ -64,15 +64,10 @@ def _add_run(sub) -> None:
     r.add_argument("--reset-rule", default=None, choices=("updates", "share"),
                    help="TDPO-R's reset period at the run's scale: the critic's updates between resets as the "
                         "source's (updates, the default) or the period's share of the run (share, study v3)")
-    r.add_argument("--stop-level", type=number, default=None,
-                   help="stop rule: once the training reward's mean over the fixed evaluation images of the training "
-                        "prompts reaches this level at a checkpoint, train --stop-margin more marks and stop (the "
-                        "budget is the cap; default: train to the budget)")
-    r.add_argument("--stop-reward", default=None,
-                   help="the reward whose level stops a run (default: the training reward; e.g. aesthetic for a "
-                        "planted control trained on aesthetic+0.5gold; needs --stop-level)")
-    r.add_argument("--stop-margin", type=whole, default=None,
-                   help="checkpoint marks trained past the stop level's first crossing (default 1; needs --stop-level)")
+    r.add_argument("--stop-level", type=number, default=None, help="stop rule: once a checkpoint's training reward on "
+                   "its prompts' evaluation images reaches it, train --stop-margin more marks (default: none)")
+    r.add_argument("--stop-reward", default=None, help="the reward the stop rule reads (default: the training one)")
+    r.add_argument("--stop-margin", type=whole, default=None, help="marks past the stop level's crossing (default 1)")
     r.add_argument("--noise-temperature", type=number, default=None,
                    help="tau of --scale-rule sde, the gradient-noise temperature (default: the backbone's)")
     r.add_argument("--num-checkpoints", type=whole, default=None, help="checkpoint marks after step 0 (default: the backbone's; toy 8, "

@@ -23,8 +23,8 @@ def _run(tmp_path, name, **stop):
 
 def test_a_run_stops_its_margin_past_the_crossing_and_trains_as_without_the_rule(tmp_path, tiny_dir):
     _, _, plain, plain_row = _run(tmp_path, "plain")
-    # every score is above -1e9: the first mark (10 queries) crosses, one more mark is trained, then it stops
-    spec, run_dir, stopped, row = _run(tmp_path, "stopped", stop_level=-1e9, stop_margin=1, stop_per_prompt=1)
+    # every score is above -1e5: the first mark (10 queries) crosses, one more mark is trained, then it stops
+    spec, run_dir, stopped, row = _run(tmp_path, "stopped", stop_level=-1e5, stop_margin=1, stop_per_prompt=1)
     assert [r["reward_queries"] for r in stopped] == [0, 10, 20]
     assert (row["status"], row["stopped_at"], row["stop_crossed_at"]) == ("finished", 20, 10)
     assert "stopped_at" not in plain_row and "stop_level" not in plain_row["config"]  # old runs keep their names
@@ -49,9 +49,9 @@ def test_a_run_stops_its_margin_past_the_crossing_and_trains_as_without_the_rule
 @pytest.mark.slow
 def test_a_level_never_reached_trains_to_the_cap_and_zero_margin_stops_at_the_crossing(tmp_path, tiny_dir):
     _, _, plain, _ = _run(tmp_path, "plain")
-    _, _, capped, capped_row = _run(tmp_path, "capped", stop_level=1e9, stop_margin=0, stop_per_prompt=1)
+    _, _, capped, capped_row = _run(tmp_path, "capped", stop_level=1e5, stop_margin=0, stop_per_prompt=1)
     assert [r["sha256"] for r in capped] == [r["sha256"] for r in plain] and "stopped_at" not in capped_row
-    _, _, rows, row = _run(tmp_path, "zero", stop_level=-1e9, stop_margin=0, stop_per_prompt=1)
+    _, _, rows, row = _run(tmp_path, "zero", stop_level=-1e5, stop_margin=0, stop_per_prompt=1)
     assert [r["reward_queries"] for r in rows] == [0, 10] and row["stopped_at"] == 10
 
 
@@ -64,7 +64,7 @@ def test_in_a_lockstep_group_a_stopped_run_leaves_and_the_other_trains_on(tmp_pa
 
     register_counting_reward()
     specs = [replace(make_spec("ddpo-2", num_steps=3, samples_per_epoch=16, budget=40, num_checkpoints=4, seed=s),
-                     stop_level=1e9, stop_margin=0, stop_per_prompt=1) for s in (0, 1)]
+                     stop_level=1e5, stop_margin=0, stop_per_prompt=1) for s in (0, 1)]
     rows = train_group(specs, tmp_path / "probe")
     assert [r["status"] for r in rows] == ["finished", "finished"]
 
@@ -91,7 +91,7 @@ def test_a_run_can_stop_on_another_reward_than_it_trains_on(tmp_path, tiny_dir):
     from bench.spec.prompts import resolve_prompt_set
     from bench.train.runner import load_reward
 
-    spec, run_dir, rows, row = _run(tmp_path, "other", stop_level=-1e9, stop_margin=0, stop_per_prompt=1,
+    spec, run_dir, rows, row = _run(tmp_path, "other", stop_level=-1e5, stop_margin=0, stop_per_prompt=1,
                                     stop_reward="jpeg-compressibility")
     assert row["stopped_at"] == 10 and spec.to_dict()["stop_reward"] == "jpeg-compressibility"
     _, prompts = resolve_prompt_set(spec.train_prompts)

@@ -35,7 +35,8 @@ print(json.dumps(results))
 
 BAD = {"nan": "nan", "inf": "inf", "minus zero": "-0", "zero": "0", "negative": "-3", "huge": "1" + "0" * 30,
        "huge float": "1e400", "non-ASCII digits": "\u0663", "empty": "", "whitespace": "   "}
-ALLOWED = {("run", "--gpus-per-run"): {"zero", "minus zero"}}  # zero GPUs per Ray task is a real setting
+ALLOWED = {("run", "--gpus-per-run"): {"zero", "minus zero"},  # zero GPUs per Ray task is a real setting
+           ("run", "--stop-level"): {"zero", "minus zero", "negative"}}  # a level on a reward's scale (jpeg's is < 0)
 
 
 def _numeric_options():

@@ -113,8 +113,8 @@ def stop_rule_of(args, grid: GridInputs, num_checkpoints: int) -> tuple[float | 
             raise BenchError(f"--stop-reward {reward!r}: a run stops on a proxy reward, not a gold or control one")
         if reward == args.reward:
             reward = None  # the training reward: the default, so the run keeps one name
-    if not math.isfinite(level):
-        raise BenchError(f"--stop-level must be a finite number, not {level}")
+    if not math.isfinite(level) or abs(level) > 1e6:  # no reward's scale comes near 1e6: a larger one is a typo
+        raise BenchError(f"--stop-level {level} is not a level on a reward's scale (a finite number within +-1e6)")
     margin = 1 if margin is None else margin
     if not 0 <= margin < num_checkpoints:
         raise BenchError(f"--stop-margin {margin} must be at least 0 and below --num-checkpoints ({num_checkpoints})")
