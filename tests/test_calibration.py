@@ -146,3 +146,20 @@ def test_the_planted_reward_is_the_blend_and_stays_out_of_the_matrix():
     assert "aesthetic+0.5gold" not in suite_rewards("toy")                       # never scored by default
     assert suite_rewards("toy", "aesthetic+0.5gold")[-1] == "aesthetic+0.5gold"  # but a run's own reward is
     assert suite_rewards("toy", "aesthetic") == suite_rewards("toy")
+
+
+def test_bench_report_prints_the_calibration_line(tmp_path, capsys, monkeypatch):
+    """`bench report` prints the calibration line under the primary sentences, as the report's first screen does."""
+    import bench.report.command as command
+    from bench.spec.plan import ComparisonPlan
+
+    con, _ = _calibration_db(tmp_path / "c.duckdb")
+    con.close()
+    plan = ComparisonPlan(name="t", version=1, declared="test", level_setters="all",
+                          primary=(("tdpo-r", "tdpo"),), primary_score="gold-aesthetic", primary_prompts="seen")
+    monkeypatch.setattr(command, "plan_of", lambda study: plan)
+    command.print_and_write(tmp_path / "c.duckdb", tmp_path / "report", tmp_path, write=False)
+    out = capsys.readouterr().out
+    line = next(x for x in out.splitlines() if "Calibration:" in x)
+    assert "false-positive rate" in line and "(A/A: tdpo, tdpo-r, 2 seeds per stream, 24 splits" in line
+    assert "blending gold into the training reward at weight w >=" in line

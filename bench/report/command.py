@@ -20,11 +20,16 @@ def print_and_write(db: Path, report_dir: Path, out: Path, write: bool = True, s
                                     plan_completeness, primary_sentences, verdict_lines, write_report)
     from bench.store.database import connect
 
+    from bench.report.analysis import load_curves
+    from bench.report.calibration import calibrate
+
     plan = plan_of(study)
     con = connect(db, read_only=True)
     try:
         boards = build_boards(con, plan)
         below_m = below_m_line(effective_tables(con), {m for (m,) in con.execute("SELECT method FROM runs").fetchall()})
+        rows = comparison_rows(boards, plan)
+        calibration = calibrate(load_curves(con), boards, rows, plan) if rows else None
     finally:
         con.close()
     if write:  # built beside the folder and swapped in whole: an interrupted report leaves the old one
@@ -45,11 +50,13 @@ def print_and_write(db: Path, report_dir: Path, out: Path, write: bool = True, s
     interim = plan_completeness(boards, plan)
     if interim:
         print(interim)
-    sentences = primary_sentences(comparison_rows(boards, plan), plan)
+    sentences = primary_sentences(rows, plan)
     if sentences:
         print(f"primary comparisons (plan {plan.label}, paired by seed on the seeds both ran):")
         for s in sentences:
             print("  " + s)
+    if calibration is not None:
+        print("  " + calibration.line())
     print(f"\nbench: report at {index}" if write else f"\nbench: no report written (--no-report); "
           f"`python -m bench report --db {db}` builds it")
 
