@@ -787,9 +787,10 @@ class ReportData:
 
 
 def write_report(db_path: Path, report_dir: Path, out_dir: Path | None = None,
-                 boards: list[Board] | None = None, plan: ComparisonPlan | None = None) -> Path:
+                 boards: list[Board] | None = None, plan: ComparisonPlan | None = None, calibration=None) -> Path:
     """Leaderboard files, figures and index.html under report_dir; returns the HTML path.
-    `boards` (from `build_boards` on the same database and plan) saves building them again; `plan`: the
+    `boards` (from `build_boards` on the same database and plan) and `calibration` (from `calibrate` on them) save
+    computing them again; `plan`: the
     comparison plan whose rules judge the runs (the main command's when None)."""
     from bench.spec.catalog import MAIN_PLAN
     from bench.store.database import connect
@@ -799,7 +800,7 @@ def write_report(db_path: Path, report_dir: Path, out_dir: Path | None = None,
     out_dir = Path(out_dir) if out_dir else Path(db_path).parent
     con = connect(db_path, read_only=True)
     try:
-        data = _read_report(con, report_dir, out_dir, plan, boards)
+        data = _read_report(con, report_dir, out_dir, plan, boards, calibration)
     finally:
         con.close()
     report_dir.mkdir(parents=True, exist_ok=True)
@@ -819,7 +820,7 @@ def write_report(db_path: Path, report_dir: Path, out_dir: Path | None = None,
     return index
 
 
-def _read_report(con, report_dir: Path, out_dir: Path, plan: ComparisonPlan, boards) -> ReportData:
+def _read_report(con, report_dir: Path, out_dir: Path, plan: ComparisonPlan, boards, calibration=None) -> ReportData:
     """The boards, tables and figures of the report (figures drawn into report_dir/figures)."""
     boards = build_boards(con, plan) if boards is None else boards
     fig_dir = report_dir / "figures"
@@ -842,7 +843,8 @@ def _read_report(con, report_dir: Path, out_dir: Path, plan: ComparisonPlan, boa
                       sentences=primary_sentences(comparisons, plan), gao=gao_rows(boards),
                       drift=drift_rows(frames["sets"]), effective=effective_tables(con),
                       grids=matched_grids(con, out_dir, boards), runs=runs,
-                      calibration=calibrate(load_curves(con), boards, comparisons, plan) if comparisons else None)
+                      calibration=calibration or (calibrate(load_curves(con), boards, comparisons, plan)
+                                                  if comparisons else None))
 
 
 def _leaderboard_md(data: ReportData, plan: ComparisonPlan, below_m, interim, check) -> str:

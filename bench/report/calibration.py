@@ -198,19 +198,21 @@ def calibrate(curves, boards, comparisons, plan) -> Calibration:
             if method in methods and len(values) >= 4 and len(values) == len(cells[col].values):
                 aa.append((method, aa_false_positive_rate(values, len(values) // 2)))
     points, base = {}, ""
+    primary_set = primaries[0]["prompt_set"] if primaries else None  # the primary board's prompts
+    levels = {(b.train_reward, b.prompt_set): b.level for b in boards}
+    by_run = {(o.train_reward, o.prompt_set, o.method, o.seed): o for o in curves}
     for c in curves:
         meta = rewards.get(c.train_reward).meta if c.train_reward in rewards else {}
-        if not meta.get("control"):
+        if not meta.get("control") or c.prompt_set != primary_set:
             continue
         p = meta["params"]
-        board = next((b for b in boards if (b.train_reward, b.prompt_set) == (p["proxy"], c.prompt_set)), None)
-        partner = next((o for o in curves if (o.train_reward, o.prompt_set, o.method, o.seed) ==
-                        (p["proxy"], c.prompt_set, c.method, c.seed)), None)
-        if board is None or partner is None or _role(c.prompt_set) != plan.primary_prompts:
+        level = levels.get((p["proxy"], c.prompt_set))
+        partner = by_run.get((p["proxy"], c.prompt_set, c.method, c.seed))
+        if level is None or partner is None:
             continue
         gold = p["gold"]
-        ours = interpolate_at(c.scores[p["proxy"]], c.scores[gold], board.level)
-        theirs = interpolate_at(partner.scores[p["proxy"]], partner.scores[gold], board.level)
+        ours = interpolate_at(c.scores[p["proxy"]], c.scores[gold], level)
+        theirs = interpolate_at(partner.scores[p["proxy"]], partner.scores[gold], level)
         if ours is not None and theirs is not None:
             points.setdefault(float(p["weight"]), []).append(ours - theirs)
             base = c.method
@@ -222,12 +224,6 @@ def calibrate(curves, boards, comparisons, plan) -> Calibration:
     smallest = (smallest_detectable_lambda({0.0: 0.0, **{p.weight: p.effect for p in planted}}, sd, n)
                 if planted and sd and n and n >= 2 else None)
     return Calibration(tuple(aa), n, sd, base, tuple(planted), smallest)
-
-
-def _role(prompt_set: str) -> str:
-    from bench.spec.catalog import prompt_sets
-
-    return prompt_sets.get(prompt_set).meta.get("role", "") if prompt_set in prompt_sets else ""
 
 
 PLANTED_HEADER = ("blend weight w", "gold at the level: control - base (mean ± 95% CI)", "pairs", "power at N")

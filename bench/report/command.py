@@ -18,10 +18,9 @@ def plan_of(study: str | None):
 def print_and_write(db: Path, report_dir: Path, out: Path, write: bool = True, study: str | None = None) -> None:
     from bench.report.build import (below_m_line, boards_markdown, build_boards, comparison_rows, effective_tables,
                                     plan_completeness, primary_sentences, verdict_lines, write_report)
-    from bench.store.database import connect
-
     from bench.report.analysis import load_curves
     from bench.report.calibration import calibrate
+    from bench.store.database import connect
 
     plan = plan_of(study)
     con = connect(db, read_only=True)
@@ -35,7 +34,8 @@ def print_and_write(db: Path, report_dir: Path, out: Path, write: bool = True, s
     if write:  # built beside the folder and swapped in whole: an interrupted report leaves the old one
         from bench.store.atomic import REPORT_FILES, replace_folder
 
-        replace_folder(report_dir, lambda tmp: write_report(db, tmp, out, boards=boards, plan=plan), "report folder",
+        replace_folder(report_dir, lambda tmp: write_report(db, tmp, out, boards=boards, plan=plan,
+                                                            calibration=calibration), "report folder",
                        legacy=REPORT_FILES)
     index = report_dir / "index.html" if write else None
     table = boards_markdown(boards, compact=True).rstrip()

@@ -347,6 +347,9 @@ class RunLoop:
         set_seed(spec.seed)  # identical LoRA initialisation on every process
         backbone.add_lora(spec.lora_rank)
         self.reward = CountedReward(load_reward(spec.reward, spec.suite, device))
+        # the stop rule's reward, uncounted: the training reward's own model unless the spec names another
+        self.stop_model = self.reward.reward if spec.stop_reward is None else load_reward(spec.stop_reward, spec.suite,
+                                                                                          device)
         self.reward.counts = backbone.counts
         _, prompts = resolve_prompt_set(spec.train_prompts)
         self.ctx = TrainContext(
@@ -438,21 +441,12 @@ class RunLoop:
         if self.main:
             self.ckpt_rows[-1]["stop_score"] = score
             atomic_write_jsonl(self.run_dir / "checkpoints.jsonl", self.ckpt_rows)
-        sign = 1.0 if self.stop_reward().higher_is_better else -1.0
+        sign = 1.0 if self.stop_model.higher_is_better else -1.0
         crossed = [i for i, v in sorted(self.stop_scores.items()) if sign * v >= sign * spec.stop_level]
         if not crossed or index - crossed[0] < spec.stop_margin or self.budget.exhausted:
             return False  # (at the cap the run ends anyway: not an early stop)
         self.row.update(stopped_at=self.budget.used, stop_crossed_at=self.marks[crossed[0]])
         return True
-
-    def stop_reward(self):
-        """The reward the stop rule scores with, uncounted: the training reward's own model, or `stop_reward`'s
-        (loaded once)."""
-        if self.spec.stop_reward is None:
-            return self.reward.reward
-        if getattr(self, "_stop_reward", None) is None:
-            self._stop_reward = load_reward(self.spec.stop_reward, self.spec.suite, self.accelerator.device)
-        return self._stop_reward
 
     def stop_score(self) -> float:
         """Mean training reward over the fixed-seed evaluation images of the training prompts at the current
@@ -461,17 +455,15 @@ class RunLoop:
         so the rule does not change the training it watches."""
         from dataclasses import fields
 
-        from bench.spec.prompts import resolve_prompt_set
         from bench.train.fixed_seeds import DEFAULT_EVAL_SEED, sample_fixed_traj
 
         spec, counts = self.spec, self.ctx.backbone.counts
         saved = {f.name: getattr(counts, f.name) for f in fields(counts)}
         rng = torch.get_rng_state()
-        _, prompts = resolve_prompt_set(spec.train_prompts)
-        traj, keys = sample_fixed_traj(self.ctx.backbone, spec.train_prompts, prompts, spec.stop_per_prompt,
+        traj, keys = sample_fixed_traj(self.ctx.backbone, spec.train_prompts, self.ctx.prompts, spec.stop_per_prompt,
                                        DEFAULT_EVAL_SEED)
         with torch.no_grad():
-            scores = self.stop_reward().score(traj.images, [p for p, _ in keys])
+            scores = self.stop_model.score(traj.images, [p for p, _ in keys])
         check_finite("stop-rule scores", scores)
         torch.set_rng_state(rng)
         for name, value in saved.items():
