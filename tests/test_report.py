@@ -86,12 +86,14 @@ def test_bootstrap_interval_of_a_skewed_quantity():
 
 
 def test_leaderboard_on_a_synthetic_database(tmp_path):
+    """Under main plan v2's level (the highest level every improving method reaches: B's best, 3)."""
     from bench.report.build import build_boards
+    from bench.spec.catalog import MAIN_PLAN_V2
     from bench.store.database import connect
 
     make_db(tmp_path / "b.duckdb")
     con = connect(tmp_path / "b.duckdb", read_only=True)
-    (board,) = build_boards(con)
+    (board,) = build_boards(con, MAIN_PLAN_V2)
     con.close()
     assert board.level == 3 and board.train_reward == "aesthetic" and board.prompt_set == "toy-seen"
     cols = board.columns
@@ -132,14 +134,42 @@ def _add_flat_run(con, run_id: str, method: str, xs) -> None:
                             [run_id, q, reward, i, v + d])
 
 
-def test_a_method_that_does_not_improve_does_not_pin_the_matched_level(tmp_path):
+def test_the_default_level_is_a_fraction_of_the_median_best_gain(tmp_path):
+    """Main plan v3 (the default): start 1 + 0.75 x the median best gain of the improving methods (B alone: 2),
+    so 2.5; crossings by hand: A_s0 (1, 3) at 7.5 queries, A_s1 (2, 4) at 12.5, B (2, 3) at 15. The flat C
+    neither sets nor reaches it. With no improving method every method sets it: gains A (4 + 3) / 2, C 0,
+    median 1.75, level 1 + 0.75 x 1.75."""
     from bench.report.build import boards_markdown, build_boards
+    from bench.spec.catalog import MAIN_PLAN
+    from bench.store.database import connect
+
+    assert MAIN_PLAN.version == 3 and MAIN_PLAN.level_fraction == 0.75 and MAIN_PLAN.level_setters == "all"
+    make_db(tmp_path / "b.duckdb")
+    con = connect(tmp_path / "b.duckdb")
+    _add_flat_run(con, "C_s0", "C", (1.0, 0.9, 1.0))
+    (board,) = build_boards(con)
+    assert board.level_methods == ["B"] and board.level == pytest.approx(2.5)
+    rows = {m: dict(zip(board.columns, cells)) for m, _, cells in board.rows}
+    assert rows["A"]["queries to level"].mean == pytest.approx((7.5 + 12.5) / 2)
+    assert rows["B"]["queries to level"].mean == pytest.approx(15)
+    assert rows["C"]["queries to level"].mean is None
+    assert "matched level 2.500 (0.75 of the median best gain), over the methods that improve" in boards_markdown([board])
+    con.execute("DELETE FROM scores WHERE run_id = 'B_s0'")
+    (board,) = build_boards(con)
+    con.close()
+    assert board.level_methods == ["A", "C"] and board.level == pytest.approx(1 + 0.75 * 1.75)
+
+
+def test_a_method_that_does_not_improve_does_not_pin_the_matched_level(tmp_path):
+    """Under main plan v2's level rule (the highest level every improving method reaches)."""
+    from bench.report.build import boards_markdown, build_boards
+    from bench.spec.catalog import MAIN_PLAN_V2
     from bench.store.database import connect
 
     make_db(tmp_path / "b.duckdb")
     con = connect(tmp_path / "b.duckdb")
     _add_flat_run(con, "C_s0", "C", (1.0, 0.9, 1.0))  # C never learns: its paired change is exactly 0
-    (board,) = build_boards(con)
+    (board,) = build_boards(con, MAIN_PLAN_V2)
     con.close()
     # over all runs the level would be C's start, 1.0; over the improving method (B) it is 3
     assert board.verdicts == {"A": "flat", "B": "improves", "C": "flat"}
@@ -152,7 +182,7 @@ def test_a_method_that_does_not_improve_does_not_pin_the_matched_level(tmp_path)
     # when no method improves, every method sets the level (C pins it at the start)
     con = connect(tmp_path / "b.duckdb")
     con.execute("DELETE FROM scores WHERE run_id = 'B_s0'")
-    (board,) = build_boards(con)
+    (board,) = build_boards(con, MAIN_PLAN_V2)
     con.close()
     assert board.level_methods == ["A", "C"] and board.level == 1.0
 
@@ -160,18 +190,18 @@ def test_a_method_that_does_not_improve_does_not_pin_the_matched_level(tmp_path)
 def test_a_companion_papers_method_is_placed_at_the_level_but_does_not_set_it(tmp_path):
     """Under a 'paper' level rule (main plan v1) PRDP (the catalog's companion flag) improves a little: B alone
     sets the level, PRDP is shown as not reaching it, and the level it would have set is printed beside. Under
-    main plan v2 ('all', the default now) PRDP sets it with B."""
+    main plan v2 ('all', as the default v3) PRDP sets it with B."""
     from bench.report.build import boards_markdown, build_boards
-    from bench.spec.catalog import MAIN_PLAN, MAIN_PLAN_V1
+    from bench.spec.catalog import MAIN_PLAN_V1, MAIN_PLAN_V2
     from bench.store.database import connect
 
     make_db(tmp_path / "b.duckdb")
     con = connect(tmp_path / "b.duckdb")
     _add_flat_run(con, "P_s0", "prdp", (1.0, 1.2, 1.5))  # both images +0.5: the paired change is clear
     (board,) = build_boards(con, MAIN_PLAN_V1)
-    (board_v2,) = build_boards(con)
+    (board_v2,) = build_boards(con, MAIN_PLAN_V2)
     con.close()
-    assert MAIN_PLAN.level_setters == "all" and MAIN_PLAN.version == 2
+    assert MAIN_PLAN_V2.level_setters == "all" and MAIN_PLAN_V2.version == 2
     assert sorted(board_v2.level_methods) == ["B", "prdp"] and board_v2.level == 1.5
     assert board_v2.level_with_companions is None
     assert board.verdicts["prdp"] == "improves"
@@ -273,7 +303,8 @@ def test_report_files_are_byte_identical_when_rebuilt(tmp_path):
     for name in ("leaderboard.md", "leaderboard.csv", "leaderboard.html", "index.html"):
         assert (tmp_path / "r1" / name).read_bytes() == (tmp_path / "r2" / name).read_bytes(), name
     md = (tmp_path / "r1" / "leaderboard.md").read_text()
-    assert "| B | 1 | improves (image-level, seed variance not included) | 3.000 | 2.000 ± 0.000 | 20 |" in md
+    # B reaches the default level 2.5 halfway from 10 to 20 queries
+    assert "| B | 1 | improves (image-level, seed variance not included) | 3.000 | 2.000 ± 0.000 | 15 |" in md
     figs = json.loads((tmp_path / "r1" / "report.json").read_text())["figures"]
     assert "cross_reward_aesthetic_toy-seen.png" in figs and "gold_vs_proxy_aesthetic_toy-seen.png" in figs
     assert all((tmp_path / "r1" / "figures" / f).stat().st_size > 1000 for f in figs)
@@ -368,7 +399,8 @@ def test_load_results_gives_tidy_frames(tmp_path):
     a = res.curves.query("run_id == 'A_s1' and reward == 'aesthetic'").sort_values("reward_queries")
     assert a["value"].tolist() == [1, 2, 4] and a["images"].tolist() == [2, 2, 2]
     level = res.leaderboard.query("method == 'A' and column == 'pickscore @ level'")
-    assert level["mean"].iloc[0] == pytest.approx(7.5)  # A: 8 and 7 at the matched level 3 (see the board test)
+    # A at the default level 2.5: pickscore 10 - 0.75 x 2 = 8.5 and 9 - 0.25 x 4 = 8.0
+    assert level["mean"].iloc[0] == pytest.approx(8.25)
 
 
 def _wide_db(path):
