@@ -525,6 +525,16 @@ def test_figures_are_seaborn_lines_on_the_frames_in_fixed_styles(tmp_path):
         assert height[tuple(np.round(styles["A"]["color"], 6))] == pytest.approx(1.0)
         assert height[tuple(np.round(styles["B"]["color"], 6))] == 0
         plt.close(fig)
+        # a stopped run (A_s1 ends at 10 queries): A's mean line ends where both seeds still are, instead of
+        # drawing A_s0 alone at 20 (5, where the mean of both was 4.5)
+        fig, ax = plt.subplots()
+        stopped = points[~((points["run_id"] == "A_s1") & (points["reward_queries"] == 20))]
+        method_lines(ax, stopped, "reward_queries", "aesthetic", styles)
+        lines = {tuple(np.round(matplotlib.colors.to_rgb(line.get_color()), 6)): line for line in ax.lines}
+        a = lines[tuple(np.round(styles["A"]["color"], 6))]
+        assert list(a.get_xdata()) == [0, 10] and list(a.get_ydata()) == pytest.approx([1, 2.5])
+        assert list(lines[tuple(np.round(styles["B"]["color"], 6))].get_xdata()) == [0, 10, 20]
+        plt.close(fig)
         means = mean_path(points, ["aesthetic", "pickscore"])
         a_path = means[means["method"] == "A"]
         assert list(a_path["aesthetic"]) == pytest.approx([1, 2.5, 4.5])

@@ -50,9 +50,14 @@ def method_lines(ax, frame, x: str, y: str, styles: dict, *, marker: str | None 
                  units: str | None = None, lw: float = 1.4) -> None:
     """One seaborn line per method of `frame` in its fixed style. `path`: the rows are already one point
     per checkpoint, drawn in their order (a cross-reward curve); `units`: one line per unit (a run), no
-    mean; otherwise the mean over rows at each x with a 95% bootstrap band over them (the seeds)."""
+    mean; otherwise the mean over rows at each x with a 95% bootstrap band over them (the seeds), drawn only at
+    the x values every run of the method has: where a run stopped early (a study's stop rule), a mean over the
+    runs still going would show the slow seeds alone (survivorship), so the method's line ends there."""
     import seaborn as sns
 
+    if not path and units is None and "run_id" in frame.columns and not frame.empty:
+        runs_at = frame.groupby(["method", x])["run_id"].transform("nunique")
+        frame = frame[runs_at == frame["method"].map(frame.groupby("method")["run_id"].nunique())]
     ms = [m for m in styles if m in set(frame["method"])]
     if not ms:
         return
