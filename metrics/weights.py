@@ -147,44 +147,67 @@ def pickscore_paths() -> tuple[Path, Path]:
                               "PickScore tokenizer", "BENCH_PICKSCORE_PROCESSOR"))
 
 
+def aesthetic_files() -> list[Path]:
+    return list(aesthetic_paths("sd"))
+
+
+def hpsv2_files(version: str = "v2.0") -> list[Path]:
+    path = hpsv2_checkpoint(version)
+    check_checkpoint_file(path, "HPSv2")
+    bpe_path()  # its native tokenizer's merges, checked now (they are not part of the weights' digest)
+    return [path]
+
+
+def hpsv2_1_files() -> list[Path]:
+    return hpsv2_files("v2.1")
+
+
+def imagereward_files() -> list[Path]:
+    path = imagereward_checkpoint()
+    check_checkpoint_file(path, "ImageReward")
+    return [path, bert_tokenizer_folder()]
+
+
+def pickscore_files() -> list[Path]:
+    return list(pickscore_paths())
+
+
 def weight_paths(reward: str, suite: str) -> list[Path]:
-    """The files and folders a reward's weights come from (for the run's input digest); none for rewards
-    without weights or whose weights live with the suite's assets."""
-    if suite != "sd":
+    """The files and folders a reward's weights come from on the real SD suite (for the run's input digest),
+    each checked, as its catalog entry declares them: `sd_weights`, a "module:function" returning them. None
+    for rewards without weights, and on the toy suite (its weights live with the suite's assets)."""
+    from bench.spec.catalog import rewards
+    from bench.spec.registry import load_target
+
+    target = rewards.get(reward).meta.get("sd_weights")
+    if suite != "sd" or not target:
         return []
-    if reward == "aesthetic":
-        return list(aesthetic_paths(suite))
-    if reward in ("hpsv2", "hpsv2.1"):
-        return [hpsv2_checkpoint("v2.0" if reward == "hpsv2" else "v2.1")]
-    if reward == "imagereward":
-        return [imagereward_checkpoint(), bert_tokenizer_folder()]
-    if reward == "pickscore":
-        return list(pickscore_paths())
-    return []
+    try:
+        locate = load_target(target)
+    except (ImportError, AttributeError) as e:  # a plugin's declaration is input too
+        raise BenchError(f"reward {reward!r}: its sd_weights {target!r} cannot be loaded ({e})") from None
+    paths = locate()
+    if not isinstance(paths, (list, tuple)) or not all(isinstance(p, (str, Path)) for p in paths):
+        raise BenchError(f"reward {reward!r}: its sd_weights {target!r} must return a list of paths")
+    return [Path(p) for p in paths]
 
 
 def preflight(reward: str, suite: str) -> None:
-    """Raise a one-line BenchError now if the reward's weights cannot be found."""
+    """Raise a one-line BenchError now if the reward's weights cannot be found: the suites it applies to, its
+    declared `sd_weights` on the real SD suite, the toy pipeline and its declared `toy_assets` folder on the toy
+    suite. A plugin reward declares the same fields."""
     from bench.spec.catalog import rewards
 
-    suites = rewards.get(reward).meta.get("suites")
+    meta = rewards.get(reward).meta
+    suites = meta.get("suites")
     if suites is not None and suite not in suites:
         raise BenchError(f"reward {reward!r} is not available on suite {suite!r} (it is on: {', '.join(suites)})")
-    if reward == "aesthetic" and suite == "sd":
-        aesthetic_paths(suite)
-    if suite == "sd" and reward in ("hpsv2", "hpsv2.1"):
-        check_checkpoint_file(hpsv2_checkpoint("v2.0" if reward == "hpsv2" else "v2.1"), "HPSv2")
-        bpe_path()
-    if suite == "sd" and reward == "imagereward":
-        check_checkpoint_file(imagereward_checkpoint(), "ImageReward")
-        bert_tokenizer_folder()
+    weight_paths(reward, suite)
     if suite == "toy":
         from bench.toy.suite import REBUILD, assets_root
 
         if not (assets_root() / "pipeline" / "model_index.json").is_file():
             raise BenchError(f"toy-suite pipeline missing: {assets_root() / 'pipeline'} ({REBUILD})")
-
-        folder = {"aesthetic": "aesthetic", "pickscore": "pickscore", "hpsv2": "hpsv2",
-                  "gold-fidelity": "gold-fidelity"}.get(reward)
+        folder = meta.get("toy_assets")
         if folder and not (assets_root() / folder).is_dir():
             raise BenchError(f"toy-suite weights for {reward!r} missing: {assets_root() / folder} ({REBUILD})")

@@ -88,3 +88,52 @@ def test_a_plugin_cannot_take_a_built_in_name(tmp_path):
           "SPEC = dict(target='m:X', summary='s', higher_is_better=True, differentiable=False)\n")
     r = run_cli("list", "rewards", env={"PYTHONPATH": str(tmp_path)})
     assert r.returncode == 2 and "the name 'aesthetic' is already registered" in r.stderr
+
+
+_SHINY = ("from pathlib import Path\n"
+          "def where():\n    return [Path(__file__).parent / 'shiny.bin']\n"
+          "def bad():\n    return 42\n"
+          "SPEC = dict(target='m:X', summary='s', higher_is_better=True, differentiable=False, {fields})\n")
+_WEIGHTS = ("import sys\nfrom bench.errors import BenchError\nfrom metrics.weights import preflight, weight_paths\n"
+            "try:\n    preflight('shiny', sys.argv[1])\n    print([p.name for p in weight_paths('shiny', sys.argv[1])])\n"
+            "except BenchError as e:\n    print('ERROR', e)\n")
+
+
+@pytest.mark.parametrize("fields,suite,expected", [
+    ("sd_weights='shiny_reg:where'", "sd", "['shiny.bin']"),  # the declared files go into the run's digest
+    ("sd_weights='shiny_reg:where'", "toy", "[]"),            # on the toy suite weights live with its assets
+    ("toy_assets='shiny-head'", "toy", "ERROR toy-suite weights for 'shiny' missing: "),
+    ("sd_weights='shiny_nowhere:where'", "sd", "ERROR reward 'shiny': its sd_weights 'shiny_nowhere:where' cannot "
+                                               "be loaded (No module named 'shiny_nowhere')"),
+    ("sd_weights='shiny_reg:bad'", "sd", "ERROR reward 'shiny': its sd_weights 'shiny_reg:bad' must return a list "
+                                         "of paths"),
+])
+def test_a_plugin_reward_declares_its_weights_like_a_built_in(tmp_path, fields, suite, expected):
+    """A reward's weights are what its entry declares (`sd_weights`, `toy_assets`), for a plugin as for a
+    built-in: preflight and the input digest read the declaration, never the reward's name."""
+    import os
+
+    _dist(tmp_path, "shiny", "[overopt_bench.rewards]\nshiny = shiny_reg:SPEC\n", "shiny_reg",
+          _SHINY.format(fields=fields))
+    r = subprocess.run([sys.executable, "-c", _WEIGHTS, suite], cwd=ROOT, capture_output=True, text=True,
+                       timeout=120, env={**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"})
+    assert r.returncode == 0 and r.stdout.startswith(expected), r.stdout + r.stderr
+
+
+def test_a_plugin_rewards_malformed_weight_fields_are_one_line(tmp_path):
+    _dist(tmp_path, "shiny", "[overopt_bench.rewards]\nshiny = shiny_reg:SPEC\n", "shiny_reg",
+          _SHINY.format(fields="sd_weights='no-colon'"))
+    r = run_cli("list", "rewards", env={"PYTHONPATH": str(tmp_path)})
+    assert r.returncode == 2 and "sd_weights must be 'module:attribute', got 'no-colon'" in r.stderr, r.stderr
+
+
+def test_every_built_in_reward_with_weights_declares_them():
+    """The built-ins' declarations: a reward that loads weights on real SD names its locator, and every toy
+    reward with a trained head names its asset folder (the names preflight used to branch on)."""
+    from bench.spec.catalog import rewards
+
+    sd = {n: rewards.get(n).meta.get("sd_weights") for n in rewards.names()}
+    assert {n for n, t in sd.items() if t} == {"aesthetic", "pickscore", "hpsv2", "hpsv2.1", "imagereward"}
+    toy = {n: rewards.get(n).meta.get("toy_assets") for n in rewards.names()}
+    assert {n: t for n, t in toy.items() if t and "gold+" not in n and not n.startswith("aesthetic+")} == \
+        {"aesthetic": "aesthetic", "pickscore": "pickscore", "hpsv2": "hpsv2", "gold-fidelity": "gold-fidelity"}

@@ -184,6 +184,7 @@ rewards.register(
     "LAION aesthetic predictor: CLIP image features, L2-normalised, into the LAION MLP head",
     higher_is_better=True, differentiable=True, suites=("sd", "toy", "tiny-random"),
     scale="LAION 1-10 scale: SD v1.4 about 5.5, toy about 7", max_score=10.0,  # AlignProp's |r - 10|
+    sd_weights="metrics.weights:aesthetic_files", toy_assets="aesthetic",
 )
 rewards.register(
     "pickscore", "metrics.clip_score:load_pickscore",
@@ -191,6 +192,7 @@ rewards.register(
     higher_is_better=True, differentiable=True, suites=("sd", "toy"),
     scale="official: logit_scale.exp() x cosine, about 20-22 for SD images (papers often report /100)",
     max_score=100.0,  # logit_scale.exp() x the largest cosine
+    sd_weights="metrics.weights:pickscore_files", toy_assets="pickscore",
 )
 rewards.register(
     "hpsv2", "metrics.clip_score:load_hpsv2",
@@ -198,12 +200,14 @@ rewards.register(
     "another rater pool)",
     higher_is_better=True, differentiable=True, suites=("sd", "toy"),
     scale="official: cosine of normalised image and text features, about 0.25-0.30 for SD images", max_score=1.0,
+    sd_weights="metrics.weights:hpsv2_files", toy_assets="hpsv2",
 )
 rewards.register(
     "hpsv2.1", "metrics.clip_score:load_hpsv2_1",
     "HPSv2 v2.1 (HPS_v2.1_compressed.pt), loaded natively like hpsv2",
     higher_is_better=True, differentiable=True, suites=("sd",), in_eval_matrix=False,
     scale="official: cosine, about 0.25-0.35 for SD images", max_score=1.0,
+    sd_weights="metrics.weights:hpsv2_1_files",
 )
 rewards.register(
     "imagereward", "metrics.imagereward:load_imagereward",
@@ -211,6 +215,7 @@ rewards.register(
     higher_is_better=True, differentiable=True, suites=("sd",),
     scale="official: standardised, (r - 0.167) / 1.033; about -0.5 to 1 for SD images (the TDPO reference "
           "logs the raw r)",
+    sd_weights="metrics.weights:imagereward_files",
 )
 rewards.register(
     "gold-aesthetic", "metrics.gold:GoldAesthetic",
@@ -222,6 +227,7 @@ rewards.register(
     "gold-fidelity", "metrics.gold:GoldFidelity",
     "toy ground truth: probability the image shows what the prompt says (evaluation only)",
     higher_is_better=True, differentiable=False, suites=("toy",), eval_only=True, scale="probability, 0-1",
+    toy_assets="gold-fidelity",
 )
 
 # The planted-effect controls (issue 45, bench/report/calibration.py): aesthetic + w x gold aesthetics, for a few
@@ -233,6 +239,7 @@ for _w in PLANTED_WEIGHTS:
         f"CONTROL: the aesthetic proxy plus {_w:g} x gold aesthetics (a planted effect of known direction; toy only)",
         higher_is_better=True, differentiable=False, suites=("toy",), in_eval_matrix=False, control=True,
         params=dict(proxy="aesthetic", gold="gold-aesthetic", weight=_w), scale="aesthetic + w x gold, about 7 (1 + w)",
+        toy_assets="aesthetic",
     )
 
 # --------------------------------------------------------------------------- prompt sets

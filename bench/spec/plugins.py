@@ -140,6 +140,10 @@ def _reward_fields(fields: dict, registry, where: str) -> dict:
     suites = fields.get("suites")
     if suites is not None and (not isinstance(suites, (tuple, list)) or not all(isinstance(s, str) for s in suites)):
         raise BenchError(f"{where}: field 'suites' must be a list of suite names")
+    if "sd_weights" in fields:  # "module:function" returning the files its weights come from on real SD
+        _target(fields, "sd_weights", where)
+    if "toy_assets" in fields and not isinstance(fields["toy_assets"], str):
+        raise BenchError(f"{where}: field 'toy_assets' must be a folder name among the toy suite's assets")
     return fields
 
 
