@@ -233,10 +233,12 @@ def wall_estimate(plans: list[Planned], workers: int) -> float:
     return max(loads)
 
 
-MODEL_MISS = (0.78, 1.29)
+MODEL_MISS = (0.78, 1.32)
 """Measured wall time over the cost model's estimate, lowest and highest seen on 2-core machines: the main
 command at 0.78x (issue 26's measurement), 1.03x and 1.14x (the README's), the 3-seed study 1.05x, a 6-method grid
-at 320 queries 1.29x, DiffusionNFT runs at 1,280 queries 0.91x-1.06x. Printed as the estimate's uncertainty."""
+at 320 queries 1.29x, DiffusionNFT runs at 1,280 queries 0.91x-1.06x; on 2026-12-07 (docs/results/eta-coverage-
+2026-12-07.md) a tiny TDPO grid 0.93x at 1 thread and 1.32x at 2, the 14-method jpeg grid 0.99x. Printed as the
+estimate's uncertainty."""
 
 
 LOCKSTEP_MODEL_MISS = 2.1
