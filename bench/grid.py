@@ -223,14 +223,17 @@ def dispatch_order(units: list[list[Planned]]) -> list[list[Planned]]:
     return sorted(units, key=lambda u: (min(seed(p) for p in u), -sum(p.train_s + p.eval_s for p in u)))
 
 
-def wall_estimate(plans: list[Planned], workers: int) -> float:
+def wall_estimate(plans: list[Planned], workers: int, threads: int = 1, cores: int | None = None) -> float:
     """List scheduling of the runs' estimates over the workers in `dispatch_order` (a lockstep group is one
-    job): each job goes to the worker that frees up first, as the process pool hands them out."""
+    job): each job goes to the worker that frees up first, as the process pool hands them out. With `cores`
+    (local CPU workers), never less than the work's CPU time over the cores: more workers x threads than
+    cores share them, so a third worker on two cores does not add a third core's throughput."""
     loads = [0.0] * max(1, workers)
     for unit in dispatch_order(_units(plans)):
         i = loads.index(min(loads))
         loads[i] += sum(p.train_s + p.eval_s for p in unit)
-    return max(loads)
+    shared = sum(loads) * threads / cores if cores else 0.0
+    return max(max(loads), shared)
 
 
 MODEL_MISS = (0.78, 1.32)
@@ -265,7 +268,8 @@ def fmt_seconds(s: float) -> str:
     return f"{s // 60} min {s % 60:02d} s" if s >= 60 else f"{s} s"
 
 
-def print_plan(plans: list[Planned], opts: GridOptions, threads: int, say=print) -> None:
+def print_plan(plans: list[Planned], opts: GridOptions, threads: int, say=print, cores: int | None = None) -> None:
+    """`cores`: the CPU cores local workers share (None: a GPU or a Ray cluster, whose workers do not)."""
     todo = [p for p in plans if p.action != "skip"]
     say(f"bench: plan: {len(plans)} run(s), {sum(p.action == 'train' for p in plans)} to train, "
         f"{sum(p.action == 'resume' for p in plans)} to resume, "
@@ -284,7 +288,10 @@ def print_plan(plans: list[Planned], opts: GridOptions, threads: int, say=print)
             f"train in one process, every UNet call merged (results equal serial ones to float rounding; "
             f"--lockstep off trains each alone)")
     if todo:
-        wall = wall_estimate(todo, opts.workers)
+        wall = wall_estimate(todo, opts.workers, threads, cores)
+        if cores and opts.workers * threads > cores:
+            say(f"bench: {opts.workers} worker(s) x {threads} thread(s) share {cores} core(s): the estimate "
+                f"counts the work's CPU time over the cores")
         lo, hi = MODEL_MISS
         if any(p.group is not None and not p.stored for p in todo):
             hi = max(hi, LOCKSTEP_MODEL_MISS)
@@ -495,7 +502,8 @@ def plan_and_print(specs, opts: GridOptions, threads: int, estimator=None, data_
         opts = replace(opts, lockstep="off")
     plans = plan_grid(specs, opts, estimator)
     if say is not None:
-        print_plan(plans, opts, threads, say)
+        local_cpu = opts.launcher == "local" and not torch.cuda.is_available()
+        print_plan(plans, opts, threads, say, available_cores() if local_cpu else None)
     return plans, opts
 
 

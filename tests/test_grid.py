@@ -232,6 +232,19 @@ def test_wall_estimate_schedules_longest_first(loads, workers, expected):
     assert wall_estimate(plans, workers) == expected
 
 
+@pytest.mark.parametrize("loads,workers,threads,cores,expected", [
+    ([4, 4, 4], 3, 1, 2, 6),    # three 4 s jobs on two cores: 12 CPU-seconds over 2 cores, not 4
+    ([4, 4, 4], 2, 1, 2, 8),    # two workers on two cores: the schedule (4 + 4) binds
+    ([4, 4, 4], 3, 2, 2, 12),   # 2 threads each: 24 CPU-seconds over 2 cores
+    ([4, 4, 4], 3, 1, None, 4),  # a GPU or a cluster: no shared cores
+])
+def test_wall_estimate_shares_the_cores_among_too_many_workers(loads, workers, threads, cores, expected):
+    from bench.grid import Planned, wall_estimate
+
+    plans = [Planned(None, "train", train_s=x) for x in loads]
+    assert wall_estimate(plans, workers, threads, cores) == expected
+
+
 def test_dispatch_is_seed_major_and_longest_first_within_a_seed():
     """Seed 0 runs of 1, 1 and 8 s, then a seed-1 run of 8 s, one lockstep group over seeds 0-1 (2 x 3 s), on 2
     workers: the order is seed 0's units longest first (the 8, the group's 6, the 1s), then seed 1's; the
