@@ -62,7 +62,7 @@ def build_specs(args) -> list:
     from bench.spec.expand import expand_grid, grid_inputs, method_settings
     from bench.store.manifest import inputs_digest
     from bench.train.trackers import check_available
-    from metrics.weights import preflight, weight_paths
+    from metrics.weights import preflight
 
     apply_study(args)
     check_environment(args)  # the environment and the output folder's parts are input too
@@ -72,7 +72,7 @@ def build_specs(args) -> list:
     grid = grid_inputs(args)
     check_out_dir(Path(args.out))
     method_settings(args, grid)
-    preflight(args.reward, grid.info.suite)
+    weights = preflight(args.reward, grid.info.suite)
     from bench.spec.prompts import resolve_prompt_set
 
     _, prompt_list = resolve_prompt_set(grid.train_prompts)
@@ -84,7 +84,7 @@ def build_specs(args) -> list:
         backbone_input = assets_root()  # the pipeline and every toy reward's weights
     else:
         backbone_input = f"built by {grid.info.builder}"  # deterministic, from code
-    inputs = inputs_digest(["\n".join(prompt_list), backbone_input, *weight_paths(args.reward, grid.info.suite)])
+    inputs = inputs_digest(["\n".join(prompt_list), backbone_input, *weights])
     return expand_grid(args, grid, inputs, shard)
 
 

@@ -192,17 +192,17 @@ def weight_paths(reward: str, suite: str) -> list[Path]:
     return [Path(p) for p in paths]
 
 
-def preflight(reward: str, suite: str) -> None:
+def preflight(reward: str, suite: str) -> list[Path]:
     """Raise a one-line BenchError now if the reward's weights cannot be found: the suites it applies to, its
     declared `sd_weights` on the real SD suite, the toy pipeline and its declared `toy_assets` folder on the toy
-    suite. A plugin reward declares the same fields."""
+    suite. A plugin reward declares the same fields. Returns `weight_paths` (located once, for the digest)."""
     from bench.spec.catalog import rewards
 
     meta = rewards.get(reward).meta
     suites = meta.get("suites")
     if suites is not None and suite not in suites:
         raise BenchError(f"reward {reward!r} is not available on suite {suite!r} (it is on: {', '.join(suites)})")
-    weight_paths(reward, suite)
+    paths = weight_paths(reward, suite)
     if suite == "toy":
         from bench.toy.suite import REBUILD, assets_root
 
@@ -211,3 +211,4 @@ def preflight(reward: str, suite: str) -> None:
         folder = meta.get("toy_assets")
         if folder and not (assets_root() / folder).is_dir():
             raise BenchError(f"toy-suite weights for {reward!r} missing: {assets_root() / folder} ({REBUILD})")
+    return paths
