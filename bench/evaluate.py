@@ -308,7 +308,7 @@ def evaluate_run(run_dir: Path, reward_names: list[str] | None = None, per_promp
     set_rows: list[dict] = []
     set_fn = None
     if diversity:
-        from metrics.diversity import set_metrics_fn
+        from bench.measures.diversity import set_metrics_fn
 
         set_fn = set_metrics_fn(spec.suite, device)
     rows = evaluate_checkpoints(run_dir, rewards, sets, per_prompt, eval_seed, device, progress, shard=None,

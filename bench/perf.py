@@ -457,7 +457,7 @@ def _committed_unet_config() -> dict:
     """The committed toy UNet's architecture (its config.json), to build random-weight copies."""
     import json
 
-    from bench.toy.suite import pipeline_dir
+    from bench.spec.toy_assets import pipeline_dir
 
     return json.loads((pipeline_dir() / "unet" / "config.json").read_text())
 
@@ -532,7 +532,7 @@ def run_levers(repeat: int = 3) -> list[tuple]:
     from diffusers import UNet2DConditionModel
 
     from bench.train.backbone import build_backbone
-    from bench.toy.suite import pipeline_dir
+    from bench.spec.toy_assets import pipeline_dir
 
     rows = []
     cfg = {k: v for k, v in _committed_unet_config().items() if not k.startswith("_")}
@@ -837,7 +837,7 @@ def cmd_perf(args) -> int:
         return 0
     from bench.spec import catalog
     from bench.spec.runspec import resolve_backbone
-    from metrics.weights import preflight
+    from bench.spec.weights import preflight
 
     catalog.rewards.get(args.reward)
     info = resolve_backbone(args.backbone or catalog.DEFAULT_BACKBONE)

@@ -62,7 +62,7 @@ def build_specs(args) -> list:
     from bench.spec.expand import expand_grid, grid_inputs, method_settings
     from bench.store.manifest import inputs_digest
     from bench.train.trackers import check_available
-    from metrics.weights import preflight
+    from bench.spec.weights import preflight
 
     apply_study(args)
     check_environment(args)  # the environment and the output folder's parts are input too
@@ -79,7 +79,7 @@ def build_specs(args) -> list:
     if grid.info.location:
         backbone_input = Path(grid.info.location)
     elif grid.info.suite == "toy":
-        from bench.toy.suite import assets_root
+        from bench.spec.toy_assets import assets_root
 
         backbone_input = assets_root()  # the pipeline and every toy reward's weights
     else:
@@ -215,8 +215,12 @@ def cmd_run(args) -> int:
     estimator = Estimator(out, threads, workers) if main else None
     t_grid = time.perf_counter()
     outcomes = run_grid(specs, opts, accelerator, estimator, say)
-    if not main:
-        return 0
+    return _ingest_and_report(args, specs, outcomes, out, db, t_grid) if main else 0
+
+
+def _ingest_and_report(args, specs, outcomes, out: Path, db: Path, t_grid: float) -> int:
+    """After the grid: ingest every run, print the summary, any failures, the report and the seconds per phase;
+    the exit code (1 when a run failed or the database was busy with failures, else 0)."""
     from bench.store.database import DatabaseBusy, ingest
 
     try:

@@ -175,11 +175,11 @@ def write_tiny_random_aesthetic(folder: Path, seed: int = 0) -> tuple[Path, Path
 
 def load_aesthetic(suite: str = "sd", device="cpu", **_) -> AestheticReward:
     if suite == "sd":
-        from metrics.weights import aesthetic_paths
+        from bench.spec.weights import aesthetic_paths
 
         clip_dir, head_path = aesthetic_paths(suite)
     elif suite == "toy":
-        from bench.toy.suite import asset
+        from bench.spec.toy_assets import asset
 
         clip_dir, head_path = asset("aesthetic", "clip"), asset("aesthetic", "head.safetensors")
     elif suite == "tiny-random":

@@ -17,7 +17,7 @@ import gzip
 import html
 from pathlib import Path
 
-from metrics.weights import bpe_path
+from bench.spec.weights import bpe_path
 
 N_MERGES = 49152 - 256 - 2
 

@@ -84,11 +84,11 @@ def _load(name: str, folder, tokenizer_folder, device, logit_scale: bool = True)
 
 def load_pickscore(suite: str = "sd", device="cpu", **_) -> ClipPreferenceReward:
     if suite == "toy":
-        from bench.toy.suite import asset
+        from bench.spec.toy_assets import asset
 
         return _load("pickscore", asset("pickscore"), asset("pickscore"), device)
     if suite == "sd":
-        from metrics.weights import pickscore_paths
+        from bench.spec.weights import pickscore_paths
 
         model, proc = pickscore_paths()
         return _load("pickscore", model, proc, device)
@@ -97,7 +97,7 @@ def load_pickscore(suite: str = "sd", device="cpu", **_) -> ClipPreferenceReward
 
 def load_hpsv2(suite: str = "sd", device="cpu", **_):
     if suite == "toy":
-        from bench.toy.suite import asset
+        from bench.spec.toy_assets import asset
 
         return _load("hpsv2", asset("hpsv2"), asset("hpsv2"), device, logit_scale=False)
     if suite == "sd":

@@ -37,7 +37,7 @@ class GoldFidelity(Reward):
         from safetensors.torch import load_file
 
         from bench.toy.gold import CountNet, GoldFidelity as Scorer
-        from bench.toy.suite import asset
+        from bench.spec.toy_assets import asset
 
         net = CountNet()
         net.load_state_dict(load_file(str(asset("gold-fidelity", "countnet.safetensors"))))
@@ -45,3 +45,11 @@ class GoldFidelity(Reward):
 
     def score(self, images, prompts):
         return self.scorer.score(images, prompts)
+
+    @torch.no_grad()
+    def attributes(self, images) -> dict[str, list]:
+        """Each image's discrete attributes as the gold model sees them (colour, position, size), for the
+        diversity measures: bench/toy/gold.py's `predicted_attributes`."""
+        from bench.toy.gold import predicted_attributes
+
+        return predicted_attributes(images, self.scorer.count_probs(images))

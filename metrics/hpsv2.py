@@ -189,7 +189,7 @@ class HPSv2Reward(Reward):
 
 
 def checkpoint_path(version: str) -> Path:
-    from metrics.weights import hpsv2_checkpoint
+    from bench.spec.weights import hpsv2_checkpoint
 
     return hpsv2_checkpoint(version)
 
@@ -199,7 +199,7 @@ def load_native(version: str = "v2.0", device="cpu", path: Path | None = None, a
     from metrics.clip_bpe import clip_tokenizer
 
     path = path or checkpoint_path(version)
-    from metrics.weights import check_checkpoint_file
+    from bench.spec.weights import check_checkpoint_file
 
     check_checkpoint_file(path, "HPSv2")
     try:

@@ -193,7 +193,7 @@ def blip_tokenizer(folder_or_vocab):
 def load_imagereward(suite: str = "sd", device="cpu", **_) -> ImageRewardModel:
     if suite != "sd":
         raise BenchError(f"the imagereward reward has weights for suite 'sd' only, not {suite!r}")
-    from metrics.weights import bert_tokenizer_folder, check_checkpoint_file, imagereward_checkpoint
+    from bench.spec.weights import bert_tokenizer_folder, check_checkpoint_file, imagereward_checkpoint
 
     path = imagereward_checkpoint()
     tok_dir = bert_tokenizer_folder()

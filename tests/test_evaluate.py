@@ -92,7 +92,7 @@ def test_drift_metrics_on_images_of_known_brightness_and_saturation():
     latent of 2s: x0^2 = 4. The set means are the means over images."""
     import torch
 
-    from metrics.drift import drift_metrics
+    from bench.measures.drift import drift_metrics
 
     grey = torch.full((1, 3, 4, 4), 0.5)
     red = torch.zeros(1, 3, 4, 4)

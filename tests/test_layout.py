@@ -2,6 +2,7 @@
 cycles (pyproject.toml's [tool.importlinter]); and a contract that fails when one of the four import
 cycles the layout removed comes back."""
 
+import re
 import shutil
 import subprocess
 import sys
@@ -31,13 +32,19 @@ CYCLES = {
     "report-results": ("bench/report/build.py", "from bench.report.results import load_results",
                        "No cycles are allowed in bench.report."),
     "captions-render": ("bench/toy/captions.py", "from bench.toy.render import draw", "No cycles are allowed in bench.toy."),
-    "weights-clip_score": ("metrics/weights.py", "from metrics.clip_score import load_pickscore",
-                           "No cycles are allowed in metrics."),
+    # weight lookup is spec: it locates files and never loads a reward
+    "weights-clip_score": ("bench/spec/weights.py", "from metrics.clip_score import load_pickscore",
+                           "bench.spec is not allowed to import metrics"),
+    "clip_score-hpsv2": ("metrics/hpsv2.py", "from metrics.clip_score import load_pickscore",
+                         "No cycles are allowed in metrics."),
     # the rewards read the toy's gold and assets; the toy's runtime never reads a reward back
     "toy-metrics": ("bench/toy/gold.py", "from metrics.aesthetic import preprocess_reference",
                     "bench.toy.gold is not allowed to import metrics"),
-    "metrics-train": ("metrics/diversity.py", "from bench.train.runner import load_reward",
+    "metrics-train": ("metrics/jpeg.py", "from bench.train.runner import load_reward",
                       "metrics is not allowed to import bench.train"),
+    # diversity and drift are evaluation's measures: evaluation calls them, never the reverse
+    "measures-evaluate": ("bench/measures/drift.py", "from bench.evaluate import evaluate_run",
+                          "bench.measures is not allowed to import bench.evaluate"),
     "spec-methods": ("bench/spec/scale.py", "from methods.shapes import ppo_shape",
                      "bench.spec is not allowed to import methods"),
 }
@@ -62,3 +69,18 @@ def test_the_command_line_is_thin():
     lines = (ROOT / "bench" / "cli.py").read_text().splitlines()
     assert len(lines) <= 250, len(lines)
     assert not [ln for ln in lines if ln.startswith("def cmd_")]
+
+
+def test_no_function_is_longer_than_80_lines_except_where_the_layout_page_says_why():
+    """A function over 80 lines in bench/ must be named, with its reason, in docs/layout.md's Function length
+    section; and every name there must still be over 80 lines (no stale exception)."""
+    import ast
+
+    long = set()
+    for path in sorted((ROOT / "bench").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 80:
+                long.add(f"{path.relative_to(ROOT).as_posix()}: {node.name}")
+    section = (ROOT / "docs" / "layout.md").read_text().split("## Function length", 1)[1]
+    excused = set(re.findall(r"^- `([^`]+)`:", section, flags=re.M))
+    assert long == excused, (sorted(long - excused), sorted(excused - long))

@@ -94,7 +94,7 @@ _SHINY = ("from pathlib import Path\n"
           "def where():\n    return [Path(__file__).parent / 'shiny.bin']\n"
           "def bad():\n    return 42\n"
           "SPEC = dict(target='m:X', summary='s', higher_is_better=True, differentiable=False, {fields})\n")
-_WEIGHTS = ("import sys\nfrom bench.errors import BenchError\nfrom metrics.weights import preflight, weight_paths\n"
+_WEIGHTS = ("import sys\nfrom bench.errors import BenchError\nfrom bench.spec.weights import preflight, weight_paths\n"
             "try:\n    preflight('shiny', sys.argv[1])\n    print([p.name for p in weight_paths('shiny', sys.argv[1])])\n"
             "except BenchError as e:\n    print('ERROR', e)\n")
 

@@ -85,7 +85,7 @@ def test_official_pth_head_loads_with_weights_only(tmp_path):
 
 
 def test_missing_weights_give_one_line_errors(tmp_path, monkeypatch):
-    from metrics.weights import aesthetic_paths
+    from bench.spec.weights import aesthetic_paths
 
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
     monkeypatch.delenv("BENCH_AESTHETIC_CLIP", raising=False)

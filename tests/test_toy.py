@@ -14,7 +14,7 @@ from bench.toy.vocab import COLORS
 
 
 def suite_json():
-    from bench.toy.suite import asset
+    from bench.spec.toy_assets import asset
 
     return json.loads(asset("suite.json").read_text())
 
@@ -91,7 +91,7 @@ def test_caption_parser_rejects_non_toy_text():
 
 # --------------------------------------------------------------------------- committed assets
 def test_assets_are_small_and_safetensors_only():
-    from bench.toy.suite import DEFAULT_ASSETS
+    from bench.spec.toy_assets import DEFAULT_ASSETS
 
     files = [p for p in DEFAULT_ASSETS.rglob("*") if p.is_file()]
     assert sum(p.stat().st_size for p in files) < 30 * 2**20
@@ -106,7 +106,7 @@ def test_committed_pipeline_loads_through_the_backbone_and_samples():
     from transformers import CLIPTextModel
 
     from bench.train.backbone import build_backbone
-    from bench.toy.suite import pipeline_dir
+    from bench.spec.toy_assets import pipeline_dir
 
     bb = build_backbone(str(pipeline_dir()), num_steps=4, guidance_scale=5.0, eta=1.0)
     pipe = bb.pipe
@@ -129,7 +129,7 @@ def toy_rewards():
 def test_seen_prompt_fidelity_stays_above_the_recorded_rate(toy_rewards):
     from bench.train.backbone import build_backbone
     from bench.spec.prompts import resolve_prompt_set
-    from bench.toy.suite import pipeline_dir
+    from bench.spec.toy_assets import pipeline_dir
 
     recorded = suite_json()["toy-seen"]["fidelity_match_rate"]
     bb = build_backbone(str(pipeline_dir()), num_steps=20, guidance_scale=5.0, eta=1.0)
@@ -187,7 +187,7 @@ def test_quick_rebuild_runs_end_to_end(tmp_path, monkeypatch, capsys):
     from bench.train.backbone import build_backbone
     from bench.train.runner import load_reward
     from bench.toy import build, frontier
-    from bench.toy.suite import DEFAULT_ASSETS, pipeline_dir
+    from bench.spec.toy_assets import DEFAULT_ASSETS, pipeline_dir
 
     assert build.main(["--quick", "--out", str(tmp_path), "--unet", "thin-8x8"]) == 0
     monkeypatch.setenv("BENCH_TOY_ASSETS", str(tmp_path))
@@ -229,7 +229,7 @@ def test_build_refuses_an_unknown_unet_before_torch():
 
 def test_the_build_rebuilds_the_committed_unet_architecture():
     from bench.toy.models import new_unet
-    from bench.toy.suite import DEFAULT_ASSETS
+    from bench.spec.toy_assets import DEFAULT_ASSETS
 
     committed = json.loads((DEFAULT_ASSETS / "pipeline" / "unet" / "config.json").read_text())
     built = new_unet("base").config

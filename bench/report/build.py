@@ -97,6 +97,43 @@ def change_cell(con, runs: list[Curve], reward: str) -> Cell:
     return Cell(*mean_ci([sum(d) / len(d) for d in per_run]))
 
 
+def _row_cells(runs, xs, sign, level, change, others, gold, with_kl: bool, co_primary: ComparisonPlan | None):
+    """One method's cells on a board, in the board's column order: the training reward's final value, change and
+    queries to the level (with the KL there), every other score at the level and its AUC, the gold scores' peaks
+    and drops after them, and the plan's co-primary interval mean when the board has one. `xs` holds each run's
+    training-reward curve in the better-is-higher direction (`sign` undoes it)."""
+    cells = [_agg([sign * xs[c.run_id][-1] for c in runs]), change,
+             _agg([interpolate_at(xs[c.run_id], [float(q) for q in c.queries], level) for c in runs])]
+    if with_kl:
+        cells.append(_agg([interpolate_at(xs[c.run_id], c.scores[KL], level) for c in runs]))
+    for key in ("level", "auc"):
+        for r in others:
+            s = 1.0 if higher_is_better(r) else -1.0
+            fn = interpolate_at if key == "level" else normalised_auc
+            cells.append(_agg([_signed(fn(xs[c.run_id], [s * v for v in c.scores[r]], level), s) for c in runs]))
+    for g in gold:
+        cells.append(_agg([max(c.scores[g]) for c in runs]))
+    for g in gold:
+        cells.append(_agg([max(c.scores[g]) - c.scores[g][-1] for c in runs]))
+    if co_primary is not None:
+        low, high = sorted(sign * v for v in co_primary.auc_interval)
+        s = 1.0 if higher_is_better(co_primary.primary_score) else -1.0
+        cells.append(_agg([_signed(interval_mean(xs[c.run_id], [s * v for v in c.scores[co_primary.primary_score]],
+                                                 low, high), s) for c in runs]))
+    return cells
+
+
+def _sort_rows(board: Board, others: list[str]) -> None:
+    """Sort a board's rows by the first non-gold out-of-domain score at the matched level, best first (in that
+    score's own direction); methods that never reach the level last, then by name."""
+    if not others:
+        return
+    first = next((r for r in others if r not in GOLD), others[0])
+    key_col = board.columns.index(f"{first} @ level")
+    s = 1.0 if higher_is_better(first) else -1.0
+    board.rows.sort(key=lambda row: (row[2][key_col].mean is None, -s * (row[2][key_col].mean or 0.0), row[0]))
+
+
 def build_boards(con, plan: ComparisonPlan | None = None) -> list[Board]:
     """The leaderboards, one per training reward and prompt set, under `plan`'s matched-level rule (the main
     command's plan when none is given)."""
@@ -161,25 +198,8 @@ def build_boards(con, plan: ComparisonPlan | None = None) -> list[Board]:
                       f"{plan.level_fraction:g} of the median best gain" if plan.level_fraction is not None else "")
         for method in methods:
             runs = sorted((c for c in group if c.method == method), key=lambda c: c.seed)
-            cells = [_agg([sign * xs[c.run_id][-1] for c in runs]), changes[train_reward, pset, method],
-                     _agg([interpolate_at(xs[c.run_id], [float(q) for q in c.queries], level) for c in runs])]
-            if KL in present:
-                cells.append(_agg([interpolate_at(xs[c.run_id], c.scores[KL], level) for c in runs]))
-            for key in ("level", "auc"):
-                for r in others:
-                    s = 1.0 if higher_is_better(r) else -1.0
-                    fn = interpolate_at if key == "level" else normalised_auc
-                    cells.append(_agg([_signed(fn(xs[c.run_id], [s * v for v in c.scores[r]], level), s)
-                                       for c in runs]))
-            for g in gold:
-                cells.append(_agg([max(c.scores[g]) for c in runs]))
-            for g in gold:
-                cells.append(_agg([max(c.scores[g]) - c.scores[g][-1] for c in runs]))
-            if co_primary:
-                low, high = sorted(sign * v for v in plan.auc_interval)
-                s = 1.0 if higher_is_better(plan.primary_score) else -1.0
-                cells.append(_agg([_signed(interval_mean(xs[c.run_id], [s * v for v in c.scores[plan.primary_score]],
-                                                         low, high), s) for c in runs]))
+            cells = _row_cells(runs, xs, sign, level, changes[train_reward, pset, method], others, gold,
+                               KL in present, plan if co_primary else None)
             board.rows.append((method, len(runs), cells))
             board.seeds[method] = tuple(c.seed for c in runs)
             for g in gold:
@@ -188,13 +208,7 @@ def build_boards(con, plan: ComparisonPlan | None = None) -> list[Board]:
                     board.gold_shapes.setdefault(g, {})[method] = shape
                 if KL in present:
                     board.gao.setdefault(g, {})[method] = [(c.seed, *_gao_fits(c, g)) for c in runs]
-        # sort by the first non-gold out-of-domain score at the matched level, best first (its own direction)
-        if others:
-            first = next((r for r in others if r not in GOLD), others[0])
-            key_col = cols.index(f"{first} @ level")
-            s = 1.0 if higher_is_better(first) else -1.0
-            board.rows.sort(key=lambda row: (row[2][key_col].mean is None,
-                                             -s * (row[2][key_col].mean or 0.0), row[0]))
+        _sort_rows(board, others)
         boards.append(board)
     return boards
 

@@ -304,7 +304,7 @@ def diversity_figures(sets, folder: Path, styles: dict) -> list[str]:
     if sets.empty:
         return pngs
     for (train_reward, pset), sub in sets.groupby(["train_reward", "prompt_set"], sort=True):
-        # diversity, then the image-statistics drift (metrics/drift.py) in a figure of its own
+        # diversity, then the image-statistics drift (bench/measures/drift.py) in a figure of its own
         for kind, metrics in (("diversity", sorted(m for m in set(sub["metric"]) if not m.startswith("drift_"))),
                               ("drift", sorted(m for m in set(sub["metric"]) if m.startswith("drift_")))):
             if not metrics:

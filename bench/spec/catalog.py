@@ -184,7 +184,7 @@ rewards.register(
     "LAION aesthetic predictor: CLIP image features, L2-normalised, into the LAION MLP head",
     higher_is_better=True, differentiable=True, suites=("sd", "toy", "tiny-random"),
     scale="LAION 1-10 scale: SD v1.4 about 5.5, toy about 7", max_score=10.0,  # AlignProp's |r - 10|
-    sd_weights="metrics.weights:aesthetic_files", toy_assets="aesthetic",
+    sd_weights="bench.spec.weights:aesthetic_files", toy_assets="aesthetic",
 )
 rewards.register(
     "pickscore", "metrics.clip_score:load_pickscore",
@@ -192,7 +192,7 @@ rewards.register(
     higher_is_better=True, differentiable=True, suites=("sd", "toy"),
     scale="official: logit_scale.exp() x cosine, about 20-22 for SD images (papers often report /100)",
     max_score=100.0,  # logit_scale.exp() x the largest cosine
-    sd_weights="metrics.weights:pickscore_files", toy_assets="pickscore",
+    sd_weights="bench.spec.weights:pickscore_files", toy_assets="pickscore",
 )
 rewards.register(
     "hpsv2", "metrics.clip_score:load_hpsv2",
@@ -200,14 +200,14 @@ rewards.register(
     "another rater pool)",
     higher_is_better=True, differentiable=True, suites=("sd", "toy"),
     scale="official: cosine of normalised image and text features, about 0.25-0.30 for SD images", max_score=1.0,
-    sd_weights="metrics.weights:hpsv2_files", toy_assets="hpsv2",
+    sd_weights="bench.spec.weights:hpsv2_files", toy_assets="hpsv2",
 )
 rewards.register(
     "hpsv2.1", "metrics.clip_score:load_hpsv2_1",
     "HPSv2 v2.1 (HPS_v2.1_compressed.pt), loaded natively like hpsv2",
     higher_is_better=True, differentiable=True, suites=("sd",), in_eval_matrix=False,
     scale="official: cosine, about 0.25-0.35 for SD images", max_score=1.0,
-    sd_weights="metrics.weights:hpsv2_1_files",
+    sd_weights="bench.spec.weights:hpsv2_1_files",
 )
 rewards.register(
     "imagereward", "metrics.imagereward:load_imagereward",
@@ -215,7 +215,7 @@ rewards.register(
     higher_is_better=True, differentiable=True, suites=("sd",),
     scale="official: standardised, (r - 0.167) / 1.033; about -0.5 to 1 for SD images (the TDPO reference "
           "logs the raw r)",
-    sd_weights="metrics.weights:imagereward_files",
+    sd_weights="bench.spec.weights:imagereward_files",
 )
 rewards.register(
     "gold-aesthetic", "metrics.gold:GoldAesthetic",
@@ -276,7 +276,7 @@ prompt_sets.register(
 # `train_batch_size` is the most sample-steps one UNet call takes (a memory bound:
 # the shape of an update is the scale rule's).
 backbones.register(
-    "toy", "bench.toy.suite:pipeline_dir",
+    "toy", "bench.spec.toy_assets:pipeline_dir",
     "the embedded toy suite: a tiny StableDiffusionPipeline trained on rendered 32x32 scenes (committed weights)",
     suite="toy",
     defaults=dict(num_steps=10, guidance_scale=5.0, eta=1.0, budget=1280, samples_per_epoch=32,

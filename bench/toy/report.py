@@ -36,7 +36,7 @@ def measure(per_prompt: int = 4, seed: int = 0) -> dict:
     from bench.train.runner import load_reward
     from bench.toy.gold import image_stats
     from bench.toy.render import draw, sample_scene
-    from bench.toy.suite import pipeline_dir
+    from bench.spec.toy_assets import pipeline_dir
 
     rewards = {n: load_reward(n, "toy", "cpu") for n in ("aesthetic", "pickscore", "hpsv2", "gold-aesthetic",
                                                           "gold-fidelity")}

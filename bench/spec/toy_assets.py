@@ -1,4 +1,5 @@
-"""Where the committed toy-suite assets live, and their loaders' error messages.
+"""Where the committed toy-suite assets live (bench/toy/assets/), and their loaders' error messages: the toy
+backbone's location, in the spec layer with the other backbones' and the rewards' weight lookup.
 
 BENCH_TOY_ASSETS points the loaders at another build (for example a --quick
 build in a test)."""
@@ -10,7 +11,7 @@ from pathlib import Path
 
 from bench.errors import BenchError
 
-DEFAULT_ASSETS = Path(__file__).resolve().parent / "assets"
+DEFAULT_ASSETS = Path(__file__).resolve().parents[1] / "toy" / "assets"
 REBUILD = "rebuild it with: python -m bench.toy.build"
 
 

@@ -55,7 +55,7 @@ def attribute_entropy(labels: list, prompts: list[str]) -> float | None:
 
 def set_metrics_fn(suite: str, device="cpu"):
     """The set-level metrics of a suite: `f(images, keys, final latents) -> {metric: value}` (see module
-    docstring), with the image-statistics drift of metrics/drift.py. Embeddings come from the suite's aesthetic
+    docstring), with the image-statistics drift of bench/measures/drift.py. Embeddings come from the suite's aesthetic
     CLIP image encoder."""
     from bench.spec.catalog import rewards
 
@@ -63,16 +63,13 @@ def set_metrics_fn(suite: str, device="cpu"):
     gold = rewards.get("gold-fidelity").load()(suite=suite, device=device) if suite == "toy" else None
 
     def metrics(images: torch.Tensor, keys, latents: torch.Tensor | None = None) -> dict:
-        from metrics.drift import drift_metrics
+        from bench.measures.drift import drift_metrics
 
         prompts = [p for p, _ in keys]
         out = {"diversity_cosine": pairwise_cosine_distance(encoder(images), prompts),
                **drift_metrics(images, latents)}
         if gold is not None:
-            from bench.toy.gold import predicted_attributes
-
-            attrs = predicted_attributes(images, gold.scorer.count_probs(images))
-            for name, labels in attrs.items():
+            for name, labels in gold.attributes(images).items():
                 out[f"entropy_{name}"] = attribute_entropy(labels, prompts)
         return out
     return metrics

@@ -204,7 +204,7 @@ def preflight(reward: str, suite: str) -> list[Path]:
         raise BenchError(f"reward {reward!r} is not available on suite {suite!r} (it is on: {', '.join(suites)})")
     paths = weight_paths(reward, suite)
     if suite == "toy":
-        from bench.toy.suite import REBUILD, assets_root
+        from bench.spec.toy_assets import REBUILD, assets_root
 
         if not (assets_root() / "pipeline" / "model_index.json").is_file():
             raise BenchError(f"toy-suite pipeline missing: {assets_root() / 'pipeline'} ({REBUILD})")
