@@ -14,8 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.errors import BenchError, did_you_mean
-from bench.spec.values import (HPARAM_CHOICES, HPARAM_RANGES, INTEGER_HPARAMS, NUMERIC_OR_AUTO, SAFE_NAME,  # noqa: F401
-                               Range, safe_component)
+from bench.spec.values import HPARAM_CHOICES, HPARAM_RANGES, INTEGER_HPARAMS, NUMERIC_OR_AUTO, safe_component
 
 
 @dataclass(frozen=True)
