@@ -56,7 +56,7 @@ def test_a_reintroduced_cycle_breaks_the_contract(tmp_path, name):
     for part in ("bench", "methods", "metrics"):
         shutil.copytree(ROOT / part, tmp_path / part, ignore=shutil.ignore_patterns("assets", "__pycache__"))
     shutil.copy(ROOT / "pyproject.toml", tmp_path)
-    assert _lint(tmp_path).returncode == 0  # the copy itself is clean
+    # (the tree itself is clean: test_the_import_contracts_hold; the words below name the inserted edge)
     file, line, words = CYCLES[name]
     with open(tmp_path / file, "a") as f:
         f.write(f"\n\ndef _cycle():\n    {line}  # noqa\n")
