@@ -16,6 +16,8 @@ from collections import Counter, defaultdict
 
 import torch
 
+from bench.measures.drift import drift_metrics
+
 
 def _groups(prompts: list[str]) -> dict[str, list[int]]:
     out: dict[str, list[int]] = defaultdict(list)
@@ -63,8 +65,6 @@ def set_metrics_fn(suite: str, device="cpu"):
     gold = rewards.get("gold-fidelity").load()(suite=suite, device=device) if suite == "toy" else None
 
     def metrics(images: torch.Tensor, keys, latents: torch.Tensor | None = None) -> dict:
-        from bench.measures.drift import drift_metrics
-
         prompts = [p for p, _ in keys]
         out = {"diversity_cosine": pairwise_cosine_distance(encoder(images), prompts),
                **drift_metrics(images, latents)}
