@@ -361,22 +361,25 @@ def cmd_eval(args) -> int:
     from bench.store.database import check_db
 
     check_db(db)
-    lock = hold_writer_lock(out, "eval")  # noqa: F841  (held to the end: one writer of these run folders)
-    run_dirs = []
-    for p in sorted((out / "runs").glob("*/run.json")):
-        try:
-            if json.loads(p.read_text()).get("status") == "finished":
-                run_dirs.append(p.parent)
-        except (OSError, ValueError, AttributeError):
-            print(f"bench: skipping {p.parent.name}: its run.json cannot be read", file=sys.stderr)
-    if not run_dirs:
-        raise BenchError(f"no finished runs under {out / 'runs'}")
-    quiet_libraries()
-    from bench.store.database import ingest
+    lock = hold_writer_lock(out, "eval")  # held to the end: one writer of these run folders
+    try:
+        run_dirs = []
+        for p in sorted((out / "runs").glob("*/run.json")):
+            try:
+                if json.loads(p.read_text()).get("status") == "finished":
+                    run_dirs.append(p.parent)
+            except (OSError, ValueError, AttributeError):
+                print(f"bench: skipping {p.parent.name}: its run.json cannot be read", file=sys.stderr)
+        if not run_dirs:
+            raise BenchError(f"no finished runs under {out / 'runs'}")
+        quiet_libraries()
+        from bench.store.database import ingest
 
-    for d in run_dirs:
-        scored = evaluate_run(d, names, per_prompt=args.per_prompt, progress=not args.no_progress, force=args.force)
-        print(f"eval   {d.name}: " + (", ".join(scored) if scored else "nothing missing"))
-    added = ingest(db, out)
-    print(f"bench: {added['scores']} new score rows in {db}")
-    return 0
+        for d in run_dirs:
+            scored = evaluate_run(d, names, per_prompt=args.per_prompt, progress=not args.no_progress, force=args.force)
+            print(f"eval   {d.name}: " + (", ".join(scored) if scored else "nothing missing"))
+        added = ingest(db, out)
+        print(f"bench: {added['scores']} new score rows in {db}")
+        return 0
+    finally:
+        lock.close()

@@ -196,26 +196,30 @@ def cmd_run(args) -> int:
     from bench.store.atomic import hold_writer_lock
 
     # one writer per --out (the data-parallel ranks of one run are one writer: rank 0 holds it)
-    lock = hold_writer_lock(out, "run") if os.environ.get("RANK", "0").strip() in ("", "0") else None  # noqa: F841
-    accelerator = None
-    if workers == 1 and not ray:
-        from bench.train.runner import make_accelerator
+    lock = hold_writer_lock(out, "run") if os.environ.get("RANK", "0").strip() in ("", "0") else None
+    try:
+        accelerator = None
+        if workers == 1 and not ray:
+            from bench.train.runner import make_accelerator
 
-        accelerator = make_accelerator(specs[0].mixed_precision)
-    main = accelerator is None or accelerator.is_main_process
-    say = print if main else (lambda *a, **k: None)
-    where = f"{accelerator.num_processes} process(es) on {accelerator.device}" if accelerator else \
-        (f"Ray tasks on {args.ray_address}" if args.ray_address else f"Ray tasks on a local instance of {workers} "
-         f"x {threads} CPU(s)") if ray else f"{workers} worker processes"
-    say(f"bench: {len(specs)} run(s) on suite {specs[0].suite!r}, budget {specs[0].budget} reward queries, "
-        f"reward {specs[0].reward!r}, {where}")
-    if busy:
-        say(f"bench: note: {busy}")
-    torch.set_num_threads(threads)
-    estimator = Estimator(out, threads, workers) if main else None
-    t_grid = time.perf_counter()
-    outcomes = run_grid(specs, opts, accelerator, estimator, say)
-    return _ingest_and_report(args, specs, outcomes, out, db, t_grid) if main else 0
+            accelerator = make_accelerator(specs[0].mixed_precision)
+        main = accelerator is None or accelerator.is_main_process
+        say = print if main else (lambda *a, **k: None)
+        where = f"{accelerator.num_processes} process(es) on {accelerator.device}" if accelerator else \
+            (f"Ray tasks on {args.ray_address}" if args.ray_address else f"Ray tasks on a local instance of {workers} "
+             f"x {threads} CPU(s)") if ray else f"{workers} worker processes"
+        say(f"bench: {len(specs)} run(s) on suite {specs[0].suite!r}, budget {specs[0].budget} reward queries, "
+            f"reward {specs[0].reward!r}, {where}")
+        if busy:
+            say(f"bench: note: {busy}")
+        torch.set_num_threads(threads)
+        estimator = Estimator(out, threads, workers) if main else None
+        t_grid = time.perf_counter()
+        outcomes = run_grid(specs, opts, accelerator, estimator, say)
+        return _ingest_and_report(args, specs, outcomes, out, db, t_grid) if main else 0
+    finally:  # released on return (not when the frame is collected): `bench.cli.main` may run again in-process
+        if lock is not None:
+            lock.close()
 
 
 def _ingest_and_report(args, specs, outcomes, out: Path, db: Path, t_grid: float) -> int:

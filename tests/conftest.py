@@ -60,3 +60,28 @@ def run_cli(*args, env=None, timeout=600):
 
     return subprocess.run([sys.executable, "-m", "bench", *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def run_main(*args):
+    """`python -m bench ARGS` in this process: the same parser and commands as `run_cli`, without a new
+    interpreter's imports (torch and diffusers cost about 9 s a process on CPU). For commands that train or
+    score in-process (`--workers 1`); a test about exit codes before torch, killing, environment variables or
+    plugins on a path keeps `run_cli`. Torch's thread count is restored, as a finished process would leave it."""
+    import contextlib
+    import io
+    from types import SimpleNamespace
+
+    import torch
+
+    from bench.cli import main
+
+    threads, out, err = torch.get_num_threads(), io.StringIO(), io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                rc = main([str(a) for a in args])
+            except SystemExit as e:  # argparse's usage errors
+                rc = e.code if isinstance(e.code, int) else 1
+    finally:
+        torch.set_num_threads(threads)
+    return SimpleNamespace(returncode=rc, stdout=out.getvalue(), stderr=err.getvalue())

@@ -8,7 +8,7 @@ import shutil
 import duckdb
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import run_cli, run_main
 
 TIMING = ("epoch_time_s",)
 
@@ -47,7 +47,7 @@ def test_workers_give_the_serial_results(tmp_path):
     test)."""
     import torch
 
-    serial = run_cli(*_TRAIN_ONLY, "--workers", "1", "--out", str(tmp_path / "serial"))
+    serial = run_main(*_TRAIN_ONLY, "--workers", "1", "--out", str(tmp_path / "serial"))  # in this process
     assert serial.returncode == 0, serial.stderr[-2000:]
     parallel = run_cli(*_TRAIN_ONLY, "--workers", "2", "--out", str(tmp_path / "parallel"))
     assert parallel.returncode == 0, parallel.stderr[-2000:]
@@ -119,13 +119,13 @@ def test_plan_lists_runs_with_estimates_and_skips_finished(tmp_path):
     args = ["run", "--methods", "dense-dpo", "--reward", "aesthetic", "--budget", "8", "--num-steps", "2",
             "--samples-per-epoch", "8", "--num-checkpoints", "1", "--out", str(tmp_path), "--no-progress",
             "--no-eval", "--workers", "1"]
-    first = run_cli(*args)
+    first = run_main(*args)
     assert first.returncode == 0, first.stderr[-2000:]
     assert "bench: plan: 1 run(s), 1 to train" in first.stdout and "estimated wall time" in first.stdout
     assert "the cost model's measured misses were 0.78x to 1.32x" in first.stdout  # no stored timings yet
     line = next(x for x in first.stdout.splitlines() if x.strip().startswith("train "))
     assert "~" in line and "dense-dpo_aesthetic_toy_s0_" in line
-    again = run_cli(*args)
+    again = run_main(*args)
     assert "0 to train" in again.stdout and "skip " in again.stdout
 
 

@@ -344,13 +344,13 @@ def test_run_evaluates_every_checkpoint_then_eval_adds_a_reward_and_reproduces(t
     writes the report; `bench eval` adds a reward later; re-evaluation reproduces the images."""
     import duckdb
 
-    from tests.conftest import run_cli
+    from tests.conftest import run_main  # in-process: four interpreters' imports saved
 
     common = ["--budget", "16", "--num-steps", "3", "--samples-per-epoch", "8", "--train-batch-size", "8",
               "--num-checkpoints", "1", "--out", str(tmp_path), "--no-progress", "--eval-per-prompt", "1"]
-    r = run_cli("run", "--methods", "ddpo-2", "--reward", "aesthetic", *common, "--no-eval")
+    r = run_main("run", "--methods", "ddpo-2", "--reward", "aesthetic", *common, "--no-eval")
     assert r.returncode == 0, r.stderr[-3000:]
-    r = run_cli("eval", "--out", str(tmp_path), "--rewards", "aesthetic,gold-aesthetic", "--no-progress",
+    r = run_main("eval", "--out", str(tmp_path), "--rewards", "aesthetic,gold-aesthetic", "--no-progress",
                 "--per-prompt", "1")
     assert r.returncode == 0, r.stderr[-3000:]
     con = duckdb.connect(str(tmp_path / "bench.duckdb"), read_only=True)
@@ -358,7 +358,7 @@ def test_run_evaluates_every_checkpoint_then_eval_adds_a_reward_and_reproduces(t
                                                                                            "gold-aesthetic"}
     con.close()
     # the run command evaluates what is missing for finished runs, then reports
-    r = run_cli("run", "--methods", "ddpo-2", "--reward", "aesthetic", *common)
+    r = run_main("run", "--methods", "ddpo-2", "--reward", "aesthetic", *common)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "report at" in r.stdout and "| method | seeds | verdict | aesthetic final | aesthetic change" in r.stdout
     assert "aesthetic on toy-seen, final checkpoint vs query 0 (paired fixed seeds, 95% CI): " in r.stdout
@@ -381,7 +381,7 @@ def test_run_evaluates_every_checkpoint_then_eval_adds_a_reward_and_reproduces(t
     before = (run_dir / "scores" / "aesthetic.jsonl").read_text()
     grid = (run_dir / "grids" / "q00000016.png").read_bytes()
     # re-scored as `bench eval` scored it, at the same thread count (a CPU GEMM's sums split by threads)
-    r = run_cli("eval", "--out", str(tmp_path), "--rewards", "aesthetic", "--force", "--no-progress",
+    r = run_main("eval", "--out", str(tmp_path), "--rewards", "aesthetic", "--force", "--no-progress",
                 "--per-prompt", "1")
     assert r.returncode == 0, r.stderr[-3000:]
     assert (run_dir / "scores" / "aesthetic.jsonl").read_text() == before  # same seeds, same images, same scores

@@ -11,7 +11,7 @@ from torch import nn
 from bench.train import neurons
 from methods.ddpo import ppo_clipped_loss
 from methods.tdpo import KLController, TemporalCritic, clipped_value_loss, kl_penalty, reset_period, temporal_rewards
-from tests.conftest import run_cli
+from tests.conftest import run_main
 from tests.helpers import register_counting_reward
 
 TDPO_VARIANTS = ["tdpo", "tdpo-r", "tdpo-kl", "tdpo-reset-all", "tdpo-reset-dormant", "tdpo-r-leaky",
@@ -293,8 +293,8 @@ def test_every_tdpo_variant_end_to_end_on_toy(tmp_path):
             "--num-steps", "2", "--samples-per-epoch", "8", "--train-batch-size", "8", "--num-checkpoints", "2",
             "--set", "reset_every=1",  # rule 7 would give 20 epochs (1,000 critic updates) and no reset in 2
             "--out", str(tmp_path), "--no-progress", "--no-eval",
-            "--workers", "1"]  # one process: grid workers would each pay the imports again (test_grid covers them)
-    r = run_cli(*args)
+            "--workers", "1"]  # in this process: a grid worker would pay the imports again (test_grid covers them)
+    r = run_main(*args)
     assert r.returncode == 0, r.stderr[-3000:]
     import duckdb
 
