@@ -1,6 +1,5 @@
 """TDPO / TDPO-R: temporal rewards, losses, neuron states and resets, loop shape, variants end to end."""
 
-import json
 import math
 
 import numpy as np
