@@ -742,6 +742,14 @@ def _read_calibration(path: Path) -> dict | None:
     return cost if all(math.isfinite(v) for v in values) else None
 
 
+def _work_seconds(run: dict) -> float:
+    """A finished run's seconds at its thread count, as if alone on its cores: its process's CPU seconds over its
+    threads. Its wall time counts pauses (a SIGSTOP'd grid) and the share of the cores other workers took (3 workers
+    on 2 cores: 1.5x), which the planner then charged again; a run from before CPU seconds were kept has only it."""
+    cpu = run.get("cpu_time_s")
+    return float(cpu) / max(1, int(run.get("threads") or 1)) if cpu is not None else float(run["wall_time_s"])
+
+
 class Estimator:
     """Seconds a run will take: from timings stored in earlier run folders of the same setting
     (same method, backbone, T, samples per epoch, multiplier, threads) when there are any, else
@@ -768,7 +776,7 @@ class Estimator:
                 if run.get("status") != "finished" or run.get("threads") != self.threads:
                     continue
                 spec = RunSpec.from_dict(run["config"])
-                per_query = float(run["wall_time_s"]) / spec.budget
+                per_query = _work_seconds(run) / (run.get("stopped_at") or spec.budget)
                 ev = json.loads((f.parent / "eval_timing.json").read_text()) \
                     if (f.parent / "eval_timing.json").is_file() else None
                 per_image = ev["seconds"] / ev["images"] if ev and ev.get("images") else None

@@ -222,6 +222,29 @@ def test_the_eval_model_charges_shared_query0_images_once_per_grid(tmp_path):
     assert [p.eval_s for p in plans] == pytest.approx([per_image * (2 * n + n / 3)] * 3)
 
 
+def test_stored_timings_are_cpu_seconds_per_query_spent(tmp_path):
+    """A finished run's stored timing is its process's CPU seconds over its threads, per reward query it spent:
+    600 CPU s at 2 threads over the 5 of 10 queries a stop rule let it spend is 60 s a query, 600 s for the
+    budget, whatever its wall time (1,000 s: paused, or sharing its cores). A run stored before CPU seconds were
+    kept falls back to its wall time."""
+    import bench.grid as grid
+    from tests.helpers import make_spec
+
+    spec = make_spec("ddpo-2", num_steps=3, samples_per_epoch=4, budget=10, suite="toy")
+
+    def stored(out, **row):
+        run = out / "runs" / spec.run_name
+        run.mkdir(parents=True)
+        (run / "run.json").write_text(json.dumps({"status": "finished", "threads": 2, "config": spec.to_dict(),
+                                                  "wall_time_s": 1000.0, **row}))
+        return grid.Estimator(out, 2, 1)
+
+    assert stored(tmp_path / "a", cpu_time_s=600.0, stopped_at=5).train_seconds(spec) == pytest.approx(600.0)
+    assert stored(tmp_path / "b", cpu_time_s=600.0).train_seconds(spec) == pytest.approx(300.0)
+    assert stored(tmp_path / "c").train_seconds(spec) == pytest.approx(1000.0)
+    assert stored(tmp_path / "d", stopped_at=5).train_seconds(spec) == pytest.approx(2000.0)
+
+
 @pytest.mark.parametrize("loads,workers,expected", [([5, 3, 2], 1, 10), ([5, 3, 2], 2, 5), ([4, 4, 4, 4], 2, 8),
                                                     ([1, 1, 8], 2, 8)])
 def test_wall_estimate_schedules_longest_first(loads, workers, expected):

@@ -96,6 +96,22 @@ def test_restart_discards_the_state(tmp_path, monkeypatch):
     monkeypatch.delenv("BENCH_CRASH_AT")
     row = runner.train_run(spec, tmp_path, progress=False, restart=True)
     assert row["resumed_from"] is None and row["status"] == "finished"
+    # the planner's stored timing: the process's CPU seconds, at most every thread busy for the whole wall time
+    assert 0 < row["cpu_time_s"] <= row["wall_time_s"] * row["threads"] + 0.5
+
+
+def test_a_snapshot_from_before_cpu_seconds_resumes_with_them_unknown():
+    """`cpu_elapsed` is the one field a snapshot may lack (it came later): such a snapshot still loads, and the run
+    then records no CPU seconds (the planner falls back to its wall time); any other missing field is refused."""
+    from bench.errors import BenchError
+    from bench.train.state import RunState
+
+    full = {f: 0 for f in ("epoch", "sampled", "budget_used", "queries", "allowance", "elapsed")}
+    full.update(counts={}, lora={}, method={}, generator=torch.zeros(1), rng={}, torch_rng=torch.zeros(1), scaler={})
+    assert RunState.from_dict(full).cpu_elapsed is None
+    assert RunState.from_dict({**full, "cpu_elapsed": 2.5}).cpu_elapsed == 2.5
+    with pytest.raises(BenchError, match="lacks elapsed"):
+        RunState.from_dict({k: v for k, v in full.items() if k != "elapsed"})
 
 
 def test_a_corrupt_state_is_refused_with_one_line(tmp_path, monkeypatch):

@@ -234,6 +234,10 @@ def optimizer_steps(ctx, groups: list[tuple]) -> bool:
     return True
 
 
+def _rounded(x: float | None) -> float | None:
+    return None if x is None else round(x, 3)
+
+
 def make_accelerator(mixed_precision: str = "no"):
     """Process topology only (rank, world size, device): precision is the runner's (bench/train/precision.py),
     since every backward and step goes through its loss scaling."""
@@ -303,6 +307,9 @@ class RunLoop:
         self.state = None if restart else load_state(state_folder(self.run_dir, self.rank))
         previous = _read_json(self.run_dir / "run.json") if self.state is not None else None
         self.t_start = time.time() - (self.state["elapsed"] if self.state else 0.0)
+        # CPU seconds carry over a resume like wall seconds; a snapshot from before they were kept leaves them unknown
+        before = self.state.get("cpu_elapsed") if self.state else 0.0
+        self.cpu_start = None if before is None else time.process_time() - before
         started = (previous or {}).get("started_at") or dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
         self.row = dict(
             run_id=spec.run_name, config_hash=spec.config_hash, method=spec.method, reward=spec.reward,
@@ -326,6 +333,10 @@ class RunLoop:
 
     def elapsed(self) -> float:
         return time.time() - self.t_start
+
+    def cpu_elapsed(self) -> float | None:
+        """The process's CPU seconds since the run started (all threads; a lockstep group's, like its wall)."""
+        return None if self.cpu_start is None else time.process_time() - self.cpu_start
 
     def build(self, progress: bool, backbone=None) -> None:
         """The backbone with its LoRA, the counted reward, the context and the method; then the snapshot's state
@@ -422,7 +433,7 @@ class RunLoop:
         tracker.close()
         self.accelerator.wait_for_everyone()
         self.row.update(status="finished", finished_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                        wall_time_s=round(self.elapsed(), 3))
+                        wall_time_s=round(self.elapsed(), 3), cpu_time_s=_rounded(self.cpu_elapsed()))
         if self.main:
             atomic_write_json(self.run_dir / "run.json", self.row)  # written last: marks the run finished
             shutil.rmtree(self.run_dir / "state", ignore_errors=True)  # a finished run needs no resume state

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, fields
+from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -152,6 +152,9 @@ class RunState:
     torch_rng: torch.Tensor
     scaler: dict
     """The fp16 loss scaler's state."""
+    cpu_elapsed: float | None = None
+    """The process's CPU seconds in the run before the snapshot (all its threads; None in a snapshot from before
+    it was kept): the work the planner's stored timings read, free of pauses and of workers sharing cores."""
 
     @classmethod
     def capture(cls, run) -> "RunState":
@@ -161,7 +164,7 @@ class RunState:
                    allowance=run.reward.allowance, counts=ctx.backbone.counts.as_dict(), elapsed=run.elapsed(),
                    lora=ctx.backbone.lora_state_dict(), method=run.method.training_state(),
                    generator=ctx.generator.get_state(), rng=ctx.rng.bit_generator.state,
-                   torch_rng=torch.get_rng_state(), scaler=ctx.scaler.state())
+                   torch_rng=torch.get_rng_state(), scaler=ctx.scaler.state(), cpu_elapsed=run.cpu_elapsed())
 
     def restore(self, run) -> None:
         ctx = run.ctx
@@ -181,7 +184,7 @@ class RunState:
 
     @classmethod
     def from_dict(cls, d: dict) -> "RunState":
-        missing = [f.name for f in fields(cls) if f.name not in d]
+        missing = [f.name for f in fields(cls) if f.name not in d and f.default is MISSING]
         if missing:
             raise BenchError(f"a training state lacks {', '.join(missing)}; start over with --restart")
-        return cls(**{f.name: d[f.name] for f in fields(cls)})
+        return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
