@@ -278,7 +278,7 @@ def evaluate_run(run_dir: Path, reward_names: list[str] | None = None, per_promp
     from bench.train.runner import load_reward
     from bench.spec.runspec import RunSpec
 
-    t_start = time.perf_counter()
+    t_start, cpu_start = time.perf_counter(), time.process_time()
     run_dir = Path(run_dir)
     spec = RunSpec.from_dict(json.loads((run_dir / "run.json").read_text())["config"])
     per_prompt = per_prompt or default_per_prompt(spec)
@@ -333,10 +333,13 @@ def evaluate_run(run_dir: Path, reward_names: list[str] | None = None, per_promp
         tracker.log_grids(run_dir / "grids")
         tracker.close()
     timing = run_dir / "eval_timing.json"  # for `bench perf --db`: evaluation seconds, added up over calls
-    old = json.loads(timing.read_text()) if timing.is_file() else {"seconds": 0.0, "images": 0}
+    old = json.loads(timing.read_text()) if timing.is_file() else {"seconds": 0.0, "cpu_seconds": 0.0, "images": 0}
     images = len([r for r in rows if r["reward"] == (missing[0] if missing else KL_METRIC)])
+    # CPU seconds too (the planner's stored timing: wall time counts pauses and cores other workers took); a file
+    # from before they were kept leaves them unknown
+    cpu = old["cpu_seconds"] + time.process_time() - cpu_start if "cpu_seconds" in old else None
     atomic_write_json(timing, {"seconds": old["seconds"] + time.perf_counter() - t_start,
-                               "images": old["images"] + images})
+                               "images": old["images"] + images, **({} if cpu is None else {"cpu_seconds": cpu})})
     return done
 
 

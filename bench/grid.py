@@ -750,6 +750,12 @@ def _work_seconds(run: dict) -> float:
     return float(cpu) / max(1, int(run.get("threads") or 1)) if cpu is not None else float(run["wall_time_s"])
 
 
+def _eval_work_seconds(ev: dict, run: dict) -> float:
+    """A run's evaluation seconds (eval_timing.json) as `_work_seconds` counts training's: CPU over threads."""
+    cpu = ev.get("cpu_seconds")
+    return float(cpu) / max(1, int(run.get("threads") or 1)) if cpu is not None else float(ev["seconds"])
+
+
 class Estimator:
     """Seconds a run will take: from timings stored in earlier run folders of the same setting
     (same method, backbone, T, samples per epoch, multiplier, threads) when there are any, else
@@ -779,7 +785,7 @@ class Estimator:
                 per_query = _work_seconds(run) / (run.get("stopped_at") or spec.budget)
                 ev = json.loads((f.parent / "eval_timing.json").read_text()) \
                     if (f.parent / "eval_timing.json").is_file() else None
-                per_image = ev["seconds"] / ev["images"] if ev and ev.get("images") else None
+                per_image = _eval_work_seconds(ev, run) / ev["images"] if ev and ev.get("images") else None
                 group = len((run.get("lockstep") or {}).get("runs", [])) or 1  # a lockstep run's wall is its group's
                 stored.setdefault(self._key(spec, group), []).append((per_query / group, per_image))
             except (OSError, ValueError, KeyError, TypeError):

@@ -85,6 +85,8 @@ def test_ray_gives_the_serial_results(tmp_path):
 
 @pytest.mark.heavy
 def test_shared_query0_evaluation_equals_a_per_run_one(tmp_path):
+    import torch
+
     from bench.evaluate import evaluate_run
     from bench.train.runner import run_dir_for, train_run
     from tests.helpers import make_spec, register_counting_reward
@@ -113,6 +115,8 @@ def test_shared_query0_evaluation_equals_a_per_run_one(tmp_path):
         assert rows == want  # query 0 from the cache (with this run's id) and the trained checkpoint alike
         assert {r["run_id"] for r in rows} == {spec.run_name}
         assert (d / "grids" / "q00000000.png").read_bytes() == own[spec.run_name][1]
+        timing = json.loads((d / "eval_timing.json").read_text())  # summed over both calls, CPU seconds too
+        assert timing["images"] > 0 and 0 < timing["cpu_seconds"] <= timing["seconds"] * torch.get_num_threads() + 0.5
 
 
 def test_plan_lists_runs_with_estimates_and_skips_finished(tmp_path):
@@ -232,17 +236,25 @@ def test_stored_timings_are_cpu_seconds_per_query_spent(tmp_path):
 
     spec = make_spec("ddpo-2", num_steps=3, samples_per_epoch=4, budget=10, suite="toy")
 
-    def stored(out, **row):
+    def stored(out, ev=None, **row):
         run = out / "runs" / spec.run_name
         run.mkdir(parents=True)
         (run / "run.json").write_text(json.dumps({"status": "finished", "threads": 2, "config": spec.to_dict(),
                                                   "wall_time_s": 1000.0, **row}))
+        if ev:
+            (run / "eval_timing.json").write_text(json.dumps(ev))
         return grid.Estimator(out, 2, 1)
 
     assert stored(tmp_path / "a", cpu_time_s=600.0, stopped_at=5).train_seconds(spec) == pytest.approx(600.0)
     assert stored(tmp_path / "b", cpu_time_s=600.0).train_seconds(spec) == pytest.approx(300.0)
     assert stored(tmp_path / "c").train_seconds(spec) == pytest.approx(1000.0)
     assert stored(tmp_path / "d", stopped_at=5).train_seconds(spec) == pytest.approx(2000.0)
+    # evaluation likewise: 40 CPU s at 2 threads for 10 images is 2 s an image (100 s of wall: 10 s an image)
+    images = grid._eval_images(spec, 1)
+    ev = {"seconds": 100.0, "cpu_seconds": 40.0, "images": 10}
+    assert stored(tmp_path / "e", ev).eval_seconds(spec, 1) == pytest.approx(2.0 * images)
+    legacy = {"seconds": 100.0, "images": 10}
+    assert stored(tmp_path / "f", legacy).eval_seconds(spec, 1) == pytest.approx(10.0 * images)
 
 
 @pytest.mark.parametrize("loads,workers,expected", [([5, 3, 2], 1, 10), ([5, 3, 2], 2, 5), ([4, 4, 4, 4], 2, 8),
