@@ -332,15 +332,19 @@ def evaluate_run(run_dir: Path, reward_names: list[str] | None = None, per_promp
         tracker.log_eval(rows)
         tracker.log_grids(run_dir / "grids")
         tracker.close()
-    timing = run_dir / "eval_timing.json"  # for `bench perf --db`: evaluation seconds, added up over calls
-    old = json.loads(timing.read_text()) if timing.is_file() else {"seconds": 0.0, "cpu_seconds": 0.0, "images": 0}
     images = len([r for r in rows if r["reward"] == (missing[0] if missing else KL_METRIC)])
-    # CPU seconds too (the planner's stored timing: wall time counts pauses and cores other workers took); a file
-    # from before they were kept leaves them unknown
-    cpu = old["cpu_seconds"] + time.process_time() - cpu_start if "cpu_seconds" in old else None
-    atomic_write_json(timing, {"seconds": old["seconds"] + time.perf_counter() - t_start,
-                               "images": old["images"] + images, **({} if cpu is None else {"cpu_seconds": cpu})})
+    _add_timing(run_dir, time.perf_counter() - t_start, time.process_time() - cpu_start, images)
     return done
+
+
+def _add_timing(run_dir: Path, seconds: float, cpu_seconds: float, images: int) -> None:
+    """eval_timing.json, added up over calls: wall seconds for `bench perf --db`, CPU seconds for the planner's
+    stored timing (wall time counts pauses and the cores other workers took); a file from before CPU seconds were
+    kept leaves them unknown."""
+    timing = run_dir / "eval_timing.json"
+    old = json.loads(timing.read_text()) if timing.is_file() else {"seconds": 0.0, "cpu_seconds": 0.0, "images": 0}
+    cpu = {"cpu_seconds": old["cpu_seconds"] + cpu_seconds} if "cpu_seconds" in old else {}
+    atomic_write_json(timing, {"seconds": old["seconds"] + seconds, "images": old["images"] + images, **cpu})
 
 
 # ------------------------------------------------------------------------------ the command
