@@ -742,18 +742,11 @@ def _read_calibration(path: Path) -> dict | None:
     return cost if all(math.isfinite(v) for v in values) else None
 
 
-def _work_seconds(run: dict) -> float:
-    """A finished run's seconds at its thread count, as if alone on its cores: its process's CPU seconds over its
-    threads. Its wall time counts pauses (a SIGSTOP'd grid) and the share of the cores other workers took (3 workers
-    on 2 cores: 1.5x), which the planner then charged again; a run from before CPU seconds were kept has only it."""
-    cpu = run.get("cpu_time_s")
-    return float(cpu) / max(1, int(run.get("threads") or 1)) if cpu is not None else float(run["wall_time_s"])
-
-
-def _eval_work_seconds(ev: dict, run: dict) -> float:
-    """A run's evaluation seconds (eval_timing.json) as `_work_seconds` counts training's: CPU over threads."""
-    cpu = ev.get("cpu_seconds")
-    return float(cpu) / max(1, int(run.get("threads") or 1)) if cpu is not None else float(ev["seconds"])
+def _work_seconds(cpu, wall, threads) -> float:
+    """Stored seconds at a run's thread count, as if alone on its cores: its process's CPU seconds over its threads.
+    Wall time counts pauses (a SIGSTOP'd grid) and the share of the cores other workers took (3 workers on 2 cores:
+    1.5x), which the planner then charged again; a run from before CPU seconds were kept has only its wall time."""
+    return float(cpu) / max(1, int(threads or 1)) if cpu is not None else float(wall)
 
 
 class Estimator:
@@ -782,10 +775,12 @@ class Estimator:
                 if run.get("status") != "finished" or run.get("threads") != self.threads:
                     continue
                 spec = RunSpec.from_dict(run["config"])
-                per_query = _work_seconds(run) / (run.get("stopped_at") or spec.budget)
+                work = _work_seconds(run.get("cpu_time_s"), run["wall_time_s"], run.get("threads"))
+                per_query = work / (run.get("stopped_at") or spec.budget)
                 ev = json.loads((f.parent / "eval_timing.json").read_text()) \
                     if (f.parent / "eval_timing.json").is_file() else None
-                per_image = _eval_work_seconds(ev, run) / ev["images"] if ev and ev.get("images") else None
+                per_image = _work_seconds(ev.get("cpu_seconds"), ev["seconds"], run.get("threads")) / ev["images"] \
+                    if ev and ev.get("images") else None
                 group = len((run.get("lockstep") or {}).get("runs", [])) or 1  # a lockstep run's wall is its group's
                 stored.setdefault(self._key(spec, group), []).append((per_query / group, per_image))
             except (OSError, ValueError, KeyError, TypeError):
