@@ -86,6 +86,9 @@ class Planned:
     comes from the cost model."""
     group: int | None = None
     """The lockstep group the run trains in (an index into the plan's groups), or None: alone."""
+    spent: float | None = None
+    """The median share of their budget that stored runs of the same setting spent before a stop rule ended them
+    (1.0: they trained to the cap), or None when no run of the setting is stored."""
 
 
 @dataclass
@@ -135,6 +138,7 @@ def plan_grid(specs, opts: GridOptions, estimator=None) -> list[Planned]:
             p.eval_s = estimator.eval_seconds(p.spec, opts.eval_per_prompt, sharing[query0_setting(p.spec)]) \
                 if opts.evaluate else 0.0
             p.stored = estimator.has_stored(p.spec, size)
+            p.spent = estimator.spent_share(p.spec, size)
     return plans
 
 
@@ -302,7 +306,28 @@ def print_plan(plans: list[Planned], opts: GridOptions, threads: int, say=print,
         say(f"bench: estimated wall time {fmt_seconds(wall)} (training {fmt_seconds(sum(p.train_s for p in todo))}, "
             f"evaluation {fmt_seconds(sum(p.eval_s for p in todo))} of work; {spread})")
         if any(p.spec.stop_level is not None for p in todo):
-            say("bench: the stop rule may end runs before their budget: the estimate is for the cap")
+            say("bench: the stop rule may end runs before their budget: the estimate is for the cap" + _stopped_note(
+                todo, opts.workers, threads, cores))
+
+
+def _stopped_note(todo: list[Planned], workers: int, threads: int, cores: int | None) -> str:
+    """The wall time if every run stops where stored runs of its setting stopped (the median share of the budget
+    they spent), when all the runs that train have stored runs: the cap alone misleads a reader whose runs stop
+    early (the 4-seed chunks of study v4 planned 340 min at the cap and took about 145)."""
+    training = [p for p in todo if p.action in ("train", "resume")]
+    if not training or any(p.spent is None for p in training) or all(p.spent >= 1.0 for p in training):
+        return ""
+    from dataclasses import replace
+
+    def expected(p: Planned) -> Planned:
+        if p.action not in ("train", "resume"):
+            return p
+        done = (p.resume_from or 0) / p.spec.budget
+        return replace(p, train_s=p.train_s * max(0.0, p.spent - done) / max(1e-9, 1.0 - done))
+    shares = sorted(p.spent for p in training)
+    wall = wall_estimate([expected(p) for p in todo], workers, threads, cores)
+    return (f"; where stored runs of the same settings stopped ({shares[0]:.0%} to {shares[-1]:.0%} of the budget, "
+            f"medians per setting), about {fmt_seconds(wall)}")
 
 
 # ------------------------------------------------------------------------------ executing one run
@@ -504,6 +529,9 @@ def plan_and_print(specs, opts: GridOptions, threads: int, estimator=None, data_
     if say is not None:
         local_cpu = opts.launcher == "local" and not torch.cuda.is_available()
         print_plan(plans, opts, threads, say, available_cores() if local_cpu else None)
+        if estimator is not None and estimator.ignored:
+            say(f"bench: the stored timings of {len(estimator.ignored)} finished run(s) could not be used and the "
+                f"estimate leaves them out (first: {estimator.ignored[0]})")
     return plans, opts
 
 
@@ -758,6 +786,8 @@ class Estimator:
     def __init__(self, out: Path, threads: int, workers: int):
         self.out, self.threads, self.workers = Path(out), threads, workers
         self._costs: dict = {}
+        self.ignored: list[str] = []
+        """Finished runs whose stored timings could not be used ('folder: why'): the plan names them."""
         self._stored = self._read_stored()
 
     # stored timings ---------------------------------------------------------
@@ -775,24 +805,37 @@ class Estimator:
                 if run.get("status") != "finished" or run.get("threads") != self.threads:
                     continue
                 spec = RunSpec.from_dict(run["config"])
+                spent = run.get("stopped_at") or spec.budget
                 work = _work_seconds(run.get("cpu_time_s"), run["wall_time_s"], run.get("threads"))
-                per_query = work / (run.get("stopped_at") or spec.budget)
+                per_query = work / spent
                 ev = json.loads((f.parent / "eval_timing.json").read_text()) \
                     if (f.parent / "eval_timing.json").is_file() else None
                 per_image = _work_seconds(ev.get("cpu_seconds"), ev["seconds"], run.get("threads")) / ev["images"] \
                     if ev and ev.get("images") else None
+                if not all(math.isfinite(v) and v >= 0 for v in (per_query, per_image or 0.0, spent / spec.budget)):
+                    raise ValueError("a timing is not a finite number of seconds")
                 group = len((run.get("lockstep") or {}).get("runs", [])) or 1  # a lockstep run's wall is its group's
-                stored.setdefault(self._key(spec, group), []).append((per_query / group, per_image))
-            except (OSError, ValueError, KeyError, TypeError):
-                continue  # a run folder that cannot be read does not block the estimate
+                stored.setdefault(self._key(spec, group), []).append(
+                    (per_query / group, per_image, run.get("cpu_time_s") is not None, spent / spec.budget))
+            except (OSError, ValueError, KeyError, TypeError) as e:  # it does not block the estimate; the plan says so
+                self.ignored.append(f"{f.parent.name}: {type(e).__name__}: {e}")
         return stored
 
     def has_stored(self, spec, group: int = 1) -> bool:
         return self._stored_value(spec, 0, group) is not None
 
     def _stored_value(self, spec, index: int, group: int = 1) -> float | None:
-        vals = [v[index] for v in self._stored.get(self._key(spec, group), []) if v[index] is not None]
-        return sorted(vals)[len(vals) // 2] if vals else None
+        """The median stored value; runs timed in CPU seconds outrank runs from before they were kept, whose wall
+        time counts pauses and shared cores (a median over both would mix the two scales)."""
+        rows = [v for v in self._stored.get(self._key(spec, group), []) if v[index] is not None]
+        rows = [v for v in rows if v[2]] or rows
+        vals = sorted(v[index] for v in rows)
+        return vals[len(vals) // 2] if vals else None
+
+    def spent_share(self, spec, group: int = 1) -> float | None:
+        """The median share of its budget a stored run of the setting spent (under 1.0: a stop rule ended it)."""
+        vals = sorted(v[3] for v in self._stored.get(self._key(spec, group), []))
+        return vals[len(vals) // 2] if vals else None
 
     # the cost model ---------------------------------------------------------
     def _calibration_file(self, spec, location: str) -> Path:

@@ -4,6 +4,7 @@ the plan and its estimate."""
 import json
 import os
 import shutil
+from pathlib import Path
 
 import duckdb
 import pytest
@@ -255,6 +256,73 @@ def test_stored_timings_are_cpu_seconds_per_query_spent(tmp_path):
     assert stored(tmp_path / "e", ev).eval_seconds(spec, 1) == pytest.approx(2.0 * images)
     legacy = {"seconds": 100.0, "images": 10}
     assert stored(tmp_path / "f", legacy).eval_seconds(spec, 1) == pytest.approx(10.0 * images)
+
+
+def test_cpu_timed_runs_outrank_wall_timed_ones_and_bad_timings_are_named(tmp_path):
+    """Of stored runs of one setting, those timed in CPU seconds set the estimate (a median over them and runs with
+    wall time only would mix two scales): 2 CPU-timed runs (300, 500 s over 10 queries) and 3 wall-timed (1,000 s)
+    give the CPU runs' upper median, 500 s. A finished run whose timing is not finite is left out and named; the
+    median share of the budget the runs spent (stopped at 5, 5, 10, 10, 10 of 10) is 1.0, and at 5, 5, 10 it is 0.5."""
+    import bench.grid as grid
+    from tests.helpers import make_spec
+
+    def spec(seed):
+        return make_spec("ddpo-2", num_steps=3, samples_per_epoch=4, budget=10, suite="toy", seed=seed)
+
+    def store(out, seed, **row):
+        run = out / "runs" / spec(seed).run_name
+        run.mkdir(parents=True)
+        (run / "run.json").write_text(json.dumps({"status": "finished", "threads": 1, "config": spec(seed).to_dict(),
+                                                  "wall_time_s": 1000.0, **row}))
+
+    out = tmp_path / "out"
+    store(out, 0, cpu_time_s=150.0, stopped_at=5)
+    store(out, 1, cpu_time_s=500.0)
+    for seed in (2, 3, 4):
+        store(out, seed, stopped_at=None if seed > 2 else 5)
+    est = grid.Estimator(out, 1, 1)
+    assert est.train_seconds(spec(0)) == pytest.approx(500.0) and est.ignored == []
+    assert est.spent_share(spec(0)) == 1.0
+    store(out, 5, cpu_time_s=float("nan"))
+    (out / "runs" / spec(6).run_name).mkdir(parents=True)
+    (out / "runs" / spec(6).run_name / "run.json").write_text("{not json")
+    est = grid.Estimator(out, 1, 1)
+    assert est.train_seconds(spec(0)) == pytest.approx(500.0)
+    assert sorted(i.split(":")[0] for i in est.ignored) == sorted([spec(5).run_name, spec(6).run_name])
+    assert "not a finite" in next(i for i in est.ignored if i.startswith(spec(5).run_name))
+    lines = []
+    grid.plan_and_print([spec(0)], grid.GridOptions(out=out, db=out / "b.duckdb", workers=1, evaluate=False), 1, est, say=lines.append)
+    assert any("2 finished run(s) could not be used" in line for line in lines)
+    early = tmp_path / "early"
+    for seed, stop in ((0, 5), (1, 5), (2, None)):
+        store(early, seed, cpu_time_s=100.0, stopped_at=stop)
+    assert grid.Estimator(early, 1, 1).spent_share(spec(0)) == 0.5
+
+
+def test_the_plan_also_gives_the_wall_time_where_stored_runs_stopped():
+    """With a stop rule, the plan adds the wall time if each run spends the median share of its budget that stored
+    runs of its setting spent: 100 s and 60 s at the cap, stopping at 50% and 100%, on 1 worker: 50 + 60 = 110 s; a
+    run resumed at 40% of its budget (60 s left) that stops at 50% has 10 s left: 10 + 60 = 70 s. No note when a run
+    has no stored runs, or when they all trained to the cap."""
+    import bench.grid as grid
+    from tests.helpers import make_spec
+
+    from dataclasses import replace
+
+    base = make_spec("ddpo-2", num_steps=3, samples_per_epoch=4, budget=10, suite="toy")
+    spec = replace(base, stop_level=1.0)
+    a = grid.Planned(spec, "train", train_s=100.0, spent=0.5)
+    b = grid.Planned(spec, "train", train_s=60.0, spent=1.0)
+    assert grid._stopped_note([a, b], 1, 1, None).endswith("about 1 min 50 s")
+    assert "(50% to 100% of the budget" in grid._stopped_note([a, b], 1, 1, None)
+    resumed = grid.Planned(spec, "resume", resume_from=4, train_s=60.0, spent=0.5)
+    assert grid._stopped_note([resumed, b], 1, 1, None).endswith("about 1 min 10 s")
+    assert grid._stopped_note([a, replace(b, spent=None)], 1, 1, None) == ""
+    assert grid._stopped_note([replace(a, spent=1.0), b], 1, 1, None) == ""
+    lines = []
+    grid.print_plan([a, b], grid.GridOptions(out=Path("."), db=Path("b.duckdb"), workers=1), 1, say=lines.append)
+    assert lines[-1] == ("bench: the stop rule may end runs before their budget: the estimate is for the cap"
+                         + grid._stopped_note([a, b], 1, 1, None))
 
 
 @pytest.mark.parametrize("loads,workers,expected", [([5, 3, 2], 1, 10), ([5, 3, 2], 2, 5), ([4, 4, 4, 4], 2, 8),
