@@ -1,7 +1,9 @@
 """Shared fixtures. Tiny seeded models are built from config (no downloads), in
 the spirit of diffusers' get_dummy_components."""
 
+import atexit
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -9,9 +11,11 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-# One cache for the whole session (tiny pipelines are built once), inherited by
-# the CLI subprocesses the tests start.
-os.environ.setdefault("BENCH_CACHE", tempfile.mkdtemp(prefix="bench-test-cache-"))
+# One cache for the whole session (tiny pipelines are built once), inherited by the xdist workers and the CLI
+# subprocesses the tests start; the process that made it removes it at exit (each session left one behind).
+if "BENCH_CACHE" not in os.environ:
+    os.environ["BENCH_CACHE"] = tempfile.mkdtemp(prefix="bench-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["BENCH_CACHE"], ignore_errors=True)
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("MKL_DYNAMIC", "FALSE")  # as `python -m bench` does: thread-count-stable sums
 if os.environ.get("PYTEST_XDIST_WORKER"):
