@@ -403,6 +403,56 @@ def test_load_results_gives_tidy_frames(tmp_path):
     assert level["mean"].iloc[0] == pytest.approx(8.25)
 
 
+def test_runs_not_finished_are_left_out_of_every_table_and_named(tmp_path):
+    """A grid killed part-way leaves its runs 'running' with part of their training logged. A running and a failed
+    run of method A (aesthetic 100 at every mark, a critic explained variance of 0.9 against the finished runs'
+    0.1, 99 updates against 5) change no board, frame, critic or compute row; `runs` still lists them and the
+    report names them."""
+    from bench import load_results
+    from bench.report.build import build_boards, compute_rows, critic_rows, unfinished_line
+    from bench.store.database import connect
+
+    def fill(path, extra):
+        make_db(path)
+        con = connect(path)
+        runs = [("A_s0", "finished"), ("A_s1", "finished")] + extra
+        for run_id, status in extra:
+            con.execute("INSERT INTO runs (run_id, config_hash, method, reward, backbone, suite, seed, budget, "
+                        "status) VALUES (?, 'h', 'A', 'aesthetic', 'toy', 'toy', 7, 20, ?)", [run_id, status])
+        for run_id, status in runs:
+            bad = status != "finished"
+            for epoch in (0, 1):
+                con.execute("INSERT INTO train_metrics VALUES (?, ?, 10, 'critic_explained_variance', ?)",
+                            [run_id, epoch, 0.9 if bad else 0.1])
+            con.execute("INSERT INTO checkpoints (run_id, reward_queries, mark_index, epoch, gradient_updates) "
+                        "VALUES (?, 10, 0, 1, ?)", [run_id, 99 if bad else 5])
+            if bad:
+                for q in (0, 10, 20):
+                    for reward in ("aesthetic", "pickscore", "gold-aesthetic"):
+                        con.execute("INSERT INTO scores VALUES (?, ?, ?, 'toy-seen', 'a red circle', 0, 1, 100.0)",
+                                    [run_id, q, reward])
+        con.close()
+        con = connect(path, read_only=True)
+        try:
+            return (build_boards(con), critic_rows(con), compute_rows(con),
+                    con.execute("SELECT run_id, status FROM runs").fetchall())
+        finally:
+            con.close()
+
+    clean = fill(tmp_path / "clean.duckdb", [])
+    killed = fill(tmp_path / "killed.duckdb", [("A_s7", "running"), ("A_x", "failed")])
+    assert [(b.level, b.rows) for b in killed[0]] == [(b.level, b.rows) for b in clean[0]]
+    assert killed[1] == clean[1] and killed[1][1] == {"A": pytest.approx(0.1)}
+    assert killed[2] == clean[2] and killed[2][0][1] == "2"
+    res = load_results(tmp_path / "killed.duckdb")
+    assert set(res.runs["run_id"]) == set(CURVES) | {"A_s7", "A_x"}
+    for frame in (res.scores, res.curves, res.checkpoints, res.train_metrics):
+        assert not {"A_s7", "A_x"} & set(frame["run_id"])
+    assert unfinished_line(clean[3]) == ""
+    assert unfinished_line(killed[3]) == ("2 run(s) not finished (1 failed, 1 running: A_x, A_s7) are left out of "
+                                          "every table and figure; `python -m bench runs` lists them with their state.")
+
+
 def _wide_db(path):
     """The toy's full matrix shape: 13 methods, every toy reward, all three prompt sets."""
     from bench.store.database import connect

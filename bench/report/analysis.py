@@ -159,9 +159,11 @@ class Curve:
 def load_curves(con) -> list[Curve]:
     """Per run and prompt set, the mean score of every reward at every checkpoint
     (only checkpoints scored by every reward of the run are kept)."""
-    rows = con.execute("""
+    from bench.report.frames import FINISHED
+
+    rows = con.execute(f"""
         SELECT r.run_id, r.method, r.seed, r.reward, s.prompt_set, s.reward_queries, s.reward, avg(s.value)
-        FROM scores s JOIN runs r USING (run_id)
+        FROM scores s JOIN runs r USING (run_id) WHERE r.{FINISHED}
         GROUP BY ALL ORDER BY r.run_id, s.prompt_set, s.reward_queries, s.reward
     """).fetchall()
     grouped: dict[tuple, dict] = {}

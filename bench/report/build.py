@@ -21,7 +21,7 @@ from bench.report.analysis import (R2_BAR, Curve, GaoFit, GoldShape, change_verd
 from bench.report.figures import (GOLD, KL, curve_figures, diagnostics_figure, diversity_figures,  # noqa: F401
                                   gao_figures, kl_figures, method_styles, themed, training_figures)
 from bench.report.calibration import PLANTED_HEADER, calibrate, planted_rows
-from bench.report.frames import figure_frames
+from bench.report.frames import FINISHED, figure_frames
 from bench.spec.plan import ComparisonPlan
 
 
@@ -582,13 +582,13 @@ COMPUTE_HEADER = ("method", "runs", "reward queries", "UNet forward rows", "UNet
 
 def compute_rows(con) -> list[tuple]:
     """Per training reward and method: what the final checkpoint had spent, mean over seeds."""
-    rows = con.execute("""
+    rows = con.execute(f"""
         WITH last AS (SELECT c.* FROM checkpoints c
                       JOIN (SELECT run_id, max(reward_queries) AS q FROM checkpoints GROUP BY 1) m
                       ON c.run_id = m.run_id AND c.reward_queries = m.q)
         SELECT r.reward, r.method, count(*), avg(l.reward_queries), avg(l.unet_forward), avg(l.unet_backward),
                avg(l.vae_decodes), avg(l.reward_forwards), avg(l.encoder_forwards), avg(l.gradient_updates)
-        FROM last l JOIN runs r USING (run_id) GROUP BY 1, 2 ORDER BY 1, 2""").fetchall()
+        FROM last l JOIN runs r USING (run_id) WHERE r.{FINISHED} GROUP BY 1, 2 ORDER BY 1, 2""").fetchall()
 
     def fmt(v):
         return "-" if v is None else f"{v:,.0f}"
@@ -604,13 +604,14 @@ def critic_rows(con) -> tuple[list[tuple], dict[str, float]]:
     over each run's epochs then over its seeds, at the last epoch, and per denoising step (the first state
     sampled, the middle one, the last; each a mean over epochs and seeds). Returns the table and
     {method: mean over epochs and seeds} for the manipulation check."""
-    runs = con.execute("""
+    runs = con.execute(f"""
         SELECT r.method, r.run_id, avg(m.value), arg_max(m.value, m.epoch)
-        FROM train_metrics m JOIN runs r USING (run_id)
-        WHERE m.metric = 'critic_explained_variance' AND isfinite(m.value) GROUP BY 1, 2 ORDER BY 1, 2""").fetchall()
-    steps = con.execute("""
+        FROM train_metrics m JOIN runs r USING (run_id) WHERE r.{FINISHED}
+        AND m.metric = 'critic_explained_variance' AND isfinite(m.value) GROUP BY 1, 2 ORDER BY 1, 2""").fetchall()
+    steps = con.execute(f"""
         SELECT r.method, m.metric, avg(m.value) FROM train_metrics m JOIN runs r USING (run_id)
-        WHERE m.metric LIKE 'critic_ev_step_%' AND isfinite(m.value) GROUP BY 1, 2 ORDER BY 1, 2""").fetchall()
+        WHERE r.{FINISHED} AND m.metric LIKE 'critic_ev_step_%' AND isfinite(m.value)
+        GROUP BY 1, 2 ORDER BY 1, 2""").fetchall()
     by: dict[str, list] = {}
     for method, _run, mean, last in runs:
         by.setdefault(method, []).append((mean, last))
@@ -692,6 +693,18 @@ def effective_tables(con) -> list[tuple[str, list[tuple]]]:
         scale = scale_for(spec)
         scales[(scale, prompts, spec.backbone)] = None
     return [effective_table_rows(sc, n, bb) for sc, n, bb in scales]
+
+
+def unfinished_line(runs: list[tuple[str, str]]) -> str:
+    """The runs (run_id, status) that every table and figure leaves out (`frames.FINISHED`), named: a grid killed
+    part-way leaves its runs 'running', and their logged training would otherwise enter the means."""
+    left = sorted((status, run_id) for run_id, status in runs if status != "finished")
+    if not left:
+        return ""
+    kinds = ", ".join(f"{sum(s == k for s, _ in left)} {k}" for k in sorted({s for s, _ in left}))
+    names = ", ".join(r for _, r in left[:3]) + (f" and {len(left) - 3} more" if len(left) > 3 else "")
+    return (f"{len(left)} run(s) not finished ({kinds}: {names}) are left out of every table and figure; "
+            f"`python -m bench runs` lists them with their state.")
 
 
 def below_m_line(effective: list[tuple[str, list[tuple]]], present: set[str]) -> str:
@@ -863,6 +876,7 @@ def _read_report(con, report_dir: Path, out_dir: Path, plan: ComparisonPlan, boa
 
 def _leaderboard_md(data: ReportData, plan: ComparisonPlan, below_m, interim, check) -> str:
     md = (f"{below_m}\n\n" if below_m else "") + boards_markdown(data.boards)
+    left_out = unfinished_line([(r[0], r[6]) for r in data.runs])
     if data.gao:
         md = ("### overoptimization coefficients (Gao et al. 2022: gold gain = d (alpha - beta ln d), d = sqrt(KL))"
               "\n\n" + _table_md(GAO_HEADER, data.gao) + "\n" + md)
@@ -880,6 +894,8 @@ def _leaderboard_md(data: ReportData, plan: ComparisonPlan, below_m, interim, ch
               + _table_md(COMPARISON_HEADER, data.question) + "\n" + md)
     if data.compute:
         md += "\n### compute at the final checkpoint (mean over seeds)\n\n" + _table_md(COMPUTE_HEADER, data.compute)
+    if left_out:
+        md = f"**{left_out}**\n\n" + md
     return md
 
 
@@ -913,6 +929,7 @@ def _index_body(data: ReportData, plan: ComparisonPlan, db_path, below_m, interi
                db=esc(str(db_path)), plan=esc(plan.label), declared=esc(plan.declared),
                primary=esc(", ".join(f"{a} vs {b}" for a, b in plan.primary)), score=esc(plan.primary_score),
                prompts=esc(plan.primary_prompts)),
+        bold(unfinished_line([(r[0], r[6]) for r in data.runs])),
         bold(interim),
         _block("question", sentences="\n".join(bold(s) for s in data.sentences)
                + bold(check) + (_block("calibration", line=esc(data.calibration.line()),

@@ -17,7 +17,8 @@ def plan_of(study: str | None):
 
 def print_and_write(db: Path, report_dir: Path, out: Path, write: bool = True, study: str | None = None) -> None:
     from bench.report.build import (below_m_line, boards_markdown, build_boards, comparison_rows, effective_tables,
-                                    plan_completeness, primary_sentences, verdict_lines, write_report)
+                                    plan_completeness, primary_sentences, unfinished_line, verdict_lines,
+                                    write_report)
     from bench.report.analysis import load_curves
     from bench.report.calibration import calibrate
     from bench.store.database import connect
@@ -28,6 +29,7 @@ def print_and_write(db: Path, report_dir: Path, out: Path, write: bool = True, s
         boards = build_boards(con, plan)
         below_m = below_m_line(effective_tables(con), {m for (m,) in con.execute("SELECT method FROM runs").fetchall()})
         rows = comparison_rows(boards, plan)
+        left_out = unfinished_line(con.execute("SELECT run_id, status FROM runs").fetchall())
         calibration = calibrate(load_curves(con), boards, rows, plan) if rows else None
     finally:
         con.close()
@@ -41,6 +43,8 @@ def print_and_write(db: Path, report_dir: Path, out: Path, write: bool = True, s
     table = boards_markdown(boards, compact=True).rstrip()
     print()
     print(table or "(no evaluation scores)")
+    if left_out:
+        print(left_out)
     if below_m:
         print(below_m)
     if write:

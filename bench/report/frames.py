@@ -4,7 +4,10 @@ method, reward and seed joined in. The report draws from them and `load_results`
 from __future__ import annotations
 
 
-JOIN_RUN = "JOIN (SELECT run_id, method, seed, reward AS train_reward FROM runs) r USING (run_id)"
+FINISHED = "status = 'finished'"
+"""The runs every table and figure reads: a run still training, killed (it stays 'running') or failed has logged
+part of its training, which would enter the means beside finished runs (`unfinished_line` names them)."""
+JOIN_RUN = f"JOIN (SELECT run_id, method, seed, reward AS train_reward FROM runs WHERE {FINISHED}) r USING (run_id)"
 
 
 def curves_frame(con):

@@ -2,7 +2,8 @@
 
 Every frame comes straight from DuckDB (`.df()`), in long form, with the run's method, reward, suite and
 seed joined in, so `res.scores.groupby(["method", "reward_queries", "reward"])["value"].mean()` is the
-matrix behind every figure.
+matrix behind every figure. `runs` lists every stored run with its status; the other frames hold the finished
+runs only, as the report does (a run still training or killed part-way has logged part of its training).
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from pathlib import Path
 @dataclass
 class Results:
     runs: "object"
-    """One row per run: run_id, method, reward (the training reward), suite, seed, budget, status, config..."""
+    """One row per run, finished or not: run_id, method, reward (the training reward), suite, seed, budget, status,
+    config..."""
     checkpoints: "object"
     """One row per checkpoint: reward queries, epoch, gradient updates, compute counts, with the run's method."""
     train_metrics: "object"
