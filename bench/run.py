@@ -233,7 +233,7 @@ def _ingest_and_report(args, specs, outcomes, out: Path, db: Path, t_grid: float
         print(f"bench: {e}. Every run's results are in {out / 'runs'}; the summary and the report follow "
               f"`python -m bench ingest` and `python -m bench report`.", file=sys.stderr)
         return 1 if any(o.status == "failed" for o in outcomes) else 0
-    print_summary(db, [s.run_name for s in specs])
+    print_summary(db, [s.run_name for s in specs], stopped=True)  # the grid has ended: nothing trains them now
     failed = [o for o in outcomes if o.status == "failed"]
     for o in failed:
         print(f"bench: FAILED {o.run_id}: {o.error}", file=sys.stderr)

@@ -142,6 +142,34 @@ def test_a_corrupt_run_folder_is_quarantined_and_the_rest_ingested(tmp_path):
     assert ingest(db, tmp_path)["quarantined"] == 2
 
 
+def test_a_run_marked_running_shows_stopped_when_no_writer_holds_its_folder(tmp_path, capsys):
+    """A grid killed part-way leaves its runs 'running'. `bench runs` says 'stopped' (and that the same command
+    resumes them) when OUT's writer lock is free, keeps 'running' while a writer holds it, and cannot tell (keeps
+    'running') where no writer ever ran; a finished run is shown as it is."""
+    from bench.store.commands import cmd_runs
+
+    write_run(tmp_path, "alive", "running", epochs=1)
+    write_run(tmp_path, "done", "finished", epochs=2)
+    ingest(tmp_path / "bench.duckdb", tmp_path)
+
+    def shown():
+        cmd_runs(type("A", (), {"out": str(tmp_path), "db": None})())
+        text = capsys.readouterr().out
+        status = {line.split()[0]: line.split()[1] for line in text.splitlines()[1:3]}
+        return status, text
+
+    assert bio.writer_active(tmp_path) is None and shown()[0] == {"alive": "running", "done": "finished"}
+    lock = bio.hold_writer_lock(tmp_path, "run")
+    try:
+        assert bio.writer_active(tmp_path) is True and shown()[0] == {"alive": "running", "done": "finished"}
+    finally:
+        lock.close()
+    assert bio.writer_active(tmp_path) is False
+    status, text = shown()
+    assert status == {"alive": "stopped", "done": "finished"}
+    assert "1 run(s) marked running, but no `bench run` holds" in text and "resumes each" in text
+
+
 @pytest.mark.parametrize("text, shown", [("NaN", "NaN"), ("1e400", "1e400"), ("-Infinity", "-Infinity")])
 def test_a_non_finite_value_quarantines_its_run_never_stored_as_null_or_inf(tmp_path, text, shown):
     """Python's json reads NaN as nan (DuckDB then stores NULL) and 1e400 as inf: both would enter the tables

@@ -75,6 +75,24 @@ def hold_writer_lock(out: Path, command: str):
     return f
 
 
+def writer_active(out: Path) -> bool | None:
+    """Whether a `bench run` or `bench eval` holds OUT's writer lock now; None when OUT has no lock file (no writer
+    ever ran there, or the database lives elsewhere). Tested with a shared lock, released at once."""
+    import fcntl
+
+    try:
+        f = open(Path(out) / WRITER_LOCK)
+    except OSError:
+        return None
+    with f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+        return False
+
+
 # ------------------------------------------------------------------------------ folders the harness owns
 MANIFEST = ".bench-manifest.json"
 """In a folder the harness writes whole (a report): every file it wrote, so that a later write replaces only

@@ -39,7 +39,12 @@ def cmd_runs(args) -> int:
             if _has_column(con, "runs", "error") else []
     finally:
         con.close()
-    print_summary(db, ids)
+    from bench.store.atomic import writer_active
+
+    stopped = print_summary(db, ids, stopped=writer_active(out) is False)
+    if stopped:
+        print(f"stopped      {stopped} run(s) marked running, but no `bench run` holds {out} (it was killed or "
+              f"interrupted): the same `bench run` command resumes each from its last checkpoint")
     for run_id, error in failed:
         print(f"failed       {run_id}: {error}")
     for run_dir, reason in broken:
@@ -56,7 +61,9 @@ def _has_column(con, table: str, column: str) -> bool:
                             [table, column]).fetchone()[0])
 
 
-def print_summary(db: Path, run_ids: list[str]) -> None:
+def print_summary(db: Path, run_ids: list[str], stopped: bool = False) -> int:
+    """The runs' table, one per suite. `stopped`: no process trains them now (the grid has ended, or no writer holds
+    OUT), so a run still marked 'running' shows as 'stopped'; returns how many did."""
     from bench.store.database import connect
 
     con = connect(db, read_only=True)
@@ -74,6 +81,8 @@ def print_summary(db: Path, run_ids: list[str]) -> None:
         """, [run_ids]).fetchall()
     finally:
         con.close()
+    if stopped:
+        rows = [(*r[:2], "stopped" if r[2] == "running" else r[2], *r[3:]) for r in rows]
     header = ("run", "status", "queries", "epochs", "updates", "reward@1st", "reward@last", "wall s")
     suites = sorted({r[0] for r in rows})
     for suite in suites:  # one table per suite: toy and real results never mix
@@ -85,3 +94,4 @@ def print_summary(db: Path, run_ids: list[str]) -> None:
         widths = [max(len(str(row[i])) for row in table) for i in range(len(header))]
         for row in table:
             print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)))
+    return sum(r[2] == "stopped" for r in rows)
