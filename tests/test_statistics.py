@@ -205,6 +205,29 @@ def test_a_primary_significant_alone_but_not_family_wise_says_so():
     assert "Holm" not in alone
 
 
+def test_a_family_wise_no_difference_says_holm_beside_its_own_interval():
+    """Plan v4 judges its primaries family-wise: a primary whose own 95% interval excludes zero (-0.052 ± 0.044,
+    p = 0.029) but whose Holm p over 4 primaries is 0.115 reads "no difference family-wise" with both, never "no
+    difference at 95%" beside an interval that excludes zero; v3's wording (at 95% each) is kept for v3. The
+    report's heading says which family is judged on Holm."""
+    from bench.report.analysis import Comparison
+    from bench.report.build import PRIMARY_RULE, primary_sentences
+    from bench.spec.catalog import OVEROPT_PLAN, OVEROPT_PLAN_V3
+
+    comp = Comparison(diff=-0.0516, ci=0.0441, p=0.0287, n=7, mdd=0.0604, paired=True, se=0.0441 / 2.4469, df=6)
+    row = dict(primary=True, score="gold-aesthetic", prompt_set="toy-seen", focus="tdpo-r", other="ddpo-100",
+               comp=comp, says="no difference larger than 0.0866", p_holm=0.115, family=4)
+    assert OVEROPT_PLAN.familywise and not OVEROPT_PLAN_V3.familywise
+    (v4,) = primary_sentences([row], OVEROPT_PLAN)
+    assert v4 == ("gold-aesthetic at the matched level on toy-seen, tdpo-r - ddpo-100: no difference family-wise "
+                  "(Holm over the 4 primary comparisons: p = 0.115; alone -0.052 ± 0.044, p = 0.0287, paired by seed, "
+                  "7 seeds): the data rule out a difference larger than 0.0866 and could have detected one of 0.0604 "
+                  "with 80% power.")
+    (v3,) = primary_sentences([row], OVEROPT_PLAN_V3)
+    assert "no difference at 95% (-0.052 ± 0.044" in v3 and "Holm" not in v3
+    assert "both families are judged on it" in PRIMARY_RULE[True] and "95% each" in PRIMARY_RULE[False]
+
+
 def test_a_part_way_grid_is_paired_on_the_seeds_both_ran(tmp_path):
     """tdpo-r on seeds 0-3 (seed 3's luck +0.3), tdpo on 0-2: paired on seeds 0-2, the difference is exactly 0.2
     on each (CI 0, 3 pairs); Welch over all seven values would carry the luck's spread (CI > 0.5)."""

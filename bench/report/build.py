@@ -439,8 +439,8 @@ def comparison_rows(boards: list[Board], plan: ComparisonPlan) -> list[dict]:
                                 train_reward=b.train_reward, prompt_set=b.prompt_set, score=score,
                                 focus=focus, other=other, comp=comp, better_up=higher_is_better(score),
                                 never_reached=never))
-    # Holm within each family: the exploratory rows decide on it; the primary rows are judged at 95% each, as
-    # the plans declare, and carry their family-wise p beside so a reader sees what two or more primaries cost
+    # Holm within each family: the exploratory rows decide on it; the primary rows too where the plan judges them
+    # family-wise (version 4 on), else at 95% each with their family-wise p beside (what two primaries cost)
     for family in ([r for r in out if not r["primary"]], [r for r in out if r["primary"]]):
         for r, adj in zip(family, holm([r["comp"].p for r in family])):
             r["p_holm"] = adj
@@ -453,6 +453,11 @@ def comparison_rows(boards: list[Board], plan: ComparisonPlan) -> list[dict]:
         else:
             r["says"] = f"no difference larger than {comp.equivalence_bound:.3g}"
     return sorted(out, key=lambda r: not r["primary"])
+
+
+PRIMARY_RULE = {False: "only the exploratory ones are judged on it (the primaries at 95% each, as the plan declares)",
+                True: "both families are judged on it (the plan declares its primaries family-wise)"}
+"""How the primary comparisons are judged, in the report's words, by `ComparisonPlan.familywise`."""
 
 
 COMPARISON_HEADER = ("role", "trained on", "prompts", "score at the matched level", "difference", "seeds",
@@ -491,7 +496,13 @@ def primary_sentences(rows: list[dict], plan: ComparisonPlan) -> list[str]:
             continue
         c = r["comp"]
         design = "paired by seed" if c.paired else "Welch"
-        if r["says"].startswith("no difference"):
+        if r["says"].startswith("no difference") and plan.familywise and r["family"] > 1:
+            # the interval is each comparison's own 95%: it may exclude zero where Holm over the family does not
+            verdict = (f"no difference family-wise (Holm over the {r['family']} primary comparisons: p = "
+                       f"{r['p_holm']:.3g}; alone {c.diff:+.3f} ± {c.ci:.3f}, p = {c.p:.3g}, {design}, {c.n} seeds): "
+                       f"the data rule out a difference larger than {c.equivalence_bound:.3g} and could have "
+                       f"detected one of {c.mdd:.3g} with 80% power")
+        elif r["says"].startswith("no difference"):
             verdict = (f"no difference at 95% ({c.diff:+.3f} ± {c.ci:.3f}, {design}, {c.n} seeds): the data rule out "
                        f"a difference larger than {c.equivalence_bound:.3g} and could have detected one of "
                        f"{c.mdd:.3g} with 80% power")
@@ -888,7 +899,7 @@ def _leaderboard_md(data: ReportData, plan: ComparisonPlan, below_m, interim, ch
     if data.question:
         cal = data.calibration
         md = (f"### the declared comparisons (plan {plan.label}; p (Holm): adjusted within the primary and within "
-              "the exploratory comparisons; only the exploratory ones are judged on it)\n\n"
+              f"the exploratory comparisons; {PRIMARY_RULE[plan.familywise]})\n\n"
               + "".join(f"- {s}\n" for s in data.sentences) + (f"- {cal.line()}\n" if cal else "") + "\n"
               + (_table_md(PLANTED_HEADER, planted_rows(cal)) + "\n" if cal and cal.planted else "")
               + _table_md(COMPARISON_HEADER, data.question) + "\n" + md)
@@ -940,7 +951,8 @@ def _index_body(data: ReportData, plan: ComparisonPlan, db_path, below_m, interi
         _block("summary", verdicts="\n".join(f"<p>{esc(line)}</p>" for line in verdict_lines(boards)),
                table=summary_html(boards)) if boards else "",
         _block("scores_note"),
-        _block("comparisons", table=_table_html(COMPARISON_HEADER, question)) if question else "",
+        _block("comparisons", table=_table_html(COMPARISON_HEADER, question), primary_rule=esc(
+            PRIMARY_RULE[plan.familywise])) if question else "",
         _block("leaderboard", below_m=bold(below_m),
                shapes_note=_block("shapes_note") if any(b.gold_shapes for b in boards) else "",
                boards=board_html or _block("no_scores")),
