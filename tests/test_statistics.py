@@ -116,6 +116,23 @@ def test_gao_fits_recover_known_coefficients():
     assert np.allclose(gao_curve(bon, d), d * (1.2 - 0.3 * d))
 
 
+def test_a_gao_peak_outside_the_measured_d_is_marked_extrapolated():
+    """R(d) = d (1 - 2 ln d) peaks at d* = exp(1/2 - 1) = 0.607. Measured at d = 0.7, 0.8, 0.9 only (a first
+    checkpoint already past it, as study v4's runs at 320 queries are) the exact fit still says 0.607, but that
+    is outside [0.7, 0.9]: extrapolated. Measured at 0.3, 0.6, 0.9 it is inside."""
+    def fit(ds):
+        d = np.array([0.0, *ds])
+        return gao_fit(d, d * (1.0 - 2.0 * np.log(np.where(d > 0, d, 1.0))), "rl")
+
+    late, around = fit([0.7, 0.8, 0.9]), fit([0.3, 0.6, 0.9])
+    for f in (late, around):
+        assert f.d_peak == pytest.approx(math.exp(-0.5))
+    assert late.d_measured == pytest.approx((0.7, 0.9)) and late.peak_extrapolated
+    assert around.d_measured == pytest.approx((0.3, 0.9)) and not around.peak_extrapolated
+    rising = gao_fit([0.0, 1.0, 2.0, 3.0], [0.0, 0.6, 1.4, 2.4], "bon")  # no peak: nothing to extrapolate
+    assert rising.d_peak is None and not rising.peak_extrapolated
+
+
 def test_gao_fit_without_a_turn_has_no_peak_and_needs_three_points():
     d = np.array([0.0, 1.0, 2.0, 3.0])
     rising = gao_fit(d, 0.5 * d + 0.1 * d * d, "bon")  # beta < 0: the curve never turns down
@@ -257,6 +274,8 @@ def test_the_report_fits_gaos_coefficients_per_run(tmp_path):
     row = next(r for r in gao_rows([board]) if r[3] == "tdpo-r")
     assert row[5].startswith("1.6 ") and row[6].startswith("0.4 ") and row[-1] == "RL"  # mean [bootstrap]
     assert float(row[7].split()[0]) == pytest.approx(math.exp(1.6 / 0.4 - 1), rel=1e-2)  # d* = e^3
+    # e^3 = 20 lies beyond the largest measured d (2.0) in every seed: the form's extrapolation, and the cell says so
+    assert row[7].endswith("; outside the measured d in 3 of 3 seeds")
 
 
 def _seed_luck_curves(rng, seeds=7, checkpoints=6, images=96):

@@ -410,10 +410,20 @@ class GaoFit:
     (no peak: the curve never turns down)."""
     gain_peak: float | None
     """The fitted gold gain at the peak (RL: beta d*; best-of-n: alpha^2 / (4 beta))."""
+    d_measured: tuple[float, float] | None = None
+    """The smallest and largest d > 0 the fit saw: a peak outside them is the form's extrapolation, not a
+    measurement (a run stopped early, or one whose first checkpoint is already past the peak)."""
 
     @property
     def kl_peak(self) -> float | None:
         return None if self.d_peak is None else self.d_peak ** 2
+
+    @property
+    def peak_extrapolated(self) -> bool:
+        """True when the fitted peak lies outside the measured d (no peak: False)."""
+        if self.d_peak is None or self.d_measured is None:
+            return False
+        return not self.d_measured[0] <= self.d_peak <= self.d_measured[1]
 
 
 def gao_fit(d, gain, form: str = "rl") -> GaoFit | None:
@@ -435,12 +445,13 @@ def gao_fit(d, gain, form: str = "rl") -> GaoFit | None:
     ss_tot = float(((gain - gain.mean()) ** 2).sum())
     r2 = 1.0 - float(((gain - fitted) ** 2).sum()) / ss_tot if ss_tot > 0 else 0.0
     alpha, beta = float(alpha), float(beta)
+    seen = (float(d[d > 0].min()), float(d.max()))
     if beta <= 0:
-        return GaoFit(form, alpha, beta, r2, None, None)
+        return GaoFit(form, alpha, beta, r2, None, None, seen)
     if form == "rl":
         d_peak = math.exp(alpha / beta - 1.0) if alpha / beta - 1.0 < 700 else None
-        return GaoFit(form, alpha, beta, r2, d_peak, None if d_peak is None else beta * d_peak)
-    return GaoFit(form, alpha, beta, r2, alpha / (2 * beta), alpha ** 2 / (4 * beta))
+        return GaoFit(form, alpha, beta, r2, d_peak, None if d_peak is None else beta * d_peak, seen)
+    return GaoFit(form, alpha, beta, r2, alpha / (2 * beta), alpha ** 2 / (4 * beta), seen)
 
 
 def gao_curve(fit: GaoFit, d) -> np.ndarray:

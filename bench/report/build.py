@@ -552,8 +552,11 @@ def gao_rows(boards: list[Board]) -> list[tuple]:
                 r2_bon = sum(f.r2 for f in bon) / len(bon)
                 better = "RL" if r2_rl >= r2_bon else "best-of-n"
                 poor = max(r2_rl, r2_bon) < R2_BAR
+                outside = sum(f.peak_extrapolated for f in rl)
+                peak = stat([f.d_peak for f in rl]) + (f"; outside the measured d in {outside} of {len(rl)} seeds"
+                                                       if outside else "")
                 out.append((b.train_reward, b.prompt_set, g, method, str(len(fits)), stat([f.alpha for f in rl]),
-                            stat([f.beta for f in rl]), stat([f.d_peak for f in rl]), stat([f.kl_peak for f in rl]),
+                            stat([f.beta for f in rl]), peak, stat([f.kl_peak for f in rl]),
                             stat([f.gain_peak for f in rl]), f"{r2_rl:.2f}", f"{r2_bon:.2f}",
                             f"poor fit (R² < {R2_BAR:g}): not ranked" if poor else better))
     return out
