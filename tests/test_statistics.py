@@ -133,6 +133,35 @@ def test_a_gao_peak_outside_the_measured_d_is_marked_extrapolated():
     assert rising.d_peak is None and not rising.peak_extrapolated
 
 
+def test_the_gao_figure_dots_the_fitted_form_below_the_first_measured_d(tmp_path, monkeypatch):
+    """Two seeds measured at d = 0, 0.5, 0.8 (KL 0, 0.25, 0.64): the form d (1 - 2 ln d) is drawn solid from
+    d = 0.5 on and dotted from 0 up to 0.5 (its peak, exp(-1/2) = 0.607, is inside the measured d here)."""
+    import pandas as pd
+
+    import bench.report.figures as figures
+    from bench.report.figures import gao_figures
+
+    rows = []
+    for seed in (0, 1):
+        for q, kl, gold in ((0, 0.0, 5.0), (10, 0.25, 5.4 + 0.1 * seed), (20, 0.64, 5.3)):
+            for reward, v in (("kl-to-pretrained", kl), ("gold-aesthetic", gold)):
+                rows.append(dict(run_id=f"A_s{seed}", method="A", seed=seed, train_reward="aesthetic",
+                                 prompt_set="toy-seen", reward_queries=q, reward=reward, value=v, images=2))
+    kept = []
+    monkeypatch.setattr(figures, "save", lambda fig, folder, name: kept.append(fig) or [f"{name}.png"])
+    pngs = gao_figures(pd.DataFrame(rows), {("aesthetic", "toy-seen", "gold-aesthetic"): {"A": (1.0, 2.0)}},
+                       tmp_path, {"A": {"color": "C0", "linestyle": "-"}})
+    assert pngs == ["gao_gold-aesthetic_aesthetic_toy-seen.png"]
+    lines = [ln for ln in kept[0].axes[0].lines if len(ln.get_xdata()) > 2]  # the form (not the zero line)
+    solid = [ln for ln in lines if ln.get_linestyle() == "-"]
+    dotted = [ln for ln in lines if ln.get_linestyle() == ":"]
+    assert len(solid) == len(dotted) == 1
+    assert min(solid[0].get_xdata()) >= 0.5 - 1e-9 and max(solid[0].get_xdata()) == pytest.approx(0.8 * 1.05)
+    assert max(dotted[0].get_xdata()) == pytest.approx(0.5) and min(dotted[0].get_xdata()) < 0.01
+    x = np.asarray(solid[0].get_xdata())
+    assert np.allclose(solid[0].get_ydata(), x * (1.0 - 2.0 * np.log(x)))
+
+
 def test_gao_fit_without_a_turn_has_no_peak_and_needs_three_points():
     d = np.array([0.0, 1.0, 2.0, 3.0])
     rising = gao_fit(d, 0.5 * d + 0.1 * d * d, "bon")  # beta < 0: the curve never turns down

@@ -344,7 +344,7 @@ def diagnostics_figure(diag, folder: Path, styles: dict, metrics: list[str], tol
 def gao_figures(curves, fits: dict, folder: Path, styles: dict) -> list[str]:
     """Gold gain over query 0 against d = sqrt(KL to the pretrained model), per method: the seeds' mean per
     checkpoint (markers, with the 95% CI over seeds from 2 seeds) and Gao et al.'s RL form d (alpha - beta ln d)
-    at the seeds' mean coefficients (line).
+    at the seeds' mean coefficients (line; dotted below the first measured d).
     `fits`: (train_reward, prompt_set, gold) -> {method: (alpha, beta)}. One figure per key."""
     import matplotlib.pyplot as plt
     import numpy as np
@@ -378,12 +378,18 @@ def gao_figures(curves, fits: dict, folder: Path, styles: dict) -> list[str]:
                 ax.errorbar(mine["d"], mine["gain"], yerr=half.reindex(mine["reward_queries"]).to_numpy(),
                             fmt="none", ecolor=style["color"], elinewidth=0.8, capsize=2)
             d = np.linspace(1e-4, max(float(mine["d"].max()), 1e-3) * 1.05, 100)
-            ax.plot(d, d * (alpha - beta * np.log(d)), color=style["color"], linestyle=style["linestyle"],
-                    linewidth=1.2)
+            # the form is drawn solid over the d the checkpoints measured, dotted below the first one: there it is
+            # extrapolation (study v4's peaks fall in that gap: nothing is measured between query 0 and 320)
+            first = float(mine.loc[mine["d"] > 0, "d"].min()) if (mine["d"] > 0).any() else 0.0
+            for part, dotted in ((d[d >= first], False), (np.append(d[d < first], first), True)):
+                if len(part) > 1:
+                    ax.plot(part, part * (alpha - beta * np.log(part)), color=style["color"],
+                            linestyle=":" if dotted else style["linestyle"], linewidth=0.9 if dotted else 1.2)
         ax.axhline(0.0, color="#888", linewidth=0.8)
         ax.set_xlabel("d = sqrt(KL to pretrained)")
         ax.set_ylabel(f"{gold} gain over query 0")
-        ax.set_title(f"{gold} vs d, fitted d(α − β ln d) — trained on {train_reward}, {pset}", fontsize=9)
+        ax.set_title(f"{gold} vs d, fitted d(α − β ln d) — trained on {train_reward}, {pset}\n"
+                     "(dotted: below the first measured d, the form's extrapolation)", fontsize=9)
         legend(ax, styles, list(per_method), outside=True)  # one axes: beside it, not past the figure
         pngs.append(save(fig, folder, f"gao_{gold}_{train_reward}_{pset}")[0])
         plt.close(fig)
