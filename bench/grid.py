@@ -770,6 +770,12 @@ def _read_calibration(path: Path) -> dict | None:
     return cost if all(math.isfinite(v) for v in values) else None
 
 
+def _median(values) -> float | None:
+    """The upper median (a stored value, not an average of two), or None for none."""
+    vals = sorted(values)
+    return vals[len(vals) // 2] if vals else None
+
+
 def _work_seconds(cpu, wall, threads) -> float:
     """Stored seconds at a run's thread count, as if alone on its cores: its process's CPU seconds over its threads.
     Wall time counts pauses (a SIGSTOP'd grid) and the share of the cores other workers took (3 workers on 2 cores:
@@ -829,13 +835,11 @@ class Estimator:
         time counts pauses and shared cores (a median over both would mix the two scales)."""
         rows = [v for v in self._stored.get(self._key(spec, group), []) if v[index] is not None]
         rows = [v for v in rows if v[2]] or rows
-        vals = sorted(v[index] for v in rows)
-        return vals[len(vals) // 2] if vals else None
+        return _median(v[index] for v in rows)
 
     def spent_share(self, spec, group: int = 1) -> float | None:
         """The median share of its budget a stored run of the setting spent (under 1.0: a stop rule ended it)."""
-        vals = sorted(v[3] for v in self._stored.get(self._key(spec, group), []))
-        return vals[len(vals) // 2] if vals else None
+        return _median(v[3] for v in self._stored.get(self._key(spec, group), []))
 
     # the cost model ---------------------------------------------------------
     def _calibration_file(self, spec, location: str) -> Path:

@@ -496,16 +496,15 @@ def primary_sentences(rows: list[dict], plan: ComparisonPlan) -> list[str]:
             continue
         c = r["comp"]
         design = "paired by seed" if c.paired else "Welch"
+        resolving = (f"the data rule out a difference larger than {c.equivalence_bound:.3g} and could have "
+                     f"detected one of {c.mdd:.3g} with 80% power")
         if r["says"].startswith("no difference") and plan.familywise and r["family"] > 1:
             # the interval is each comparison's own 95%: it may exclude zero where Holm over the family does not
             verdict = (f"no difference family-wise (Holm over the {r['family']} primary comparisons: p = "
                        f"{r['p_holm']:.3g}; alone {c.diff:+.3f} ± {c.ci:.3f}, p = {c.p:.3g}, {design}, {c.n} seeds): "
-                       f"the data rule out a difference larger than {c.equivalence_bound:.3g} and could have "
-                       f"detected one of {c.mdd:.3g} with 80% power")
+                       + resolving)
         elif r["says"].startswith("no difference"):
-            verdict = (f"no difference at 95% ({c.diff:+.3f} ± {c.ci:.3f}, {design}, {c.n} seeds): the data rule out "
-                       f"a difference larger than {c.equivalence_bound:.3g} and could have detected one of "
-                       f"{c.mdd:.3g} with 80% power")
+            verdict = f"no difference at 95% ({c.diff:+.3f} ± {c.ci:.3f}, {design}, {c.n} seeds): " + resolving
         else:
             verdict = (f"{r['says']} ({c.diff:+.3f} ± {c.ci:.3f}, {design}, {c.n} seeds, p = {c.p:.3g}; the data "
                        f"rule out a difference larger than {c.equivalence_bound:.3g}; the design detects {c.mdd:.3g} "
@@ -826,6 +825,11 @@ class ReportData:
     calibration: object = None
     """bench/report/calibration.py's Calibration: the A/A rate and the planted-effect power curve."""
 
+    @property
+    def left_out(self) -> str:
+        """The runs the report leaves out (not finished) in one line; empty when every run finished."""
+        return unfinished_line([(r[0], r[6]) for r in self.runs])
+
 
 def write_report(db_path: Path, report_dir: Path, out_dir: Path | None = None,
                  boards: list[Board] | None = None, plan: ComparisonPlan | None = None, calibration=None) -> Path:
@@ -890,7 +894,7 @@ def _read_report(con, report_dir: Path, out_dir: Path, plan: ComparisonPlan, boa
 
 def _leaderboard_md(data: ReportData, plan: ComparisonPlan, below_m, interim, check) -> str:
     md = (f"{below_m}\n\n" if below_m else "") + boards_markdown(data.boards)
-    left_out = unfinished_line([(r[0], r[6]) for r in data.runs])
+    left_out = data.left_out
     if data.gao:
         md = ("### overoptimization coefficients (Gao et al. 2022: gold gain = d (alpha - beta ln d), d = sqrt(KL))"
               "\n\n" + _table_md(GAO_HEADER, data.gao) + "\n" + md)
@@ -943,7 +947,7 @@ def _index_body(data: ReportData, plan: ComparisonPlan, db_path, below_m, interi
                db=esc(str(db_path)), plan=esc(plan.label), declared=esc(plan.declared),
                primary=esc(", ".join(f"{a} vs {b}" for a, b in plan.primary)), score=esc(plan.primary_score),
                prompts=esc(plan.primary_prompts)),
-        bold(unfinished_line([(r[0], r[6]) for r in data.runs])),
+        bold(data.left_out),
         bold(interim),
         _block("question", sentences="\n".join(bold(s) for s in data.sentences)
                + bold(check) + (_block("calibration", line=esc(data.calibration.line()),
