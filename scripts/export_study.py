@@ -18,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 COLUMNS = ("method", "seed", "run_id", "prompt_set", "reward", "reward_queries", "images", "mean")
-FIGURES = ("gold_vs_proxy_aesthetic_toy-seen.png", "gao_gold-aesthetic_aesthetic_toy-seen.png",
+FIGURES = ("level_gold-aesthetic_aesthetic_toy-seen.png", "gao_gold-aesthetic_aesthetic_toy-seen.png",
            "eval_reward_vs_queries_aesthetic_toy-seen.png")
 """The figures the study's tables are read with: gold against the proxy (its question), Gao's fit of gold against
 the KL distance, and every reward against the queries spent."""

@@ -484,6 +484,9 @@ def test_report_first_screen_summary_role_order_and_no_horizontal_scroll(tmp_pat
     index = write_report(tmp_path / "b.duckdb", tmp_path / "report")
     page = index.read_text()
     assert page.index("<h2>Summary</h2>") < page.index("<h2>Leaderboard</h2>")
+    # the first screen's one figure: gold against the proxy at the matched level (the Gao fit comes later)
+    first = page[:page.index("<h2>Summary</h2>")]
+    assert first.count("<img") == 1 and 'src="figures/level_gold-aesthetic_aesthetic_toy-seen.png"' in first
     summary = page[page.index("<h2>Summary</h2>"):page.index("<h2>Leaderboard</h2>")]
     # one table (seen prompts) with method, verdict, change and the five other scores at the level
     head = summary[summary.index("<thead>"):summary.index("</thead>")]

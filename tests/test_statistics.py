@@ -162,6 +162,41 @@ def test_the_gao_figure_dots_the_fitted_form_below_the_first_measured_d(tmp_path
     assert np.allclose(solid[0].get_ydata(), x * (1.0 - 2.0 * np.log(x)))
 
 
+def test_the_level_figure_draws_each_seed_and_the_mean_at_the_level_with_its_t_interval(tmp_path, monkeypatch):
+    """Proxy 7, 8, 9 and gold 5, 6, 4 (seed 0) or 5, 6.5, 5.5 (seed 1): at the level 8.5 gold is 5.0 and 6.0 by
+    hand, so the point is 5.5 ± t(1) sd / sqrt(2) = 12.706 x 0.707 / 1.414 = 6.353. Seed 2 never reaches 8.5:
+    its path is drawn, but it leaves the mean. The level is dashed and the interval [7, 8.5] shaded."""
+    import pandas as pd
+
+    import bench.report.figures as figures
+    from bench.report.figures import level_figures
+
+    rows = []
+    for seed, proxy, gold in ((0, (7.0, 8.0, 9.0), (5.0, 6.0, 4.0)), (1, (7.0, 8.0, 9.0), (5.0, 6.5, 5.5)),
+                              (2, (7.0, 7.5, 8.0), (5.0, 9.0, 9.0))):
+        for q, x, y in zip((0, 10, 20), proxy, gold):
+            for reward, v in (("aesthetic", x), ("gold-aesthetic", y)):
+                rows.append(dict(run_id=f"A_s{seed}", method="A", seed=seed, train_reward="aesthetic",
+                                 prompt_set="toy-seen", reward_queries=q, reward=reward, value=v, images=2))
+    kept = []
+    monkeypatch.setattr(figures, "save", lambda fig, folder, name: kept.append(fig) or [f"{name}.png"])
+    pngs = level_figures(pd.DataFrame(rows), [("aesthetic", "toy-seen", "gold-aesthetic", 8.5, (7.0, 8.5))],
+                         tmp_path, {"A": {"color": "C0", "linestyle": "-"}})
+    assert pngs == ["level_gold-aesthetic_aesthetic_toy-seen.png"]
+    ax = kept[0].axes[0]
+    paths = [ln for ln in ax.lines if len(ln.get_xdata()) == 3]
+    assert sorted(tuple(ln.get_ydata()) for ln in paths) == [(5.0, 6.0, 4.0), (5.0, 6.5, 5.5), (5.0, 9.0, 9.0)]
+    (bar,) = ax.containers
+    point, _caps, (segments,) = bar.lines
+    assert point.get_xdata()[0] == pytest.approx(8.5) and point.get_ydata()[0] == pytest.approx(5.5)
+    (low, high), = [(s[0][1], s[1][1]) for s in segments.get_segments()]
+    assert (high - low) / 2 == pytest.approx(12.7062 * 0.5 ** 0.5 / 2 ** 0.5, rel=1e-4)
+    dashed = [ln for ln in ax.lines if ln.get_linestyle() == "--"]
+    assert len(dashed) == 1 and tuple(dashed[0].get_xdata()) == (8.5, 8.5)
+    (shade,) = ax.patches
+    assert shade.get_x() == pytest.approx(7.0) and shade.get_width() == pytest.approx(1.5)
+
+
 def test_gao_fit_without_a_turn_has_no_peak_and_needs_three_points():
     d = np.array([0.0, 1.0, 2.0, 3.0])
     rising = gao_fit(d, 0.5 * d + 0.1 * d * d, "bon")  # beta < 0: the curve never turns down

@@ -19,7 +19,8 @@ from bench.report.analysis import (R2_BAR, Curve, GaoFit, GoldShape, change_verd
                                    gold_shape, interpolate_at, interval_mean, load_curves, matched_level, mean_ci,
                                    normalised_auc, paired_changes)
 from bench.report.figures import (GOLD, KL, curve_figures, diagnostics_figure, diversity_figures,  # noqa: F401
-                                  gao_figures, kl_figures, method_styles, themed, training_figures)
+                                  gao_figures, kl_figures, level_figures, method_styles, themed,
+                                  training_figures)
 from bench.report.calibration import PLANTED_HEADER, calibrate, planted_rows
 from bench.report.frames import FINISHED, figure_frames
 from bench.spec.plan import ComparisonPlan
@@ -824,6 +825,8 @@ class ReportData:
     runs: list
     calibration: object = None
     """bench/report/calibration.py's Calibration: the A/A rate and the planted-effect power curve."""
+    level_pngs: list = field(default_factory=list)
+    """The first screen's figure: each seed's gold against the proxy, the level and the mean there."""
 
     @property
     def left_out(self) -> str:
@@ -860,7 +863,8 @@ def write_report(db_path: Path, report_dir: Path, out_dir: Path | None = None,
     body = _index_body(data, plan, db_path, below_m, interim, check, board_html, grid_html)
     index = report_dir / "index.html"
     index.write_text(_page("Reward overoptimization report", "\n".join(part for part in body if part)))
-    (report_dir / "report.json").write_text(json.dumps({"figures": data.pngs, "grids": [g[:3] for g in data.grids]},
+    (report_dir / "report.json").write_text(json.dumps({"figures": data.level_pngs + data.pngs,
+                                                        "grids": [g[:3] for g in data.grids]},
                                                        indent=1))
     return index
 
@@ -879,6 +883,7 @@ def _read_report(con, report_dir: Path, out_dir: Path, plan: ComparisonPlan, boa
         div_pngs = diversity_figures(frames["sets"], fig_dir, styles)
         diag_pngs, diag_table = diagnostics(frames["train"], fig_dir, styles)
         gao_pngs = gao_figures(frames["curves"], _mean_gao(boards), fig_dir, styles)
+        level_pngs = level_figures(frames["curves"], _level_targets(boards, plan), fig_dir, styles)
     critic, critic_means = critic_rows(con)
     comparisons = comparison_rows(boards, plan)
     runs = con.execute("SELECT run_id, method, reward, suite, seed, budget, status FROM runs ORDER BY run_id").fetchall()
@@ -887,7 +892,7 @@ def _read_report(con, report_dir: Path, out_dir: Path, plan: ComparisonPlan, boa
                       critic_means=critic_means, comparisons=comparisons, question=comparison_table(comparisons),
                       sentences=primary_sentences(comparisons, plan), gao=gao_rows(boards),
                       drift=drift_rows(frames["sets"]), effective=effective_tables(con),
-                      grids=matched_grids(con, out_dir, boards), runs=runs,
+                      grids=matched_grids(con, out_dir, boards), runs=runs, level_pngs=level_pngs,
                       calibration=calibration or (calibrate(load_curves(con), boards, comparisons, plan)
                                                   if comparisons else None))
 
@@ -938,7 +943,6 @@ def _index_body(data: ReportData, plan: ComparisonPlan, db_path, below_m, interi
 
     esc, figs, boards = html.escape, _figures_html, data.boards
     question = data.question
-    first_figures = _primary_figures(boards, plan)
 
     def bold(text):
         return _block("bold", text=esc(text)) if text else ""
@@ -953,8 +957,8 @@ def _index_body(data: ReportData, plan: ComparisonPlan, db_path, below_m, interi
                + bold(check) + (_block("calibration", line=esc(data.calibration.line()),
                                        table=_table_html(PLANTED_HEADER, planted_rows(data.calibration))
                                        if data.calibration.planted else "") if data.calibration else ""),
-               figures=figs(p for p in data.gao_pngs if p in first_figures))
-        if question or data.gao_pngs else "",
+               figures=figs(data.level_pngs))
+        if question or data.level_pngs else "",
         _block("summary", verdicts="\n".join(f"<p>{esc(line)}</p>" for line in verdict_lines(boards)),
                table=summary_html(boards)) if boards else "",
         _block("scores_note"),
@@ -984,11 +988,12 @@ def _index_body(data: ReportData, plan: ComparisonPlan, db_path, below_m, interi
     ]
 
 
-def _primary_figures(boards: list[Board], plan: ComparisonPlan) -> set[str]:
-    """The Gao figures of the plan's primary score on its primary prompts: the report's first figure."""
+def _level_targets(boards: list[Board], plan: ComparisonPlan) -> list[tuple]:
+    """(train reward, prompt set, score, level, proxy interval) of the plan's primary score on its primary
+    prompts, one per board: what the report's first figure draws."""
     roles = _roles()
-    return {f"gao_{plan.primary_score}_{b.train_reward}_{b.prompt_set}.png" for b in boards
-            if roles.get(b.prompt_set) == plan.primary_prompts}
+    return [(b.train_reward, b.prompt_set, plan.primary_score, b.level, plan.auc_interval) for b in boards
+            if roles.get(b.prompt_set) == plan.primary_prompts]
 
 
 def _mean_gao(boards: list[Board]) -> dict:

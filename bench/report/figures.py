@@ -394,3 +394,53 @@ def gao_figures(curves, fits: dict, folder: Path, styles: dict) -> list[str]:
         pngs.append(save(fig, folder, f"gao_{gold}_{train_reward}_{pset}")[0])
         plt.close(fig)
     return pngs
+
+
+def level_figures(curves, targets, folder: Path, styles: dict) -> list[str]:
+    """The study's question in one figure per (train_reward, prompt_set, gold, level, interval) of `targets`:
+    each seed's gold against the proxy in checkpoint order (thin), the matched level (dashed) and the declared
+    proxy interval (shaded, when there is one), and per method the mean over seeds of gold at the run's first
+    crossing of the level with its 95% t interval: the primary estimand, as the comparisons read it (a run that
+    never reaches the level is drawn but leaves the mean)."""
+    import matplotlib.pyplot as plt
+
+    from bench.report.analysis import interpolate_at, mean_ci
+
+    points = wide_points(curves)
+    pngs = []
+    for train_reward, pset, gold, level, interval in targets:
+        if points.empty or train_reward not in points.columns or gold not in points.columns:
+            continue
+        group = points[(points["train_reward"] == train_reward) & (points["prompt_set"] == pset)]
+        group = group.dropna(subset=[train_reward, gold])
+        if group.empty:
+            continue
+        fig, ax = plt.subplots(figsize=(6.4, 4.2))
+        if interval:
+            ax.axvspan(*interval, color="#e6e6e6", linewidth=0, zorder=0)
+        ax.axvline(level, color="#555", linestyle="--", linewidth=0.9, zorder=1)
+        methods = [m for m in styles if m in set(group["method"])]
+        span = float(group[train_reward].max() - group[train_reward].min()) or 1.0
+        for k, method in enumerate(methods):
+            style = styles[method]
+            at = []
+            for _, run in group[group["method"] == method].groupby("run_id", sort=True):
+                run = run.sort_values("reward_queries")
+                xs, ys = run[train_reward].tolist(), run[gold].tolist()
+                ax.plot(xs, ys, color=style["color"], linestyle=style["linestyle"], linewidth=0.7, alpha=0.35)
+                at.append(interpolate_at(xs, ys, level))
+            reached = [v for v in at if v is not None]
+            if reached:  # side by side at the level, so the intervals do not hide each other
+                mean, half = mean_ci(reached)
+                x = level + (k - (len(methods) - 1) / 2) * 0.015 * span
+                ax.errorbar([x], [mean], yerr=[half or 0.0], fmt=style.get("marker", "o"), color=style["color"],
+                            markersize=6, capsize=3, elinewidth=1.4, zorder=4)
+        ax.set_xlabel(f"{train_reward} (in-domain)")
+        ax.set_ylabel(gold)
+        where = f"; shaded: the proxy interval [{interval[0]:g}, {interval[1]:g}]" if interval else ""
+        ax.set_title(f"{gold} against {train_reward} — {pset}: each seed's path (thin);\nmean ± 95% CI at the "
+                     f"matched level {level:.3g} (dashed){where}", fontsize=9)
+        legend(ax, styles, methods, outside=True)
+        pngs.append(save(fig, folder, f"level_{gold}_{train_reward}_{pset}")[0])
+        plt.close(fig)
+    return pngs
