@@ -129,6 +129,20 @@ def test_the_report_calibrates_from_the_database(tmp_path):
     # linear between (0, 0) and (0.5, 0.4): the weight whose effect is the smallest detectable one
     assert cal.smallest_weight == pytest.approx(0.5 * smallest_detectable(sd, 4) / 0.4, rel=1e-6)
     assert "false-positive rate" in cal.line() and f"w >= {cal.smallest_weight:.2g}" in cal.line()
+    assert "includes 0" not in cal.line()  # 0.4 ± 0.13: the effect is measured apart from zero
+
+
+def test_the_calibration_line_says_when_a_planted_effect_is_not_told_apart_from_zero():
+    """Study v4's first planted weight: +0.774 ± 1.651 over 2 pairs. The power takes the effect as known, so the
+    line says the effect's own interval includes 0; an effect of 0.4 ± 0.13 draws no such clause."""
+    from bench.report.calibration import Calibration, PlantedPoint
+
+    weak = Calibration((), 12, 0.324, "ddpo-100", (PlantedPoint(0.25, 0.774, 1.651, 2, 1.0),
+                                                   PlantedPoint(0.5, 0.4, 0.13, 4, 1.0)), 0.093)
+    assert weak.line().endswith("; the planted effect's 95% CI includes 0 at w = 0.25 (+0.774 ± 1.65, 2 pairs): "
+                                "the power rests on its point estimate.")
+    one = Calibration((), 12, 0.324, "ddpo-100", (PlantedPoint(1.0, 0.9, None, 1, 1.0),), None)
+    assert "includes 0 at w = 1 (+0.9, 1 pair)" in one.line()  # one pair: no interval at all
 
 
 def test_the_planted_reward_is_the_blend_and_stays_out_of_the_matrix():

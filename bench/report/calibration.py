@@ -172,6 +172,11 @@ class Calibration:
             second = (f"detects a method as good as blending gold into the training reward at weight "
                       f"w >= {self.smallest_weight:.2g} with 80% power at N = {self.n} ({self.base}, paired sd "
                       f"{self.sd:.3g})")
+        weak = [p for p in self.planted if p.ci is None or abs(p.effect) <= p.ci]
+        if weak:  # the power takes the effect as known: say when the measured effect is not distinguishable from 0
+            points = ", ".join(f"w = {p.weight:g} ({p.effect:+.3g}" + (f" ± {p.ci:.3g}" if p.ci is not None else "")
+                               + f", {p.pairs} pair{'s' if p.pairs != 1 else ''})" for p in weak)
+            second += f"; the planted effect's 95% CI includes 0 at {points}: the power rests on its point estimate"
         return f"Calibration: {first}; {second}."
 
 
