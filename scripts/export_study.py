@@ -4,7 +4,8 @@ that answer its question, and every run's per-checkpoint means, enough to recomp
     python scripts/export_study.py OUT/bench.duckdb OUT/report docs/overoptimization-v4
 
 Writes DEST/checkpoint_means.csv (per run, prompt set, reward and checkpoint: the mean score over the evaluation
-images and how many, from `bench.load_results(DB).curves`) and copies REPORT's leaderboard.md, leaderboard.csv
+images and how many, from `bench.load_results(DB).curves`; `scripts/replay_study.py` recomputes the study's
+primary comparisons and calibration from it) and copies REPORT's leaderboard.md, leaderboard.csv
 and the seen-prompt figures named in FIGURES. Files already in DEST that it does not write are left as they are.
 """
 
@@ -17,7 +18,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-COLUMNS = ("method", "seed", "run_id", "prompt_set", "reward", "reward_queries", "images", "mean")
 FIGURES = ("level_gold-aesthetic_aesthetic_toy-seen.png", "gao_gold-aesthetic_aesthetic_toy-seen.png",
            "eval_reward_vs_queries_aesthetic_toy-seen.png")
 """The figures the study's tables are read with: gold against the proxy (its question), Gao's fit of gold against
@@ -36,9 +36,11 @@ def main(argv=None) -> int:
         print(f"error: {missing[0]} is missing (run `python -m bench report` first)", file=sys.stderr)
         return 2
     from bench import load_results
+    from bench.report.analysis import MEANS_COLUMNS as COLUMNS  # read back by scripts/replay_study.py
 
     curves = load_results(a.db).curves
-    rows = curves.rename(columns={"value": "mean"})[list(COLUMNS)].sort_values(["method", "seed", "run_id", "prompt_set", "reward", "reward_queries"])
+    rows = curves.rename(columns={"value": "mean"})[list(COLUMNS)].sort_values(
+        ["method", "seed", "run_id", "prompt_set", "reward", "reward_queries"])
     bad = rows[~rows["mean"].map(lambda v: math.isfinite(float(v)))]
     if len(bad):
         print(f"error: a non-finite mean in {a.db}: {bad.iloc[0].to_dict()}", file=sys.stderr)

@@ -130,6 +130,48 @@ def test_the_report_calibrates_from_the_database(tmp_path):
     assert cal.smallest_weight == pytest.approx(0.5 * smallest_detectable(sd, 4) / 0.4, rel=1e-6)
     assert "false-positive rate" in cal.line() and f"w >= {cal.smallest_weight:.2g}" in cal.line()
     assert "includes 0" not in cal.line()  # 0.4 ± 0.13: the effect is measured apart from zero
+    _replayed_from_exported_means_equals(tmp_path, boards, rows, cal, plan)
+
+
+def _replayed_from_exported_means_equals(tmp_path, boards, rows, cal, plan):
+    """scripts/replay_study.py on the database's exported checkpoint means, the control runs in a second file
+    (runs added after a database was lost), gives the database's boards, comparisons and calibration."""
+    import csv
+    import sys
+    from pathlib import Path
+
+    from bench import load_results
+    from bench.report.analysis import MEANS_COLUMNS
+    from bench.report.build import build_boards, comparison_rows
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    import replay_study
+
+    means = load_results(tmp_path / "c.duckdb").curves.rename(columns={"value": "mean"})[list(MEANS_COLUMNS)]
+    control = means["train_reward"] != "aesthetic"
+    for name, part in (("base.csv", means[~control]), ("control.csv", means[control])):
+        part.to_csv(tmp_path / name, index=False)
+    curves = replay_study.read_curves([tmp_path / "base.csv", tmp_path / "control.csv"])
+    replayed = build_boards(None, plan, curves=curves)
+    assert [(b.train_reward, b.prompt_set, b.level, b.columns, b.verdicts, b.seeds) for b in replayed] == \
+        [(b.train_reward, b.prompt_set, b.level, b.columns, b.verdicts, b.seeds) for b in boards]
+    for b, r in zip(boards, replayed):
+        assert [(m, n, [(pytest.approx(c.mean), pytest.approx(c.ci), pytest.approx(c.values)) for c in cells])
+                for m, n, cells in b.rows] == [(m, n, [(c.mean, c.ci, c.values) for c in cells]) for m, n, cells in r.rows]
+    again = comparison_rows(replayed, plan)
+    assert [(r["comp"].diff, r["comp"].ci, r["p_holm"]) for r in again] == \
+        [(pytest.approx(r["comp"].diff), pytest.approx(r["comp"].ci), pytest.approx(r["p_holm"])) for r in rows]
+    assert cal.line() in replay_study.replay(curves, plan)
+    with pytest.raises(ValueError, match="is in both"):
+        replay_study.read_curves([tmp_path / "base.csv", tmp_path / "base.csv"])
+    lines = (tmp_path / "control.csv").read_text().splitlines()
+    (tmp_path / "bad.csv").write_text("\n".join(lines[:2] + [lines[2].rsplit(",", 1)[0] + ",nan"]) + "\n")
+    with pytest.raises(ValueError, match="bad.csv:3: the mean of"):
+        replay_study.read_curves([tmp_path / "bad.csv"])
+    assert next(csv.reader([lines[0]])) == list(MEANS_COLUMNS)
+    for argv in ([str(tmp_path / "bad.csv"), "--study", "overoptimization"], [str(tmp_path / "none.csv"), "--study",
+                 "overoptimization"], [str(tmp_path / "base.csv"), "--study", "overoptimisation"]):
+        assert replay_study.main(argv) == 2  # one line on stderr, exit 2
 
 
 def test_the_calibration_line_says_when_a_planted_effect_is_not_told_apart_from_zero():

@@ -1,4 +1,4 @@
-"""Numbers for the leaderboard, read only from the DuckDB store.
+"""Numbers for the leaderboard, read from the DuckDB store (or from a study's exported checkpoint means).
 
 A run's cross-reward curve is the path, in checkpoint order (reward queries),
 of points (x, y): x the mean in-domain score (the run's training reward) of a
@@ -161,11 +161,49 @@ def load_curves(con) -> list[Curve]:
     (only checkpoints scored by every reward of the run are kept)."""
     from bench.report.frames import FINISHED
 
-    rows = con.execute(f"""
+    return curves_from_means(con.execute(f"""
         SELECT r.run_id, r.method, r.seed, r.reward, s.prompt_set, s.reward_queries, s.reward, avg(s.value)
         FROM scores s JOIN runs r USING (run_id) WHERE r.{FINISHED}
         GROUP BY ALL ORDER BY r.run_id, s.prompt_set, s.reward_queries, s.reward
-    """).fetchall()
+    """).fetchall())
+
+
+MEANS_COLUMNS = ("method", "seed", "run_id", "train_reward", "prompt_set", "reward", "reward_queries", "images", "mean")
+"""A study's exported checkpoint means (scripts/export_study.py writes them to docs/, read back by
+`load_checkpoint_means`): per finished run, prompt set, reward and checkpoint, the mean score and how many images."""
+
+
+def load_checkpoint_means(path) -> list[Curve]:
+    """The curves of a checkpoint-means CSV (`MEANS_COLUMNS`), as `load_curves` reads them from a database.
+    Raises ValueError, naming the file and line, on a missing column, a non-finite or unreadable number, or a
+    checkpoint given twice."""
+    import csv
+
+    rows, seen = [], set()
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in MEANS_COLUMNS if c not in (reader.fieldnames or ())]
+        if missing:
+            raise ValueError(f"{path}: no column {missing[0]!r} (a checkpoint-means CSV has {', '.join(MEANS_COLUMNS)})")
+        for line, r in enumerate(reader, start=2):
+            try:
+                seed, q, value = int(r["seed"]), int(r["reward_queries"]), float(r["mean"])
+            except ValueError as e:
+                raise ValueError(f"{path}:{line}: {e}") from None
+            if not math.isfinite(value):
+                raise ValueError(f"{path}:{line}: the mean of {r['reward']} is {value}")
+            key = (r["run_id"], r["prompt_set"], q, r["reward"])
+            if key in seen:
+                raise ValueError(f"{path}:{line}: {r['run_id']} {r['prompt_set']} {r['reward']} at {q} queries twice")
+            seen.add(key)
+            rows.append((r["run_id"], r["method"], seed, r["train_reward"], r["prompt_set"], q, r["reward"], value))
+    return curves_from_means(sorted(rows, key=lambda r: (r[0], r[4], r[5], r[6])))
+
+
+def curves_from_means(rows) -> list[Curve]:
+    """Curves from (run_id, method, seed, training reward, prompt set, queries, reward, mean) rows sorted by run,
+    prompt set, queries and reward: only checkpoints scored by every reward of the run are kept, and a run's
+    prompt set without its training reward is left out."""
     grouped: dict[tuple, dict] = {}
     for run_id, method, seed, train_reward, pset, q, reward, value in rows:
         g = grouped.setdefault((run_id, pset), dict(method=method, seed=seed, train_reward=train_reward, pts={}))

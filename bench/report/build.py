@@ -135,25 +135,23 @@ def _sort_rows(board: Board, others: list[str]) -> None:
     board.rows.sort(key=lambda row: (row[2][key_col].mean is None, -s * (row[2][key_col].mean or 0.0), row[0]))
 
 
-def build_boards(con, plan: ComparisonPlan | None = None) -> list[Board]:
+def build_boards(con, plan: ComparisonPlan | None = None, curves: list[Curve] | None = None) -> list[Board]:
     """The leaderboards, one per training reward and prompt set, under `plan`'s matched-level rule (the main
-    command's plan when none is given)."""
+    command's plan when none is given). With `curves` and no database (`con` None: a study replayed from its
+    exported checkpoint means), each change is taken over the seeds' mean changes, as a database gives it for
+    two seeds or more (one seed has no interval, so no verdict), and the gold curves' shapes, which need
+    every image, are left out."""
     from bench.spec.catalog import MAIN_PLAN
 
     plan = plan or MAIN_PLAN
-    curves = load_curves(con)
+    curves = load_curves(con) if curves is None else curves
     order = {"seen": 0, "unseen": 1, "compositional": 2}
     roles = _roles()
     # seen, unseen, compositional (then any other set by name): the order a reader asks in
     keys = sorted({(c.train_reward, c.prompt_set) for c in curves},
                   key=lambda k: (k[0], order.get(roles.get(k[1], ""), 9), k[1]))
     groups = {k: [c for c in curves if (c.train_reward, c.prompt_set) == k] for k in keys}
-    changes, verdicts = {}, {}
-    for (train_reward, pset), group in groups.items():
-        sign = 1.0 if higher_is_better(train_reward) else -1.0
-        for m in sorted({c.method for c in group}):
-            changes[train_reward, pset, m] = cell = change_cell(con, [c for c in group if c.method == m], train_reward)
-            verdicts[train_reward, pset, m] = change_verdict(cell.mean, cell.ci, sign > 0)
+    changes, verdicts = _changes(con, groups)
     boards = []
     for (train_reward, pset), group in groups.items():
         sign = 1.0 if higher_is_better(train_reward) else -1.0
@@ -204,7 +202,7 @@ def build_boards(con, plan: ComparisonPlan | None = None) -> list[Board]:
             board.rows.append((method, len(runs), cells))
             board.seeds[method] = tuple(c.seed for c in runs)
             for g in gold:
-                shape = gold_shape(con, runs, g)
+                shape = gold_shape(con, runs, g) if con is not None else None
                 if shape is not None:
                     board.gold_shapes.setdefault(g, {})[method] = shape
                 if KL in present:
@@ -212,6 +210,19 @@ def build_boards(con, plan: ComparisonPlan | None = None) -> list[Board]:
         _sort_rows(board, others)
         boards.append(board)
     return boards
+
+
+def _changes(con, groups: dict[tuple, list[Curve]]) -> tuple[dict, dict]:
+    """Per (training reward, prompt set, method): the change of the training reward from query 0 to the last
+    checkpoint (`change_cell`; without a database, the mean of the seeds' mean changes) and its verdict."""
+    changes, verdicts = {}, {}
+    for (train_reward, pset), group in groups.items():
+        for m in sorted({c.method for c in group}):
+            runs = [c for c in group if c.method == m]
+            changes[train_reward, pset, m] = cell = change_cell(con, runs, train_reward) if con is not None else \
+                Cell(*mean_ci([c.scores[train_reward][-1] - c.scores[train_reward][0] for c in runs]))
+            verdicts[train_reward, pset, m] = change_verdict(cell.mean, cell.ci, higher_is_better(train_reward))
+    return changes, verdicts
 
 
 def _gao_fits(c: Curve, gold: str) -> tuple[GaoFit | None, GaoFit | None]:
