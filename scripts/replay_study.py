@@ -61,7 +61,7 @@ def replay(curves: list, plan) -> str:
     if primaries:
         cal = calibrate(curves, boards, rows, plan)
         out += ["", cal.line()]
-        if cal.planted:
+        if cal.planted or cal.unpaired:
             out += ["", _table_md(PLANTED_HEADER, planted_rows(cal)).rstrip()]
     return "\n".join(out) + "\n"
 

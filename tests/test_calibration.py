@@ -73,19 +73,22 @@ def test_the_planted_power_curve_and_its_smallest_lambda():
 def _calibration_db(path):
     """Four seeds each: tdpo, tdpo-r and ddpo-100 trained on aesthetic, and ddpo-100 on the planted control
     aesthetic + 0.5 x gold. Aesthetic rises 1 -> 3 -> 5 in every run, so the matched level is 5 and a run's gold
-    at the level is its gold at the last checkpoint: known by construction."""
+    at the level is its gold at the last checkpoint: known by construction. Four more on aesthetic + 1 x gold
+    rise only to 4: that weight gives no pair."""
     from bench.store.database import connect
 
     gold_last = {("tdpo", "aesthetic"): [7.0, 7.2, 6.8, 7.1], ("tdpo-r", "aesthetic"): [7.1, 7.1, 6.85, 7.05],
                  ("ddpo-100", "aesthetic"): [6.9, 7.0, 7.0, 6.8],
-                 ("ddpo-100", "aesthetic+0.5gold"): [7.3, 7.5, 7.3, 7.2]}  # + 0.4, 0.5, 0.3, 0.4 over ddpo-100
+                 ("ddpo-100", "aesthetic+0.5gold"): [7.3, 7.5, 7.3, 7.2],  # + 0.4, 0.5, 0.3, 0.4 over ddpo-100
+                 ("ddpo-100", "aesthetic+1gold"): [7.4, 7.4, 7.4, 7.4]}
     con = connect(path)
     for (method, reward), golds in gold_last.items():
         for seed, g in enumerate(golds):
             run_id = f"{method}_{reward}_s{seed}"
             con.execute("INSERT INTO runs (run_id, config_hash, method, reward, backbone, suite, seed, budget, "
                         "status) VALUES (?, 'h', ?, ?, 'toy', 'toy', ?, 20, 'finished')", [run_id, method, reward, seed])
-            for q, aes, gold in ((0, 1.0, 6.5), (10, 3.0, 6.7), (20, 5.0, g)):
+            top = 4.0 if reward == "aesthetic+1gold" else 5.0
+            for q, aes, gold in ((0, 1.0, 6.5), (10, 3.0, 6.7), (20, top, g)):
                 scores = {"aesthetic": aes, "gold-aesthetic": gold}
                 if reward != "aesthetic":
                     scores[reward] = aes + 0.5 * gold
@@ -99,7 +102,7 @@ def _calibration_db(path):
 def test_the_report_calibrates_from_the_database(tmp_path):
     from bench.report.analysis import load_curves, mean_ci
     from bench.report.build import build_boards, comparison_rows
-    from bench.report.calibration import calibrate
+    from bench.report.calibration import calibrate, planted_rows
     from bench.spec.plan import ComparisonPlan
 
     con, gold = _calibration_db(tmp_path / "c.duckdb")
@@ -130,6 +133,11 @@ def test_the_report_calibrates_from_the_database(tmp_path):
     assert cal.smallest_weight == pytest.approx(0.5 * smallest_detectable(sd, 4) / 0.4, rel=1e-6)
     assert "false-positive rate" in cal.line() and f"w >= {cal.smallest_weight:.2g}" in cal.line()
     assert "includes 0" not in cal.line()  # 0.4 ± 0.13: the effect is measured apart from zero
+    # the weight whose runs never reach the level is said in the line and the table, not dropped
+    assert cal.unpaired == ((1.0, 4, 0),)
+    assert cal.line().endswith("; no pair at w = 1 (0 of 4 planted runs reach the level).")
+    assert [r[0] for r in planted_rows(cal)] == ["0.5", "1"] and planted_rows(cal)[1][1:] == (
+        "- (0 of 4 planted runs reach the level)", "0", "-")
     _replayed_from_exported_means_equals(tmp_path, boards, rows, cal, plan)
 
 

@@ -924,7 +924,7 @@ def _leaderboard_md(data: ReportData, plan: ComparisonPlan, below_m, interim, ch
         md = (f"### the declared comparisons (plan {plan.label}; p (Holm): adjusted within the primary and within "
               f"the exploratory comparisons; {PRIMARY_RULE[plan.familywise]})\n\n"
               + "".join(f"- {s}\n" for s in data.sentences) + (f"- {cal.line()}\n" if cal else "") + "\n"
-              + (_table_md(PLANTED_HEADER, planted_rows(cal)) + "\n" if cal and cal.planted else "")
+              + (_table_md(PLANTED_HEADER, planted_rows(cal)) + "\n" if cal and (cal.planted or cal.unpaired) else "")
               + _table_md(COMPARISON_HEADER, data.question) + "\n" + md)
     if data.compute:
         md += "\n### compute at the final checkpoint (mean over seeds)\n\n" + _table_md(COMPUTE_HEADER, data.compute)
@@ -967,7 +967,7 @@ def _index_body(data: ReportData, plan: ComparisonPlan, db_path, below_m, interi
         _block("question", sentences="\n".join(bold(s) for s in data.sentences)
                + bold(check) + (_block("calibration", line=esc(data.calibration.line()),
                                        table=_table_html(PLANTED_HEADER, planted_rows(data.calibration))
-                                       if data.calibration.planted else "") if data.calibration else ""),
+                                       if data.calibration.planted or data.calibration.unpaired else "") if data.calibration else ""),
                figures=figs(data.level_pngs))
         if question or data.level_pngs else "",
         _block("summary", verdicts="\n".join(f"<p>{esc(line)}</p>" for line in verdict_lines(boards)),

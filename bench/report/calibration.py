@@ -148,6 +148,9 @@ class Calibration:
     planted: tuple[PlantedPoint, ...] = ()
     smallest_weight: float | None = None
     """The smallest blend weight detected with 80% power at N (interpolated; None when none is)."""
+    unpaired: tuple[tuple[float, int, int], ...] = ()
+    """(weight, planted runs, how many of them reach the level) for each blend weight that gives no pair: its
+    runs, or their base runs, never reach the level (the stop rule's cap), so it has no point on the curve."""
 
     @property
     def pooled_aa(self) -> AARate | None:
@@ -163,8 +166,9 @@ class Calibration:
                  f"per stream, {aa.splits} splits; nominal 5%)" if aa else
                  "false-positive rate not measured (the A/A control needs 4+ seeds of a primary method)")
         if not self.planted:
-            second = ("power against a planted effect not measured (no run trained on a planted control, "
-                      "e.g. `--reward aesthetic+0.5gold`)")
+            second = ("power against a planted effect not measured (" + ("no planted run gives a pair at the level"
+                      if self.unpaired else "no run trained on a planted control, e.g. `--reward aesthetic+0.5gold`")
+                      + ")")
         elif self.smallest_weight is None:
             second = (f"no planted blend weight up to {max(p.weight for p in self.planted):g} is detected with 80% "
                       f"power at N = {self.n}")
@@ -177,6 +181,9 @@ class Calibration:
             points = ", ".join(f"w = {p.weight:g} ({p.effect:+.3g}" + (f" ± {p.ci:.3g}" if p.ci is not None else "")
                                + f", {p.pairs} pair{'s' if p.pairs != 1 else ''})" for p in weak)
             second += f"; the planted effect's 95% CI includes 0 at {points}: the power rests on its point estimate"
+        if self.unpaired:  # a declared weight without a point is said, not dropped
+            second += "; no pair at " + ", ".join(f"w = {w:g} ({k} of {n} planted runs reach the level)"
+                                                 for w, n, k in self.unpaired)
         return f"Calibration: {first}; {second}."
 
 
@@ -202,7 +209,7 @@ def calibrate(curves, boards, comparisons, plan) -> Calibration:
             values = [v for v in cells[col].values if v is not None]
             if method in methods and len(values) >= 4 and len(values) == len(cells[col].values):
                 aa.append((method, aa_false_positive_rate(values, len(values) // 2)))
-    points, base = {}, ""
+    points, base, runs, reached = {}, "", {}, {}
     primary_set = primaries[0]["prompt_set"] if primaries else None  # the primary board's prompts
     levels = {(b.train_reward, b.prompt_set): b.level for b in boards}
     by_run = {(o.train_reward, o.prompt_set, o.method, o.seed): o for o in curves}
@@ -215,11 +222,13 @@ def calibrate(curves, boards, comparisons, plan) -> Calibration:
         partner = by_run.get((p["proxy"], c.prompt_set, c.method, c.seed))
         if level is None or partner is None:
             continue
-        gold = p["gold"]
+        gold, w = p["gold"], float(p["weight"])
         ours = interpolate_at(c.scores[p["proxy"]], c.scores[gold], level)
         theirs = interpolate_at(partner.scores[p["proxy"]], partner.scores[gold], level)
+        runs[w] = runs.get(w, 0) + 1
+        reached[w] = reached.get(w, 0) + (ours is not None)
         if ours is not None and theirs is not None:
-            points.setdefault(float(p["weight"]), []).append(ours - theirs)
+            points.setdefault(w, []).append(ours - theirs)
             base = c.method
     planted = []
     for w, diffs in sorted(points.items()):
@@ -228,12 +237,16 @@ def calibrate(curves, boards, comparisons, plan) -> Calibration:
         planted.append(PlantedPoint(w, m, ci, len(diffs), power))
     smallest = (smallest_detectable_lambda({0.0: 0.0, **{p.weight: p.effect for p in planted}}, sd, n)
                 if planted and sd and n and n >= 2 else None)
-    return Calibration(tuple(aa), n, sd, base, tuple(planted), smallest)
+    unpaired = tuple((w, runs[w], reached[w]) for w in sorted(runs) if w not in points)
+    return Calibration(tuple(aa), n, sd, base, tuple(planted), smallest, unpaired)
 
 
 PLANTED_HEADER = ("blend weight w", "gold at the level: control - base (mean ± 95% CI)", "pairs", "power at N")
 
 
 def planted_rows(cal: Calibration) -> list[tuple]:
-    return [(f"{p.weight:g}", f"{p.effect:+.3f}" + (f" ± {p.ci:.3f}" if p.ci is not None else ""), str(p.pairs),
+    """The planted table's rows by weight, a weight without a pair included (its effect '-', and why)."""
+    rows = [(p.weight, f"{p.effect:+.3f}" + (f" ± {p.ci:.3f}" if p.ci is not None else ""), str(p.pairs),
              "-" if p.power is None else f"{100 * p.power:.0f}%") for p in cal.planted]
+    rows += [(w, f"- ({k} of {n} planted runs reach the level)", "0", "-") for w, n, k in cal.unpaired]
+    return [(f"{w:g}", *rest) for w, *rest in sorted(rows)]
