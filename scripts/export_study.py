@@ -2,6 +2,7 @@
 that answer its question, and every run's per-checkpoint means, enough to recompute every comparison.
 
     python scripts/export_study.py OUT/bench.duckdb OUT/report docs/overoptimization-v4
+    python scripts/export_study.py OUT2/bench.duckdb --add-to docs/overoptimization-v4   # runs added later
 
 Writes DEST/checkpoint_means.csv (per run, prompt set, reward and checkpoint: the mean score over the evaluation
 images and how many, from `bench.load_results(DB).curves`; `scripts/replay_study.py` recomputes the study's
@@ -27,29 +28,60 @@ the KL distance, and every reward against the queries spent."""
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("db", type=Path)
-    ap.add_argument("report", type=Path, help="the folder `bench report` wrote (OUT/report)")
-    ap.add_argument("dest", type=Path)
+    ap.add_argument("report", type=Path, nargs="?", help="the folder `bench report` wrote (OUT/report)")
+    ap.add_argument("dest", type=Path, nargs="?")
+    ap.add_argument("--add-to", type=Path, metavar="DEST",
+                    help="only add DB's runs to DEST/checkpoint_means.csv (runs trained after the study's database "
+                         "was lost; its leaderboards and figures are left as they are)")
     a = ap.parse_args(argv)
-    missing = [p for p in (a.db, a.report / "leaderboard.md", a.report / "leaderboard.csv",
-                           *(a.report / "figures" / f for f in FIGURES)) if not p.is_file()]
-    if missing:
-        print(f"error: {missing[0]} is missing (run `python -m bench report` first)", file=sys.stderr)
+    if (a.add_to is None) != (a.report is not None and a.dest is not None) or (a.add_to and a.report):
+        print("error: give DB REPORT DEST, or DB --add-to DEST", file=sys.stderr)
         return 2
+    means = (a.add_to or a.dest) / "checkpoint_means.csv"
+    missing = [p for p in ((a.db, means) if a.add_to else
+                           (a.db, a.report / "leaderboard.md", a.report / "leaderboard.csv",
+                            *(a.report / "figures" / f for f in FIGURES))) if not p.is_file()]
+    if missing:
+        print(f"error: {missing[0]} is missing" + ("" if a.add_to or missing[0] == a.db else
+                                                   " (run `python -m bench report` first)"), file=sys.stderr)
+        return 2
+    import pandas as pd
+
     from bench import load_results
+    from bench.errors import BenchError
     from bench.report.analysis import MEANS_COLUMNS as COLUMNS  # read back by scripts/replay_study.py
 
-    curves = load_results(a.db).curves
-    rows = curves.rename(columns={"value": "mean"})[list(COLUMNS)].sort_values(
-        ["method", "seed", "run_id", "prompt_set", "reward", "reward_queries"])
+    try:
+        rows = load_results(a.db).curves.rename(columns={"value": "mean"})[list(COLUMNS)]
+    except BenchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     bad = rows[~rows["mean"].map(lambda v: math.isfinite(float(v)))]
     if len(bad):
         print(f"error: a non-finite mean in {a.db}: {bad.iloc[0].to_dict()}", file=sys.stderr)
         return 2
-    a.dest.mkdir(parents=True, exist_ok=True)
-    with (a.dest / "checkpoint_means.csv").open("w", newline="") as f:
+    if a.add_to:
+        kept = pd.read_csv(means)
+        if list(kept.columns) != list(COLUMNS):
+            print(f"error: {means} has columns {list(kept.columns)}, not {list(COLUMNS)}", file=sys.stderr)
+            return 2
+        both = sorted(set(kept["run_id"]) & set(rows["run_id"]))
+        if both:
+            print(f"error: {both[0]} is already in {means}", file=sys.stderr)
+            return 2
+        rows = pd.concat([kept, rows], ignore_index=True)
+    rows = rows.sort_values(["method", "seed", "run_id", "prompt_set", "reward", "reward_queries"], kind="stable")
+    means.parent.mkdir(parents=True, exist_ok=True)
+    tmp = means.with_name(means.name + ".tmp")  # written whole, then renamed: an interrupted export keeps the old
+    with tmp.open("w", newline="") as f:
         w = csv.writer(f, lineterminator="\n")
         w.writerow(COLUMNS)
         w.writerows(rows.itertuples(index=False, name=None))
+    tmp.replace(means)
+    if a.add_to:
+        print(f"added {rows['run_id'].nunique() - kept['run_id'].nunique()} runs to {means} "
+              f"({rows['run_id'].nunique()} runs in all)")
+        return 0
     for name in ("leaderboard.md", "leaderboard.csv"):
         shutil.copyfile(a.report / name, a.dest / name)
     for name in FIGURES:

@@ -177,6 +177,14 @@ def _replayed_from_exported_means_equals(tmp_path, boards, rows, cal, plan):
     with pytest.raises(ValueError, match="bad.csv:3: the mean of"):
         replay_study.read_curves([tmp_path / "bad.csv"])
     assert next(csv.reader([lines[0]])) == list(MEANS_COLUMNS)
+    import export_study  # --add-to: a database's runs join a study's kept means, a run already there refused
+
+    (tmp_path / "kept").mkdir()
+    (tmp_path / "kept" / "checkpoint_means.csv").write_text(lines[0] + "\n")
+    assert export_study.main([str(tmp_path / "c.duckdb"), "--add-to", str(tmp_path / "kept")]) == 0
+    assert replay_study.replay(replay_study.read_curves([tmp_path / "kept" / "checkpoint_means.csv"]), plan) == \
+        replay_study.replay(curves, plan)
+    assert export_study.main([str(tmp_path / "c.duckdb"), "--add-to", str(tmp_path / "kept")]) == 2
     for argv in ([str(tmp_path / "bad.csv"), "--study", "overoptimization"], [str(tmp_path / "none.csv"), "--study",
                  "overoptimization"], [str(tmp_path / "base.csv"), "--study", "overoptimisation"]):
         assert replay_study.main(argv) == 2  # one line on stderr, exit 2
