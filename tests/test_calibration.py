@@ -133,6 +133,10 @@ def test_the_report_calibrates_from_the_database(tmp_path):
     assert cal.smallest_weight == pytest.approx(0.5 * smallest_detectable(sd, 4) / 0.4, rel=1e-6)
     assert "false-positive rate" in cal.line() and f"w >= {cal.smallest_weight:.2g}" in cal.line()
     assert "includes 0" not in cal.line()  # 0.4 ± 0.13: the effect is measured apart from zero
+    # the report's first figure answers the question on the proxy's board, never on a planted control's
+    from bench.report.build import _level_targets
+
+    assert [(t[0], t[1]) for t in _level_targets(boards, plan)] == [("aesthetic", "toy-seen")]
     # the weight whose runs never reach the level is said in the line and the table, not dropped
     assert cal.unpaired == ((1.0, 4, 0),)
     assert cal.line().endswith("; no pair at w = 1 (0 of 4 planted runs reach the level).")

@@ -1001,10 +1001,16 @@ def _index_body(data: ReportData, plan: ComparisonPlan, db_path, below_m, interi
 
 def _level_targets(boards: list[Board], plan: ComparisonPlan) -> list[tuple]:
     """(train reward, prompt set, score, level, proxy interval) of the plan's primary score on its primary
-    prompts, one per board: what the report's first figure draws."""
+    prompts, one per board the question is asked on: what the report's first figure draws. A control reward's
+    board (a planted blend, read only through the calibration) is not one, and with a fixed level only that
+    reward's board is."""
+    from bench.spec.catalog import rewards
+
     roles = _roles()
     return [(b.train_reward, b.prompt_set, plan.primary_score, b.level, plan.auc_interval) for b in boards
-            if roles.get(b.prompt_set) == plan.primary_prompts]
+            if roles.get(b.prompt_set) == plan.primary_prompts
+            and not (b.train_reward in rewards and rewards.get(b.train_reward).meta.get("control"))
+            and (plan.fixed_level is None or b.train_reward == plan.fixed_level[0])]
 
 
 def _mean_gao(boards: list[Board]) -> dict:
