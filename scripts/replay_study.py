@@ -1,7 +1,8 @@
 """Recompute a study's declared comparisons and its calibration from stored checkpoint means, without its database.
 
     python scripts/replay_study.py docs/overoptimization-v4/checkpoint_means.csv --study overoptimization
-    python scripts/replay_study.py docs/overoptimization-v4/checkpoint_means.csv OUT/bench.duckdb --study overoptimization
+    python scripts/replay_study.py docs/overoptimization-v4/checkpoint_means.csv OUT/bench.duckdb \
+        --study overoptimization
 
 Run folders and databases are not kept; a study's exported means (scripts/export_study.py) are. Each SOURCE is
 such a CSV or a results database (its finished runs); their runs are read together, so runs added after a

@@ -138,7 +138,7 @@ def test_the_report_calibrates_from_the_database(tmp_path):
 
     assert [(t[0], t[1]) for t in _level_targets(boards, plan)] == [("aesthetic", "toy-seen")]
     # the weight whose runs never reach the level is said in the line and the table, not dropped
-    assert cal.unpaired == ((1.0, 4, 0),)
+    assert cal.unpaired == ((1.0, 4, 0, 4),)
     assert cal.line().endswith("; no pair at w = 1 (0 of 4 planted runs reach the level).")
     assert [r[0] for r in planted_rows(cal)] == ["0.5", "1"] and planted_rows(cal)[1][1:] == (
         "- (0 of 4 planted runs reach the level)", "0", "-")
@@ -169,7 +169,8 @@ def _replayed_from_exported_means_equals(tmp_path, boards, rows, cal, plan):
         [(b.train_reward, b.prompt_set, b.level, b.columns, b.verdicts, b.seeds) for b in boards]
     for b, r in zip(boards, replayed):
         assert [(m, n, [(pytest.approx(c.mean), pytest.approx(c.ci), pytest.approx(c.values)) for c in cells])
-                for m, n, cells in b.rows] == [(m, n, [(c.mean, c.ci, c.values) for c in cells]) for m, n, cells in r.rows]
+                for m, n, cells in b.rows] == \
+            [(m, n, [(c.mean, c.ci, c.values) for c in cells]) for m, n, cells in r.rows]
     again = comparison_rows(replayed, plan)
     assert [(r["comp"].diff, r["comp"].ci, r["p_holm"]) for r in again] == \
         [(pytest.approx(r["comp"].diff), pytest.approx(r["comp"].ci), pytest.approx(r["p_holm"])) for r in rows]
@@ -205,6 +206,11 @@ def test_the_calibration_line_says_when_a_planted_effect_is_not_told_apart_from_
                                 "the power rests on its point estimate.")
     one = Calibration((), 12, 0.324, "ddpo-100", (PlantedPoint(1.0, 0.9, None, 1, 1.0),), None)
     assert "includes 0 at w = 1 (+0.9, 1 pair)" in one.line()  # one pair: no interval at all
+    # a weight trained without its base runs: said, with why
+    alone = Calibration((), 12, 0.324, "", (), None, ((0.5, 4, 3, 0),))
+    assert alone.line().endswith("power against a planted effect not measured (no planted run gives a pair at the "
+                                 "level); no pair at w = 0.5 (3 of 4 planted runs reach the level; 4 without a base "
+                                 "run at their seed).")
 
 
 def test_the_planted_reward_is_the_blend_and_stays_out_of_the_matrix():

@@ -168,7 +168,8 @@ def load_curves(con) -> list[Curve]:
     """).fetchall())
 
 
-MEANS_COLUMNS = ("method", "seed", "run_id", "train_reward", "prompt_set", "reward", "reward_queries", "images", "mean")
+MEANS_COLUMNS = ("method", "seed", "run_id", "train_reward", "prompt_set", "reward", "reward_queries", "images",
+                 "mean")
 """A study's exported checkpoint means (scripts/export_study.py writes them to docs/, read back by
 `load_checkpoint_means`): per finished run, prompt set, reward and checkpoint, the mean score and how many images."""
 
@@ -184,7 +185,8 @@ def load_checkpoint_means(path) -> list[Curve]:
         reader = csv.DictReader(f)
         missing = [c for c in MEANS_COLUMNS if c not in (reader.fieldnames or ())]
         if missing:
-            raise ValueError(f"{path}: no column {missing[0]!r} (a checkpoint-means CSV has {', '.join(MEANS_COLUMNS)})")
+            raise ValueError(f"{path}: no column {missing[0]!r} (a checkpoint-means CSV has "
+                             f"{', '.join(MEANS_COLUMNS)})")
         for line, r in enumerate(reader, start=2):
             try:
                 seed, q, value = int(r["seed"]), int(r["reward_queries"]), float(r["mean"])

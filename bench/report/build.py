@@ -967,7 +967,8 @@ def _index_body(data: ReportData, plan: ComparisonPlan, db_path, below_m, interi
         _block("question", sentences="\n".join(bold(s) for s in data.sentences)
                + bold(check) + (_block("calibration", line=esc(data.calibration.line()),
                                        table=_table_html(PLANTED_HEADER, planted_rows(data.calibration))
-                                       if data.calibration.planted or data.calibration.unpaired else "") if data.calibration else ""),
+                                       if data.calibration.planted or data.calibration.unpaired else "")
+                                       if data.calibration else ""),
                figures=figs(data.level_pngs))
         if question or data.level_pngs else "",
         _block("summary", verdicts="\n".join(f"<p>{esc(line)}</p>" for line in verdict_lines(boards)),

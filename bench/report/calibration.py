@@ -148,9 +148,10 @@ class Calibration:
     planted: tuple[PlantedPoint, ...] = ()
     smallest_weight: float | None = None
     """The smallest blend weight detected with 80% power at N (interpolated; None when none is)."""
-    unpaired: tuple[tuple[float, int, int], ...] = ()
-    """(weight, planted runs, how many of them reach the level) for each blend weight that gives no pair: its
-    runs, or their base runs, never reach the level (the stop rule's cap), so it has no point on the curve."""
+    unpaired: tuple[tuple[float, int, int, int], ...] = ()
+    """(weight, planted runs, how many reach the level, how many have a base run at their seed) for each blend
+    weight that gives no pair: its runs, or their base runs, never reach the level (the stop rule's cap), or
+    were never trained, so it has no point on the curve."""
 
     @property
     def pooled_aa(self) -> AARate | None:
@@ -182,8 +183,8 @@ class Calibration:
                                + f", {p.pairs} pair{'s' if p.pairs != 1 else ''})" for p in weak)
             second += f"; the planted effect's 95% CI includes 0 at {points}: the power rests on its point estimate"
         if self.unpaired:  # a declared weight without a point is said, not dropped
-            second += "; no pair at " + ", ".join(f"w = {w:g} ({k} of {n} planted runs reach the level)"
-                                                 for w, n, k in self.unpaired)
+            second += "; no pair at " + ", ".join(f"w = {w:g} ({_unpaired_text(n, k, b)})"
+                                                 for w, n, k, b in self.unpaired)
         return f"Calibration: {first}; {second}."
 
 
@@ -209,7 +210,7 @@ def calibrate(curves, boards, comparisons, plan) -> Calibration:
             values = [v for v in cells[col].values if v is not None]
             if method in methods and len(values) >= 4 and len(values) == len(cells[col].values):
                 aa.append((method, aa_false_positive_rate(values, len(values) // 2)))
-    points, base, runs, reached = {}, "", {}, {}
+    points, base, runs, reached, based = {}, "", {}, {}, {}
     primary_set = primaries[0]["prompt_set"] if primaries else None  # the primary board's prompts
     levels = {(b.train_reward, b.prompt_set): b.level for b in boards}
     by_run = {(o.train_reward, o.prompt_set, o.method, o.seed): o for o in curves}
@@ -220,14 +221,15 @@ def calibrate(curves, boards, comparisons, plan) -> Calibration:
         p = meta["params"]
         level = levels.get((p["proxy"], c.prompt_set))
         partner = by_run.get((p["proxy"], c.prompt_set, c.method, c.seed))
-        if level is None or partner is None:
-            continue
         gold, w = p["gold"], float(p["weight"])
-        ours = interpolate_at(c.scores[p["proxy"]], c.scores[gold], level)
-        theirs = interpolate_at(partner.scores[p["proxy"]], partner.scores[gold], level)
+        ours = interpolate_at(c.scores[p["proxy"]], c.scores[gold], level) if level is not None else None
         runs[w] = runs.get(w, 0) + 1
         reached[w] = reached.get(w, 0) + (ours is not None)
-        if ours is not None and theirs is not None:
+        based[w] = based.get(w, 0) + (partner is not None)  # a seed without its base run gives no pair either
+        if ours is None or partner is None:
+            continue
+        theirs = interpolate_at(partner.scores[p["proxy"]], partner.scores[gold], level)
+        if theirs is not None:
             points.setdefault(w, []).append(ours - theirs)
             base = c.method
     planted = []
@@ -237,8 +239,14 @@ def calibrate(curves, boards, comparisons, plan) -> Calibration:
         planted.append(PlantedPoint(w, m, ci, len(diffs), power))
     smallest = (smallest_detectable_lambda({0.0: 0.0, **{p.weight: p.effect for p in planted}}, sd, n)
                 if planted and sd and n and n >= 2 else None)
-    unpaired = tuple((w, runs[w], reached[w]) for w in sorted(runs) if w not in points)
+    unpaired = tuple((w, runs[w], reached[w], based[w]) for w in sorted(runs) if w not in points)
     return Calibration(tuple(aa), n, sd, base, tuple(planted), smallest, unpaired)
+
+
+def _unpaired_text(runs: int, reached: int, based: int) -> str:
+    """Why a blend weight has no pair: how many of its runs reach the level, and how many lack a base run."""
+    return f"{reached} of {runs} planted runs reach the level" + (
+        f"; {runs - based} without a base run at their seed" if based < runs else "")
 
 
 PLANTED_HEADER = ("blend weight w", "gold at the level: control - base (mean ± 95% CI)", "pairs", "power at N")
@@ -248,5 +256,5 @@ def planted_rows(cal: Calibration) -> list[tuple]:
     """The planted table's rows by weight, a weight without a pair included (its effect '-', and why)."""
     rows = [(p.weight, f"{p.effect:+.3f}" + (f" ± {p.ci:.3f}" if p.ci is not None else ""), str(p.pairs),
              "-" if p.power is None else f"{100 * p.power:.0f}%") for p in cal.planted]
-    rows += [(w, f"- ({k} of {n} planted runs reach the level)", "0", "-") for w, n, k in cal.unpaired]
+    rows += [(w, f"- ({_unpaired_text(n, k, b)})", "0", "-") for w, n, k, b in cal.unpaired]
     return [(f"{w:g}", *rest) for w, *rest in sorted(rows)]
