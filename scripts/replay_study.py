@@ -8,7 +8,8 @@ Run folders and databases are not kept; a study's exported means (scripts/export
 such a CSV or a results database (its finished runs); their runs are read together, so runs added after a
 database was lost join the exported ones (a run_id in two sources is refused). Prints, as markdown, the plan's
 primary comparisons (the report's sentences and table rows) and its calibration line with the planted-effect
-table: the same functions as `bench report`, on the same curves (the boards are built without per-image data:
+table (and, where a planted weight gives no pair at the level, an exploratory read at each run's last proxy
+score): the same functions as `bench report`, on the same curves (the boards are built without per-image data:
 each in-domain change is the mean of the seeds' changes, as the report has it for two seeds or more, and the gold
 curves' shapes are left out; the primary comparisons and the calibration use neither).
 """
@@ -47,7 +48,7 @@ def replay(curves: list, plan) -> str:
     """The markdown: the primary sentences, their table rows, the calibration line and the planted table."""
     from bench.report.build import (COMPARISON_HEADER, _table_md, build_boards, comparison_rows, comparison_table,
                                     plan_completeness, primary_sentences)
-    from bench.report.calibration import PLANTED_HEADER, calibrate, planted_rows
+    from bench.report.calibration import PLANTED_HEADER, calibrate, planted_at_last_proxy, planted_rows
 
     boards = build_boards(None, plan, curves=curves)
     rows = comparison_rows(boards, plan)
@@ -64,7 +65,20 @@ def replay(curves: list, plan) -> str:
         out += ["", cal.line()]
         if cal.planted or cal.unpaired:
             out += ["", _table_md(PLANTED_HEADER, planted_rows(cal)).rstrip()]
+        if cal.unpaired:  # where the declared read has no pair, what the runs show, labelled as what it is
+            last = planted_at_last_proxy(curves, primaries[0]["prompt_set"])
+            out += ["", "Exploratory, not declared: gold of each planted run at its last checkpoint minus its base "
+                    "run's gold at the same proxy score (each run at its own proxy score; no power statement):", "",
+                    _table_md(("blend weight w", "gold: planted - base (mean ± 95% CI)", "seeds"),
+                              [(f"{w:g}", _mean_text(v), str(len(v))) for w, v in sorted(last.items())]).rstrip()]
     return "\n".join(out) + "\n"
+
+
+def _mean_text(values: list[float]) -> str:
+    from bench.report.analysis import mean_ci
+
+    m, ci = mean_ci(values)
+    return f"{m:+.3f}" + (f" ± {ci:.3f}" if ci is not None else "")
 
 
 def main(argv=None) -> int:

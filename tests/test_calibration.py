@@ -110,7 +110,8 @@ def test_the_report_calibrates_from_the_database(tmp_path):
                           primary=(("tdpo-r", "tdpo"),), primary_score="gold-aesthetic", primary_prompts="seen")
     boards = build_boards(con, plan)
     rows = comparison_rows(boards, plan)
-    cal = calibrate(load_curves(con), boards, rows, plan)
+    curves = load_curves(con)
+    cal = calibrate(curves, boards, rows, plan)
     con.close()
     # A/A on each primary method's own four per-seed values at the level, 2 seeds per stream
     assert dict(cal.aa) == {"tdpo": aa_false_positive_rate(gold["tdpo", "aesthetic"], 2),
@@ -133,6 +134,13 @@ def test_the_report_calibrates_from_the_database(tmp_path):
     assert cal.smallest_weight == pytest.approx(0.5 * smallest_detectable(sd, 4) / 0.4, rel=1e-6)
     assert "false-positive rate" in cal.line() and f"w >= {cal.smallest_weight:.2g}" in cal.line()
     assert "includes 0" not in cal.line()  # 0.4 ± 0.13: the effect is measured apart from zero
+    # exploratory, where w = 1 has no pair: each planted run at its own last proxy score (5 for w = 0.5: gold 7.3,
+    # 7.5, 7.3, 7.2 against 6.9, 7.0, 7.0, 6.8; 4 for w = 1: 7.4 against the base's gold halfway from 6.7 at 3
+    # to its last at 5: 6.8, 6.85, 6.85, 6.75)
+    from bench.report.calibration import planted_at_last_proxy
+
+    last = planted_at_last_proxy(curves, "toy-seen")
+    assert last == {0.5: pytest.approx([0.4, 0.5, 0.3, 0.4]), 1.0: pytest.approx([0.6, 0.55, 0.55, 0.65])}
     # the report's first figure answers the question on the proxy's board, never on a planted control's
     from bench.report.build import _level_targets
 

@@ -243,6 +243,29 @@ def calibrate(curves, boards, comparisons, plan) -> Calibration:
     return Calibration(tuple(aa), n, sd, base, tuple(planted), smallest, unpaired)
 
 
+def planted_at_last_proxy(curves, prompt_set: str) -> dict[float, list[float]]:
+    """Exploratory, for a planted weight whose runs stop below the declared level: per weight, per seed, gold of
+    the planted run at its last checkpoint minus its base run's gold interpolated at the same proxy score (the
+    planted run's last one; a seed whose base run never reaches it is left out). Each run is read at its own
+    proxy score, so this is no fixed-level estimand and enters no power statement."""
+    from bench.report.analysis import interpolate_at
+    from bench.spec.catalog import rewards
+
+    by_run = {(o.train_reward, o.prompt_set, o.method, o.seed): o for o in curves}
+    out: dict[float, list[float]] = {}
+    for c in sorted(curves, key=lambda c: (c.train_reward, c.method, c.seed)):
+        meta = rewards.get(c.train_reward).meta if c.train_reward in rewards else {}
+        if not meta.get("control") or c.prompt_set != prompt_set:
+            continue
+        p = meta["params"]
+        partner = by_run.get((p["proxy"], prompt_set, c.method, c.seed))
+        theirs = interpolate_at(partner.scores[p["proxy"]], partner.scores[p["gold"]], c.scores[p["proxy"]][-1]) \
+            if partner is not None else None
+        if theirs is not None:
+            out.setdefault(float(p["weight"]), []).append(c.scores[p["gold"]][-1] - theirs)
+    return out
+
+
 def _unpaired_text(runs: int, reached: int, based: int) -> str:
     """Why a blend weight has no pair: how many of its runs reach the level, and how many lack a base run."""
     return f"{reached} of {runs} planted runs reach the level" + (
