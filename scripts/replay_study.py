@@ -48,7 +48,8 @@ def replay(curves: list, plan) -> str:
     """The markdown: the primary sentences, their table rows, the calibration line and the planted table."""
     from bench.report.build import (COMPARISON_HEADER, _table_md, build_boards, comparison_rows, comparison_table,
                                     plan_completeness, primary_sentences)
-    from bench.report.calibration import PLANTED_HEADER, calibrate, planted_at_last_proxy, planted_rows
+    from bench.report.calibration import (LAST_PROXY_CAPTION, LAST_PROXY_HEADER, PLANTED_HEADER, calibrate,
+                                          last_proxy_rows, planted_rows)
 
     boards = build_boards(None, plan, curves=curves)
     rows = comparison_rows(boards, plan)
@@ -65,20 +66,9 @@ def replay(curves: list, plan) -> str:
         out += ["", cal.line()]
         if cal.planted or cal.unpaired:
             out += ["", _table_md(PLANTED_HEADER, planted_rows(cal)).rstrip()]
-        if cal.unpaired:  # where the declared read has no pair, what the runs show, labelled as what it is
-            last = planted_at_last_proxy(curves, primaries[0]["prompt_set"])
-            out += ["", "Exploratory, not declared: gold of each planted run at its last checkpoint minus its base "
-                    "run's gold at the same proxy score (each run at its own proxy score; no power statement):", "",
-                    _table_md(("blend weight w", "gold: planted - base (mean ± 95% CI)", "seeds"),
-                              [(f"{w:g}", _mean_text(v), str(len(v))) for w, v in sorted(last.items())]).rstrip()]
+        if cal.at_last_proxy:  # where the declared read has no pair, what the runs show, labelled as what it is
+            out += ["", LAST_PROXY_CAPTION, "", _table_md(LAST_PROXY_HEADER, last_proxy_rows(cal)).rstrip()]
     return "\n".join(out) + "\n"
-
-
-def _mean_text(values: list[float]) -> str:
-    from bench.report.analysis import mean_ci
-
-    m, ci = mean_ci(values)
-    return f"{m:+.3f}" + (f" ± {ci:.3f}" if ci is not None else "")
 
 
 def main(argv=None) -> int:

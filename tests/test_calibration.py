@@ -141,6 +141,8 @@ def test_the_report_calibrates_from_the_database(tmp_path):
 
     last = planted_at_last_proxy(curves, "toy-seen")
     assert last == {0.5: pytest.approx([0.4, 0.5, 0.3, 0.4]), 1.0: pytest.approx([0.6, 0.55, 0.55, 0.65])}
+    assert cal.at_last_proxy == ((0.5, *[pytest.approx(x) for x in mean_ci([0.4, 0.5, 0.3, 0.4])], 4),
+                                 (1.0, *[pytest.approx(x) for x in mean_ci([0.6, 0.55, 0.55, 0.65])], 4))
     # the report's first figure answers the question on the proxy's board, never on a planted control's
     from bench.report.build import _level_targets
 
@@ -215,7 +217,7 @@ def test_the_calibration_line_says_when_a_planted_effect_is_not_told_apart_from_
     one = Calibration((), 12, 0.324, "ddpo-100", (PlantedPoint(1.0, 0.9, None, 1, 1.0),), None)
     assert "includes 0 at w = 1 (+0.9, 1 pair)" in one.line()  # one pair: no interval at all
     # a weight trained without its base runs: said, with why
-    alone = Calibration((), 12, 0.324, "", (), None, ((0.5, 4, 3, 0),))
+    alone = Calibration((), 12, 0.324, "", (), None, unpaired=((0.5, 4, 3, 0),))
     assert alone.line().endswith("power against a planted effect not measured (no planted run gives a pair at the "
                                  "level); no pair at w = 0.5 (3 of 4 planted runs reach the level; 4 without a base "
                                  "run at their seed).")

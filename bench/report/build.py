@@ -21,7 +21,8 @@ from bench.report.analysis import (R2_BAR, Curve, GaoFit, GoldShape, change_verd
 from bench.report.figures import (GOLD, KL, curve_figures, diagnostics_figure, diversity_figures,  # noqa: F401
                                   gao_figures, kl_figures, level_figures, method_styles, themed,
                                   training_figures)
-from bench.report.calibration import PLANTED_HEADER, calibrate, planted_rows
+from bench.report.calibration import (LAST_PROXY_CAPTION, LAST_PROXY_HEADER, PLANTED_HEADER, calibrate,
+                                      last_proxy_rows, planted_rows)
 from bench.report.frames import FINISHED, figure_frames
 from bench.spec.plan import ComparisonPlan
 
@@ -925,6 +926,8 @@ def _leaderboard_md(data: ReportData, plan: ComparisonPlan, below_m, interim, ch
               f"the exploratory comparisons; {PRIMARY_RULE[plan.familywise]})\n\n"
               + "".join(f"- {s}\n" for s in data.sentences) + (f"- {cal.line()}\n" if cal else "") + "\n"
               + (_table_md(PLANTED_HEADER, planted_rows(cal)) + "\n" if cal and (cal.planted or cal.unpaired) else "")
+              + (f"{LAST_PROXY_CAPTION}\n\n" + _table_md(LAST_PROXY_HEADER, last_proxy_rows(cal)) + "\n"
+                 if cal and cal.at_last_proxy else "")
               + _table_md(COMPARISON_HEADER, data.question) + "\n" + md)
     if data.compute:
         md += "\n### compute at the final checkpoint (mean over seeds)\n\n" + _table_md(COMPUTE_HEADER, data.compute)
@@ -965,11 +968,11 @@ def _index_body(data: ReportData, plan: ComparisonPlan, db_path, below_m, interi
         bold(data.left_out),
         bold(interim),
         _block("question", sentences="\n".join(bold(s) for s in data.sentences)
-               + bold(check) + (_block("calibration", line=esc(data.calibration.line()),
-                                       table=_table_html(PLANTED_HEADER, planted_rows(data.calibration))
-                                       if data.calibration.planted or data.calibration.unpaired else "")
-                                       if data.calibration else ""),
-               figures=figs(data.level_pngs))
+               + bold(check) + (f"<p>{esc(data.calibration.line())}</p>" if data.calibration else ""),
+               figures=figs(data.level_pngs),
+               # the line sits with the sentences; its tables follow the figure, so the first screen holds both
+               calibration=_block("calibration", table=_calibration_tables_html(data.calibration))
+               if data.calibration else "")
         if question or data.level_pngs else "",
         _block("summary", verdicts="\n".join(f"<p>{esc(line)}</p>" for line in verdict_lines(boards)),
                table=summary_html(boards)) if boards else "",
@@ -998,6 +1001,15 @@ def _index_body(data: ReportData, plan: ComparisonPlan, db_path, below_m, interi
         _block("runs", rows="".join("<tr>" + "".join(f"<td>{esc(str(v))}</td>" for v in r) + "</tr>"
                                     for r in data.runs)),
     ]
+
+
+def _calibration_tables_html(cal) -> str:
+    """The planted table, and under it, where a weight has no pair, the exploratory read at the last proxy."""
+    html_ = _table_html(PLANTED_HEADER, planted_rows(cal)) if cal.planted or cal.unpaired else ""
+    if cal.at_last_proxy:
+        html_ += f"<p><small>{html.escape(LAST_PROXY_CAPTION)}</small></p>" + _table_html(LAST_PROXY_HEADER,
+                                                                                      last_proxy_rows(cal))
+    return html_
 
 
 def _level_targets(boards: list[Board], plan: ComparisonPlan) -> list[tuple]:

@@ -148,6 +148,8 @@ class Calibration:
     planted: tuple[PlantedPoint, ...] = ()
     smallest_weight: float | None = None
     """The smallest blend weight detected with 80% power at N (interpolated; None when none is)."""
+    at_last_proxy: tuple[tuple[float, float, float | None, int], ...] = ()
+    """Exploratory, only when a weight has no pair: (weight, mean, 95% CI, seeds) of `planted_at_last_proxy`."""
     unpaired: tuple[tuple[float, int, int, int], ...] = ()
     """(weight, planted runs, how many reach the level, how many have a base run at their seed) for each blend
     weight that gives no pair: its runs, or their base runs, never reach the level (the stop rule's cap), or
@@ -240,7 +242,9 @@ def calibrate(curves, boards, comparisons, plan) -> Calibration:
     smallest = (smallest_detectable_lambda({0.0: 0.0, **{p.weight: p.effect for p in planted}}, sd, n)
                 if planted and sd and n and n >= 2 else None)
     unpaired = tuple((w, runs[w], reached[w], based[w]) for w in sorted(runs) if w not in points)
-    return Calibration(tuple(aa), n, sd, base, tuple(planted), smallest, unpaired)
+    last = tuple((w, *mean_ci(v), len(v)) for w, v in sorted(planted_at_last_proxy(curves, primary_set).items())) \
+        if unpaired else ()
+    return Calibration(tuple(aa), n, sd, base, tuple(planted), smallest, last, unpaired)
 
 
 def planted_at_last_proxy(curves, prompt_set: str) -> dict[float, list[float]]:
@@ -270,6 +274,16 @@ def _unpaired_text(runs: int, reached: int, based: int) -> str:
     """Why a blend weight has no pair: how many of its runs reach the level, and how many lack a base run."""
     return f"{reached} of {runs} planted runs reach the level" + (
         f"; {runs - based} without a base run at their seed" if based < runs else "")
+
+
+LAST_PROXY_CAPTION = ("Exploratory, not declared: gold of each planted run at its last checkpoint minus its base "
+                      "run's gold at the same proxy score (each run at its own proxy score; no power statement):")
+LAST_PROXY_HEADER = ("blend weight w", "gold: planted - base (mean ± 95% CI)", "seeds")
+
+
+def last_proxy_rows(cal: Calibration) -> list[tuple]:
+    return [(f"{w:g}", f"{m:+.3f}" + (f" ± {ci:.3f}" if ci is not None else ""), str(k))
+            for w, m, ci, k in cal.at_last_proxy]
 
 
 PLANTED_HEADER = ("blend weight w", "gold at the level: control - base (mean ± 95% CI)", "pairs", "power at N")
