@@ -146,7 +146,11 @@ def test_the_report_calibrates_from_the_database(tmp_path):
     # the report's first figure answers the question on the proxy's board, never on a planted control's
     from bench.report.build import _level_targets
 
-    assert [(t[0], t[1]) for t in _level_targets(boards, plan)] == [("aesthetic", "toy-seen")]
+    (target,) = _level_targets(boards, plan)
+    assert (target[0], target[1]) == ("aesthetic", "toy-seen")
+    # and draws the board's own per-seed values at the level, the comparisons' (gold at the last checkpoint here)
+    assert {m: pytest.approx(v) for m, v in target[5].items()} == \
+        {m: list(gold[m, "aesthetic"]) for m in ("ddpo-100", "tdpo", "tdpo-r")}
     # the weight whose runs never reach the level is said in the line and the table, not dropped
     assert cal.unpaired == ((1.0, 4, 0, 4),)
     assert cal.line().endswith("; no pair at w = 1 (0 of 4 planted runs reach the level).")

@@ -195,6 +195,11 @@ def test_the_level_figure_draws_each_seed_and_the_mean_at_the_level_with_its_t_i
     assert len(dashed) == 1 and tuple(dashed[0].get_xdata()) == (8.5, 8.5)
     (shade,) = ax.patches
     assert shade.get_x() == pytest.approx(7.0) and shade.get_width() == pytest.approx(1.5)
+    # given the board's per-seed values at the level, the point is their mean (None: a run that never reached it)
+    level_figures(pd.DataFrame(rows), [("aesthetic", "toy-seen", "gold-aesthetic", 8.5, None, {"A": (7.0, 9.0, None)})],
+                  tmp_path, {"A": {"color": "C0", "linestyle": "-"}})
+    (bar,) = kept[1].axes[0].containers
+    assert bar.lines[0].get_ydata()[0] == pytest.approx(8.0)
 
 
 def test_gao_fit_without_a_turn_has_no_peak_and_needs_three_points():

@@ -1013,15 +1013,18 @@ def _calibration_tables_html(cal) -> str:
 
 
 def _level_targets(boards: list[Board], plan: ComparisonPlan) -> list[tuple]:
-    """(train reward, prompt set, score, level, proxy interval) of the plan's primary score on its primary
-    prompts, one per board the question is asked on: what the report's first figure draws. A control reward's
+    """(train reward, prompt set, score, level, proxy interval, {method: per-seed score at the level}) of the plan's
+    primary score on its primary prompts, one per board the question is asked on: what the report's first figure
+    draws, its means taken from the board's own cells (the comparisons' values). A control reward's
     board (a planted blend, read only through the calibration) is not one, and with a fixed level only that
     reward's board is."""
     from bench.spec.catalog import rewards
 
     roles = _roles()
-    return [(b.train_reward, b.prompt_set, plan.primary_score, b.level, plan.auc_interval) for b in boards
-            if roles.get(b.prompt_set) == plan.primary_prompts
+    col = f"{plan.primary_score} @ level"
+    return [(b.train_reward, b.prompt_set, plan.primary_score, b.level, plan.auc_interval,
+             {m: cells[b.columns.index(col)].values for m, _, cells in b.rows} if col in b.columns else None)
+            for b in boards if roles.get(b.prompt_set) == plan.primary_prompts
             and not (b.train_reward in rewards and rewards.get(b.train_reward).meta.get("control"))
             and (plan.fixed_level is None or b.train_reward == plan.fixed_level[0])]
 

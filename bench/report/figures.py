@@ -397,18 +397,20 @@ def gao_figures(curves, fits: dict, folder: Path, styles: dict) -> list[str]:
 
 
 def level_figures(curves, targets, folder: Path, styles: dict) -> list[str]:
-    """The study's question in one figure per (train_reward, prompt_set, gold, level, interval) of `targets`:
-    each seed's gold against the proxy in checkpoint order (thin), the matched level (dashed) and the declared
-    proxy interval (shaded, when there is one), and per method the mean over seeds of gold at the run's first
-    crossing of the level with its 95% t interval: the primary estimand, as the comparisons read it (a run that
-    never reaches the level is drawn but leaves the mean)."""
+    """The study's question in one figure per (train_reward, prompt_set, gold, level, interval[, at_level]) of
+    `targets`: each seed's gold against the proxy in checkpoint order (thin), the matched level (dashed) and the
+    declared proxy interval (shaded, when there is one), and per method the mean over seeds of gold at the run's
+    first crossing of the level with its 95% t interval: the primary estimand, as the comparisons read it (a run
+    that never reaches the level is drawn but leaves the mean). `at_level` ({method: per-seed values, None where
+    a run never reaches it}, the board's cells) gives those values; without it they are read off the paths."""
     import matplotlib.pyplot as plt
 
     from bench.report.analysis import interpolate_at, mean_ci
 
     points = wide_points(curves)
     pngs = []
-    for train_reward, pset, gold, level, interval in targets:
+    for train_reward, pset, gold, level, interval, *given in targets:
+        at_level = given[0] if given and given[0] is not None else None
         if points.empty or train_reward not in points.columns or gold not in points.columns:
             continue
         group = points[(points["train_reward"] == train_reward) & (points["prompt_set"] == pset)]
@@ -429,7 +431,7 @@ def level_figures(curves, targets, folder: Path, styles: dict) -> list[str]:
                 xs, ys = run[train_reward].tolist(), run[gold].tolist()
                 ax.plot(xs, ys, color=style["color"], linestyle=style["linestyle"], linewidth=0.7, alpha=0.35)
                 at.append(interpolate_at(xs, ys, level))
-            reached = [v for v in at if v is not None]
+            reached = [v for v in (at if at_level is None else at_level.get(method, ())) if v is not None]
             if reached:  # side by side at the level, so the intervals do not hide each other
                 mean, half = mean_ci(reached)
                 x = level + (k - (len(methods) - 1) / 2) * 0.015 * span
