@@ -56,10 +56,6 @@ def main(argv=None) -> int:
     except BenchError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    bad = rows[~rows["mean"].map(lambda v: math.isfinite(float(v)))]
-    if len(bad):
-        print(f"error: a non-finite mean in {a.db}: {bad.iloc[0].to_dict()}", file=sys.stderr)
-        return 2
     if a.add_to:
         kept = pd.read_csv(means)
         if list(kept.columns) != list(COLUMNS):
@@ -70,6 +66,12 @@ def main(argv=None) -> int:
             print(f"error: {both[0]} is already in {means}", file=sys.stderr)
             return 2
         rows = pd.concat([kept, rows], ignore_index=True)
+    # checked after the merge: a non-finite or unreadable mean in the kept file is refused too, not rewritten
+    bad = rows[~pd.to_numeric(rows["mean"], errors="coerce").map(math.isfinite)]
+    if len(bad):
+        where = f"{a.db} or {means}" if a.add_to else a.db
+        print(f"error: a non-finite mean in {where}: {bad.iloc[0].to_dict()}", file=sys.stderr)
+        return 2
     rows = rows.sort_values(["method", "seed", "run_id", "prompt_set", "reward", "reward_queries"], kind="stable")
     means.parent.mkdir(parents=True, exist_ok=True)
     tmp = means.with_name(means.name + ".tmp")  # written whole, then renamed: an interrupted export keeps the old
