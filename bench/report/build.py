@@ -22,7 +22,7 @@ from bench.report.figures import (GOLD, KL, curve_figures, diagnostics_figure, d
                                   gao_figures, kl_figures, level_figures, method_styles, themed,
                                   training_figures)
 from bench.report.calibration import (LAST_PROXY_CAPTION, LAST_PROXY_HEADER, PLANTED_HEADER, calibrate,
-                                      last_proxy_rows, planted_rows)
+                                      control_params, last_proxy_rows, planted_rows)
 from bench.report.frames import FINISHED, figure_frames
 from bench.spec.plan import ComparisonPlan
 
@@ -1018,14 +1018,12 @@ def _level_targets(boards: list[Board], plan: ComparisonPlan) -> list[tuple]:
     draws, its means taken from the board's own cells (the comparisons' values). A control reward's
     board (a planted blend, read only through the calibration) is not one, and with a fixed level only that
     reward's board is."""
-    from bench.spec.catalog import rewards
-
     roles = _roles()
     col = f"{plan.primary_score} @ level"
     return [(b.train_reward, b.prompt_set, plan.primary_score, b.level, plan.auc_interval,
              {m: cells[b.columns.index(col)].values for m, _, cells in b.rows} if col in b.columns else None)
             for b in boards if roles.get(b.prompt_set) == plan.primary_prompts
-            and not (b.train_reward in rewards and rewards.get(b.train_reward).meta.get("control"))
+            and control_params(b.train_reward) is None
             and (plan.fixed_level is None or b.train_reward == plan.fixed_level[0])]
 
 

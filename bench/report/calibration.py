@@ -196,7 +196,6 @@ def calibrate(curves, boards, comparisons, plan) -> Calibration:
     control reward (catalog meta `control`, params proxy/gold/weight): per seed, gold at the proxy board's
     matched level, the control's run minus the same method's run on the proxy."""
     from bench.report.analysis import interpolate_at, mean_ci
-    from bench.spec.catalog import rewards
 
     primaries = [r for r in comparisons if r["primary"]]
     paired = [r["comp"] for r in primaries if r["comp"].paired and r["comp"].n >= 2]
@@ -215,15 +214,9 @@ def calibrate(curves, boards, comparisons, plan) -> Calibration:
     points, base, runs, reached, based = {}, "", {}, {}, {}
     primary_set = primaries[0]["prompt_set"] if primaries else None  # the primary board's prompts
     levels = {(b.train_reward, b.prompt_set): b.level for b in boards}
-    by_run = {(o.train_reward, o.prompt_set, o.method, o.seed): o for o in curves}
-    for c in curves:
-        meta = rewards.get(c.train_reward).meta if c.train_reward in rewards else {}
-        if not meta.get("control") or c.prompt_set != primary_set:
-            continue
-        p = meta["params"]
+    for w, p, c, partner in _planted_runs(curves, primary_set):
         level = levels.get((p["proxy"], c.prompt_set))
-        partner = by_run.get((p["proxy"], c.prompt_set, c.method, c.seed))
-        gold, w = p["gold"], float(p["weight"])
+        gold = p["gold"]
         ours = interpolate_at(c.scores[p["proxy"]], c.scores[gold], level) if level is not None else None
         runs[w] = runs.get(w, 0) + 1
         reached[w] = reached.get(w, 0) + (ours is not None)
@@ -253,21 +246,33 @@ def planted_at_last_proxy(curves, prompt_set: str) -> dict[float, list[float]]:
     planted run's last one; a seed whose base run never reaches it is left out). Each run is read at its own
     proxy score, so this is no fixed-level estimand and enters no power statement."""
     from bench.report.analysis import interpolate_at
-    from bench.spec.catalog import rewards
 
-    by_run = {(o.train_reward, o.prompt_set, o.method, o.seed): o for o in curves}
     out: dict[float, list[float]] = {}
-    for c in sorted(curves, key=lambda c: (c.train_reward, c.method, c.seed)):
-        meta = rewards.get(c.train_reward).meta if c.train_reward in rewards else {}
-        if not meta.get("control") or c.prompt_set != prompt_set:
-            continue
-        p = meta["params"]
-        partner = by_run.get((p["proxy"], prompt_set, c.method, c.seed))
+    for w, p, c, partner in _planted_runs(sorted(curves, key=lambda c: (c.train_reward, c.method, c.seed)),
+                                          prompt_set):
         theirs = interpolate_at(partner.scores[p["proxy"]], partner.scores[p["gold"]], c.scores[p["proxy"]][-1]) \
             if partner is not None else None
         if theirs is not None:
-            out.setdefault(float(p["weight"]), []).append(c.scores[p["gold"]][-1] - theirs)
+            out.setdefault(w, []).append(c.scores[p["gold"]][-1] - theirs)
     return out
+
+
+def control_params(reward: str) -> dict | None:
+    """A planted control reward's params (proxy, gold, weight; catalog meta `control`), None for any other."""
+    from bench.spec.catalog import rewards
+
+    meta = rewards.get(reward).meta if reward in rewards else {}
+    return meta["params"] if meta.get("control") else None
+
+
+def _planted_runs(curves, prompt_set: str):
+    """(weight, params, planted run, its base run or None) for each run on `prompt_set` trained on a planted
+    control, in `curves`' order: the base run is the same method and seed trained on the control's proxy."""
+    by_run = {(o.train_reward, o.prompt_set, o.method, o.seed): o for o in curves}
+    for c in curves:
+        p = control_params(c.train_reward)
+        if p is not None and c.prompt_set == prompt_set:
+            yield float(p["weight"]), p, c, by_run.get((p["proxy"], prompt_set, c.method, c.seed))
 
 
 def _unpaired_text(runs: int, reached: int, based: int) -> str:

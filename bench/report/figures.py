@@ -430,7 +430,8 @@ def level_figures(curves, targets, folder: Path, styles: dict) -> list[str]:
                 run = run.sort_values("reward_queries")
                 xs, ys = run[train_reward].tolist(), run[gold].tolist()
                 ax.plot(xs, ys, color=style["color"], linestyle=style["linestyle"], linewidth=0.7, alpha=0.35)
-                at.append(interpolate_at(xs, ys, level))
+                if at_level is None:  # else the board's values are drawn
+                    at.append(interpolate_at(xs, ys, level))
             reached = [v for v in (at if at_level is None else at_level.get(method, ())) if v is not None]
             if reached:  # side by side at the level, so the intervals do not hide each other
                 mean, half = mean_ci(reached)
